@@ -1,0 +1,4 @@
+"""ternlm: run LLMs on the CPU in BF16, INT4 and ternary (BitNet b1.58) weights."""
+from ._native import core as _core  # noqa: F401
+
+__version__ = "0.1.0"
