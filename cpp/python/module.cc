@@ -1,0 +1,15 @@
+// The pybind11 module ternlm._core. Each area binds itself in its own file.
+#include <pybind11/pybind11.h>
+
+namespace ternlm {
+void BindRuntime(pybind11::module_& m);  // bind_runtime.cc: threads, Highway targets
+void BindFormats(pybind11::module_& m);  // bind_formats.cc: QuantizedMatrix, quantize, matmul
+void BindModel(pybind11::module_& m);    // bind_model.cc: Transformer, Sampler
+}  // namespace ternlm
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "ternlm C++ core";
+  ternlm::BindRuntime(m);
+  ternlm::BindFormats(m);
+  ternlm::BindModel(m);
+}
