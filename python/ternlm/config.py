@@ -66,3 +66,21 @@ class ModelConfig:
         if not self.tie_word_embeddings:
             names.append("lm_head")
         return names
+
+
+@dataclass
+class Checkpoint:
+    """What every loader returns before conversion: the config, the tensors under
+    canonical names, and the tokenizer.
+
+    tensors[name] is either a numpy float array (f32/f16/bf16-as-float32, possibly a
+    memmap view) still to be put into a format, or a ternlm.QuantizedMatrix already in
+    one (packed BitNet weights, GGUF Q4_1, ternlm's own folder). `stored` maps each
+    matrix name to the format it is stored in ("f32", "bf16", "int4", "ternary"): this is
+    what weights=None ("as stored") keeps.
+    """
+    config: ModelConfig
+    tensors: dict
+    stored: dict
+    tokenizer: object              # ternlm.tokenizer.Tokenizer
+    source: str = ""               # path it came from, for messages
