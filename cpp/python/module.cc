@@ -5,6 +5,7 @@ namespace ternlm {
 void BindRuntime(pybind11::module_& m);  // bind_runtime.cc: threads, Highway targets
 void BindFormats(pybind11::module_& m);  // bind_formats.cc: QuantizedMatrix, quantize, matmul
 void BindModel(pybind11::module_& m);    // bind_model.cc: Transformer, Sampler
+void BindProbe(pybind11::module_& m);    // bind_probe.cc: memory-bandwidth probe
 }  // namespace ternlm
 
 PYBIND11_MODULE(_core, m) {
@@ -12,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   ternlm::BindRuntime(m);
   ternlm::BindFormats(m);
   ternlm::BindModel(m);
+  ternlm::BindProbe(m);
 }
