@@ -1,0 +1,326 @@
+"""Hugging Face checkpoint folder -> Checkpoint (config + tensors under canonical names).
+
+Supported: LlamaForCausalLM (Llama 2/3 incl. rope_scaling "llama3", SmolLM2, TinyLlama;
+tied or untied embeddings; GQA; explicit head_dim) and BitNetForCausalLM. Every quirk of
+the checkpoint layout lives in this file (mlx-lm's "sanitize" idea):
+
+- config.json: rope parameters come either as rope_theta + rope_scaling (older files, key
+  "type" or "rope_type") or as rope_parameters (transformers >= 5).
+- Tensor names: model.layers.{i}.self_attn.q_proj.weight -> layers.{i}.q, etc. (NAME_MAP).
+- BitNet (quantization_config.quant_method == "bitnet"): linear weights are either packed
+  uint8 [ceil(out/4), in] + weight_scale, or float master weights. Packed row p holds output
+  rows p, P+p, 2P+p, 3P+p (P = packed rows) in bit pairs 0-1, 2-3, 4-5, 6-7, as value+1 —
+  exactly transformers/integrations/bitnet.py's unpack_weights. What weight_scale means
+  depends on quantization_config (DESIGN.md §3); we turn it into the per-row multiplier of
+  ternlm.formats.from_ternary, whose matmul computes y = int_dot(q, T) / s_x * multiplier:
+      linear_class "bitlinear"        y = (q . T) / (s_x * weight_scale) -> multiplier 1/weight_scale
+      "autobitlinear", mode offline   y = (x_hat . T) * weight_scale     -> multiplier weight_scale
+      "autobitlinear", mode online    float master weights, quantized at load with absmean
+  A BitNet checkpoint without quantization_config is a plain float model to transformers
+  (nn.Linear everywhere), and so it is to us. lm_head is never ternary.
+
+Tensors are produced lazily (one at a time, when the converter asks), so a large bf16
+checkpoint is never held twice in memory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from .config import Checkpoint, ModelConfig
+from .safetensors_io import SafetensorsFolder
+from .tokenizer import Tokenizer
+
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "BitNetForCausalLM": "bitnet"}
+
+# canonical suffix -> Hugging Face module path inside model.layers.{i}
+LAYER_NAME_MAP = {
+    "attn_norm": "input_layernorm",
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "attn_sub_norm": "self_attn.attn_sub_norm",
+    "o": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "ffn_sub_norm": "mlp.ffn_sub_norm",
+    "down": "mlp.down_proj",
+}
+GLOBAL_NAME_MAP = {"embed": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"}
+NORM_SUFFIXES = ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm")
+LAYER_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def hf_module_name(canonical: str) -> str:
+    """layers.3.q -> model.layers.3.self_attn.q_proj ; embed -> model.embed_tokens"""
+    if canonical in GLOBAL_NAME_MAP:
+        return GLOBAL_NAME_MAP[canonical]
+    _, i, suffix = canonical.split(".", 2)
+    return f"model.layers.{i}.{LAYER_NAME_MAP[suffix]}"
+
+
+def is_norm(canonical: str) -> bool:
+    return canonical == "norm" or canonical.rsplit(".", 1)[-1] in NORM_SUFFIXES
+
+
+def expected_shape(cfg: ModelConfig, canonical: str) -> tuple:
+    h, q_dim, kv_dim = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    if canonical in ("embed", "lm_head"):
+        return (cfg.vocab_size, h)
+    if canonical == "norm":
+        return (h,)
+    suffix = canonical.rsplit(".", 1)[-1]
+    return {"attn_norm": (h,), "ffn_norm": (h,), "attn_sub_norm": (q_dim,),
+            "ffn_sub_norm": (cfg.intermediate_size,), "q": (q_dim, h), "k": (kv_dim, h),
+            "v": (kv_dim, h), "o": (h, q_dim), "gate": (cfg.intermediate_size, h),
+            "up": (cfg.intermediate_size, h), "down": (h, cfg.intermediate_size)}[suffix]
+
+
+# ---- config.json ---------------------------------------------------------------------------
+def _read_json(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _ids(v) -> list:
+    if v is None:
+        return []
+    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
+
+
+def _rope(cfg: dict, default_theta: float, where: str):
+    """(rope_theta, rope_scaling or None) from either config.json dialect."""
+    params = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or {}
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", default_theta)))
+    src = params if params.get("rope_type") else scaling
+    rtype = src.get("rope_type") or src.get("type") or "default"
+    if rtype == "default":
+        return theta, None
+    if rtype == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        missing = [k for k in keys if k not in src]
+        if missing:
+            raise ValueError(f"{where}: rope scaling 'llama3' lacks {', '.join(missing)}")
+        out = {"rope_type": "llama3", **{k: float(src[k]) for k in keys}}
+        out["original_max_position_embeddings"] = int(src["original_max_position_embeddings"])
+        return theta, out
+    raise ValueError(f"{where}: rope scaling type {rtype!r} is not supported (supported: default, llama3)")
+
+
+def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json"):
+    """config.json (+ generation_config.json) -> (ModelConfig, BitNet quantization dict or None)."""
+    gen = gen or {}
+    archs = cfg.get("architectures") or []
+    arch_name = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    if arch_name is None:
+        model_type = cfg.get("model_type")
+        by_type = {"llama": "LlamaForCausalLM", "bitnet": "BitNetForCausalLM"}
+        if archs or model_type not in by_type:
+            raise ValueError(f"{where}: architecture {archs or model_type!r} is not supported "
+                             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        arch_name = by_type[model_type]
+    arch = SUPPORTED_ARCHITECTURES[arch_name]
+
+    def need(key):
+        if key not in cfg or cfg[key] is None:
+            raise ValueError(f"{where}: missing required field {key!r} for {arch_name}")
+        return cfg[key]
+
+    hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    if heads % kv_heads:
+        raise ValueError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise ValueError(f"{where}: attention_bias / mlp_bias = true is not supported")
+    act = cfg.get("hidden_act", "silu" if arch == "llama" else "relu2")
+    if act != ("silu" if arch == "llama" else "relu2"):
+        raise ValueError(f"{where}: hidden_act {act!r} is not supported for {arch_name}")
+    theta, scaling = _rope(cfg, 10000.0 if arch == "llama" else 500000.0, where)
+
+    quant = cfg.get("quantization_config")
+    if quant is not None:
+        method = quant.get("quant_method")
+        if arch != "bitnet" or method != "bitnet":
+            raise ValueError(f"{where}: quantization_config quant_method {method!r} is not supported "
+                             f"for {arch_name} (ternlm reads BitNet's 'bitnet' method)")
+        quant = {"linear_class": quant.get("linear_class", "bitlinear"),
+                 "quantization_mode": quant.get("quantization_mode", "offline"),
+                 "modules_to_not_convert": quant.get("modules_to_not_convert") or [],
+                 "use_rms_norm": bool(quant.get("use_rms_norm", False))}
+        if quant["linear_class"] not in ("bitlinear", "autobitlinear"):
+            raise ValueError(f"{where}: quantization_config.linear_class {quant['linear_class']!r} is unknown")
+        if quant["quantization_mode"] not in ("online", "offline"):
+            raise ValueError(f"{where}: quantization_mode {quant['quantization_mode']!r} is unknown")
+        if quant["use_rms_norm"]:
+            raise ValueError(f"{where}: quantization_config.use_rms_norm = true is not supported")
+
+    eos = []
+    for v in (_ids(cfg.get("eos_token_id")), _ids(gen.get("eos_token_id"))):
+        eos += [i for i in v if i not in eos]
+    bos = cfg.get("bos_token_id", gen.get("bos_token_id"))
+    mc = ModelConfig(
+        arch=arch, vocab_size=int(need("vocab_size")), hidden_size=hidden,
+        intermediate_size=int(need("intermediate_size")), num_layers=int(need("num_hidden_layers")),
+        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6 if arch == "llama" else 1e-5)),
+        rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+        hidden_act=act, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bos_token_id=None if bos is None else int(bos), eos_token_ids=eos)
+    return mc, quant
+
+
+# ---- BitNet packed weights ------------------------------------------------------------------
+def unpack_bitnet_weight(packed: np.ndarray, out_rows: int, where: str = "") -> np.ndarray:
+    """uint8 [P, in] -> int8 [out_rows, in] in {-1, 0, 1}; row i*P + p is bits 2i..2i+1 of row p."""
+    if packed.dtype != np.uint8 or packed.ndim != 2:
+        raise ValueError(f"{where}: packed BitNet weight must be a 2-D uint8 array, got {packed.dtype} {packed.shape}")
+    p = packed.shape[0]
+    if not (4 * p >= out_rows > 4 * (p - 1)):
+        raise ValueError(f"{where}: packed shape {packed.shape} cannot hold {out_rows} rows "
+                         f"(expected {math.ceil(out_rows / 4)} packed rows)")
+    t = np.empty((4 * p, packed.shape[1]), dtype=np.int8)
+    for i in range(4):
+        t[i * p:(i + 1) * p] = (packed >> (2 * i)) & 3
+    t = t[:out_rows]
+    if (t == 3).any():
+        raise ValueError(f"{where}: packed BitNet weight holds the 2-bit code 3, which is not a ternary value")
+    t -= 1
+    return t
+
+
+def bitnet_row_multiplier(weight_scale: float, quant: dict) -> float:
+    """The float that multiplies int_dot(q, T) / s_x for one matrix (see module docstring)."""
+    if quant["linear_class"] == "bitlinear":
+        return 1.0 / weight_scale
+    return weight_scale
+
+
+# ---- the folder -----------------------------------------------------------------------------
+class LazyTensors(Mapping):
+    """name -> value, computed by a zero-argument function when first asked for (not cached:
+    the converter takes each tensor once and lets it go)."""
+
+    def __init__(self, makers: dict):
+        self._makers = makers
+
+    def __getitem__(self, name):
+        return self._makers[name]()
+
+    def __iter__(self):
+        return iter(self._makers)
+
+    def __len__(self):
+        return len(self._makers)
+
+
+def _converted_by_bitnet(module: str, quant: dict) -> bool:
+    """transformers' should_convert_module, over modules_to_not_convert (lm_head never converted)."""
+    if module == "lm_head":
+        return False
+    boundary = r"(?:(?<=\.)|(?=\.|$))"
+    return not any(re.match(rf"(?:{k}){boundary}", module) or module.endswith(k)
+                   for k in quant["modules_to_not_convert"])
+
+
+def load_hf_folder(path) -> Checkpoint:
+    path = os.fspath(path)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model folder)")
+    gen_path = os.path.join(path, "generation_config.json")
+    gen = _read_json(gen_path) if os.path.exists(gen_path) else {}
+    config, quant = config_from_hf(_read_json(cfg_path), gen, cfg_path)
+    st = SafetensorsFolder(path)
+    tok = Tokenizer.from_folder(path)
+    if config.bos_token_id is None:
+        config.bos_token_id = tok.bos_token_id
+    config.eos_token_ids += [i for i in tok.eos_token_ids if i not in config.eos_token_ids]
+
+    makers, stored = {}, {}
+    for name in config.tensor_names():
+        module = hf_module_name(name)
+        key = module + ".weight"
+        if key not in st:
+            raise ValueError(f"{path}: tensor {key!r} (ternlm {name!r}) is missing from the checkpoint")
+        if module + ".bias" in st:
+            raise ValueError(f"{path}: tensor {module + '.bias'!r}: linear biases are not supported")
+        info = st.info(key)
+        shape = expected_shape(config, name)
+        where = f"{st.file_of(key).path}: tensor {key!r}"
+        if is_norm(name):
+            _check_shape(where, info, shape)
+            makers[name] = (lambda k=key: np.ascontiguousarray(st.to_float32(k)))
+            continue
+        ternary = (quant is not None and name not in ("embed", "lm_head")
+                   and _converted_by_bitnet(module, quant))
+        if not ternary:
+            if info.dtype == "U8":
+                raise ValueError(f"{where}: uint8 (packed) weight, but config.json has no BitNet "
+                                 "quantization_config covering this module")
+            _check_shape(where, info, shape)
+            stored[name] = "bf16" if info.dtype == "BF16" else "f32"
+            makers[name] = (lambda k=key: st.to_float32(k))
+            continue
+        stored[name] = "ternary"
+        if quant["quantization_mode"] == "online" and quant["linear_class"] == "autobitlinear":
+            _check_shape(where, info, shape)     # bf16/f32 master weights, absmean at load
+            makers[name] = (lambda k=key: st.to_float32(k))
+            continue
+        scale_key = module + ".weight_scale"
+        if scale_key not in st:
+            raise ValueError(f"{path}: tensor {scale_key!r} is missing (BitNet {quant['linear_class']} "
+                             f"{quant['quantization_mode']} needs a weight_scale for {key!r})")
+        makers[name] = (lambda k=key, s=scale_key, rows=shape[0], cols=shape[1], w=where:
+                        _ternary_matrix(st, k, s, rows, cols, quant, w))
+    return Checkpoint(config=config, tensors=LazyTensors(makers), stored=stored, tokenizer=tok, source=path)
+
+
+def _check_shape(where, info, shape):
+    if tuple(info.shape) != tuple(shape):
+        raise ValueError(f"{where}: shape {list(info.shape)} does not match config.json (expected {list(shape)})")
+
+
+def read_ternary(st, key, scale_key, rows, cols, quant, where):
+    """(int8 T [rows, cols], float32 row multiplier [rows]) for one BitNet linear."""
+    info = st.info(key)
+    if info.dtype == "U8":
+        packed = st.raw(key)
+        if packed.ndim != 2 or packed.shape[1] != cols:
+            raise ValueError(f"{where}: packed shape {list(packed.shape)} does not fit [{rows}, {cols}]")
+        t = unpack_bitnet_weight(np.asarray(packed), rows, where)
+    else:
+        # autobitlinear offline may also hold the ternary values unpacked, as floats.
+        _check_shape(where, info, (rows, cols))
+        w = st.to_float32(key)
+        t = w.astype(np.int8)
+        if not np.array_equal(t, w) or np.abs(t).max(initial=0) > 1:
+            raise ValueError(f"{where}: offline BitNet weight is not ternary ({{-1, 0, 1}})")
+    scale = st.to_float32(scale_key).reshape(-1)
+    if scale.size not in (1, rows):
+        raise ValueError(f"{where}: weight_scale has {scale.size} values, expected 1 or {rows}")
+    if not np.all(np.isfinite(scale)) or np.any(scale == 0):
+        raise ValueError(f"{where}: weight_scale must be finite and non-zero, got {scale[:4]}")
+    mult = np.broadcast_to(np.array([bitnet_row_multiplier(float(s), quant) for s in scale],
+                                    dtype=np.float32), (rows,))
+    return t, np.ascontiguousarray(mult)
+
+
+def _ternary_matrix(st, key, scale_key, rows, cols, quant, where):
+    from .formats import from_ternary
+    t, mult = read_ternary(st, key, scale_key, rows, cols, quant, where)
+    return from_ternary(t, mult)

@@ -1,0 +1,276 @@
+"""Reading and writing the safetensors format, validated at the edge.
+
+File layout (https://github.com/huggingface/safetensors):
+
+    [8 bytes]  N, little-endian u64: length of the JSON header
+    [N bytes]  JSON: {"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}, ...}
+    [rest]     the data block; offsets are relative to its start, little-endian, C order
+
+The reader memory-maps the file and checks everything before handing out a single array:
+the header length fits the file, the JSON is an object, every dtype is known, shapes are
+lists of non-negative ints, dtype size x element count == end - begin, every range lies
+inside the data block, and no two ranges overlap. Arrays are then zero-copy read-only
+views of the mapping. BF16 has no numpy dtype: `raw()` returns it as uint16 bit patterns
+and `to_float32()` widens it exactly (bf16 is the top half of an f32).
+
+Every error is a SafetensorsError (a ValueError) naming the file and, where there is one,
+the tensor.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+# safetensors dtype string -> numpy dtype of the stored bytes (BF16 kept as raw u16 bits).
+DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_NUMPY_TO_DTYPE = {
+    np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16",
+    np.dtype("int64"): "I64", np.dtype("int32"): "I32", np.dtype("int16"): "I16",
+    np.dtype("int8"): "I8", np.dtype("uint8"): "U8", np.dtype("bool"): "BOOL",
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024   # same bound as the reference implementation
+
+
+class SafetensorsError(ValueError):
+    """A malformed or inconsistent safetensors file; the message names file and tensor."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str          # safetensors dtype string, e.g. "BF16"
+    shape: tuple
+    begin: int          # byte offset inside the data block
+    end: int
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """uint16 bf16 bit patterns -> float32 (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> uint16 bf16 bit patterns, round to nearest even (NaN stays NaN)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+    nan = np.isnan(x)
+    out = rounded.astype(np.uint16)
+    if nan.any():
+        out[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return out
+
+
+class SafetensorsFile:
+    """One memory-mapped, validated .safetensors file."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        try:
+            size = os.path.getsize(self.path)
+        except OSError as e:
+            raise FileNotFoundError(f"{self.path}: cannot open safetensors file ({e.strerror})") from e
+        if size < 8:
+            raise SafetensorsError(f"{self.path}: file is {size} bytes, too short for the 8-byte header length")
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise SafetensorsError(
+                    f"{self.path}: header length {n} does not fit in a file of {size} bytes")
+            raw_header = f.read(n)
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else None
+        self._data_start = 8 + n
+        self._data_size = size - 8 - n
+        try:
+            header = json.loads(raw_header.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{self.path}: header is not valid UTF-8 JSON ({e})") from e
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{self.path}: header is a JSON {type(header).__name__}, expected an object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise SafetensorsError(f"{self.path}: __metadata__ must map strings to strings")
+        self.metadata: dict = meta
+        self._infos = {name: self._check_entry(name, entry) for name, entry in header.items()}
+        self._check_no_overlap()
+
+    def _check_entry(self, name, entry) -> TensorInfo:
+        where = f"{self.path}: tensor {name!r}"
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise SafetensorsError(f"{where}: entry needs dtype, shape and data_offsets, got {entry!r}")
+        dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPES:
+            raise SafetensorsError(f"{where}: unsupported dtype {dtype!r} (known: {', '.join(DTYPES)})")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise SafetensorsError(f"{where}: shape {shape!r} is not a list of non-negative ints")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) for o in offs) or not 0 <= offs[0] <= offs[1]):
+            raise SafetensorsError(f"{where}: data_offsets {offs!r} must be [begin, end] with 0 <= begin <= end")
+        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        if offs[1] - offs[0] != expected:
+            raise SafetensorsError(
+                f"{where}: {dtype} {shape} needs {expected} bytes but data_offsets {offs} span {offs[1] - offs[0]}")
+        if offs[1] > self._data_size:
+            raise SafetensorsError(
+                f"{where}: data_offsets {offs} end past the data block of {self._data_size} bytes "
+                "(file truncated?)")
+        return TensorInfo(name, dtype, tuple(shape), offs[0], offs[1])
+
+    def _check_no_overlap(self):
+        spans = sorted((i.begin, i.end, i.name) for i in self._infos.values() if i.end > i.begin)
+        for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise SafetensorsError(
+                    f"{self.path}: tensors {n0!r} [{b0}, {e0}) and {n1!r} [{b1}, {e1}) overlap")
+
+    # ---- access -------------------------------------------------------------------
+    def keys(self) -> list:
+        return list(self._infos)
+
+    def __contains__(self, name) -> bool:
+        return name in self._infos
+
+    def info(self, name) -> TensorInfo:
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+
+    def raw(self, name) -> np.ndarray:
+        """Zero-copy read-only view in the stored dtype (BF16 as uint16 bits)."""
+        i = self.info(name)
+        dt = DTYPES[i.dtype]
+        count = (i.end - i.begin) // dt.itemsize
+        if count == 0:
+            return np.zeros(i.shape, dtype=dt)
+        arr = np.frombuffer(self._mm, dtype=dt, count=count, offset=self._data_start + i.begin)
+        return arr.reshape(i.shape)
+
+    def to_float32(self, name) -> np.ndarray:
+        """The tensor as float32 (view for F32, exact widening copy for F16/BF16)."""
+        i = self.info(name)
+        a = self.raw(name)
+        if i.dtype == "F32":
+            return a
+        if i.dtype == "BF16":
+            return bf16_bits_to_float32(a)
+        if i.dtype in ("F16", "F64"):
+            return a.astype(np.float32)
+        raise SafetensorsError(f"{self.path}: tensor {name!r} is {i.dtype}, expected a float dtype")
+
+
+class SafetensorsFolder:
+    """All tensors of a checkpoint folder: model.safetensors, or the shards named in
+    model.safetensors.index.json (its weight_map says which file holds which tensor)."""
+
+    INDEX = "model.safetensors.index.json"
+
+    def __init__(self, folder):
+        self.folder = os.fspath(folder)
+        index_path = os.path.join(self.folder, self.INDEX)
+        self._where: dict[str, SafetensorsFile] = {}
+        if os.path.exists(index_path):
+            try:
+                with open(index_path, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+                assert isinstance(weight_map, dict)
+            except (json.JSONDecodeError, KeyError, AssertionError, TypeError) as e:
+                raise SafetensorsError(f"{index_path}: not a safetensors index with a weight_map ({e})") from e
+            files = {}
+            for name, fname in weight_map.items():
+                if fname not in files:
+                    p = os.path.join(self.folder, fname)
+                    if not os.path.exists(p):
+                        raise FileNotFoundError(f"{index_path}: shard {fname!r} (holding {name!r}) is missing")
+                    files[fname] = SafetensorsFile(p)
+                if name not in files[fname]:
+                    raise SafetensorsError(f"{index_path}: weight_map puts {name!r} in {fname!r}, which lacks it")
+                self._where[name] = files[fname]
+        else:
+            single = os.path.join(self.folder, "model.safetensors")
+            if os.path.exists(single):
+                paths = [single]
+            else:
+                paths = sorted(os.path.join(self.folder, p) for p in os.listdir(self.folder)
+                               if p.endswith(".safetensors"))
+            if not paths:
+                raise FileNotFoundError(f"{self.folder}: no model.safetensors, {self.INDEX} or *.safetensors")
+            for p in paths:
+                st = SafetensorsFile(p)
+                for name in st.keys():
+                    if name in self._where:
+                        raise SafetensorsError(f"{self.folder}: tensor {name!r} is in both "
+                                               f"{self._where[name].path} and {p}")
+                    self._where[name] = st
+
+    def keys(self) -> list:
+        return list(self._where)
+
+    def __contains__(self, name) -> bool:
+        return name in self._where
+
+    def file_of(self, name) -> SafetensorsFile:
+        try:
+            return self._where[name]
+        except KeyError:
+            raise KeyError(f"{self.folder}: no tensor named {name!r}") from None
+
+    def info(self, name) -> TensorInfo:
+        return self.file_of(name).info(name)
+
+    def raw(self, name) -> np.ndarray:
+        return self.file_of(name).raw(name)
+
+    def to_float32(self, name) -> np.ndarray:
+        return self.file_of(name).to_float32(name)
+
+
+def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write tensors to `path`. Values are numpy arrays, or ("BF16", uint16 array) pairs for
+    bf16 bit patterns. Tensors are laid out contiguously in the given order, as the
+    reference implementation requires; the header is space-padded to a multiple of 8."""
+    entries, arrays, offset = {}, [], 0
+    for name, value in tensors.items():
+        if isinstance(value, tuple):
+            dtype, arr = value
+            arr = np.ascontiguousarray(arr)
+            if DTYPES.get(dtype) is None or arr.dtype.itemsize != DTYPES[dtype].itemsize:
+                raise ValueError(f"{path}: tensor {name!r}: array {arr.dtype} cannot be stored as {dtype}")
+        else:
+            arr = np.ascontiguousarray(value)
+            dtype = _NUMPY_TO_DTYPE.get(arr.dtype)
+            if dtype is None:
+                raise ValueError(f"{path}: tensor {name!r}: numpy dtype {arr.dtype} has no safetensors dtype")
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        entries[name] = {"dtype": dtype, "shape": list(arr.shape),
+                         "data_offsets": [offset, offset + arr.nbytes]}
+        arrays.append(arr)
+        offset += arr.nbytes
+    header = {}
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise ValueError(f"{path}: safetensors metadata must map str to str")
+        header["__metadata__"] = metadata
+    header.update(entries)
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for arr in arrays:
+            f.write(memoryview(arr.reshape(-1)).cast("B"))

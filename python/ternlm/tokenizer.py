@@ -1,0 +1,255 @@
+"""Tokenizer: Hugging Face `tokenizers` for text <-> ids, jinja2 for chat templates, and an
+incremental decoder for streaming.
+
+It tokenizes exactly like transformers' AutoTokenizer (v5 `TokenizersBackend`) on the same
+folder: tokenizer.json is the pipeline; if tokenizer_config.json sets add_bos_token /
+add_eos_token explicitly (or tokenizer.json has no post-processor), the post-processor is
+replaced by `[bos] $A [eos]` as those flags say, just as transformers does.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+
+import tokenizers
+from tokenizers import AddedToken, processors
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+                      "cls_token", "mask_token")
+
+
+def _token_str(value):
+    """tokenizer_config.json stores special tokens as strings or AddedToken dicts."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _as_id_list(v) -> list:
+    if v is None:
+        return []
+    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
+
+
+def _compile_chat_template(source: str):
+    """A sandboxed jinja2 environment with the helpers transformers gives templates."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        # jinja's own tojson escapes HTML characters; templates expect plain JSON.
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env.from_string(source)
+
+
+class Tokenizer:
+    """Text <-> token ids for one model.
+
+    backend: a tokenizers.Tokenizer (the whole pipeline). bos_token_id / eos_token_ids: what
+    generation starts from and stops on. add_bos_token: None keeps the backend's own
+    post-processor; True/False (with add_eos_token) installs `[bos] $A [eos]` as transformers
+    does when these flags are explicit. special_tokens: {"bos_token": "<s>", ...} strings the
+    chat template can use.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, bos_token_id=None, eos_token_ids=(),
+                 chat_template=None, add_bos_token=None, special_tokens=None,
+                 add_eos_token=False, clean_up_tokenization_spaces=False):
+        self.backend = backend
+        self.bos_token_id = None if bos_token_id is None else int(bos_token_id)
+        self.eos_token_ids = [int(i) for i in eos_token_ids]
+        self.chat_template = chat_template
+        self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
+        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
+        self._compiled_template = None
+        if add_bos_token is not None:
+            self._install_post_processor(bool(add_bos_token), bool(add_eos_token))
+        self.add_bos_token = self._adds_bos()
+
+    def _install_post_processor(self, add_bos: bool, add_eos: bool):
+        bos = self.special_tokens.get("bos_token")
+        eos = self.special_tokens.get("eos_token")
+        bos_id = self.backend.token_to_id(bos) if bos else None
+        eos_id = self.backend.token_to_id(eos) if eos else None
+        add_bos = add_bos and bos_id is not None
+        add_eos = add_eos and eos_id is not None
+        single = (f"{bos}:0 " if add_bos else "") + "$A:0" + (f" {eos}:0" if add_eos else "")
+        pair = single + (f" {bos}:1" if add_bos else "") + " $B:1" + (f" {eos}:1" if add_eos else "")
+        special = ([(bos, bos_id)] if add_bos else []) + ([(eos, eos_id)] if add_eos else [])
+        self.backend.post_processor = processors.TemplateProcessing(
+            single=single, pair=pair, special_tokens=special)
+
+    def _adds_bos(self) -> bool:
+        if self.bos_token_id is None:
+            return False
+        ids = self.backend.encode("a", add_special_tokens=True).ids
+        return bool(ids) and ids[0] == self.bos_token_id
+
+    # ---- construction from a Hugging Face folder ------------------------------------
+    @classmethod
+    def from_folder(cls, path) -> "Tokenizer":
+        path = os.fspath(path)
+        tok_json = os.path.join(path, "tokenizer.json")
+        if not os.path.exists(tok_json):
+            raise FileNotFoundError(f"{path}: no tokenizer.json (ternlm needs the fast-tokenizer file)")
+        try:
+            backend = tokenizers.Tokenizer.from_file(tok_json)
+        except Exception as e:  # tokenizers raises a bare Exception on malformed files
+            raise ValueError(f"{tok_json}: cannot be read by the tokenizers library ({e})") from e
+        tcfg = _read_json(os.path.join(path, "tokenizer_config.json"))
+        legacy = _read_json(os.path.join(path, "special_tokens_map.json"))
+        gen = _read_json(os.path.join(path, "generation_config.json"))
+        mcfg = _read_json(os.path.join(path, "config.json"))
+
+        special = {}
+        for key in SPECIAL_TOKEN_KEYS:
+            value = _token_str(tcfg.get(key, legacy.get(key)))
+            if value is not None:
+                special[key] = value
+        # transformers adds named special tokens the vocabulary lacks as special tokens.
+        missing = [s for s in special.values() if backend.token_to_id(s) is None]
+        if missing:
+            backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in missing])
+
+        bos_id = backend.token_to_id(special["bos_token"]) if "bos_token" in special else None
+        if bos_id is None:
+            bos_id = gen.get("bos_token_id", mcfg.get("bos_token_id"))
+        eos_ids = []
+        for src in (_as_id_list(mcfg.get("eos_token_id")), _as_id_list(gen.get("eos_token_id"))):
+            eos_ids += [i for i in src if i not in eos_ids]
+        if "eos_token" in special:
+            i = backend.token_to_id(special["eos_token"])
+            if i is not None and i not in eos_ids:
+                eos_ids.append(i)
+
+        explicit = "add_bos_token" in tcfg or "add_eos_token" in tcfg or backend.post_processor is None
+        return cls(backend, bos_token_id=bos_id, eos_token_ids=eos_ids,
+                   chat_template=cls._find_chat_template(path, tcfg),
+                   add_bos_token=bool(tcfg.get("add_bos_token", False)) if explicit else None,
+                   add_eos_token=bool(tcfg.get("add_eos_token", False)),
+                   special_tokens=special,
+                   clean_up_tokenization_spaces=bool(tcfg.get("clean_up_tokenization_spaces", False)))
+
+    @staticmethod
+    def _find_chat_template(path, tcfg):
+        jinja_file = os.path.join(path, "chat_template.jinja")
+        if os.path.exists(jinja_file):
+            with open(jinja_file, encoding="utf-8") as f:
+                return f.read()
+        tpl = tcfg.get("chat_template")
+        if isinstance(tpl, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}
+            tpl = named.get("default")
+        return tpl
+
+    def save_to_folder(self, folder):
+        """Write tokenizer.json + tokenizer_config.json that from_folder reads back the same."""
+        self.backend.save(os.path.join(folder, "tokenizer.json"))
+        cfg = dict(self.special_tokens)
+        cfg["add_bos_token"] = self.add_bos_token
+        cfg["add_eos_token"] = False
+        cfg["clean_up_tokenization_spaces"] = self.clean_up_tokenization_spaces
+        if self.chat_template:
+            cfg["chat_template"] = self.chat_template
+        with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg, f, indent=2, ensure_ascii=False)
+
+    # ---- text <-> ids -----------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list:
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        text = self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        # transformers skips this clean-up for BPE models (it would eat real spaces).
+        if self.clean_up_tokenization_spaces and type(self.backend.model).__name__ != "BPE":
+            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                         (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(a, b)
+        return text
+
+    def stream_decoder(self, skip_special_tokens: bool = True) -> "StreamDecoder":
+        return StreamDecoder(self, skip_special_tokens)
+
+    # ---- chat ---------------------------------------------------------------------------
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, **kwargs) -> str:
+        if not self.chat_template:
+            raise ValueError("this model's tokenizer has no chat_template "
+                             "(tokenizer_config.json / chat_template.jinja); use generate() with plain text")
+        if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
+            raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        if self._compiled_template is None:
+            self._compiled_template = _compile_chat_template(self.chat_template)
+        context = {**self.special_tokens, **kwargs}
+        return self._compiled_template.render(messages=list(messages), tools=None, documents=None,
+                                              add_generation_prompt=add_generation_prompt, **context)
+
+
+class StreamDecoder:
+    """Turns a stream of token ids into text pieces, emitting text only once its bytes form
+    complete UTF-8 (a multi-byte character split over byte-fallback / byte-level tokens
+    shows up as U+FFFD until its last byte arrives).
+
+    It decodes a short window ids[prefix:] and compares with ids[prefix:read], so that
+    decoders which treat the first token specially (Metaspace stripping a leading space)
+    see the same start in both and only the new suffix is emitted.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list = []
+        self.prefix = 0    # window start
+        self.read = 0      # ids[:read] have been emitted as text
+
+    def _text(self, ids):
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the new text it completes ('' if none yet)."""
+        self.ids.append(int(token_id))
+        before = self._text(self.ids[self.prefix:self.read])
+        after = self._text(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left (possibly an incomplete character as U+FFFD) at the end."""
+        before = self._text(self.ids[self.prefix:self.read])
+        after = self._text(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):] if len(after) > len(before) else ""
