@@ -2,3 +2,4 @@
 from ._native import core as _core  # noqa: F401
 
 __version__ = "0.1.0"
+from .model import Model, load  # noqa: E402,F401

@@ -48,6 +48,7 @@ def _as_id_list(v) -> list:
 def _compile_chat_template(source: str):
     """A sandboxed jinja2 environment with the helpers transformers gives templates."""
     import jinja2
+    import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):

@@ -1,0 +1,385 @@
+"""ternlm.load and the Model API (DESIGN.md §4).
+
+    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None)
+    m.generate(prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+               repetition_penalty=1.0, seed=None, stop=None) -> str
+    m.stream(prompt, **same) -> iterator of text pieces;  m.chat(messages, **same) -> str
+    m.logits(token_ids) -> float32 [n, vocab];  m.perplexity(text, window=None, stride=None)
+    m.tokenizer, m.stats, m.save(folder)
+
+Weight formats at load (`weights=`):
+    None       every matrix as the checkpoint stores it (f32 / bf16 / packed ternary / int4);
+               f16 checkpoints are kept as f32 (exact).
+    "bf16"     every matrix bf16.
+    "int4"     the layer matrices (q k v o gate up down) int4, group 32.
+    "ternary"  the layer matrices ternary (absmean, DESIGN §3).
+Hybrid precision: with "int4" and "ternary" the token embedding and lm_head stay bf16 (they
+are a small share of the weights of a real model but the most sensitive to quantization;
+BitNet checkpoints never quantize lm_head either). `head="f32" | "bf16" | "int4"` overrides
+the format of embed and lm_head for any `weights`.
+
+Generation rules:
+- The prompt (after tokenization) must leave room for one new token: len(prompt) < context,
+  else ValueError with both numbers. Generation stops when prompt + generated tokens reach
+  `context` (the KV cache is full); stats["stop_reason"] is then "context".
+- It stops at an EOS id (config.json + generation_config.json + the tokenizer's eos_token),
+  or at a `stop` string (the text is cut before it; stop_reason "stop"), or after
+  max_new_tokens ("max_new_tokens").
+- An empty prompt starts from BOS when the model has one, else ValueError.
+- Sampling runs in C++: temperature 0 is greedy; seed=None draws a fresh seed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+import secrets
+import time
+
+import numpy as np
+
+from .config import Checkpoint, ModelConfig
+from .tokenizer import Tokenizer
+
+WEIGHT_CHOICES = (None, "bf16", "int4", "ternary")
+HEAD_CHOICES = (None, "f32", "bf16", "int4")
+LAYER_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+
+
+def target_formats(ckpt: Checkpoint, weights, head) -> dict:
+    """canonical matrix name -> format it will have after load (see module docstring)."""
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights={weights!r}: choose one of None (as stored), 'bf16', 'int4', 'ternary'")
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head={head!r}: choose one of None, 'f32', 'bf16', 'int4'")
+    out = {}
+    for name, stored in ckpt.stored.items():
+        is_head = name in ("embed", "lm_head")
+        if is_head and head is not None:
+            out[name] = head
+        elif weights is None:
+            out[name] = stored
+        elif is_head:
+            out[name] = "bf16"
+        else:
+            out[name] = weights
+    return out
+
+
+def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
+    """Canonical name -> QuantizedMatrix in its target format, or float32 norm weights.
+    Tensors are taken one at a time from the (lazy) checkpoint and released after use."""
+    from tqdm.auto import tqdm
+
+    from . import formats as fm
+    names = ckpt.config.tensor_names()
+    out = {}
+    bar = tqdm(names, desc="loading weights", unit="tensor", disable=not progress, leave=False)
+    for name in bar:
+        value = ckpt.tensors[name]
+        if name not in formats:                       # norm weights
+            out[name] = np.ascontiguousarray(value, dtype=np.float32)
+            continue
+        want = formats[name]
+        if isinstance(value, fm.QuantizedMatrix):
+            if value.format == want:
+                out[name] = value
+                continue
+            value = value.dequantize()
+        out[name] = fm.quantize(np.ascontiguousarray(value, dtype=np.float32), want)
+    return out
+
+
+class Model:
+    """A loaded model: tokenizer + C++ transformer (+ sampler). Build it with ternlm.load."""
+
+    def __init__(self, engine, tokenizer: Tokenizer, config: ModelConfig, formats: dict,
+                 context: int, source: str = "", matrices: dict | None = None, sampler_factory=None):
+        self._engine = engine
+        self.tokenizer = tokenizer
+        self.config = config
+        self.formats = dict(formats)         # matrix name -> format, as loaded
+        self.context = int(context)
+        self.source = source
+        self._matrices = matrices            # name -> QuantizedMatrix / norms, for save()
+        self._sampler_factory = sampler_factory
+        self.stats: dict = {}
+        eos = list(config.eos_token_ids)
+        eos += [i for i in tokenizer.eos_token_ids if i not in eos]
+        self.eos_token_ids = eos
+        self.bos_token_id = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
+
+    def __repr__(self):
+        kinds = sorted(set(self.formats.values()))
+        return (f"<ternlm.Model {self.config.arch} layers={self.config.num_layers} "
+                f"hidden={self.config.hidden_size} formats={kinds} context={self.context}>")
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(getattr(self._engine, "memory_bytes", 0))
+
+    # ---- argument checks ----------------------------------------------------------------
+    @staticmethod
+    def _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
+        def bad(msg):
+            raise ValueError(msg)
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            bad(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+            bad(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            bad(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            bad(f"top_p must be in (0, 1], got {top_p!r}")
+        if not (isinstance(min_p, (int, float)) and 0 <= min_p <= 1):
+            bad(f"min_p must be in [0, 1], got {min_p!r}")
+        if not (isinstance(repetition_penalty, (int, float)) and math.isfinite(repetition_penalty)
+                and repetition_penalty > 0):
+            bad(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+            bad(f"seed must be None or an int >= 0, got {seed!r}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if not all(isinstance(s, str) and s for s in stops):
+            bad(f"stop must be None, a non-empty string or a list of them, got {stop!r}")
+        return stops
+
+    def _prompt_ids(self, prompt, add_special_tokens=True) -> list:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        elif isinstance(prompt, (list, tuple, np.ndarray)):
+            ids = [int(i) for i in prompt]
+        else:
+            raise TypeError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
+        if not ids:
+            if self.bos_token_id is None:
+                raise ValueError("empty prompt, and this model has no BOS token to start from")
+            ids = [self.bos_token_id]
+        self._check_ids(ids)
+        if len(ids) >= self.context:
+            raise ValueError(f"prompt is {len(ids)} tokens but context is {self.context}: it must leave room "
+                             f"for at least one new token (load with a larger context= or shorten the prompt)")
+        return ids
+
+    def _check_ids(self, ids):
+        v = self.config.vocab_size
+        bad = [i for i in ids if not 0 <= i < v]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {v})")
+
+    # ---- generation ---------------------------------------------------------------------
+    def _new_sampler(self, seed):
+        if seed is None:
+            seed = secrets.randbits(63)
+        if self._sampler_factory is not None:
+            return self._sampler_factory(int(seed))
+        from ._native import core
+        return core.Sampler(int(seed))
+
+    def _forward(self, ids, logits="last") -> np.ndarray:
+        out = self._engine.forward(np.asarray(ids, dtype=np.int32), logits=logits)
+        return np.asarray(out, dtype=np.float32)
+
+    def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+               repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True):
+        """Yield the generated text in pieces as it is decoded (complete UTF-8 only). A stop
+        string is never yielded, not even in part: text that could be the start of one is
+        held back until it is ruled out."""
+        stops = self._check_sampling(max_new_tokens, temperature, top_k, top_p, min_p,
+                                     repetition_penalty, seed, stop)
+        ids = self._prompt_ids(prompt, _add_special_tokens)
+        return self._generate_pieces(ids, max_new_tokens, float(temperature), int(top_k), float(top_p),
+                                     float(min_p), float(repetition_penalty), seed, stops)
+
+    def _generate_pieces(self, ids, max_new, temperature, top_k, top_p, min_p, penalty, seed, stops):
+        stats = {"prompt_tokens": len(ids), "decode_tokens": 0, "prompt_tok_s": 0.0, "decode_tok_s": 0.0,
+                 "prompt_s": 0.0, "decode_s": 0.0, "stop_reason": "max_new_tokens", "peak_rss_mb": 0.0}
+        self.stats = stats
+        sampler = self._new_sampler(seed)
+        decoder = self.tokenizer.stream_decoder()
+        eos = set(self.eos_token_ids)
+        recent = list(ids)
+        text, emitted = "", 0                   # decoded text so far; how much was yielded
+        hold = max((len(s) for s in stops), default=1) - 1
+
+        t0 = time.perf_counter()
+        self._engine.reset()
+        logits = self._forward(ids, "last") if max_new > 0 else None
+        t1 = time.perf_counter()
+        stats["prompt_s"] = t1 - t0
+        stats["prompt_tok_s"] = len(ids) / max(t1 - t0, 1e-9)
+        generated = 0
+        try:
+            while generated < max_new:
+                if len(ids) + generated >= self.context:
+                    stats["stop_reason"] = "context"
+                    break
+                tok = int(sampler.sample(logits.reshape(-1), temperature, top_k, top_p, min_p, penalty,
+                                         np.asarray(recent, dtype=np.int32)))
+                if tok in eos:
+                    stats["stop_reason"] = "eos"
+                    break
+                generated += 1
+                recent.append(tok)
+                text += decoder.push(tok)
+                cut = self._find_stop(text, stops)
+                if cut is not None:
+                    stats["stop_reason"] = "stop"
+                    if cut > emitted:
+                        yield text[emitted:cut]
+                    emitted = cut
+                    break
+                safe = len(text) - self._partial_stop_len(text, stops, hold)
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+                if generated < max_new and len(ids) + generated < self.context:
+                    logits = self._forward([tok], "last")
+            if stats["stop_reason"] != "stop":
+                text += decoder.flush()
+                cut = self._find_stop(text, stops)
+                if cut is not None:
+                    stats["stop_reason"] = "stop"
+                    text = text[:cut]
+                if len(text) > emitted:
+                    yield text[emitted:]
+        finally:
+            t2 = time.perf_counter()
+            stats["decode_tokens"] = generated
+            stats["decode_s"] = t2 - t1
+            stats["decode_tok_s"] = generated / max(t2 - t1, 1e-9) if generated else 0.0
+            stats["peak_rss_mb"] = _peak_rss_mb()
+
+    @staticmethod
+    def _find_stop(text, stops):
+        hits = [text.find(s) for s in stops]
+        hits = [h for h in hits if h >= 0]
+        return min(hits) if hits else None
+
+    @staticmethod
+    def _partial_stop_len(text, stops, hold):
+        """Length of the longest tail of text that is a proper prefix of a stop string."""
+        for n in range(min(hold, len(text)), 0, -1):
+            tail = text[-n:]
+            if any(s.startswith(tail) for s in stops):
+                return n
+        return 0
+
+    def generate(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                 repetition_penalty=1.0, seed=None, stop=None) -> str:
+        """The generated continuation of `prompt` (str or token ids), without the prompt."""
+        return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
+                                   repetition_penalty, seed, stop))
+
+    def chat(self, messages, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+             repetition_penalty=1.0, seed=None, stop=None, stream=False):
+        """Reply to a conversation [{"role", "content"}, ...] rendered with the model's chat
+        template. The rendered text is tokenized without adding special tokens (the template
+        writes BOS itself), as transformers' apply_chat_template does. stream=True returns
+        the piece iterator instead of a string."""
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        pieces = self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
+                             repetition_penalty, seed, stop, _add_special_tokens=False)
+        return pieces if stream else "".join(pieces)
+
+    # ---- scoring --------------------------------------------------------------------------
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 [n, vocab]: one fresh forward of token_ids from position 0."""
+        ids = [int(i) for i in token_ids]
+        if not ids:
+            raise ValueError("logits() needs at least one token id")
+        self._check_ids(ids)
+        if len(ids) > self.context:
+            raise ValueError(f"{len(ids)} tokens do not fit in context {self.context}")
+        self._engine.reset()
+        out = self._forward(ids, "all")
+        return out.reshape(len(ids), -1)
+
+    def perplexity(self, text, window=None, stride=None) -> float:
+        """exp(mean negative log-likelihood) of the tokens of `text` (BOS added if the
+        tokenizer adds it; the first token is context only).
+
+        Sliding window: forwards of at most `window` tokens (default: context) starting every
+        `stride` tokens (default: window, i.e. disjoint chunks). In each window only tokens
+        not scored by an earlier window count, each predicted from all window tokens before
+        it — the transformers perplexity recipe. stride < window gives more left context per
+        scored token, at more compute."""
+        ids = self.tokenizer.encode(text) if isinstance(text, str) else [int(i) for i in text]
+        if len(ids) < 2:
+            raise ValueError(f"perplexity needs at least 2 tokens, the text has {len(ids)}")
+        window = int(window or self.context)
+        stride = int(stride or window)
+        if not 2 <= window <= self.context:
+            raise ValueError(f"window must be in [2, context={self.context}], got {window}")
+        if not 1 <= stride <= window:
+            raise ValueError(f"stride must be in [1, window={window}], got {stride}")
+        nll, count, scored_to = 0.0, 0, 1        # ids[:scored_to] need no more scoring
+        for begin in range(0, len(ids), stride):
+            end = min(begin + window, len(ids))
+            if end <= scored_to:
+                continue
+            lg = self.logits(ids[begin:end]).astype(np.float64)
+            first = max(scored_to, begin + 1)    # positions first..end-1 get scored
+            rows = lg[first - begin - 1:end - begin - 1]
+            m = rows.max(axis=1, keepdims=True)
+            logz = (m + np.log(np.exp(rows - m).sum(axis=1, keepdims=True)))[:, 0]
+            target = np.asarray(ids[first:end])
+            nll += float(np.sum(logz - rows[np.arange(len(target)), target]))
+            count += len(target)
+            scored_to = end
+            if end == len(ids):
+                break
+        return float(math.exp(nll / count))
+
+    # ---- saving -----------------------------------------------------------------------------
+    def save(self, folder):
+        """Write this model (converted weights + tokenizer) as a ternlm folder that
+        ternlm.load maps back without conversion. Refuses a non-empty folder that is not
+        already a ternlm folder."""
+        from .own_format import save_model
+        save_model(self, folder)
+
+
+# ---- load -------------------------------------------------------------------------------------
+def read_checkpoint(path) -> Checkpoint:
+    """Any supported source -> Checkpoint (before format conversion)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if os.path.isdir(path):
+        from .own_format import HEADER_FILE, load_own_folder
+        if os.path.exists(os.path.join(path, HEADER_FILE)):
+            return load_own_folder(path)
+        if os.path.exists(os.path.join(path, "config.json")):
+            from .hf import load_hf_folder
+            return load_hf_folder(path)
+        raise ValueError(f"{path}: neither a Hugging Face folder (config.json) nor a ternlm folder ({HEADER_FILE})")
+    if path.endswith(".gguf"):
+        from .gguf_loader import load_gguf
+        return load_gguf(path)
+    raise ValueError(f"{path}: not a folder or a .gguf file")
+
+
+def build_engine(config: ModelConfig, tensors: dict, context: int, threads):
+    from ._native import core
+    return core.Transformer(config.to_dict(), tensors, int(context), threads)
+
+
+def load(path, weights=None, threads=None, context=4096, head=None, progress=True) -> Model:
+    """Load a model from a Hugging Face folder, a GGUF file or a folder written by
+    Model.save, converting its matrices to `weights` (see the module docstring for the
+    formats and the hybrid embed/lm_head policy). threads=None uses all cores; context is
+    the KV-cache length in tokens."""
+    if not isinstance(context, (int, np.integer)) or context < 2:
+        raise ValueError(f"context must be an int >= 2, got {context!r}")
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
+    ckpt = read_checkpoint(path)
+    formats = target_formats(ckpt, weights, head)
+    tensors = convert_checkpoint(ckpt, formats, progress=progress)
+    engine = build_engine(ckpt.config, tensors, context, threads)
+    return Model(engine, ckpt.tokenizer, ckpt.config, formats, context, source=ckpt.source,
+                 matrices=tensors)

@@ -1,0 +1,139 @@
+"""ternlm's own folder format: a converted model that loads without conversion.
+
+    folder/
+      ternlm.json         {"format": "ternlm", "format_version": 1, "config": ModelConfig,
+                           "matrices": {name: {"format", "shape", "group_size",
+                                               "buffers": {key: safetensors tensor name}}},
+                           "norms": [name, ...]}
+      model.safetensors   every QuantizedMatrix's raw buffers (q.buffers(), e.g. packed
+                          ternary bits + row multipliers, int4 nibbles + fp16 scale/min,
+                          bf16 bits) under "<name>.<key>", and the f32 norm weights under
+                          their canonical names
+      tokenizer.json, tokenizer_config.json, ... copied from the source folder (or written
+                          from the Tokenizer when the source was a GGUF file)
+
+Loading memory-maps model.safetensors and hands each matrix's buffers to
+QuantizedMatrix.from_buffers: no quantize, no repacking.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from .config import Checkpoint, ModelConfig
+from .safetensors_io import SafetensorsFile, float32_to_bf16_bits, save_safetensors  # noqa: F401
+from .tokenizer import Tokenizer
+
+HEADER_FILE = "ternlm.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
+
+
+def _is_ternlm_folder(folder) -> bool:
+    return os.path.exists(os.path.join(folder, HEADER_FILE))
+
+
+def save_model(model, folder):
+    folder = os.fspath(folder)
+    if os.path.exists(folder):
+        if not os.path.isdir(folder):
+            raise ValueError(f"{folder}: exists and is not a folder")
+        if os.listdir(folder) and not _is_ternlm_folder(folder):
+            raise ValueError(f"{folder}: folder is not empty and is not a ternlm folder; "
+                             "refusing to write into it (choose an empty or new folder)")
+        if os.path.abspath(folder) == os.path.abspath(model.source or ""):
+            raise ValueError(f"{folder}: is the folder this model was loaded from (memory-mapped); "
+                             "save to another folder")
+    os.makedirs(folder, exist_ok=True)
+    if model._matrices is None:
+        raise ValueError("this Model holds no weight objects to save (built without ternlm.load)")
+
+    arrays, matrices, norms = {}, {}, []
+    for name in model.config.tensor_names():
+        value = model._matrices[name]
+        if isinstance(value, np.ndarray):
+            arrays[name] = np.ascontiguousarray(value, dtype=np.float32)
+            norms.append(name)
+            continue
+        bufs = value.buffers()
+        entry = {"format": value.format, "shape": list(value.shape),
+                 "group_size": int(getattr(value, "group_size", 0) or 0), "buffers": {}}
+        for key, arr in bufs.items():
+            tname = f"{name}.{key}"
+            arrays[tname] = np.ascontiguousarray(arr)
+            entry["buffers"][key] = tname
+        matrices[name] = entry
+
+    header = {"format": "ternlm", "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+              "context_hint": model.context, "matrices": matrices, "norms": norms}
+    tmp = os.path.join(folder, WEIGHTS_FILE + ".partial")
+    save_safetensors(tmp, arrays, metadata={"format": "ternlm", "format_version": str(FORMAT_VERSION)})
+    os.replace(tmp, os.path.join(folder, WEIGHTS_FILE))
+    _save_tokenizer(model, folder)
+    with open(os.path.join(folder, HEADER_FILE), "w", encoding="utf-8") as f:
+        json.dump(header, f, indent=1)
+
+
+def _save_tokenizer(model, folder):
+    src = model.source
+    if src and os.path.isdir(src) and os.path.exists(os.path.join(src, "tokenizer.json")):
+        for fname in TOKENIZER_FILES:
+            p = os.path.join(src, fname)
+            if os.path.exists(p):
+                shutil.copyfile(p, os.path.join(folder, fname))
+    else:
+        model.tokenizer.save_to_folder(folder)
+
+
+def _header_error(path, msg):
+    return ValueError(f"{path}: {msg}")
+
+
+def load_own_folder(folder) -> Checkpoint:
+    from .formats import QuantizedMatrix
+    folder = os.fspath(folder)
+    hpath = os.path.join(folder, HEADER_FILE)
+    try:
+        with open(hpath, encoding="utf-8") as f:
+            header = json.load(f)
+    except json.JSONDecodeError as e:
+        raise _header_error(hpath, f"invalid JSON ({e})") from e
+    if not isinstance(header, dict) or header.get("format") != "ternlm":
+        raise _header_error(hpath, "not a ternlm header (missing \"format\": \"ternlm\")")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _header_error(hpath, f"format_version {version!r} is not supported by this ternlm "
+                                   f"(reads version {FORMAT_VERSION})")
+    for key in ("config", "matrices", "norms"):
+        if key not in header:
+            raise _header_error(hpath, f"missing field {key!r}")
+    try:
+        config = ModelConfig(**header["config"])
+    except TypeError as e:
+        raise _header_error(hpath, f"config does not describe a model ({e})") from e
+    st = SafetensorsFile(os.path.join(folder, WEIGHTS_FILE))
+    tensors, stored = {}, {}
+    matrices, norms = header["matrices"], set(header["norms"])
+    for name in config.tensor_names():
+        if name in norms:
+            if name not in st:
+                raise _header_error(hpath, f"norm {name!r} is missing from {WEIGHTS_FILE}")
+            tensors[name] = st.raw(name)
+            continue
+        entry = matrices.get(name)
+        if entry is None:
+            raise _header_error(hpath, f"matrix {name!r} is missing")
+        try:
+            bufs = {key: st.raw(tname) for key, tname in entry["buffers"].items()}
+            tensors[name] = QuantizedMatrix.from_buffers(entry["format"], tuple(entry["shape"]),
+                                                         int(entry.get("group_size") or 0), bufs)
+        except (KeyError, TypeError, ValueError) as e:
+            raise _header_error(hpath, f"matrix {name!r}: {e}") from e
+        stored[name] = entry["format"]
+    tok = Tokenizer.from_folder(folder)
+    return Checkpoint(config=config, tensors=tensors, stored=stored, tokenizer=tok, source=folder)
