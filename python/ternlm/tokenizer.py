@@ -82,12 +82,20 @@ class Tokenizer:
 
     def __init__(self, backend: tokenizers.Tokenizer, bos_token_id=None, eos_token_ids=(),
                  chat_template=None, add_bos_token=None, special_tokens=None,
-                 add_eos_token=False, clean_up_tokenization_spaces=False):
+                 add_eos_token=False, clean_up_tokenization_spaces=False, derive_special_tokens=True):
         self.backend = backend
         self.bos_token_id = None if bos_token_id is None else int(bos_token_id)
         self.eos_token_ids = [int(i) for i in eos_token_ids]
         self.chat_template = chat_template
         self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
+        # callers that know only ids (GGUF metadata) still get bos/eos strings for templates;
+        # from_folder turns this off to match transformers exactly.
+        for key, tid in (("bos_token", self.bos_token_id),
+                         ("eos_token", self.eos_token_ids[0] if self.eos_token_ids else None)):
+            if derive_special_tokens and key not in self.special_tokens and tid is not None:
+                text = backend.id_to_token(tid)
+                if text is not None:
+                    self.special_tokens[key] = text
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self._compiled_template = None
         if add_bos_token is not None:
@@ -156,7 +164,8 @@ class Tokenizer:
                    add_bos_token=bool(tcfg.get("add_bos_token", False)) if explicit else None,
                    add_eos_token=bool(tcfg.get("add_eos_token", False)),
                    special_tokens=special,
-                   clean_up_tokenization_spaces=bool(tcfg.get("clean_up_tokenization_spaces", False)))
+                   clean_up_tokenization_spaces=bool(tcfg.get("clean_up_tokenization_spaces", False)),
+                   derive_special_tokens=False)
 
     @staticmethod
     def _find_chat_template(path, tcfg):
