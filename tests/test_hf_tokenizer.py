@@ -100,3 +100,27 @@ def test_stream_decoder_emits_only_complete_utf8(pair):
 def test_from_folder_without_tokenizer_json(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.from_folder(tmp_path)
+
+
+def test_gguf_style_construction_adds_bos_and_fills_template_tokens(tokenizer_folders):
+    import tokenizers
+    backend = tokenizers.Tokenizer.from_file(f"{tokenizer_folders['metaspace']}/tokenizer.json")
+    bos, eos = backend.token_to_id("<s>"), backend.token_to_id("</s>")
+    tok = Tokenizer(backend, bos, [eos], CHAT_TEMPLATE, True, {})
+    assert tok.encode("Hello")[0] == bos and tok.add_bos_token
+    assert tok.encode("Hello", add_special_tokens=False)[0] != bos
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "<s><|user|>hi\n<|assistant|>"
+    tok = Tokenizer(backend, bos, [eos], None, False, {})
+    assert tok.encode("Hello")[0] != bos and not tok.add_bos_token
+
+
+def test_chat_template_from_tokenizer_config_list_form(tokenizer_folders, tmp_path):
+    import json
+    import shutil
+    d = tmp_path / "t"
+    shutil.copytree(tokenizer_folders["bytelevel"], d)
+    (d / "chat_template.jinja").unlink()
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "{{ messages[0]['content'] }}!"}]
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert Tokenizer.from_folder(d).apply_chat_template([{"role": "user", "content": "x"}]) == "x!"
