@@ -209,7 +209,9 @@ class SafetensorsFolder:
                 paths = sorted(os.path.join(self.folder, p) for p in os.listdir(self.folder)
                                if p.endswith(".safetensors"))
             if not paths:
-                raise FileNotFoundError(f"{self.folder}: no model.safetensors, {self.INDEX} or *.safetensors")
+                hint = (" (only PyTorch .bin weights found: convert them to safetensors first)"
+                        if any(p.endswith(".bin") for p in os.listdir(self.folder)) else "")
+                raise FileNotFoundError(f"{self.folder}: no model.safetensors, {self.INDEX} or *.safetensors{hint}")
             for p in paths:
                 st = SafetensorsFile(p)
                 for name in st.keys():
