@@ -77,8 +77,11 @@ def _metaspace_tokenizer():
     return tok, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-def save_tokenizer(folder, kind="bytelevel", add_bos_token=None, chat_template=CHAT_TEMPLATE):
-    """Write tokenizer.json + tokenizer_config.json through transformers' own save_pretrained."""
+def save_tokenizer(folder, kind="bytelevel", add_bos_token=None, chat_template=CHAT_TEMPLATE,
+                   tokenizer_class=None, extra_config=None):
+    """Write tokenizer.json + tokenizer_config.json through transformers' own save_pretrained;
+    tokenizer_class / extra_config then edit tokenizer_config.json as Hub repos have it
+    (e.g. "LlamaTokenizer" with "legacy": false, like TinyLlama)."""
     from transformers import PreTrainedTokenizerFast
     tok, special = (_bytelevel_tokenizer if kind == "bytelevel" else _metaspace_tokenizer)()
     kwargs = dict(special)
@@ -87,17 +90,37 @@ def save_tokenizer(folder, kind="bytelevel", add_bos_token=None, chat_template=C
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
     fast.chat_template = chat_template
     fast.save_pretrained(folder)
+    if tokenizer_class or extra_config:
+        path = os.path.join(folder, "tokenizer_config.json")
+        cfg = json.load(open(path))
+        if tokenizer_class:
+            cfg["tokenizer_class"] = tokenizer_class
+        cfg.update(extra_config or {})
+        json.dump(cfg, open(path, "w"), indent=1)
     return fast
+
+
+# name -> (kind, add_bos_token, tokenizer_class, extra tokenizer_config entries)
+TOKENIZER_VARIANTS = {
+    "bytelevel": ("bytelevel", None, None, None),
+    "metaspace": ("metaspace", None, None, None),
+    "metaspace_bos": ("metaspace", True, None, None),
+    # transformers rebuilds these classes' pipelines (Llama 2 / TinyLlama, SmolLM2)
+    "llama_class": ("metaspace", True, "LlamaTokenizerFast", {"legacy": False}),
+    "llama_class_legacy": ("metaspace", True, "LlamaTokenizer", {"legacy": True}),
+    "gpt2_class": ("bytelevel", None, "GPT2Tokenizer", {"add_prefix_space": False, "unk_token": "<|end|>"}),
+    # tokenizer_config says add_bos_token, tokenizer.json's post-processor does not add it
+    "bos_flag_ignored": ("metaspace", None, None, {"add_bos_token": True}),
+}
 
 
 @pytest.fixture(scope="session")
 def tokenizer_folders(tmp_path_factory):
-    """{"bytelevel": folder, "metaspace": folder, "metaspace_bos": folder (add_bos_token=True)}"""
+    """TOKENIZER_VARIANTS name -> folder holding only the tokenizer files."""
     out = {}
-    for name, kind, bos in (("bytelevel", "bytelevel", None), ("metaspace", "metaspace", None),
-                            ("metaspace_bos", "metaspace", True)):
+    for name, (kind, bos, cls, extra) in TOKENIZER_VARIANTS.items():
         d = tmp_path_factory.mktemp(f"tok_{name}")
-        save_tokenizer(d, kind, add_bos_token=bos)
+        save_tokenizer(d, kind, add_bos_token=bos, tokenizer_class=cls, extra_config=extra)
         out[name] = str(d)
     return out
 

@@ -3,7 +3,7 @@ chat templates, and UTF-8-correct streaming."""
 import random
 
 import pytest
-from conftest import CHAT_TEMPLATE
+from conftest import CHAT_TEMPLATE, TOKENIZER_VARIANTS
 
 from ternlm.tokenizer import Tokenizer
 
@@ -22,7 +22,7 @@ def varied_strings(n=300, seed=0):
     return out
 
 
-@pytest.fixture(scope="module", params=["bytelevel", "metaspace", "metaspace_bos"])
+@pytest.fixture(scope="module", params=list(TOKENIZER_VARIANTS))
 def pair(request, tokenizer_folders):
     from transformers import AutoTokenizer
     folder = tokenizer_folders[request.param]

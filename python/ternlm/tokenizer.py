@@ -1,10 +1,11 @@
 """Tokenizer: Hugging Face `tokenizers` for text <-> ids, jinja2 for chat templates, and an
 incremental decoder for streaming.
 
-It tokenizes exactly like transformers' AutoTokenizer (v5 `TokenizersBackend`) on the same
-folder: tokenizer.json is the pipeline; if tokenizer_config.json sets add_bos_token /
-add_eos_token explicitly (or tokenizer.json has no post-processor), the post-processor is
-replaced by `[bos] $A [eos]` as those flags say, just as transformers does.
+It tokenizes exactly like transformers' (v5) AutoTokenizer on the same folder:
+tokenizer.json is the pipeline and its post-processor alone decides BOS/EOS (transformers
+ignores tokenizer_config's add_bos_token / add_eos_token when tokenizer.json exists), and
+for the LlamaTokenizer / GPT2Tokenizer classes the normalizer, pre-tokenizer and decoder
+are rebuilt the way those transformers classes rebuild them (see _apply_class_pipeline).
 """
 from __future__ import annotations
 
@@ -70,6 +71,47 @@ def _compile_chat_template(source: str):
     return env.from_string(source)
 
 
+def _has_byte_level(component) -> bool:
+    if isinstance(component, dict):
+        return component.get("type") == "ByteLevel" or any(_has_byte_level(v) for v in component.values())
+    if isinstance(component, list):
+        return any(_has_byte_level(v) for v in component)
+    return False
+
+
+def _apply_class_pipeline(backend, tcfg: dict, tok_json: dict):
+    """transformers v5 does not use tokenizer.json's normalizer / pre-tokenizer / decoder for
+    tokenizer classes with their own constructor: it keeps the vocabulary, merges, added
+    tokens and post-processor and rebuilds the rest as the class defines it. For the classes
+    of the models ternlm runs we do the same, so that we tokenize like AutoTokenizer:
+      LlamaTokenizer (Llama 2, TinyLlama): no normalizer, Metaspace pre-tokenizer (prepend
+        "first" unless legacy, so no "▁" after special tokens), byte-fallback decoder;
+        a ByteLevel tokenizer.json declared as LlamaTokenizer is left alone (as transformers).
+      GPT2Tokenizer (SmolLM2): ByteLevel pre-tokenizer and decoder only.
+    Any other class (PreTrainedTokenizerFast, TokenizersBackend: Llama 3, BitNet) keeps
+    tokenizer.json as is."""
+    from tokenizers import decoders, pre_tokenizers
+    cls = (tcfg.get("tokenizer_class") or "").removesuffix("Fast")
+    if tok_json.get("model", {}).get("type") != "BPE":
+        return
+    if cls == "LlamaTokenizer":
+        if _has_byte_level(tok_json.get("pre_tokenizer")) or _has_byte_level(tok_json.get("decoder")):
+            return
+        add_prefix_space = tcfg.get("add_prefix_space")
+        add_prefix_space = True if add_prefix_space is None else bool(add_prefix_space)
+        scheme = ("first" if not tcfg.get("legacy", False) else "always") if add_prefix_space else "never"
+        backend.normalizer = None
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme, split=False)
+        steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if add_prefix_space:
+            steps.append(decoders.Strip(content=" ", left=1))
+        backend.decoder = decoders.Sequence(steps)
+    elif cls == "GPT2Tokenizer":
+        backend.normalizer = None
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(tcfg.get("add_prefix_space", False)))
+        backend.decoder = decoders.ByteLevel()
+
+
 class Tokenizer:
     """Text <-> token ids for one model.
 
@@ -125,13 +167,15 @@ class Tokenizer:
     @classmethod
     def from_folder(cls, path) -> "Tokenizer":
         path = os.fspath(path)
-        tok_json = os.path.join(path, "tokenizer.json")
-        if not os.path.exists(tok_json):
+        tok_json_path = os.path.join(path, "tokenizer.json")
+        if not os.path.exists(tok_json_path):
             raise FileNotFoundError(f"{path}: no tokenizer.json (ternlm needs the fast-tokenizer file)")
         try:
-            backend = tokenizers.Tokenizer.from_file(tok_json)
+            backend = tokenizers.Tokenizer.from_file(tok_json_path)
+            with open(tok_json_path, encoding="utf-8") as f:
+                tok_json = json.load(f)
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
-            raise ValueError(f"{tok_json}: cannot be read by the tokenizers library ({e})") from e
+            raise ValueError(f"{tok_json_path}: cannot be read by the tokenizers library ({e})") from e
         tcfg = _read_json(os.path.join(path, "tokenizer_config.json"))
         legacy = _read_json(os.path.join(path, "special_tokens_map.json"))
         gen = _read_json(os.path.join(path, "generation_config.json"))
@@ -158,11 +202,12 @@ class Tokenizer:
             if i is not None and i not in eos_ids:
                 eos_ids.append(i)
 
-        explicit = "add_bos_token" in tcfg or "add_eos_token" in tcfg or backend.post_processor is None
+        _apply_class_pipeline(backend, tcfg, tok_json)
+        # With a tokenizer.json, transformers ignores tokenizer_config's add_bos_token /
+        # add_eos_token: the file's post-processor alone decides (none = add nothing).
         return cls(backend, bos_token_id=bos_id, eos_token_ids=eos_ids,
                    chat_template=cls._find_chat_template(path, tcfg),
-                   add_bos_token=bool(tcfg.get("add_bos_token", False)) if explicit else None,
-                   add_eos_token=bool(tcfg.get("add_eos_token", False)),
+                   add_bos_token=None,
                    special_tokens=special,
                    clean_up_tokenization_spaces=bool(tcfg.get("clean_up_tokenization_spaces", False)),
                    derive_special_tokens=False)
