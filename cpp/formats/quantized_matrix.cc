@@ -1,1 +1,368 @@
-// placeholder: implemented by the kernels work
+// QuantizedMatrix storage, constructors (Quantize, FromTernary, FromInt4,
+// ConcatRows, FromBuffers) and dequantization. Layouts: quantized_matrix.h.
+#include "formats/quantized_matrix.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+#include "formats/int4.h"
+#include "formats/ternary.h"
+
+namespace ternlm {
+namespace {
+
+std::string Str(size_t v) { return std::to_string(v); }
+
+size_t PaddedCols(WeightFormat f, size_t cols) {
+  switch (f) {
+    case WeightFormat::kF32: return (cols + 15) / 16 * 16;
+    case WeightFormat::kBF16: return (cols + 31) / 32 * 32;
+    case WeightFormat::kInt4: return Int4PaddedCols(cols);
+    case WeightFormat::kTernary: return TernaryPaddedCols(cols);
+  }
+  return cols;
+}
+
+void CheckShape(const char* fn, size_t rows, size_t cols) {
+  if (rows == 0 || cols == 0)
+    throw std::invalid_argument(std::string(fn) + ": shape must be non-empty, got [" + Str(rows) +
+                                ", " + Str(cols) + "]");
+}
+
+void CheckGroup(const char* fn, size_t cols, int group) {
+  if (group != 32 && group != 64 && group != 128)
+    throw std::invalid_argument(std::string(fn) + ": group_size must be 32, 64 or 128, got " +
+                                std::to_string(group));
+  if (cols % size_t(group) != 0)
+    throw std::invalid_argument(std::string(fn) + ": group_size " + std::to_string(group) +
+                                " does not divide cols = " + Str(cols));
+}
+
+void CheckFinite(const float* w, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(w[i]))
+      throw std::invalid_argument("quantize: w has a non-finite value (" + std::to_string(w[i]) +
+                                  ") at flat index " + Str(i));
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- names
+
+const char* FormatName(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF32: return "f32";
+    case WeightFormat::kBF16: return "bf16";
+    case WeightFormat::kInt4: return "int4";
+    case WeightFormat::kTernary: return "ternary";
+  }
+  return "?";
+}
+
+WeightFormat ParseFormat(const std::string& name) {
+  if (name == "f32" || name == "float32") return WeightFormat::kF32;
+  if (name == "bf16" || name == "bfloat16") return WeightFormat::kBF16;
+  if (name == "int4") return WeightFormat::kInt4;
+  if (name == "ternary") return WeightFormat::kTernary;
+  throw std::invalid_argument("format must be one of 'ternary', 'int4', 'bf16', 'f32', got '" +
+                              name + "'");
+}
+
+// ---------------------------------------------------------------- storage
+
+void AlignedBytes::Free::operator()(uint8_t* p) const { std::free(p); }
+
+AlignedBytes::AlignedBytes(size_t size) : size_(size) {
+  const size_t alloc = std::max<size_t>(64, (size + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, alloc);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, alloc);
+  data_.reset(static_cast<uint8_t*>(p));
+}
+
+size_t QuantizedMatrix::row_bytes() const {
+  switch (format_) {
+    case WeightFormat::kF32: return padded_cols_ * 4;
+    case WeightFormat::kBF16: return padded_cols_ * 2;
+    case WeightFormat::kInt4: return padded_cols_ / 2;
+    case WeightFormat::kTernary: return padded_cols_ / 4;
+  }
+  return 0;
+}
+
+size_t QuantizedMatrix::nbytes() const { return data_.size() + aux0_.size() + aux1_.size(); }
+
+double QuantizedMatrix::bits_per_weight() const {
+  return double(nbytes()) * 8.0 / (double(rows_) * double(cols_));
+}
+
+QuantizedMatrix QuantizedMatrix::Allocate(WeightFormat f, size_t rows, size_t cols, int group) {
+  QuantizedMatrix m;
+  m.format_ = f;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.group_size_ = f == WeightFormat::kInt4 ? group : 0;
+  m.padded_cols_ = PaddedCols(f, cols);
+  m.data_ = AlignedBytes(rows * m.row_bytes());
+  if (f == WeightFormat::kTernary) m.aux0_ = AlignedBytes(rows * 4);
+  if (f == WeightFormat::kInt4) {
+    m.aux0_ = AlignedBytes(rows * m.groups_per_row() * 2);
+    m.aux1_ = AlignedBytes(rows * m.groups_per_row() * 2);
+  }
+  return m;
+}
+
+static const uint32_t kLayoutVersionValue = kLayoutVersion;
+
+std::vector<BufferView> QuantizedMatrix::Buffers() const {
+  std::vector<BufferView> b;
+  b.push_back({"layout_version", "uint32", 1, &kLayoutVersionValue});
+  switch (format_) {
+    case WeightFormat::kF32:
+      b.push_back({"weight", "float32", rows_ * padded_cols_, data_.data()});
+      break;
+    case WeightFormat::kBF16:
+      b.push_back({"weight", "uint16", rows_ * padded_cols_, data_.data()});
+      break;
+    case WeightFormat::kInt4:
+      b.push_back({"q4", "uint8", data_.size(), data_.data()});
+      b.push_back({"scale", "uint16", rows_ * groups_per_row(), aux0_.data()});
+      b.push_back({"min", "uint16", rows_ * groups_per_row(), aux1_.data()});
+      break;
+    case WeightFormat::kTernary:
+      b.push_back({"packed", "uint8", data_.size(), data_.data()});
+      b.push_back({"row_multiplier", "float32", rows_, aux0_.data()});
+      break;
+  }
+  return b;
+}
+
+QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t cols, int group,
+                                             const std::vector<BufferView>& buffers) {
+  CheckShape("from_buffers", rows, cols);
+  if (f == WeightFormat::kInt4) CheckGroup("from_buffers", cols, group);
+  QuantizedMatrix m = Allocate(f, rows, cols, group);
+  const std::vector<BufferView> expected = m.Buffers();
+  for (const BufferView& want : expected) {
+    const BufferView* got = nullptr;
+    for (const BufferView& b : buffers)
+      if (b.name == want.name) got = &b;
+    if (!got) throw std::invalid_argument("from_buffers: missing buffer '" + want.name + "'");
+    if (got->dtype != want.dtype)
+      throw std::invalid_argument("from_buffers: buffer '" + want.name + "' has dtype " +
+                                  got->dtype + ", expected " + want.dtype);
+    if (got->count != want.count)
+      throw std::invalid_argument("from_buffers: buffer '" + want.name + "' has " +
+                                  Str(got->count) + " elements, expected " + Str(want.count));
+    if (want.name == "layout_version") {
+      const uint32_t v = *static_cast<const uint32_t*>(got->data);
+      if (v != kLayoutVersion)
+        throw std::invalid_argument("from_buffers: layout_version is " + std::to_string(v) +
+                                    ", expected " + std::to_string(kLayoutVersion));
+      continue;
+    }
+    std::memcpy(const_cast<void*>(want.data), got->data,
+                want.count * (want.dtype == "uint8" ? 1 : want.dtype == "uint16" ? 2 : 4));
+  }
+  for (const BufferView& b : buffers) {
+    bool known = false;
+    for (const BufferView& want : expected) known |= want.name == b.name;
+    if (!known)
+      throw std::invalid_argument("from_buffers: unexpected buffer '" + b.name + "' for format " +
+                                  FormatName(f));
+  }
+  if (f == WeightFormat::kTernary) {
+    std::vector<int8_t> row(cols);
+    for (size_t r = 0; r < rows; ++r)
+      if (!UnpackTernaryRow(m.data() + r * m.row_bytes(), cols, row.data()))
+        throw std::invalid_argument("from_buffers: buffer 'packed' row " + Str(r) +
+                                    " holds the invalid 2-bit code 3");
+    CheckFinite(m.row_multiplier(), rows);
+  }
+  if (f == WeightFormat::kF32) CheckFinite(reinterpret_cast<const float*>(m.data()), rows * m.padded_cols());
+  return m;
+}
+
+// ---------------------------------------------------------------- constructors
+
+QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat f, int group) {
+  CheckShape("quantize", rows, cols);
+  if (f == WeightFormat::kInt4) CheckGroup("quantize", cols, group);
+  CheckFinite(w, rows * cols);
+  QuantizedMatrix m = QuantizedMatrix::Allocate(f, rows, cols, group);
+  const size_t rb = m.row_bytes();
+  switch (f) {
+    case WeightFormat::kF32:
+      for (size_t r = 0; r < rows; ++r)
+        std::memcpy(m.mutable_data() + r * rb, w + r * cols, cols * 4);
+      break;
+    case WeightFormat::kBF16:
+      for (size_t r = 0; r < rows; ++r) {
+        uint16_t* o = reinterpret_cast<uint16_t*>(m.mutable_data() + r * rb);
+        for (size_t c = 0; c < cols; ++c) o[c] = BF16FromF32(w[r * cols + c]);
+      }
+      break;
+    case WeightFormat::kTernary: {
+      // DESIGN §3: s_w = 1 / max(mean|W|, 1e-5); T = clamp(round_half_even(W s_w), -1, 1).
+      double sum = 0;
+      for (size_t i = 0; i < rows * cols; ++i) sum += std::fabs(double(w[i]));
+      const float mean = float(sum / double(rows * cols));
+      const float s_w = 1.0f / std::max(mean, 1e-5f);
+      std::vector<int8_t> t(cols);
+      float* mult = reinterpret_cast<float*>(m.mutable_aux0());
+      for (size_t r = 0; r < rows; ++r) {
+        for (size_t c = 0; c < cols; ++c) {
+          const float v = std::nearbyint(w[r * cols + c] * s_w);
+          t[c] = int8_t(std::min(1.0f, std::max(-1.0f, v)));
+        }
+        PackTernaryRow(t.data(), cols, m.mutable_data() + r * rb);
+        mult[r] = 1.0f / s_w;
+      }
+      break;
+    }
+    case WeightFormat::kInt4: {
+      // GGUF Q4_1 numerics, but q is rounded against the fp16-rounded scale and min
+      // that are stored, so dequantize() is what the kernels multiply by.
+      for (float v : {*std::max_element(w, w + rows * cols), *std::min_element(w, w + rows * cols)})
+        if (std::fabs(v) > 65504.0f)
+          throw std::invalid_argument("quantize: int4 needs |w| <= 65504 (fp16 scale/min), got " +
+                                      std::to_string(v));
+      const size_t gpr = m.groups_per_row();
+      uint16_t* scale = reinterpret_cast<uint16_t*>(m.mutable_aux0());
+      uint16_t* mins = reinterpret_cast<uint16_t*>(m.mutable_aux1());
+      std::vector<uint8_t> q(cols);
+      for (size_t r = 0; r < rows; ++r) {
+        for (size_t g = 0; g < cols / size_t(group); ++g) {
+          const float* x = w + r * cols + g * group;
+          const float lo = *std::min_element(x, x + group), hi = *std::max_element(x, x + group);
+          const uint16_t d16 = F16FromF32((hi - lo) / 15.0f), m16 = F16FromF32(lo);
+          const float d = F32FromF16(d16), mn = F32FromF16(m16);
+          const float id = d > 0 ? 1.0f / d : 0.0f;
+          for (int i = 0; i < group; ++i) {
+            const float v = std::nearbyint((x[i] - mn) * id);
+            q[g * group + i] = uint8_t(std::min(15.0f, std::max(0.0f, v)));
+          }
+          scale[r * gpr + g] = d16;
+          mins[r * gpr + g] = m16;
+        }
+        PackInt4Row(q.data(), cols, m.mutable_data() + r * rb);
+      }
+      break;
+    }
+  }
+  return m;
+}
+
+QuantizedMatrix FromTernary(const int8_t* t, size_t rows, size_t cols, const float* mult) {
+  CheckShape("from_ternary", rows, cols);
+  for (size_t i = 0; i < rows * cols; ++i)
+    if (t[i] < -1 || t[i] > 1)
+      throw std::invalid_argument("from_ternary: t must hold only -1, 0, 1; got " +
+                                  std::to_string(int(t[i])) + " at flat index " + Str(i));
+  for (size_t r = 0; r < rows; ++r)
+    if (!std::isfinite(mult[r]))
+      throw std::invalid_argument("from_ternary: row_multiplier[" + Str(r) + "] is not finite");
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kTernary, rows, cols, 0);
+  for (size_t r = 0; r < rows; ++r) PackTernaryRow(t + r * cols, cols, m.mutable_data() + r * m.row_bytes());
+  std::memcpy(m.mutable_aux0(), mult, rows * 4);
+  return m;
+}
+
+QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale, const uint16_t* mins,
+                         size_t rows, size_t cols, int group) {
+  CheckShape("from_int4", rows, cols);
+  CheckGroup("from_int4", cols, group);
+  for (size_t i = 0; i < rows * cols; ++i)
+    if (q[i] > 15)
+      throw std::invalid_argument("from_int4: q must be in [0, 15]; got " + std::to_string(q[i]) +
+                                  " at flat index " + Str(i));
+  const size_t ng = cols / size_t(group);
+  for (size_t i = 0; i < rows * ng; ++i)
+    if (!std::isfinite(F32FromF16(scale[i])) || !std::isfinite(F32FromF16(mins[i])))
+      throw std::invalid_argument("from_int4: scale/min at flat index " + Str(i) + " is not finite");
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kInt4, rows, cols, group);
+  const size_t gpr = m.groups_per_row();
+  for (size_t r = 0; r < rows; ++r) {
+    PackInt4Row(q + r * cols, cols, m.mutable_data() + r * m.row_bytes());
+    std::memcpy(m.mutable_aux0() + r * gpr * 2, scale + r * ng, ng * 2);
+    std::memcpy(m.mutable_aux1() + r * gpr * 2, mins + r * ng, ng * 2);
+  }
+  return m;
+}
+
+QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts) {
+  if (parts.empty()) throw std::invalid_argument("concat_rows: parts is empty");
+  const QuantizedMatrix& a = *parts[0];
+  size_t rows = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const QuantizedMatrix& p = *parts[i];
+    if (p.format() != a.format() || p.cols() != a.cols() || p.group_size() != a.group_size())
+      throw std::invalid_argument(
+          "concat_rows: parts[" + Str(i) + "] is " + FormatName(p.format()) + " [" +
+          Str(p.rows()) + ", " + Str(p.cols()) + "] group " + std::to_string(p.group_size()) +
+          ", expected " + FormatName(a.format()) + " [*, " + Str(a.cols()) + "] group " +
+          std::to_string(a.group_size()));
+    rows += p.rows();
+  }
+  QuantizedMatrix m = QuantizedMatrix::Allocate(a.format(), rows, a.cols(), a.group_size());
+  size_t r0 = 0;
+  for (const QuantizedMatrix* p : parts) {
+    std::memcpy(m.mutable_data() + r0 * m.row_bytes(), p->data(), p->rows() * p->row_bytes());
+    if (a.format() == WeightFormat::kTernary)
+      std::memcpy(m.mutable_aux0() + r0 * 4, p->row_multiplier(), p->rows() * 4);
+    if (a.format() == WeightFormat::kInt4) {
+      const size_t gb = m.groups_per_row() * 2;
+      std::memcpy(m.mutable_aux0() + r0 * gb, p->scale_f16(), p->rows() * gb);
+      std::memcpy(m.mutable_aux1() + r0 * gb, p->min_f16(), p->rows() * gb);
+    }
+    r0 += p->rows();
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------- dequantize
+
+void DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
+  if (r >= m.rows())
+    throw std::out_of_range("dequantize_row: row " + Str(r) + " out of range [0, " + Str(m.rows()) + ")");
+  const size_t cols = m.cols();
+  const uint8_t* row = m.data() + r * m.row_bytes();
+  switch (m.format()) {
+    case WeightFormat::kF32:
+      std::memcpy(out, row, cols * 4);
+      break;
+    case WeightFormat::kBF16: {
+      const uint16_t* b = reinterpret_cast<const uint16_t*>(row);
+      for (size_t c = 0; c < cols; ++c) out[c] = F32FromBF16(b[c]);
+      break;
+    }
+    case WeightFormat::kTernary: {
+      const float mult = m.row_multiplier()[r];
+      for (size_t c = 0; c < cols; ++c) {
+        const int v = (row[(c / 256) * 64 + c % 64] >> (2 * ((c % 256) / 64))) & 3;
+        out[c] = float(v - 1) * mult;
+      }
+      break;
+    }
+    case WeightFormat::kInt4: {
+      const size_t gpr = m.groups_per_row(), group = size_t(m.group_size());
+      const uint16_t* sc = m.scale_f16() + r * gpr;
+      const uint16_t* mn = m.min_f16() + r * gpr;
+      for (size_t c = 0; c < cols; ++c) {
+        const int q = (row[(c / 128) * 64 + c % 64] >> (4 * ((c % 128) / 64))) & 15;
+        out[c] = F32FromF16(sc[c / group]) * float(q) + F32FromF16(mn[c / group]);
+      }
+      break;
+    }
+  }
+}
+
+void Dequantize(const QuantizedMatrix& m, float* out) {
+  for (size_t r = 0; r < m.rows(); ++r) DequantizeRow(m, r, out + r * m.cols());
+}
+
+}  // namespace ternlm

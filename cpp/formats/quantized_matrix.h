@@ -1,6 +1,7 @@
 // QuantizedMatrix: a weight matrix W [rows = out, cols = in] stored in one of
 // ternlm's formats, ready for MatMul (kernels/matmul.h). The packed layout of
-// each format is drawn in its own header under formats/.
+// each format is drawn in its own header under formats/ (ternary.h, int4.h);
+// f32 and bf16 are plain row-major with rows padded (see below).
 //
 // CONTRACT (shared by kernels/, model/ and python/; keep the names):
 //   WeightFormat           kF32, kBF16, kInt4, kTernary
@@ -11,9 +12,21 @@
 //   FromInt4(...)          q uint8 [rows, cols] in [0,15] + fp16 scale/min per group (GGUF Q4_1, lossless)
 //   ConcatRows(...)        stack matrices with equal cols and format (fused q/k/v, gate/up)
 //   Buffers()/FromBuffers  the raw arrays, for save/load without conversion
+//
+// Stored buffers (layout version kLayoutVersion = 1; every buffer 64-byte aligned):
+//   all formats  "layout_version" uint32 [1]             = 1
+//   f32          "weight"  float32 [rows * padded_cols]   padded_cols = round_up(cols, 16)
+//   bf16         "weight"  uint16  [rows * padded_cols]   padded_cols = round_up(cols, 32), bf16 bits
+//   int4         "q4"      uint8   [rows * padded_cols/2] padded_cols = round_up(cols, 128), int4.h
+//                "scale"   uint16  [rows * padded_cols/group] fp16 bits; padding groups are 0
+//                "min"     uint16  [rows * padded_cols/group] fp16 bits; padding groups are 0
+//   ternary      "packed"  uint8   [rows * padded_cols/4] padded_cols = round_up(cols, 256), ternary.h
+//                "row_multiplier" float32 [rows]
+// Padding weights are zero, so padded activations (zero) contribute nothing.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,5 +36,109 @@ enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kInt4 = 2, kTernary = 3 };
 
 const char* FormatName(WeightFormat f);               // "f32", "bf16", "int4", "ternary"
 WeightFormat ParseFormat(const std::string& name);    // throws std::invalid_argument
+
+constexpr uint32_t kLayoutVersion = 1;
+
+// Owned, 64-byte aligned, zero-initialised bytes.
+class AlignedBytes {
+ public:
+  AlignedBytes() = default;
+  explicit AlignedBytes(size_t size);
+  uint8_t* data() { return data_.get(); }
+  const uint8_t* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+
+ private:
+  struct Free { void operator()(uint8_t* p) const; };
+  std::unique_ptr<uint8_t, Free> data_;
+  size_t size_ = 0;
+};
+
+// A read-only view of one stored buffer. dtype: "uint8", "uint16", "uint32", "float32".
+struct BufferView {
+  std::string name;
+  std::string dtype;
+  size_t count = 0;           // elements
+  const void* data = nullptr;
+};
+
+class QuantizedMatrix {
+ public:
+  QuantizedMatrix() = default;
+  QuantizedMatrix(QuantizedMatrix&&) = default;
+  QuantizedMatrix& operator=(QuantizedMatrix&&) = default;
+  QuantizedMatrix(const QuantizedMatrix&) = delete;
+  QuantizedMatrix& operator=(const QuantizedMatrix&) = delete;
+
+  WeightFormat format() const { return format_; }
+  size_t rows() const { return rows_; }   // out
+  size_t cols() const { return cols_; }   // in
+  int group_size() const { return group_size_; }  // int4 group (32/64/128); 0 otherwise
+  size_t nbytes() const;                  // all stored bytes incl. scales and padding
+  double bits_per_weight() const;         // nbytes*8 / (rows*cols)
+
+  // Columns after padding (see the table above) and bytes per stored row of "weight"/"q4"/"packed".
+  size_t padded_cols() const { return padded_cols_; }
+  size_t row_bytes() const;
+
+  // Raw storage for kernels. data(): "weight" / "q4" / "packed".
+  const uint8_t* data() const { return data_.data(); }
+  const float* row_multiplier() const { return reinterpret_cast<const float*>(aux0_.data()); }
+  const uint16_t* scale_f16() const { return reinterpret_cast<const uint16_t*>(aux0_.data()); }
+  const uint16_t* min_f16() const { return reinterpret_cast<const uint16_t*>(aux1_.data()); }
+  size_t groups_per_row() const { return group_size_ ? padded_cols_ / group_size_ : 0; }
+
+  // Every stored buffer (names/dtypes in the table above), views into this matrix.
+  std::vector<BufferView> Buffers() const;
+  // Copies and validates (dtype, element count, values); throws std::invalid_argument
+  // naming the buffer and the expected value.
+  static QuantizedMatrix FromBuffers(WeightFormat f, size_t rows, size_t cols, int group_size,
+                                     const std::vector<BufferView>& buffers);
+
+  // Empty matrix of the given shape with zeroed storage (used by the constructors).
+  static QuantizedMatrix Allocate(WeightFormat f, size_t rows, size_t cols, int group_size);
+  uint8_t* mutable_data() { return data_.data(); }
+  uint8_t* mutable_aux0() { return aux0_.data(); }
+  uint8_t* mutable_aux1() { return aux1_.data(); }
+
+ private:
+  WeightFormat format_ = WeightFormat::kF32;
+  size_t rows_ = 0, cols_ = 0, padded_cols_ = 0;
+  int group_size_ = 0;
+  AlignedBytes data_;  // "weight" / "q4" / "packed"
+  AlignedBytes aux0_;  // int4 "scale", ternary "row_multiplier"
+  AlignedBytes aux1_;  // int4 "min"
+};
+
+// w: f32 [rows, cols]. Ternary: absmean per tensor (DESIGN §3), row_multiplier = 1/s_w.
+// INT4: GGUF Q4_1 numerics with fp16 scale/min per group. BF16: round to nearest even.
+// Throws std::invalid_argument on NaN/Inf, empty shape, or a group that is not 32/64/128
+// or does not divide cols.
+QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat f,
+                         int group_size = 32);
+void Dequantize(const QuantizedMatrix& w, float* out /*rows*cols*/);
+void DequantizeRow(const QuantizedMatrix& w, size_t row, float* out /*cols*/);
+
+// Already-ternary weights: t int8 in {-1,0,1} [rows, cols];
+// y[r] = int_dot(q, t[r]) / s_x * row_multiplier[r].
+QuantizedMatrix FromTernary(const int8_t* t, size_t rows, size_t cols,
+                            const float* row_multiplier /*rows*/);
+// Lossless int4: q uint8 [rows, cols] in [0,15]; scale/min fp16 bits [rows, cols/group];
+// w = scale*q + min.
+QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale_f16, const uint16_t* min_f16,
+                         size_t rows, size_t cols, int group_size);
+// Stacks matrices of equal cols, format and group row-wise.
+QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts);
+
+// IEEE half <-> float, round to nearest even (scalar; used off the hot path).
+uint16_t F16FromF32(float f);
+float F32FromF16(uint16_t h);
+uint16_t BF16FromF32(float f);
+inline float F32FromBF16(uint16_t b) {
+  uint32_t u = uint32_t(b) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
 
 }  // namespace ternlm

@@ -1,5 +1,287 @@
+// QuantizedMatrix, quantize, matmul, pack/unpack_ternary, from_ternary, from_int4,
+// concat_rows, from_buffers. Every argument is validated here (dtype -> TypeError;
+// ndim, shape, contiguity, values -> ValueError, naming the argument and what was
+// expected) so no caller of ternlm._core can crash the process.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+
+#include "formats/quantized_matrix.h"
+#include "formats/ternary.h"
+#include "kernels/matmul.h"
+#include "kernels/matmul_testing.h"
+#include "runtime/thread_pool.h"
+
+namespace py = pybind11;
 
 namespace ternlm {
-void BindFormats(pybind11::module_& m) { (void)m; }  // placeholder, replaced by its owner
+namespace {
+
+std::string ShapeStr(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += std::to_string(a.shape(i)) + (a.ndim() == 1 || i + 1 < a.ndim() ? (i + 1 < a.ndim() ? ", " : ",") : "");
+  return s + ")";
+}
+
+// Checks that obj is a C-contiguous numpy array of dtype T and returns it.
+template <typename T>
+py::array_t<T> Require(py::handle obj, const std::string& where, const char* dtype_name) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(where + " must be a numpy array of " + dtype_name + ", got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(where + " must have dtype " + dtype_name + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(where + " must be C-contiguous (np.ascontiguousarray), got strides " +
+                          std::string(py::str(py::tuple(a.attr("strides")))));
+  return py::reinterpret_borrow<py::array_t<T>>(obj);
+}
+
+void RequireNdim(const py::array& a, const std::string& where, int ndim) {
+  if (a.ndim() != ndim)
+    throw py::value_error(where + " must be " + std::to_string(ndim) + "-D, got shape " + ShapeStr(a));
+}
+
+py::array_t<float> Float32Weights(py::handle w, const std::string& where) {
+  if (py::isinstance<py::array>(w)) {
+    py::array a = py::reinterpret_borrow<py::array>(w);
+    if (a.dtype().is(py::dtype("float16")) && (a.flags() & py::array::c_style))
+      return py::array_t<float>(a.attr("astype")("float32"));
+  }
+  return Require<float>(w, where, "float32 or float16");
+}
+
+ThreadPool& PoolFor(py::object threads) {
+  if (threads.is_none()) return DefaultPool();
+  const long n = threads.cast<long>();
+  if (n < 1) throw py::value_error("matmul: threads must be >= 1 or None, got " + std::to_string(n));
+  return PoolWithThreads(size_t(n));
+}
+
+std::string Repr(const QuantizedMatrix& q) {
+  std::ostringstream s;
+  s.precision(4);
+  s << "QuantizedMatrix(format='" << FormatName(q.format()) << "', shape=(" << q.rows() << ", "
+    << q.cols() << ")";
+  if (q.group_size()) s << ", group_size=" << q.group_size();
+  s << ", bits_per_weight=" << q.bits_per_weight() << ", nbytes=" << q.nbytes() << ")";
+  return s.str();
+}
+
+py::dict BuffersDict(const QuantizedMatrix& q) {
+  py::dict d;
+  for (const BufferView& b : q.Buffers()) {
+    py::dtype dt(b.dtype);
+    py::array a(dt, std::vector<py::ssize_t>{py::ssize_t(b.count)});
+    std::memcpy(a.mutable_data(), b.data, b.count * dt.itemsize());
+    d[py::str(b.name)] = a;
+  }
+  return d;
+}
+
+QuantizedMatrix FromBuffersPy(const std::string& format, py::tuple shape, int group_size,
+                              py::dict buffers) {
+  if (shape.size() != 2) throw py::value_error("from_buffers: shape must be (rows, cols)");
+  const long rows = shape[0].cast<long>(), cols = shape[1].cast<long>();
+  if (rows <= 0 || cols <= 0) throw py::value_error("from_buffers: shape must be positive");
+  std::vector<BufferView> views;
+  std::vector<py::array> keep;
+  for (auto item : buffers) {
+    const std::string name = py::str(item.first);
+    if (!py::isinstance<py::array>(item.second))
+      throw py::type_error("from_buffers: buffer '" + name + "' must be a numpy array");
+    py::array a = py::reinterpret_borrow<py::array>(item.second);
+    if (!(a.flags() & py::array::c_style))
+      throw py::value_error("from_buffers: buffer '" + name + "' must be C-contiguous");
+    keep.push_back(a);
+    views.push_back({name, std::string(py::str(a.dtype())), size_t(a.size()), a.data()});
+  }
+  return QuantizedMatrix::FromBuffers(ParseFormat(format), size_t(rows), size_t(cols), group_size,
+                                      views);
+}
+
+py::array_t<float> MatMulPy(py::handle x_obj, const QuantizedMatrix& q, py::object threads) {
+  py::array_t<float> x = Require<float>(x_obj, "matmul: x", "float32");
+  if (x.ndim() != 1 && x.ndim() != 2)
+    throw py::value_error("matmul: x must be 1-D [in] or 2-D [n, in], got shape " + ShapeStr(x));
+  const size_t in = size_t(x.shape(x.ndim() - 1));
+  const size_t n = x.ndim() == 1 ? 1 : size_t(x.shape(0));
+  if (in != q.cols())
+    throw py::value_error("matmul: x has " + std::to_string(in) + " columns, expected q.shape[1] = " +
+                          std::to_string(q.cols()));
+  const float* xp = x.data();
+  for (size_t i = 0; i < n * in; ++i)
+    if (!std::isfinite(xp[i]))
+      throw py::value_error("matmul: x has a non-finite value at flat index " + std::to_string(i));
+  py::array_t<float> y = x.ndim() == 1 ? py::array_t<float>({py::ssize_t(q.rows())})
+                                       : py::array_t<float>({py::ssize_t(n), py::ssize_t(q.rows())});
+  ThreadPool& pool = PoolFor(threads);
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    MatMul(q, xp, n, yp, pool);
+  }
+  return y;
+}
+
+py::array_t<uint8_t> PackTernaryPy(py::handle t_obj) {
+  py::array_t<int8_t> t = Require<int8_t>(t_obj, "pack_ternary: t", "int8");
+  if (t.ndim() < 1) throw py::value_error("pack_ternary: t must have at least 1 dimension");
+  const size_t last = size_t(t.shape(t.ndim() - 1));
+  if (last == 0) throw py::value_error("pack_ternary: t's last dimension is empty");
+  const size_t outer = size_t(t.size()) / last;
+  const int8_t* tp = t.data();
+  for (size_t i = 0; i < size_t(t.size()); ++i)
+    if (tp[i] < -1 || tp[i] > 1)
+      throw py::value_error("pack_ternary: t must hold only -1, 0, 1; got " + std::to_string(int(tp[i])) +
+                            " at flat index " + std::to_string(i));
+  std::vector<py::ssize_t> shape(t.shape(), t.shape() + t.ndim());
+  shape.back() = py::ssize_t(TernaryPackedBytes(last));
+  py::array_t<uint8_t> out(shape);
+  for (size_t r = 0; r < outer; ++r)
+    PackTernaryRow(tp + r * last, last, out.mutable_data() + r * TernaryPackedBytes(last));
+  return out;
+}
+
+py::array_t<int8_t> UnpackTernaryPy(py::handle p_obj, std::vector<long> shape) {
+  py::array_t<uint8_t> p = Require<uint8_t>(p_obj, "unpack_ternary: packed", "uint8");
+  if (shape.empty()) throw py::value_error("unpack_ternary: shape must have at least 1 dimension");
+  size_t outer = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) {
+    if (shape[i] < 0) throw py::value_error("unpack_ternary: shape has a negative dimension");
+    outer *= size_t(shape[i]);
+  }
+  if (shape.back() <= 0) throw py::value_error("unpack_ternary: shape's last dimension must be positive");
+  const size_t last = size_t(shape.back()), row_bytes = TernaryPackedBytes(last);
+  if (size_t(p.size()) != outer * row_bytes)
+    throw py::value_error("unpack_ternary: packed has " + std::to_string(p.size()) +
+                          " bytes, expected " + std::to_string(outer * row_bytes) +
+                          " (prod(shape[:-1]) * ceil(shape[-1] / 256) * 64)");
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  py::array_t<int8_t> out(s);
+  for (size_t r = 0; r < outer; ++r)
+    if (!UnpackTernaryRow(p.data() + r * row_bytes, last, out.mutable_data() + r * last))
+      throw py::value_error("unpack_ternary: packed row " + std::to_string(r) +
+                            " holds the invalid 2-bit code 3");
+  return out;
+}
+
+QuantizedMatrix FromTernaryPy(py::handle t_obj, py::handle mult_obj) {
+  py::array_t<int8_t> t = Require<int8_t>(t_obj, "from_ternary: t", "int8");
+  RequireNdim(t, "from_ternary: t", 2);
+  const size_t rows = size_t(t.shape(0)), cols = size_t(t.shape(1));
+  std::vector<float> mult(rows);
+  if (py::isinstance<py::float_>(mult_obj) || py::isinstance<py::int_>(mult_obj)) {
+    std::fill(mult.begin(), mult.end(), mult_obj.cast<float>());
+  } else {
+    py::array_t<float> m = Require<float>(mult_obj, "from_ternary: row_multiplier", "float32");
+    if (m.ndim() != 1 || size_t(m.shape(0)) != rows)
+      throw py::value_error("from_ternary: row_multiplier has shape " + ShapeStr(m) +
+                            ", expected (" + std::to_string(rows) + ",) = t.shape[0]");
+    std::memcpy(mult.data(), m.data(), rows * 4);
+  }
+  return FromTernary(t.data(), rows, cols, mult.data());
+}
+
+QuantizedMatrix FromInt4Py(py::handle q_obj, py::handle s_obj, py::handle m_obj, int group) {
+  py::array_t<uint8_t> q = Require<uint8_t>(q_obj, "from_int4: q", "uint8");
+  RequireNdim(q, "from_int4: q", 2);
+  const size_t rows = size_t(q.shape(0)), cols = size_t(q.shape(1));
+  if (group != 32 && group != 64 && group != 128)
+    throw py::value_error("from_int4: group_size must be 32, 64 or 128, got " + std::to_string(group));
+  if (cols % size_t(group))
+    throw py::value_error("from_int4: group_size " + std::to_string(group) + " does not divide q.shape[1] = " +
+                          std::to_string(cols));
+  const std::string expect = "(" + std::to_string(rows) + ", " + std::to_string(cols / group) + ")";
+  const uint16_t* sp[2];
+  py::array keep[2];
+  const char* names[2] = {"scale", "min"};
+  py::handle objs[2] = {s_obj, m_obj};
+  for (int i = 0; i < 2; ++i) {
+    const std::string where = std::string("from_int4: ") + names[i];
+    if (!py::isinstance<py::array>(objs[i]) ||
+        !py::reinterpret_borrow<py::array>(objs[i]).dtype().is(py::dtype("float16")))
+      throw py::type_error(where + " must be a numpy float16 array");
+    py::array a = py::reinterpret_borrow<py::array>(objs[i]);
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(where + " must be C-contiguous");
+    if (a.ndim() != 2 || size_t(a.shape(0)) != rows || size_t(a.shape(1)) != cols / group)
+      throw py::value_error(where + " has shape " + ShapeStr(a) + ", expected " + expect);
+    keep[i] = a;
+    sp[i] = static_cast<const uint16_t*>(a.data());
+  }
+  return FromInt4(q.data(), sp[0], sp[1], rows, cols, group);
+}
+
+}  // namespace
+
+void BindFormats(py::module_& m) {
+  py::class_<QuantizedMatrix>(m, "QuantizedMatrix",
+                              "A weight matrix [out, in] in one of ternlm's formats.")
+      .def_property_readonly("format", [](const QuantizedMatrix& q) { return FormatName(q.format()); })
+      .def_property_readonly("shape", [](const QuantizedMatrix& q) { return py::make_tuple(q.rows(), q.cols()); })
+      .def_property_readonly("nbytes", &QuantizedMatrix::nbytes)
+      .def_property_readonly("bits_per_weight", &QuantizedMatrix::bits_per_weight)
+      .def_property_readonly("group_size", &QuantizedMatrix::group_size)
+      .def("dequantize", [](const QuantizedMatrix& q) {
+        py::array_t<float> out({py::ssize_t(q.rows()), py::ssize_t(q.cols())});
+        float* p = out.mutable_data();
+        py::gil_scoped_release release;
+        Dequantize(q, p);
+        return out;
+      }, "The matrix as float32 [out, in], exactly as matmul sees it.")
+      .def("dequantize_row", [](const QuantizedMatrix& q, long r) {
+        if (r < 0 || size_t(r) >= q.rows())
+          throw py::index_error("dequantize_row: row " + std::to_string(r) + " out of range [0, " +
+                                std::to_string(q.rows()) + ")");
+        py::array_t<float> out({py::ssize_t(q.cols())});
+        DequantizeRow(q, size_t(r), out.mutable_data());
+        return out;
+      }, py::arg("row"))
+      .def("buffers", &BuffersDict, "The stored arrays (copies), by name; see from_buffers.")
+      .def_static("from_buffers", &FromBuffersPy, py::arg("format"), py::arg("shape"),
+                  py::arg("group_size"), py::arg("buffers"))
+      .def("__repr__", &Repr);
+
+  m.def("quantize", [](py::handle w_obj, const std::string& format, int group_size) {
+    py::array_t<float> w = Float32Weights(w_obj, "quantize: w");
+    RequireNdim(w, "quantize: w", 2);
+    const WeightFormat f = ParseFormat(format);
+    const float* p = w.data();
+    const size_t rows = size_t(w.shape(0)), cols = size_t(w.shape(1));
+    py::gil_scoped_release release;
+    return Quantize(p, rows, cols, f, group_size);
+  }, py::arg("w"), py::arg("format"), py::arg("group_size") = 32);
+  m.def("matmul", &MatMulPy, py::arg("x"), py::arg("q"), py::arg("threads") = py::none());
+  m.def("pack_ternary", &PackTernaryPy, py::arg("t"));
+  m.def("unpack_ternary", &UnpackTernaryPy, py::arg("packed"), py::arg("shape"));
+  m.def("from_ternary", &FromTernaryPy, py::arg("t"), py::arg("row_multiplier"));
+  m.def("from_int4", &FromInt4Py, py::arg("q"), py::arg("scale"), py::arg("min"),
+        py::arg("group_size") = 32);
+  m.def("concat_rows", [](py::list parts) {
+    std::vector<const QuantizedMatrix*> ps;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      if (!py::isinstance<QuantizedMatrix>(parts[i]))
+        throw py::type_error("concat_rows: parts[" + std::to_string(i) + "] is not a QuantizedMatrix");
+      ps.push_back(&parts[i].cast<const QuantizedMatrix&>());
+    }
+    return ConcatRows(ps);
+  }, py::arg("parts"));
+  m.def("ternary_int_dots", [](const QuantizedMatrix& q, py::handle x_obj) {
+    py::array_t<int8_t> x = Require<int8_t>(x_obj, "ternary_int_dots: x", "int8");
+    if (x.ndim() != 1 || size_t(x.shape(0)) != q.cols())
+      throw py::value_error("ternary_int_dots: x has shape " + ShapeStr(x) + ", expected (" +
+                            std::to_string(q.cols()) + ",)");
+    py::array_t<int32_t> out({py::ssize_t(q.rows())});
+    TernaryIntDotsForTest(q, x.data(), out.mutable_data());
+    return out;
+  }, py::arg("q"), py::arg("x"), "Exact int32 sums t·x of the dispatched ternary kernel (tests).");
+}
+
 }  // namespace ternlm

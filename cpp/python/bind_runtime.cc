@@ -1,5 +1,29 @@
+// Threads and Highway targets: set_num_threads, get_num_threads,
+// supported_targets, current_target, set_target, reset_target.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+
+#include "runtime/targets.h"
+#include "runtime/thread_pool.h"
+
+namespace py = pybind11;
 
 namespace ternlm {
-void BindRuntime(pybind11::module_& m) { (void)m; }  // placeholder, replaced by its owner
+
+void BindRuntime(py::module_& m) {
+  m.def("set_num_threads", [](long n) {
+    if (n < 0) throw py::value_error("set_num_threads: n must be >= 0 (0 = all cores), got " + std::to_string(n));
+    SetNumThreads(size_t(n));
+  }, py::arg("n"), "Threads used by matmul and the model when none is given (0: all cores).");
+  m.def("get_num_threads", [] { return GetNumThreads(); });
+  m.def("supported_targets", &SupportedTargetNames,
+        "Highway targets compiled in and supported by this CPU, best first.");
+  m.def("current_target", &CurrentTargetName, "The target dynamic dispatch uses now.");
+  m.def("set_target", &SetTarget, py::arg("name"),
+        "Force one supported Highway target (for tests); '' restores normal dispatch.");
+  m.def("reset_target", [] { SetTarget(""); });
+}
+
 }  // namespace ternlm

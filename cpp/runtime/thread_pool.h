@@ -18,7 +18,8 @@ class ThreadPool {
   size_t num_threads() const;
 
   // Calls fn(task, thread_index) for every task in [0, num_tasks) and returns
-  // when all are done. thread_index < num_threads(). Not reentrant.
+  // when all are done. thread_index < num_threads(). Calls from several threads
+  // are serialised; a Run() from inside fn deadlocks.
   void Run(size_t num_tasks, const std::function<void(size_t task, size_t thread)>& fn);
 
  private:
@@ -31,5 +32,8 @@ class ThreadPool {
 ThreadPool& DefaultPool();
 void SetNumThreads(size_t n);  // n == 0: all cores
 size_t GetNumThreads();
+// A process-wide pool of exactly n threads (n == 0: all cores), created on first
+// use and kept; for callers that pass an explicit thread count.
+ThreadPool& PoolWithThreads(size_t n);
 
 }  // namespace ternlm

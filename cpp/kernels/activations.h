@@ -1,0 +1,32 @@
+// Activations prepared once per MatMul call, shared by every row task.
+//   ternary: q int8 [n, padded_cols] per row (DESIGN §3), sum(q) and 1/s_x per row
+//   int4:    q int8 [n, padded_cols] per block of 32, 1/s_b per block, f32 sum of x per group
+//   bf16/f32: x copied to [n, padded_cols] f32 with zero padding
+// Buffers live in thread-local scratch and are reused, so decode allocates nothing.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace ternlm {
+
+struct PreparedActivations {
+  size_t n = 0;
+  size_t stride = 0;               // padded_cols: elements per row of q / xf
+  const int8_t* q = nullptr;       // [n, stride]
+  const int32_t* q_sum = nullptr;  // ternary: [n]
+  const float* inv_scale = nullptr;  // ternary: [n] (1/s_x); int4: [n, stride/32] (1/s_b)
+  const float* group_sum = nullptr;  // int4: [n, stride/group] f32 sum of x per group
+  const float* xf = nullptr;       // bf16/f32: [n, stride]
+};
+
+// y[x, r] written for r in [r0, r1): out[x * y_stride + r].
+struct MatMulOutput {
+  float* y = nullptr;
+  size_t y_stride = 0;
+};
+
+// Activation quantization of DESIGN §3: s = 127 / max(max|x|, 1e-5),
+// q = clamp(round_half_even(x * s), -128, 127). Returns 1/s; writes n values.
+float QuantizeActivationsInt8(const float* x, size_t n, int8_t* q);
+
+}  // namespace ternlm

@@ -1,0 +1,137 @@
+// INT4 matmul kernel, compiled once per Highway target (layout and numerics in
+// formats/int4.h). Per block of 32 inputs the integer dot of the 4-bit codes with the
+// int8 activations is exact; it is turned into f32 and scaled by
+// scale_g / s_b, and the min term adds min_g * sum(x in g) once per group.
+// Paths for the 32-wide dot (8 i32 lanes, then f32 FMA with the block's factor):
+//   AVX3_DL: vpdpbusd on 256-bit vectors (AVX512-VNNI + VL)
+//   AVX3 / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128) + pmaddwd
+//   otherwise: portable Highway (promote to i16, ReorderWidenMulAccumulate)
+#if defined(TERNLM_KERNELS_INT4_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TERNLM_KERNELS_INT4_MATMUL_INL_H_
+#undef TERNLM_KERNELS_INT4_MATMUL_INL_H_
+#else
+#define TERNLM_KERNELS_INT4_MATMUL_INL_H_
+#endif
+
+#include <cstddef>
+#include <cstdint>
+
+#include "hwy/highway.h"
+#include "kernels/vnni_asm.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace ternlm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// w: one packed int4 row (nblocks of 64 bytes = 128 weights); x: int8 activations;
+// factor[b]: scale_g(b) / s_b per 32-block b. Returns sum_b factor[b] * dot_b.
+HWY_INLINE float Int4ScaledDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
+                                const int8_t* HWY_RESTRICT x, const float* HWY_RESTRICT factor) {
+#if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
+  const __m256i low4 = _mm256_set1_epi8(15);
+#if HWY_TARGET != HWY_AVX3_DL
+  const __m256i ones = _mm256_set1_epi16(1);
+#endif
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (size_t b = 0; b < nblocks; ++b) {
+    for (size_t h = 0; h < 2; ++h) {
+      const __m256i packed = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 64 * b + 32 * h));
+      const __m256i lo = _mm256_and_si256(packed, low4);                         // block 4b+h
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);   // block 4b+2+h
+      const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 128 * b + 32 * h));
+      const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 128 * b + 64 + 32 * h));
+#if HWY_TARGET == HWY_AVX3_DL
+      __m256i dl = _mm256_setzero_si256(), dh = _mm256_setzero_si256();
+      TERNLM_VPDPBUSD(dl, lo, xl);
+      TERNLM_VPDPBUSD(dh, hi, xh);
+#else
+      const __m256i dl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones);
+      const __m256i dh = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones);
+#endif
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dl), _mm256_broadcast_ss(factor + 4 * b + h), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dh), _mm256_broadcast_ss(factor + 4 * b + 2 + h), acc1);
+    }
+  }
+  const __m256 s8 = _mm256_add_ps(acc0, acc1);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+  return _mm_cvtss_f32(s4);
+#else
+  // Portable: bytes widened to i16 lanes (nibbles by 16-bit shift and mask), i16 x i16
+  // -> i32 products, per 32-block converted to f32 and scaled.
+  const hn::CappedTag<int16_t, 32> di16;
+  const hn::Rebind<uint8_t, decltype(di16)> du8;
+  const hn::Rebind<int8_t, decltype(di16)> di8;
+  const hn::Repartition<int32_t, decltype(di16)> di32;
+  const hn::Repartition<float, decltype(di32)> df;
+  const size_t N = hn::Lanes(di16);
+  const auto low4 = hn::Set(di16, 15);
+  auto acc = hn::Zero(df);
+  for (size_t b = 0; b < nblocks; ++b) {
+    for (size_t o = 0; o < 64; o += N) {
+      const auto packed = hn::PromoteTo(di16, hn::LoadU(du8, w + 64 * b + o));
+      const size_t lo_block = 4 * b + o / 32;  // bytes o.. hold weights o.. (low), 64+o.. (high)
+      auto l0 = hn::Zero(di32), l1 = hn::Zero(di32), h0 = hn::Zero(di32), h1 = hn::Zero(di32);
+      l0 = hn::ReorderWidenMulAccumulate(di32, hn::And(packed, low4),
+                                         hn::PromoteTo(di16, hn::LoadU(di8, x + 128 * b + o)), l0, l1);
+      h0 = hn::ReorderWidenMulAccumulate(di32, hn::ShiftRight<4>(packed),
+                                         hn::PromoteTo(di16, hn::LoadU(di8, x + 128 * b + 64 + o)), h0, h1);
+      acc = hn::MulAdd(hn::ConvertTo(df, hn::Add(l0, l1)), hn::Set(df, factor[lo_block]), acc);
+      acc = hn::MulAdd(hn::ConvertTo(df, hn::Add(h0, h1)), hn::Set(df, factor[lo_block + 2]), acc);
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, acc));
+#endif
+}
+
+// Rows [r0, r1) of y for every activation row, same slicing as the ternary kernel.
+// scratch: 2 * groups_per_row + (padded/32) floats for one thread.
+HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t row_bytes, const uint16_t* scale_f16,
+                                 const uint16_t* min_f16, int group, const PreparedActivations& a,
+                                 size_t r0, size_t r1, const MatMulOutput& out, float* scratch) {
+  const size_t nblocks = row_bytes / 64;
+  const size_t nb32 = nblocks * 4, ng = nblocks * 128 / size_t(group), per_g = size_t(group) / 32;
+  float* sc = scratch;            // [ng] scales of the row, f32
+  float* mn = scratch + ng;       // [ng] mins of the row
+  float* factor = mn + ng;        // [nb32] scale_g(b) / s_b for one activation row
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const size_t N = hn::Lanes(df);
+  const size_t slice = a.n <= 1 ? (r1 - r0) : std::max<size_t>(1, (128 * 1024) / row_bytes);
+  for (size_t s0 = r0; s0 < r1; s0 += slice) {
+    const size_t s1 = std::min(r1, s0 + slice);
+    for (size_t xi = 0; xi < a.n; ++xi) {
+      const int8_t* xq = a.q + xi * a.stride;
+      const float* inv = a.inv_scale + xi * nb32;
+      const float* gsum = a.group_sum + xi * ng;
+      for (size_t r = s0; r < s1; ++r) {
+        const uint16_t* s16 = scale_f16 + r * ng;
+        const uint16_t* m16 = min_f16 + r * ng;
+        size_t g = 0;
+        for (; g + N <= ng; g += N) {
+          hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(s16 + g))), df, sc + g);
+          hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(m16 + g))), df, mn + g);
+        }
+        for (; g < ng; ++g) {
+          sc[g] = F32FromF16(s16[g]);
+          mn[g] = F32FromF16(m16[g]);
+        }
+        float min_term = 0;
+        for (g = 0; g < ng; ++g) {
+          min_term += mn[g] * gsum[g];
+          for (size_t k = 0; k < per_g; ++k) factor[g * per_g + k] = sc[g] * inv[g * per_g + k];
+        }
+        out.y[xi * out.y_stride + r] =
+            Int4ScaledDots(packed + r * row_bytes, nblocks, xq, factor) + min_term;
+      }
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace ternlm
+HWY_AFTER_NAMESPACE();
+
+#endif  // include guard

@@ -1,0 +1,13 @@
+// Hooks that expose intermediate results of the kernels to the tests.
+#pragma once
+#include <cstdint>
+
+#include "formats/quantized_matrix.h"
+
+namespace ternlm {
+
+// out[r] = sum_c t[r, c] * q[c] for every row r, computed by the dispatched ternary
+// kernel (the exact int32 sums of DESIGN §3). q: w.cols() int8.
+void TernaryIntDotsForTest(const QuantizedMatrix& w, const int8_t* q, int32_t* out);
+
+}  // namespace ternlm

@@ -1,0 +1,56 @@
+#include "runtime/targets.h"
+
+#include <stdexcept>
+
+#include "hwy/highway.h"
+#include "hwy/targets.h"
+
+namespace ternlm {
+namespace {
+int64_t g_forced = 0;  // the target SetTarget() forced, 0: none
+}  // namespace
+
+std::vector<std::string> SupportedTargetNames() {
+  // Enumerate without the test mock, then restore it.
+  if (g_forced) hwy::SetSupportedTargetsForTest(0);
+  std::vector<std::string> names;
+  for (int64_t t : hwy::SupportedAndGeneratedTargets()) names.push_back(hwy::TargetName(t));
+  if (g_forced) {
+    hwy::SetSupportedTargetsForTest(g_forced);
+    hwy::GetChosenTarget().Update(hwy::SupportedTargets());
+  }
+  return names;
+}
+
+std::string CurrentTargetName() {
+  // Dispatch uses the best (lowest-bit) target of the supported set.
+  const int64_t targets = hwy::SupportedTargets() & HWY_TARGETS;
+  return hwy::TargetName(targets & ~(targets - 1));
+}
+
+void SetTarget(const std::string& name) {
+  if (name.empty()) {
+    g_forced = 0;
+    hwy::SetSupportedTargetsForTest(0);
+    hwy::GetChosenTarget().Update(hwy::SupportedTargets());
+    return;
+  }
+  hwy::SetSupportedTargetsForTest(0);  // enumerate all, not just a forced one
+  std::string known;
+  for (int64_t t : hwy::SupportedAndGeneratedTargets()) {
+    if (name == hwy::TargetName(t)) {
+      g_forced = t;
+      hwy::SetSupportedTargetsForTest(t);
+      hwy::GetChosenTarget().Update(hwy::SupportedTargets());
+      return;
+    }
+    known += std::string(known.empty() ? "" : ", ") + hwy::TargetName(t);
+  }
+  if (g_forced) {
+    hwy::SetSupportedTargetsForTest(g_forced);
+    hwy::GetChosenTarget().Update(hwy::SupportedTargets());
+  }
+  throw std::invalid_argument("set_target: '" + name + "' is not a supported target; supported: " + known);
+}
+
+}  // namespace ternlm

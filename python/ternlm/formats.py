@@ -1,0 +1,56 @@
+"""Weight formats and the matmul kernels, numpy in and numpy out (DESIGN.md §3, §4).
+
+    q = ternlm.quantize(w, "ternary")        # w: float32/float16 [out, in]
+    q = ternlm.quantize(w, "int4", group_size=32)
+    q = ternlm.quantize(w, "bf16")
+    y = ternlm.matmul(x, q)                  # x: float32 [in] or [n, in]
+
+Numerics:
+  ternary  absmean per tensor: s_w = 1/max(mean|W|, 1e-5), T = clamp(round(W s_w), -1, 1);
+           activations int8 per row, s_x = 127/max(max|x|, 1e-5); the int32 sums are exact
+           and y = (q . T) / s_x * row_multiplier (row_multiplier = 1/s_w after quantize()).
+  int4     group-wise asymmetric w = scale*q + min, q in [0, 15], fp16 scale/min (GGUF Q4_1);
+           matmul quantizes activations to int8 per block of 32 inputs (exact integer dots
+           per block), the min term uses the f32 sum of x per group.
+  bf16     round to nearest even; f32 activations and accumulation.
+
+Packed layouts are drawn in cpp/formats/ternary.h and int4.h; ``q.buffers()`` returns the
+stored arrays (layout_version 1) and ``QuantizedMatrix.from_buffers`` rebuilds a matrix
+from them without conversion, validating every buffer.
+
+pack_ternary(t) packs the LAST axis of an int8 {-1,0,1} array of any shape: each run of
+shape[-1] values becomes ceil(shape[-1]/256)*64 bytes (2 bits per weight, t+1 stored; byte j
+of a 64-byte block holds weights j, j+64, j+128, j+192 of its 256). unpack_ternary(packed,
+shape) is the inverse.
+
+Every function raises TypeError (wrong dtype or type) or ValueError (ndim, shape, contiguity,
+values) naming the argument and the expected value.
+"""
+from ._native import core as _core
+
+QuantizedMatrix = _core.QuantizedMatrix
+quantize = _core.quantize
+pack_ternary = _core.pack_ternary
+unpack_ternary = _core.unpack_ternary
+from_ternary = _core.from_ternary
+from_int4 = _core.from_int4
+concat_rows = _core.concat_rows
+set_num_threads = _core.set_num_threads
+get_num_threads = _core.get_num_threads
+
+
+def matmul(x, q, threads=None):
+    """y = x @ dequantized(q).T for x float32 [in] -> [out] or [n, in] -> [n, out].
+
+    threads: None uses the process pool (set_num_threads); an int uses a pool of that
+    size. The GIL is released while the kernel runs.
+    """
+    if not isinstance(q, QuantizedMatrix):
+        raise TypeError(f"matmul: q must be a ternlm.QuantizedMatrix, got {type(q).__name__}")
+    return _core.matmul(x, q, threads)
+
+
+__all__ = [
+    "QuantizedMatrix", "quantize", "matmul", "pack_ternary", "unpack_ternary",
+    "from_ternary", "from_int4", "concat_rows", "set_num_threads", "get_num_threads",
+]
