@@ -204,3 +204,28 @@ def test_all_bitnet_linears_are_ternary(bitnet_folders):
     names = [n for n in ck.config.tensor_names() if n.rsplit(".", 1)[-1] in ("q", "k", "v", "o", "gate", "up", "down")]
     assert len(names) == 2 * len(BITNET_LINEARS)
     assert all(ck.stored[n] == "ternary" for n in names) and ck.stored["lm_head"] in ("bf16", "f32")
+
+
+@pytest.mark.parametrize("variant", ["bitlinear", "autobitlinear_offline"])
+def test_loaded_ternary_matrix_matches_transformers_layer(bitnet_folders, variant):
+    """The QuantizedMatrix the loader builds (from_ternary + row multiplier), multiplied by
+    ternlm's kernel, equals transformers' BitLinear / AutoBitLinear on the same input."""
+    import torch
+
+    import ternlm
+    folder = bitnet_folders[variant]
+    ckpt = load_hf_folder(folder)
+    model = hf_reference(folder)
+    rng = np.random.default_rng(2)
+    worst = 0.0
+    for name, sub, proj in (("layers.0.k", "self_attn", "k_proj"), ("layers.1.down", "mlp", "down_proj"),
+                            ("layers.1.gate", "mlp", "gate_proj")):
+        q = ckpt.tensors[name]
+        assert q.format == "ternary"
+        x = (rng.standard_normal((7, q.shape[1])) * 3).astype(np.float32)
+        ours = ternlm.matmul(x, q)
+        with torch.no_grad():
+            ref = getattr(getattr(model.model.layers[int(name.split(".")[1])], sub), proj)(torch.from_numpy(x)).numpy()
+        worst = max(worst, float(np.abs(ours - ref).max() / np.abs(ref).max()))
+    print(f"{variant}: max |ternlm - transformers| / max|y| = {worst:.2e}")
+    assert worst < 1e-5
