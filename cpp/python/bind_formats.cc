@@ -13,6 +13,7 @@
 
 #include "formats/quantized_matrix.h"
 #include "formats/ternary.h"
+#include "kernels/activations.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_testing.h"
 #include "runtime/thread_pool.h"
@@ -273,6 +274,13 @@ void BindFormats(py::module_& m) {
     }
     return ConcatRows(ps);
   }, py::arg("parts"));
+  m.def("quantize_activations_int8", [](py::handle x_obj) {
+    py::array_t<float> x = Require<float>(x_obj, "quantize_activations_int8: x", "float32");
+    RequireNdim(x, "quantize_activations_int8: x", 1);
+    py::array_t<int8_t> q({x.shape(0)});
+    const float inv = QuantizeActivationsInt8(x.data(), size_t(x.shape(0)), q.mutable_data());
+    return py::make_tuple(q, inv);
+  }, py::arg("x"), "(q int8, 1/s_x): the per-row activation quantization of DESIGN §3 (tests).");
   m.def("ternary_int_dots", [](const QuantizedMatrix& q, py::handle x_obj) {
     py::array_t<int8_t> x = Require<int8_t>(x_obj, "ternary_int_dots: x", "int8");
     if (x.ndim() != 1 || size_t(x.shape(0)) != q.cols())

@@ -1,0 +1,76 @@
+"""Highway dynamic dispatch: every target this CPU supports is compiled and can be
+forced, and the matmul kernels agree across all of them. The test output names the
+targets that ran (the per-target tests in test_matmul.py carry them in their ids)."""
+import numpy as np
+import pytest
+
+import ternlm
+from ternlm import _core
+
+TARGETS = _core.supported_targets()
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_report_targets_exercised(capsys):
+    with capsys.disabled():
+        print(f"\n[ternlm] Highway targets exercised: {', '.join(TARGETS)} "
+              f"(default: {_core.current_target()})")
+    assert TARGETS and _core.current_target() == TARGETS[0]
+    assert TARGETS[-1] in ("SCALAR", "EMU128")  # the portable fallback is always there
+
+
+def test_fast_x86_targets_are_compiled_where_the_cpu_has_them():
+    flags = cpu_flags()
+    if "avx2" in flags and "fma" in flags:
+        assert "AVX2" in TARGETS
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        assert "AVX3" in TARGETS
+    if {"avx512_vnni", "avx512vbmi", "avx512_vbmi2", "vpclmulqdq", "vaes", "avx512_bitalg"} <= flags:
+        assert "AVX3_DL" in TARGETS  # vpdpbusd path
+
+
+def test_set_target_switches_and_reset_restores():
+    try:
+        for t in TARGETS:
+            _core.set_target(t)
+            assert _core.current_target() == t
+            assert _core.supported_targets() == TARGETS  # listing ignores the forced one
+    finally:
+        _core.reset_target()
+    assert _core.current_target() == TARGETS[0]
+
+
+def test_set_target_rejects_unknown_names():
+    with pytest.raises(ValueError, match="set_target: 'NOPE' is not a supported target; supported: "):
+        _core.set_target("NOPE")
+    assert _core.current_target() == TARGETS[0]
+
+
+@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32"])
+def test_all_targets_agree(fmt):
+    rng = np.random.default_rng(0)
+    q = ternlm.quantize(rng.standard_normal((130, 1152)).astype(np.float32), fmt)
+    x = rng.standard_normal((5, 1152)).astype(np.float32)
+    results = {}
+    try:
+        for t in TARGETS:
+            _core.set_target(t)
+            results[t] = ternlm.matmul(x, q)
+    finally:
+        _core.reset_target()
+    base = results[TARGETS[-1]]
+    for t, y in results.items():
+        if fmt == "ternary":  # exact integer sums, same scaling: identical
+            np.testing.assert_array_equal(y, base, err_msg=t)
+        else:  # only the f32 summation order differs
+            np.testing.assert_allclose(y, base, rtol=1e-4, atol=1e-4, err_msg=t)
