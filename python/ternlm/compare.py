@@ -216,3 +216,8 @@ def main(argv=None) -> int:
 
 
 __all__ = ["compare", "main", "FormatError", "FORMATS", "ComparisonTable"]
+
+# `ternlm.compare` is this function once the package is imported (the module stays in
+# sys.modules); keep `ternlm.compare.main` working for callers that reach it that way.
+compare.main = main
+compare.FormatError = FormatError
