@@ -27,6 +27,12 @@ Generation rules:
   max_new_tokens ("max_new_tokens").
 - An empty prompt starts from BOS when the model has one, else ValueError.
 - Sampling runs in C++: temperature 0 is greedy; seed=None draws a fresh seed.
+
+m.stats after generate/stream/chat: prompt_tokens, decode_tokens (generated, EOS excluded),
+prompt_s (prefill + choosing the first token: time to first token), prompt_tok_s,
+decode_s (the rest, excluding time the caller spends between streamed pieces),
+decode_tok_s ((decode_tokens - 1) / decode_s, each a forward + sample), stop_reason
+("eos" | "stop" | "max_new_tokens" | "context"), peak_rss_mb (the process's peak so far).
 """
 from __future__ import annotations
 
@@ -205,13 +211,12 @@ class Model:
         text, emitted = "", 0                   # decoded text so far; how much was yielded
         hold = max((len(s) for s in stops), default=1) - 1
 
+        # Timing: prompt_s = prefill forward + choosing the first token (time to first token);
+        # decode_s = everything after, minus the time the caller spends between our yields.
         t0 = time.perf_counter()
         self._engine.reset()
         logits = self._forward(ids, "last") if max_new > 0 else None
-        t1 = time.perf_counter()
-        stats["prompt_s"] = t1 - t0
-        stats["prompt_tok_s"] = len(ids) / max(t1 - t0, 1e-9)
-        generated = 0
+        generated, busy, clock = 0, 0.0, None
         try:
             while generated < max_new:
                 if len(ids) + generated >= self.context:
@@ -219,6 +224,9 @@ class Model:
                     break
                 tok = int(sampler.sample(logits.reshape(-1), temperature, top_k, top_p, min_p, penalty,
                                          np.asarray(recent, dtype=np.int32)))
+                if clock is None:
+                    clock = time.perf_counter()
+                    stats["prompt_s"] = clock - t0
                 if tok in eos:
                     stats["stop_reason"] = "eos"
                     break
@@ -229,12 +237,16 @@ class Model:
                 if cut is not None:
                     stats["stop_reason"] = "stop"
                     if cut > emitted:
+                        busy += time.perf_counter() - clock
                         yield text[emitted:cut]
+                        clock = time.perf_counter()
                     emitted = cut
                     break
                 safe = len(text) - self._partial_stop_len(text, stops, hold)
                 if safe > emitted:
+                    busy += time.perf_counter() - clock
                     yield text[emitted:safe]
+                    clock = time.perf_counter()
                     emitted = safe
                 if generated < max_new and len(ids) + generated < self.context:
                     logits = self._forward([tok], "last")
@@ -247,10 +259,14 @@ class Model:
                 if len(text) > emitted:
                     yield text[emitted:]
         finally:
-            t2 = time.perf_counter()
+            if clock is not None:
+                busy += time.perf_counter() - clock
+            else:
+                stats["prompt_s"] = time.perf_counter() - t0
+            stats["prompt_tok_s"] = len(ids) / max(stats["prompt_s"], 1e-9)
             stats["decode_tokens"] = generated
-            stats["decode_s"] = t2 - t1
-            stats["decode_tok_s"] = generated / max(t2 - t1, 1e-9) if generated else 0.0
+            stats["decode_s"] = busy
+            stats["decode_tok_s"] = (generated - 1) / busy if generated > 1 and busy > 0 else 0.0
             stats["peak_rss_mb"] = _peak_rss_mb()
 
     @staticmethod
