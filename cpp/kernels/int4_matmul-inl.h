@@ -26,13 +26,46 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // w: one packed int4 row (nblocks of 64 bytes = 128 weights); x: int8 activations;
 // factor[b]: scale_g(b) / s_b per 32-block b. Returns sum_b factor[b] * dot_b.
-HWY_INLINE float Int4ScaledDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
-                                const int8_t* HWY_RESTRICT x, const float* HWY_RESTRICT factor) {
-#if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX2
-  const __m256i low4 = _mm256_set1_epi8(15);
-#if HWY_TARGET != HWY_AVX3_DL
-  const __m256i ones = _mm256_set1_epi16(1);
+#if HWY_TARGET == HWY_AVX3_DL
+HWY_NOINLINE TERNLM_VNNI_ATTR  // not inlined: adds avx512vnni (kernels/vnni_asm.h)
+#else
+HWY_INLINE
 #endif
+float Int4ScaledDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
+                     const int8_t* HWY_RESTRICT x, const float* HWY_RESTRICT factor) {
+#if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX3
+  // 512-bit: one 64-byte block = 128 weights = activation blocks 4b..4b+3. The low
+  // nibbles give blocks 4b, 4b+1 (i32 lanes 0-7, 8-15), the high nibbles 4b+2, 4b+3;
+  // the four factors are spread to those lanes with one permute each.
+  const __m512i low4 = _mm512_set1_epi8(15);
+  const __m512i idx_lo = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i idx_hi = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+#if HWY_TARGET != HWY_AVX3_DL
+  const __m512i ones = _mm512_set1_epi16(1);
+#endif
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (size_t b = 0; b < nblocks; ++b) {
+    const __m512i packed = _mm512_load_si512(w + 64 * b);
+    const __m512i lo = _mm512_and_si512(packed, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+    const __m512i xl = _mm512_loadu_si512(x + 128 * b);
+    const __m512i xh = _mm512_loadu_si512(x + 128 * b + 64);
+#if HWY_TARGET == HWY_AVX3_DL
+    const __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
+    const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, xh);
+#else
+    const __m512i dl = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, xl), ones);
+    const __m512i dh = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, xh), ones);
+#endif
+    const __m512 f4 = _mm512_castps128_ps512(_mm_loadu_ps(factor + 4 * b));
+    const size_t a = 2 * (b & 1);  // alternate accumulators: 4 independent FMA chains
+    acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dl), _mm512_permutexvar_ps(idx_lo, f4), acc[a]);
+    acc[a + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dh), _mm512_permutexvar_ps(idx_hi, f4), acc[a + 1]);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+#elif HWY_TARGET == HWY_AVX2
+  const __m256i low4 = _mm256_set1_epi8(15);
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   for (size_t b = 0; b < nblocks; ++b) {
     for (size_t h = 0; h < 2; ++h) {
@@ -41,14 +74,8 @@ HWY_INLINE float Int4ScaledDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);   // block 4b+2+h
       const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 128 * b + 32 * h));
       const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 128 * b + 64 + 32 * h));
-#if HWY_TARGET == HWY_AVX3_DL
-      __m256i dl = _mm256_setzero_si256(), dh = _mm256_setzero_si256();
-      TERNLM_VPDPBUSD(dl, lo, xl);
-      TERNLM_VPDPBUSD(dh, hi, xh);
-#else
       const __m256i dl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones);
       const __m256i dh = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones);
-#endif
       acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dl), _mm256_broadcast_ss(factor + 4 * b + h), acc0);
       acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dh), _mm256_broadcast_ss(factor + 4 * b + 2 + h), acc1);
     }
@@ -94,8 +121,7 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t row_bytes, const 
   const size_t nblocks = row_bytes / 64;
   const size_t nb32 = nblocks * 4, ng = nblocks * 128 / size_t(group), per_g = size_t(group) / 32;
   float* sc = scratch;            // [ng] scales of the row, f32
-  float* mn = scratch + ng;       // [ng] mins of the row
-  float* factor = mn + ng;        // [nb32] scale_g(b) / s_b for one activation row
+  float* factor = scratch + 2 * ng;  // [nb32] scale_g(b) / s_b for one activation row
   const hn::ScalableTag<float> df;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
   const size_t N = hn::Lanes(df);
@@ -109,19 +135,27 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t row_bytes, const 
       for (size_t r = s0; r < s1; ++r) {
         const uint16_t* s16 = scale_f16 + r * ng;
         const uint16_t* m16 = min_f16 + r * ng;
+        // f32 scales and mins of the row; factor[b] = scale_g(b) / s_b; min term.
         size_t g = 0;
+        auto vmin = hn::Zero(df);
         for (; g + N <= ng; g += N) {
-          hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(s16 + g))), df, sc + g);
-          hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(m16 + g))), df, mn + g);
+          const auto vs = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(s16 + g)));
+          const auto vm = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(m16 + g)));
+          vmin = hn::MulAdd(vm, hn::LoadU(df, gsum + g), vmin);
+          hn::StoreU(vs, df, sc + g);
         }
+        float min_term = hn::GetLane(hn::SumOfLanes(df, vmin));
         for (; g < ng; ++g) {
           sc[g] = F32FromF16(s16[g]);
-          mn[g] = F32FromF16(m16[g]);
+          min_term += F32FromF16(m16[g]) * gsum[g];
         }
-        float min_term = 0;
-        for (g = 0; g < ng; ++g) {
-          min_term += mn[g] * gsum[g];
-          for (size_t k = 0; k < per_g; ++k) factor[g * per_g + k] = sc[g] * inv[g * per_g + k];
+        if (per_g == 1) {
+          size_t b = 0;
+          for (; b + N <= nb32; b += N)
+            hn::StoreU(hn::Mul(hn::LoadU(df, sc + b), hn::LoadU(df, inv + b)), df, factor + b);
+          for (; b < nb32; ++b) factor[b] = sc[b] * inv[b];
+        } else {
+          for (size_t b = 0; b < nb32; ++b) factor[b] = sc[b / per_g] * inv[b];
         }
         out.y[xi * out.y_stride + r] =
             Int4ScaledDots(packed + r * row_bytes, nblocks, xq, factor) + min_term;

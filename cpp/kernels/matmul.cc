@@ -19,6 +19,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 
+#include "kernels/activations-inl.h"
 #include "kernels/float_matmul-inl.h"
 #include "kernels/int4_matmul-inl.h"
 #include "kernels/ternary_matmul-inl.h"
@@ -46,6 +47,10 @@ void MatMulRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r
   }
 }
 
+float QuantizeActivationsInt8Target(const float* x, size_t n, int8_t* q) {
+  return QuantizeInt8Row(x, n, q);
+}
+
 void TernaryIntDots(const QuantizedMatrix& w, const int8_t* q, int32_t q_sum, int32_t* out) {
   TernaryIntDotsRows(w.data(), w.row_bytes(), q, q_sum, 0, w.rows(), out);
 }
@@ -59,16 +64,10 @@ namespace ternlm {
 
 HWY_EXPORT(MatMulRows);
 HWY_EXPORT(TernaryIntDots);
+HWY_EXPORT(QuantizeActivationsInt8Target);
 
 float QuantizeActivationsInt8(const float* x, size_t n, int8_t* q) {
-  float amax = 0;
-  for (size_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float s = 127.0f / std::max(amax, 1e-5f);
-  for (size_t i = 0; i < n; ++i) {
-    const float v = std::nearbyint(x[i] * s);
-    q[i] = int8_t(std::min(127.0f, std::max(-128.0f, v)));
-  }
-  return 1.0f / s;
+  return HWY_DYNAMIC_DISPATCH(QuantizeActivationsInt8Target)(x, n, q);
 }
 
 namespace {

@@ -1,0 +1,137 @@
+// Google Benchmark: ternary / INT4 / BF16 matmul at the BitNet b1.58 2B-4T shapes,
+// GEMV (n = 1, decode) and GEMM (n = 64, a prefill chunk), 1 and 2 threads, plus the
+// machine's read bandwidth measured the same way every time (BM_ReadBandwidth: a
+// streaming read of a 1 GiB buffer split over the same thread pool).
+//
+// Counters: weight_GB/s = stored weight bytes (QuantizedMatrix::nbytes) read per second,
+// once per call; GMAC/s = rows * cols * n multiply-accumulates per second.
+//   make bench     (or build/bench/ternlm_bench --benchmark_filter=GEMV)
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "formats/quantized_matrix.h"
+#include "kernels/matmul.h"
+#include "runtime/thread_pool.h"
+
+namespace ternlm {
+namespace {
+
+struct Shape { size_t in, out; };
+const Shape kShapes[] = {{2560, 2560}, {2560, 640}, {2560, 6912}, {6912, 2560}, {2560, 128256}};
+
+// Random matrices built directly in their stored form (a 128256 x 2560 f32 source
+// would need 1.3 GB), cached across benchmarks.
+const QuantizedMatrix& Matrix(WeightFormat f, size_t rows, size_t cols) {
+  static std::map<std::tuple<int, size_t, size_t>, std::unique_ptr<QuantizedMatrix>> cache;
+  auto& slot = cache[{int(f), rows, cols}];
+  if (slot) return *slot;
+  // Keep at most one of the big matrices alive.
+  for (auto it = cache.begin(); it != cache.end();)
+    it = (it->second && it->second->nbytes() > (64u << 20)) ? cache.erase(it) : std::next(it);
+  auto& fresh = cache[{int(f), rows, cols}];
+  fresh.reset(new QuantizedMatrix(QuantizedMatrix::Allocate(f, rows, cols, 32)));
+  QuantizedMatrix& m = *fresh;
+  std::mt19937_64 rng(42);
+  uint8_t* d = m.mutable_data();
+  const size_t bytes = rows * m.row_bytes();
+  for (size_t i = 0; i + 8 <= bytes; i += 8) {
+    uint64_t v = rng();
+    if (f == WeightFormat::kTernary) {  // every 2-bit field in {0, 1, 2}
+      const uint64_t both = v & (v >> 1) & 0x5555555555555555ull;  // fields equal to 3
+      v &= ~(both << 1);
+    }
+    if (f == WeightFormat::kBF16) v &= 0xBFFFBFFFBFFFBFFFull;  // finite, |w| < 2
+    std::memcpy(d + i, &v, 8);
+  }
+  if (f == WeightFormat::kTernary) {
+    float* mult = reinterpret_cast<float*>(m.mutable_aux0());
+    for (size_t r = 0; r < rows; ++r) mult[r] = 0.01f;
+  }
+  if (f == WeightFormat::kInt4) {
+    uint16_t* s = reinterpret_cast<uint16_t*>(m.mutable_aux0());
+    uint16_t* mn = reinterpret_cast<uint16_t*>(m.mutable_aux1());
+    for (size_t i = 0; i < rows * m.groups_per_row(); ++i) {
+      s[i] = F16FromF32(0.01f);
+      mn[i] = F16FromF32(-0.08f);
+    }
+  }
+  return m;
+}
+
+void BM_MatMul(benchmark::State& state, WeightFormat f, size_t n) {
+  const Shape shape = kShapes[state.range(0)];
+  const size_t threads = size_t(state.range(1));
+  const QuantizedMatrix& w = Matrix(f, shape.out, shape.in);
+  std::vector<float> x(n * shape.in), y(n * shape.out);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(rng);
+  ThreadPool& pool = PoolWithThreads(threads);
+  MatMul(w, x.data(), n, y.data(), pool);  // warm up scratch and workers
+  for (auto _ : state) {
+    MatMul(w, x.data(), n, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(std::string(FormatName(f)) + " " + std::to_string(shape.in) + "->" +
+                 std::to_string(shape.out) + " n=" + std::to_string(n) + " t=" + std::to_string(threads));
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(double(w.nbytes()) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GMAC/s"] = benchmark::Counter(double(shape.in) * shape.out * n / 1e9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void ShapeArgs(benchmark::internal::Benchmark* b) {
+  for (int s = 0; s < int(sizeof(kShapes) / sizeof(kShapes[0])); ++s)
+    for (int t : {1, 2}) b->Args({s, t});
+  b->ArgNames({"shape", "threads"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+}
+
+// Streaming read of 1 GiB, split into contiguous chunks over the pool's threads.
+void BM_ReadBandwidth(benchmark::State& state) {
+  constexpr size_t kBytes = size_t(1) << 30;
+  static AlignedBytes buffer(kBytes);  // zeroed pages, touched once here
+  static bool filled = false;
+  if (!filled) {
+    std::memset(buffer.data(), 1, kBytes);
+    filled = true;
+  }
+  const size_t threads = size_t(state.range(0));
+  ThreadPool& pool = PoolWithThreads(threads);
+  const size_t chunks = threads * 16, per = kBytes / chunks;
+  std::vector<uint64_t> sums(chunks);
+  for (auto _ : state) {
+    pool.Run(chunks, [&](size_t c, size_t) {
+      const uint64_t* p = reinterpret_cast<const uint64_t*>(buffer.data() + c * per);
+      uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+      for (size_t i = 0; i < per / 8; i += 8) {
+        a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3];
+        a4 += p[i + 4]; a5 += p[i + 5]; a6 += p[i + 6]; a7 += p[i + 7];
+      }
+      sums[c] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.counters["read_GB/s"] =
+      benchmark::Counter(double(kBytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMV, WeightFormat::kTernary, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, int4_GEMV, WeightFormat::kInt4, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMV, WeightFormat::kBF16, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMM64, WeightFormat::kTernary, 64)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, int4_GEMM64, WeightFormat::kInt4, 64)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMM64, WeightFormat::kBF16, 64)->Apply(ShapeArgs);
+
+}  // namespace
+}  // namespace ternlm
+
+BENCHMARK_MAIN();
