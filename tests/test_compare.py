@@ -125,7 +125,7 @@ def test_cli_writes_table_json_and_plot(tiny, tmp_path, capsys):
     code = main(["--model", tiny, "--formats", "bf16,ternary", "--text", str(text), "--threads", "1",
                  "--json", str(out_json), "--plot", str(out_png), "--prompt-tokens", "8",
                  "--decode-tokens", "2", "--ppl-tokens", "40", "--window", "32", "--stride", "16",
-                 "--repeats", "1"])
+                 "--repeats", "1", "--bandwidth", "20"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "bits/w layers" in printed and "ternary" in printed and "text.txt" in printed

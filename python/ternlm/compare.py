@@ -175,6 +175,8 @@ def build_parser(parser=None) -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=256, help="perplexity stride (tokens)")
     p.add_argument("--repeats", type=int, default=3, help="speed runs per format (best is kept)")
     p.add_argument("--refresh-bandwidth", action="store_true", help="measure the read bandwidth again")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="use this read bandwidth (GB/s) instead of measuring it")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     return p
 
@@ -195,7 +197,7 @@ def run_cli(args) -> int:
                     threads=args.threads, prompt_tokens=args.prompt_tokens,
                     decode_tokens=args.decode_tokens, max_tokens_ppl=args.ppl_tokens,
                     window=args.window, stride=args.stride, repeats=args.repeats,
-                    refresh_bandwidth=args.refresh_bandwidth)
+                    bandwidth=args.bandwidth, refresh_bandwidth=args.refresh_bandwidth)
     print(table.to_markdown() if args.markdown else table)
     if args.json_path:
         table.to_json(args.json_path)
