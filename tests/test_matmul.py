@@ -207,7 +207,8 @@ def test_float_matmul_matches_f32_product_of_dequantize(target, shape, seed, fmt
     bound = (cols / 2 + 16) * EPS32 * (np.abs(x).astype(np.float64) @ np.abs(deq).T) + 1e-30
     y = ternlm.matmul(x, q)
     assert np.all(np.abs(y - ref) <= bound)
-    np.testing.assert_allclose(ternlm.matmul(x[0], q), y[0], rtol=1e-6, atol=1e-6)
+    # 1-D x takes the GEMV kernel (another summation order): same bound.
+    assert np.all(np.abs(ternlm.matmul(x[0], q) - ref[0]) <= bound[0])
 
 
 # ------------------------------------------------------------------ threads

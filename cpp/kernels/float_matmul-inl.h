@@ -31,49 +31,83 @@ HWY_INLINE hn::Vec<DF> LoadWeights(DF df, const hwy::bfloat16_t* w, size_t i) {
   return hn::PromoteTo(df, hn::LoadU(dbf, w + i));
 }
 
-// out[j] = dot(w, x[j]) over cols (a multiple of 16 for f32, 32 for bf16).
-template <size_t NX, typename TW>
-HWY_INLINE void FloatDots(const TW* HWY_RESTRICT w, size_t cols, const float* const* x, float* out) {
+// Decode: one weight row times one activation row, 4 independent FMA chains.
+template <typename TW>
+HWY_INLINE float FloatDot(const TW* HWY_RESTRICT w, size_t cols, const float* HWY_RESTRICT x) {
+  const hn::CappedTag<float, 16> df;
+  const size_t N = hn::Lanes(df);
+  auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+  size_t i = 0;
+  for (; i + 4 * N <= cols; i += 4 * N) {
+    a0 = hn::MulAdd(LoadWeights(df, w, i), hn::LoadU(df, x + i), a0);
+    a1 = hn::MulAdd(LoadWeights(df, w, i + N), hn::LoadU(df, x + i + N), a1);
+    a2 = hn::MulAdd(LoadWeights(df, w, i + 2 * N), hn::LoadU(df, x + i + 2 * N), a2);
+    a3 = hn::MulAdd(LoadWeights(df, w, i + 3 * N), hn::LoadU(df, x + i + 3 * N), a3);
+  }
+  for (; i < cols; i += N) a0 = hn::MulAdd(LoadWeights(df, w, i), hn::LoadU(df, x + i), a0);
+  return hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+}
+
+// Prefill: R weight rows (stride apart) times NX activation rows, out[r * NX + j];
+// each weight vector is widened once and used NX times, each activation vector R times.
+template <size_t R, size_t NX, typename TW>
+HWY_INLINE void FloatDots(const TW* HWY_RESTRICT w, size_t stride, size_t cols,
+                          const float* const* x, float* out) {
   const hn::CappedTag<float, 16> df;
   const size_t N = hn::Lanes(df);
   using V = hn::Vec<decltype(df)>;
-  V acc0[NX], acc1[NX];
-  for (size_t j = 0; j < NX; ++j) acc0[j] = acc1[j] = hn::Zero(df);
-  size_t i = 0;
-  for (; i + 2 * N <= cols; i += 2 * N) {
-    const V w0 = LoadWeights(df, w, i), w1 = LoadWeights(df, w, i + N);
+  V acc[R * NX];
+#pragma GCC unroll 8
+  for (size_t k = 0; k < R * NX; ++k) acc[k] = hn::Zero(df);
+  for (size_t i = 0; i < cols; i += N) {
+    V wv[R];
+#pragma GCC unroll 2
+    for (size_t r = 0; r < R; ++r) wv[r] = LoadWeights(df, w + r * stride, i);
+#pragma GCC unroll 4
     for (size_t j = 0; j < NX; ++j) {
-      acc0[j] = hn::MulAdd(w0, hn::LoadU(df, x[j] + i), acc0[j]);
-      acc1[j] = hn::MulAdd(w1, hn::LoadU(df, x[j] + i + N), acc1[j]);
+      const V xv = hn::LoadU(df, x[j] + i);
+#pragma GCC unroll 2
+      for (size_t r = 0; r < R; ++r) acc[r * NX + j] = hn::MulAdd(wv[r], xv, acc[r * NX + j]);
     }
   }
-  for (; i < cols; i += N) {
-    const V w0 = LoadWeights(df, w, i);
-    for (size_t j = 0; j < NX; ++j) acc0[j] = hn::MulAdd(w0, hn::LoadU(df, x[j] + i), acc0[j]);
+#pragma GCC unroll 8
+  for (size_t k = 0; k < R * NX; ++k) out[k] = hn::GetLane(hn::SumOfLanes(df, acc[k]));
+}
+
+template <size_t R, typename TW>
+HWY_INLINE void FloatDotsNX(size_t nx, const TW* w, size_t stride, const float* const* x, float* out) {
+  switch (nx) {
+    case 4: FloatDots<R, 4>(w, stride, stride, x, out); break;
+    case 3: FloatDots<R, 3>(w, stride, stride, x, out); break;
+    case 2: FloatDots<R, 2>(w, stride, stride, x, out); break;
+    default: FloatDots<R, 1>(w, stride, stride, x, out); break;
   }
-  for (size_t j = 0; j < NX; ++j) out[j] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[j], acc1[j])));
 }
 
 template <typename TW>
 HWY_INLINE void FloatMatMulRowsT(const TW* w, size_t stride, const PreparedActivations& a,
                                  size_t r0, size_t r1, const MatMulOutput& out) {
+  if (a.n == 1) {
+    for (size_t r = r0; r < r1; ++r) out.y[r] = FloatDot(w + r * stride, stride, a.xf);
+    return;
+  }
   const size_t row_bytes = stride * sizeof(TW);
-  const size_t slice = a.n <= 4 ? (r1 - r0) : std::max<size_t>(1, (128 * 1024) / row_bytes);
+  const size_t slice = std::max<size_t>(2, (128 * 1024) / row_bytes);
   for (size_t s0 = r0; s0 < r1; s0 += slice) {
     const size_t s1 = std::min(r1, s0 + slice);
     for (size_t x0 = 0; x0 < a.n; x0 += 4) {
       const size_t nx = std::min<size_t>(4, a.n - x0);
       const float* xs[4];
       for (size_t j = 0; j < nx; ++j) xs[j] = a.xf + (x0 + j) * a.stride;
-      for (size_t r = s0; r < s1; ++r) {
-        float d[4];
-        const TW* wr = w + r * stride;
-        switch (nx) {
-          case 4: FloatDots<4>(wr, stride, xs, d); break;
-          case 3: FloatDots<3>(wr, stride, xs, d); break;
-          case 2: FloatDots<2>(wr, stride, xs, d); break;
-          default: FloatDots<1>(wr, stride, xs, d); break;
-        }
+      float d[8];
+      size_t r = s0;
+      for (; r + 2 <= s1; r += 2) {  // 2 weight rows x up to 4 activation rows
+        FloatDotsNX<2>(nx, w + r * stride, stride, xs, d);
+        for (size_t i = 0; i < 2; ++i)
+          for (size_t j = 0; j < nx; ++j) out.y[(x0 + j) * out.y_stride + r + i] = d[i * nx + j];
+      }
+      for (; r < s1; ++r) {
+        FloatDotsNX<1>(nx, w + r * stride, stride, xs, d);
         for (size_t j = 0; j < nx; ++j) out.y[(x0 + j) * out.y_stride + r] = d[j];
       }
     }
