@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 
 from .compare_table import ComparisonTable
 
@@ -142,6 +143,8 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
                 row = measure_format(fmt=fmt, **request)
             except Exception as e:
                 raise FormatError(f"model {model_path} cannot be run as {fmt}: {type(e).__name__}: {e}") from e
+        if row.get("file_error"):
+            warnings.warn(f"compare: no file size for {fmt}: {row['file_error']}", RuntimeWarning, stacklevel=2)
         row["bandwidth_gb_s"] = gbs
         row["roofline_tok_s"] = gbs * 1e9 / row["bytes_per_token"]
         row["achieved"] = (row["decode_tok_s"] / row["roofline_tok_s"]) if row.get("decode_tok_s") else None

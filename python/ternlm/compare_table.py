@@ -6,7 +6,8 @@ Row keys (units in the name; None where not measured):
     layer_bits_per_weight    stored bits per weight of the layer matrices (q k v o gate up down)
     model_bits_per_weight    stored bits per parameter of the whole model (embed, head, norms too)
     weight_bytes             sum of the bytes of every stored tensor (QuantizedMatrix.nbytes, norms)
-    file_bytes               size of the folder Model.save() writes (weights + tokenizer files)
+    file_bytes               size of the folder Model.save() writes (weights + tokenizer files);
+                             None (and `file_error` says why) if saving failed
     peak_rss_mb              peak resident memory of a fresh process that loaded this format and
                              generated (before the perplexity pass, whose logits are format-independent)
     load_s                   ternlm.load(model, weights=format) wall time, conversion included

@@ -101,15 +101,16 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
     row["ppl"] = m.perplexity(ppl_ids, window=w, stride=min(int(stride), w))
     row["ppl_tokens"] = len(ppl_ids)
 
+    row["file_bytes"] = None
     if save_file:
         folder = tempfile.mkdtemp(prefix="ternlm-compare-")
         try:
             m.save(os.path.join(folder, "model"))
             row["file_bytes"] = _folder_bytes(folder)
+        except Exception as e:      # the other numbers stand; the parent warns with this
+            row["file_error"] = f"Model.save failed: {type(e).__name__}: {e}"
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    else:
-        row["file_bytes"] = None
     row["threads"] = threads
     return row
 
