@@ -92,7 +92,7 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
             best_decode = max(best_decode, s["decode_tok_s"])
         row["prompt_tokens"], row["decode_tokens"] = s["prompt_tokens"], s["decode_tokens"]
     row["prefill_tok_s"] = best_prefill
-    row["decode_tok_s"] = best_decode if row["decode_tokens"] > 0 else None
+    row["decode_tok_s"] = best_decode or None      # None: EOS came before a second token
     row["peak_rss_mb"] = _peak_rss_mb()
 
     # Quality: sliding-window perplexity over the first max_tokens_ppl tokens of the text.
