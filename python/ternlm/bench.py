@@ -1,0 +1,138 @@
+"""End-to-end speed of a model: load time, prefill and decode tokens/s, peak memory.
+
+    rows = run_bench(model_path, weights=[None], threads=[1, 2], prompt_tokens=128, decode_tokens=64)
+    print(format_table(rows))
+
+Each (weights, threads) row is measured in a fresh Python process (`python -m ternlm.bench
+REQUEST.json RESULT.json`), so its peak RSS and load time are its own. Inside it:
+load -> one short warm-up generation -> `repeats` runs of a prompt of exactly
+`prompt_tokens` token ids (a fixed pseudo-random sequence) followed by exactly
+`decode_tokens` greedy tokens (EOS is ignored so the count is fixed); the best run is kept.
+Prefill tok/s = prompt tokens / time of the prompt's forward; decode tok/s = decoded
+tokens / time after the prompt (the sampler and detokenizer included, as a user sees it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
+
+
+def measure(model, weights=None, threads=None, prompt_tokens=128, decode_tokens=64, repeats=2,
+            seed=0) -> dict:
+    """One row, in this process."""
+    import ternlm
+    t0 = time.perf_counter()
+    m = ternlm.load(model, weights=weights, threads=threads,
+                    context=prompt_tokens + decode_tokens + 8, progress=False)
+    load_s = time.perf_counter() - t0
+    m.eos_token_ids = []                               # decode exactly decode_tokens tokens
+    vocab = min(m.config.vocab_size, m.tokenizer.vocab_size)
+    ids = np.random.default_rng(seed).integers(0, vocab, size=prompt_tokens).tolist()
+    m.generate(ids[:8], max_new_tokens=2, temperature=0.0)       # warm-up: thread pool, page-in
+    best = None
+    for _ in range(max(1, int(repeats))):
+        m.generate(ids, max_new_tokens=decode_tokens, temperature=0.0)
+        s = dict(m.stats)
+        if best is None or s["prompt_s"] + s["decode_s"] < best["prompt_s"] + best["decode_s"]:
+            best = s
+    kinds = sorted(set(m.formats.values()))
+    return {"model": os.fspath(model), "weights": weights or "as stored", "formats": kinds,
+            "threads": threads, "load_s": load_s,
+            "prompt_tokens": best["prompt_tokens"], "decode_tokens": best["decode_tokens"],
+            "prefill_tok_s": best["prompt_tok_s"], "decode_tok_s": best["decode_tok_s"],
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_bench(model, weights=(None,), threads=(None,), prompt_tokens=128, decode_tokens=64,
+              repeats=2, timeout=3600, log=None) -> list:
+    """Measure every (weights, threads) pair in its own process; returns the rows."""
+    rows = []
+    for w in weights:
+        for t in threads:
+            request = {"model": os.fspath(model), "weights": w, "threads": t, "prompt_tokens": prompt_tokens,
+                       "decode_tokens": decode_tokens, "repeats": repeats}
+            if log:
+                log(f"bench: weights={w or 'as stored'} threads={t or 'all'} ...")
+            with tempfile.TemporaryDirectory(prefix="ternlm-bench-") as tmp:
+                req, res = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.json")
+                with open(req, "w") as f:
+                    json.dump(request, f)
+                proc = subprocess.run([sys.executable, "-m", "ternlm.bench", req, res], env=_child_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                if not os.path.exists(res):
+                    raise RuntimeError(f"bench worker for weights={w} threads={t} died "
+                                       f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+                with open(res) as f:
+                    result = json.load(f)
+            if "error" in result:
+                raise RuntimeError(f"bench weights={w} threads={t}: {result['error']}: {result['message']}")
+            rows.append(result["row"])
+    return rows
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import ternlm
+        info["targets"] = list(ternlm._core.targets()) if hasattr(ternlm._core, "targets") else None
+    except Exception:      # informational only
+        pass
+    return info
+
+
+def format_table(rows) -> str:
+    head = ["weights", "threads", "load s", "prefill tok/s", "decode tok/s", "peak RSS MB"]
+    body = [[str(r["weights"]), str(r["threads"] or "all"), f"{r['load_s']:.2f}", f"{r['prefill_tok_s']:.1f}",
+             f"{r['decode_tok_s']:.2f}", f"{r['peak_rss_mb']:.0f}"] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))   # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def main(argv=None) -> int:
+    """python -m ternlm.bench REQUEST.json RESULT.json (the per-row worker)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m ternlm.bench REQUEST.json RESULT.json", file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        request = json.load(f)
+    try:
+        result, code = {"row": measure(**request)}, 0
+    except Exception as e:     # reported by the parent with the row's settings
+        result, code = {"error": type(e).__name__, "message": str(e)}, 1
+    with open(argv[1], "w") as f:
+        json.dump(result, f)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
