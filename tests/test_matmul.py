@@ -293,3 +293,13 @@ def test_matmul_rejects_bad_thread_count(q576):
 def test_matmul_of_empty_batch_returns_empty(q576):
     y = ternlm.matmul(np.zeros((0, 576), np.float32), q576)
     assert y.shape == (0, 16)
+
+
+def test_many_small_calls_through_the_pool_stay_correct():
+    # Thousands of short jobs exercise the pool's wake / finish handshake.
+    rng = np.random.default_rng(9)
+    q = ternlm.quantize(random_matrix(rng, 64, 256), "ternary")
+    x = random_matrix(rng, 1, 256)[0]
+    expected = ternlm.matmul(x, q, threads=1)
+    for _ in range(3000):
+        np.testing.assert_array_equal(ternlm.matmul(x, q, threads=2), expected)

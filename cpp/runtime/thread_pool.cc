@@ -30,47 +30,55 @@ struct ThreadPool::Impl {
   size_t num_threads = 1;
   std::vector<std::thread> workers;
 
-  // Job state, written by Run() before the generation bump.
+  // Job state, written by Run() before job_open is set.
   const std::function<void(size_t, size_t)>* fn = nullptr;
   size_t num_tasks = 0;
   std::atomic<size_t> next_task{0};
-  std::atomic<size_t> workers_done{0};
-  std::atomic<uint64_t> generation{0};
-  bool stop = false;
+  std::atomic<size_t> completed{0};     // tasks finished
+  std::atomic<bool> job_open{false};    // job state may be read
+  std::atomic<size_t> active{0};        // workers inside a job
+  std::atomic<uint64_t> generation{0};  // bumped per job (and on stop)
+  std::atomic<bool> stop{false};
 
   std::mutex run_mu;  // one Run() at a time (two Python threads may share a pool)
   std::mutex mu;
   std::condition_variable wake;  // workers wait for a new generation
-  std::condition_variable done;  // caller waits for workers_done
+  std::condition_variable done;  // caller waits for the last task
 
   void Work(size_t thread) {
     for (;;) {
-      const size_t task = next_task.fetch_add(1, std::memory_order_relaxed);
+      const size_t task = next_task.fetch_add(1);
       if (task >= num_tasks) return;
       (*fn)(task, thread);
-    }
-  }
-
-  void WorkerLoop(size_t thread) {
-    uint64_t seen = 0;
-    for (;;) {
-      uint64_t gen = generation.load(std::memory_order_acquire);
-      for (int i = 0; gen == seen && i < kSpinIterations; ++i) {
-        TERNLM_PAUSE();
-        gen = generation.load(std::memory_order_acquire);
-      }
-      if (gen == seen) {
-        std::unique_lock<std::mutex> lock(mu);
-        wake.wait(lock, [&] { return generation.load(std::memory_order_acquire) != seen; });
-        gen = generation.load(std::memory_order_acquire);
-      }
-      seen = gen;
-      if (stop) return;
-      Work(thread);
-      if (workers_done.fetch_add(1, std::memory_order_acq_rel) + 1 == workers.size()) {
+      if (completed.fetch_add(1) + 1 == num_tasks) {
         std::lock_guard<std::mutex> lock(mu);
         done.notify_one();
       }
+    }
+  }
+
+  // The caller never waits for a worker that has not woken up yet (a sleeping vCPU can
+  // take a millisecond to wake): it waits for the tasks, then only for workers that are
+  // inside the job. A worker enters by incrementing `active` and re-checking that the
+  // job it was woken for is still open; all these atomics are sequentially consistent.
+  void WorkerLoop(size_t thread) {
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t gen = generation.load();
+      for (int i = 0; gen == seen && i < kSpinIterations; ++i) {
+        TERNLM_PAUSE();
+        gen = generation.load();
+      }
+      if (gen == seen) {
+        std::unique_lock<std::mutex> lock(mu);
+        wake.wait(lock, [&] { return generation.load() != seen; });
+        gen = generation.load();
+      }
+      seen = gen;
+      if (stop.load()) return;
+      active.fetch_add(1);
+      if (generation.load() == gen && job_open.load()) Work(thread);
+      active.fetch_sub(1);
     }
   }
 };
@@ -84,8 +92,8 @@ ThreadPool::ThreadPool(size_t num_threads) : impl_(new Impl) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->stop = true;
-    impl_->generation.fetch_add(1, std::memory_order_acq_rel);
+    impl_->stop.store(true);
+    impl_->generation.fetch_add(1);
   }
   impl_->wake.notify_all();
   for (std::thread& t : impl_->workers) t.join();
@@ -104,22 +112,24 @@ void ThreadPool::Run(size_t num_tasks, const std::function<void(size_t, size_t)>
   std::lock_guard<std::mutex> run_lock(s.run_mu);
   s.fn = &fn;
   s.num_tasks = num_tasks;
-  s.next_task.store(0, std::memory_order_relaxed);
-  s.workers_done.store(0, std::memory_order_relaxed);
+  s.next_task.store(0);
+  s.completed.store(0);
+  s.job_open.store(true);
   {
     // The lock orders the bump against a worker that is about to sleep.
     std::lock_guard<std::mutex> lock(s.mu);
-    s.generation.fetch_add(1, std::memory_order_acq_rel);
+    s.generation.fetch_add(1);
   }
   s.wake.notify_all();
   s.Work(0);
-  const size_t n = s.workers.size();
-  for (int i = 0; s.workers_done.load(std::memory_order_acquire) != n && i < kSpinIterations; ++i)
-    TERNLM_PAUSE();
-  if (s.workers_done.load(std::memory_order_acquire) != n) {
+  for (int i = 0; s.completed.load() != num_tasks && i < kSpinIterations; ++i) TERNLM_PAUSE();
+  if (s.completed.load() != num_tasks) {
     std::unique_lock<std::mutex> lock(s.mu);
-    s.done.wait(lock, [&] { return s.workers_done.load(std::memory_order_acquire) == n; });
+    s.done.wait(lock, [&] { return s.completed.load() == num_tasks; });
   }
+  s.job_open.store(false);
+  // A worker that entered just now finds no task left and leaves at once.
+  while (s.active.load() != 0) TERNLM_PAUSE();
 }
 
 // ---------------------------------------------------------------- default pool
