@@ -1,0 +1,59 @@
+#include "model/config.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace ternlm {
+
+void ModelConfig::Validate() const {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument("model config: " + what);
+  };
+  need(vocab_size > 0, "vocab_size must be > 0");
+  need(hidden_size > 0, "hidden_size must be > 0");
+  need(intermediate_size > 0, "intermediate_size must be > 0");
+  need(num_layers > 0, "num_layers must be > 0");
+  need(num_heads > 0 && num_kv_heads > 0, "num_heads and num_kv_heads must be > 0");
+  need(num_heads % num_kv_heads == 0,
+       "num_heads " + std::to_string(num_heads) + " is not a multiple of num_kv_heads " +
+           std::to_string(num_kv_heads));
+  need(head_dim > 0 && head_dim % 2 == 0,
+       "head_dim must be even and > 0 (rotate-half RoPE), got " + std::to_string(head_dim));
+  need(rms_norm_eps > 0 && std::isfinite(rms_norm_eps), "rms_norm_eps must be > 0");
+  need(rope_theta > 0 && std::isfinite(rope_theta), "rope_theta must be > 0");
+  if (rope_scaling.enabled) {
+    need(rope_scaling.factor > 0, "rope_scaling.factor must be > 0");
+    need(rope_scaling.high_freq_factor > rope_scaling.low_freq_factor,
+         "rope_scaling.high_freq_factor must be > low_freq_factor");
+    need(rope_scaling.low_freq_factor > 0, "rope_scaling.low_freq_factor must be > 0");
+    need(rope_scaling.original_max_position_embeddings > 0,
+         "rope_scaling.original_max_position_embeddings must be > 0");
+  }
+}
+
+void RopeInverseFrequencies(const ModelConfig& c, float* inv_freq) {
+  const size_t half = c.head_dim / 2;
+  const Llama3RopeScaling& s = c.rope_scaling;
+  for (size_t i = 0; i < half; ++i) {
+    // transformers: 1 / theta ** (arange(0, d, 2).float() / d), in f32.
+    const float exponent = float(2 * i) / float(c.head_dim);
+    double inv = 1.0 / std::pow(c.rope_theta, double(exponent));
+    if (s.enabled) {
+      const double pi = 3.14159265358979323846;
+      const double low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+      const double high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+      const double wavelen = 2 * pi / inv;
+      if (wavelen > low_wavelen) {
+        inv = inv / s.factor;                 // low frequencies: scaled
+      } else if (wavelen >= high_wavelen) {   // medium: interpolate
+        const double smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
+                              (s.high_freq_factor - s.low_freq_factor);
+        inv = (1 - smooth) * inv / s.factor + smooth * inv;
+      }                                       // high frequencies: unchanged
+    }
+    inv_freq[i] = float(inv);
+  }
+}
+
+}  // namespace ternlm

@@ -1,0 +1,113 @@
+// Transformer: a Llama or BitNet b1.58 decoder, run in f32 around MatMul over any
+// weight format (formats/quantized_matrix.h), with a KV cache.
+//
+// Three plain structs hold everything (as llama2.c's run.c):
+//   ModelConfig   (config.h)  shapes and hyper-parameters
+//   Weights                   every matrix and norm weight, owned
+//   RunState                  activation buffers for one chunk of up to kMaxChunk tokens,
+//                             the KV cache and the RoPE tables; allocated once in the
+//                             constructor, so Forward allocates nothing.
+// A prompt longer than kMaxChunk tokens is run in chunks of kMaxChunk (GEMM per chunk);
+// decode is a chunk of one token (GEMV).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "formats/quantized_matrix.h"
+#include "hwy/aligned_allocator.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "runtime/thread_pool.h"
+
+namespace ternlm {
+
+// Projections of the same input are fused row-wise when their formats agree
+// (ConcatRows), so the activations are prepared once per fused MatMul:
+//   qkv      = [q; k; v]   rows q_dim + 2*kv_dim   -> output row [q | k | v]
+//   gate_up  = [gate; up]  rows 2*intermediate     -> output row [gate | up]
+// When formats differ, `parts` keeps the matrices separate and the outputs are
+// copied into the same row layout.
+struct FusedProjection {
+  std::vector<QuantizedMatrix> parts;  // 1 (fused) or several, in output-row order
+  size_t rows = 0;                     // total output rows
+  size_t nbytes() const;
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm;      // [hidden]
+  FusedProjection qkv;               // [q_dim + 2*kv_dim, hidden]
+  std::vector<float> attn_sub_norm;  // [q_dim], BitNet only
+  QuantizedMatrix o;                 // [hidden, q_dim]
+  std::vector<float> ffn_norm;       // [hidden]
+  FusedProjection gate_up;           // [2*intermediate, hidden]
+  std::vector<float> ffn_sub_norm;   // [intermediate], BitNet only
+  QuantizedMatrix down;              // [hidden, intermediate]
+};
+
+struct Weights {
+  QuantizedMatrix embed;             // [vocab, hidden]; rows read with DequantizeRow
+  std::vector<LayerWeights> layers;
+  std::vector<float> norm;           // [hidden]
+  QuantizedMatrix lm_head;           // [vocab, hidden]; empty when tied to embed
+  const QuantizedMatrix& head() const { return lm_head.rows() ? lm_head : embed; }
+  size_t nbytes() const;
+};
+
+struct RunState {
+  using Buffer = hwy::AlignedFreeUniquePtr<float[]>;
+  size_t chunk = 0;       // rows every buffer holds
+  Buffer x;               // [chunk, hidden]           residual stream
+  Buffer xb;              // [chunk, hidden]           normed input of a block
+  Buffer qkv;             // [chunk, q_dim + 2*kv_dim] fused q|k|v rows
+  Buffer att;             // [chunk, q_dim]            attention output
+  Buffer gate_up;         // [chunk, 2*intermediate]   gate|up rows, then act(gate)*up in gate
+  Buffer act;             // [chunk, intermediate]     act(gate)*up, contiguous for down
+  Buffer proj;            // [chunk, max(hidden, max part rows)] o/down output; unfused part output
+  Buffer scores;          // [threads, context]        attention scores per thread
+  Buffer logits;          // [vocab]                   decode logits for Step
+  Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position
+  KvCache kv;
+  size_t nbytes = 0;      // all of the above
+};
+
+class Transformer {
+ public:
+  static constexpr size_t kMaxChunk = 64;  // prefill tokens per GEMM
+
+  // Takes the weights; context = KV-cache length in tokens; pool must outlive this.
+  Transformer(const ModelConfig& config, Weights weights, size_t context, ThreadPool& pool);
+
+  const ModelConfig& config() const { return config_; }
+  const Weights& weights() const { return w_; }
+  size_t position() const { return pos_; }
+  size_t context() const { return s_.kv.context(); }
+  size_t memory_bytes() const { return w_.nbytes() + s_.nbytes; }
+
+  // Appends tokens [n] at position(); writes logits of the last token [vocab] or,
+  // with all_logits, of every token [n, vocab]. Throws std::invalid_argument for
+  // n == 0, a token outside [0, vocab) or position() + n > context().
+  void Forward(const int32_t* tokens, size_t n, bool all_logits, float* logits);
+  // Forward of one token; returns its logits [vocab] (RunState buffer, valid until
+  // the next call).
+  const float* Decode(int32_t token);
+
+  void Reset() { pos_ = 0; }
+  // Keep the first `pos` cached positions (a shared prompt prefix); pos <= position().
+  void Truncate(size_t pos);
+
+ private:
+  void CheckTokens(const int32_t* tokens, size_t n) const;
+  void ForwardChunk(const int32_t* tokens, size_t n);  // updates x for n <= chunk tokens
+  void Attention(size_t layer, size_t n);
+  void Project(const FusedProjection& p, const float* in, size_t n, float* out);
+  void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
+
+  ModelConfig config_;
+  Weights w_;
+  RunState s_;
+  ThreadPool& pool_;
+  size_t pos_ = 0;
+};
+
+}  // namespace ternlm
