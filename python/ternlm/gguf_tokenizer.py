@@ -84,9 +84,9 @@ def _byte_level_model(tokens, merges, path):
         # a few files spell a (control) token in plain UTF-8; map it into the alphabet
         spelled = tok if set(tok) <= alphabet else "".join(table[b] for b in tok.encode("utf-8"))
         vocab.setdefault(spelled, i)
-    if merges is None:
-        raise ValueError(f"{path}: tokenizer.ggml.merges is missing (a gpt2 tokenizer needs its merges)")
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    # no merges in the file: the ones the vocabulary implies, earlier tokens first
+    pairs = [tuple(m.split(" ", 1)) for m in merges] if merges is not None else \
+        merges_from_scores(list(vocab), None)
     return models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False), alphabet
 
 

@@ -1,0 +1,151 @@
+"""Writers for small GGUF files, the way llama.cpp's converter lays them out (used by the
+GGUF tests): llama metadata, q/k rows permuted for interleaved RoPE, tensors quantized with
+the gguf package's own quantizers, and a tokenizer in `tokenizer.ggml.*` form."""
+import json
+
+import numpy as np
+
+QUANT_BLOCK = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "TQ1_0": 256, "TQ2_0": 256}
+
+
+def llamacpp_permute(w, n_head):
+    """convert_hf_to_gguf.py's permutation of q/k rows (HF rotate-half -> interleaved)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tensor_bytes(arr, kind):
+    """(data, raw_dtype or None) for GGUFWriter.add_tensor: float arrays for F32/F16, the
+    gguf package's quantized bytes otherwise."""
+    import gguf
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if kind == "F32":
+        return arr, None
+    if kind == "F16":
+        return arr.astype(np.float16), None
+    qtype = getattr(gguf.GGMLQuantizationType, kind)
+    return gguf.quants.quantize(arr, qtype), qtype
+
+
+def tokenizer_meta_from_fast(tok_json: dict, kind: str, specials=()):
+    """tokens / token types / merges / scores from a tokenizer.json dict.
+    kind "gpt2" (byte-level) or "llama" (SentencePiece, <0xNN> byte tokens)."""
+    vocab = tok_json["model"]["vocab"]
+    for added in tok_json.get("added_tokens", []):
+        vocab.setdefault(added["content"], added["id"])
+    tokens = [None] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        tokens[i] = t
+    types = []
+    for t in tokens:
+        if t in specials:
+            types.append(3)
+        elif kind == "llama" and t.startswith("<0x") and t.endswith(">") and len(t) == 6:
+            types.append(6)
+        else:
+            types.append(1)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"].get("merges", [])]
+    scores = [-float(i) for i in range(len(tokens))]
+    return tokens, types, merges, scores
+
+
+def write_gguf(path, cfg, tensors, tok, arch="llama", extra=None):
+    """cfg: hidden, ffn, layers, heads, kv_heads, ctx, eps, theta. tensors: GGUF name ->
+    (float array [rows, cols] in HF orientation, type name). tok: dict with model, pre,
+    tokens, types, merges (optional), scores (optional), bos, eos, add_bos, chat_template."""
+    import gguf
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(cfg["ctx"])
+    w.add_embedding_length(cfg["hidden"])
+    w.add_block_count(cfg["layers"])
+    w.add_feed_forward_length(cfg["ffn"])
+    w.add_head_count(cfg["heads"])
+    w.add_head_count_kv(cfg["kv_heads"])
+    w.add_layer_norm_rms_eps(cfg["eps"])
+    w.add_rope_freq_base(cfg["theta"])
+    w.add_rope_dimension_count(cfg["hidden"] // cfg["heads"])
+    w.add_vocab_size(len(tok["tokens"]))
+    w.add_tokenizer_model(tok["model"])
+    if tok.get("pre"):
+        w.add_tokenizer_pre(tok["pre"])
+    w.add_token_list(tok["tokens"])
+    w.add_token_types(tok["types"])
+    if tok.get("merges") is not None:
+        w.add_token_merges(tok["merges"])
+    if tok.get("scores") is not None:
+        w.add_token_scores(tok["scores"])
+    w.add_bos_token_id(tok["bos"])
+    w.add_eos_token_id(tok["eos"])
+    if tok.get("unk") is not None:
+        w.add_unk_token_id(tok["unk"])
+    if tok.get("add_bos") is not None:
+        w.add_add_bos_token(tok["add_bos"])
+    if tok.get("add_space_prefix") is not None:
+        w.add_add_space_prefix(tok["add_space_prefix"])
+    if tok.get("chat_template"):
+        w.add_chat_template(tok["chat_template"])
+    for key, value in (extra or {}).items():
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, value)
+    for name, (arr, kind) in tensors.items():
+        data, raw = tensor_bytes(arr, kind)
+        if raw is None:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def hf_state_to_gguf_tensors(state, n_head, n_kv, layers, types):
+    """HF state dict (numpy float32) -> GGUF tensors; types: canonical-suffix -> type name
+    (keys "embed", "lm_head", "matrix"; norms are always F32)."""
+    out = {"token_embd.weight": (state["model.embed_tokens.weight"], types["embed"]),
+           "output_norm.weight": (state["model.norm.weight"], "F32")}
+    if "lm_head.weight" in state:
+        out["output.weight"] = (state["lm_head.weight"], types["lm_head"])
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out[f"blk.{i}.attn_norm.weight"] = (state[p + "input_layernorm.weight"], "F32")
+        out[f"blk.{i}.ffn_norm.weight"] = (state[p + "post_attention_layernorm.weight"], "F32")
+        for hf, gg in names.items():
+            wgt = state[p + hf + ".weight"]
+            if gg == "attn_q":
+                wgt = llamacpp_permute(wgt, n_head)
+            elif gg == "attn_k":
+                wgt = llamacpp_permute(wgt, n_kv)
+            out[f"blk.{i}.{gg}.weight"] = (wgt, types.get(gg, types["matrix"]))
+    return out
+
+
+def gguf_from_hf_folder(folder, path, types, tok_kind="gpt2", pre="gpt-2"):
+    """Write the HF checkpoint in `folder` (config.json, safetensors, tokenizer.json) as GGUF."""
+    import os
+
+    from safetensors.numpy import load_file
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    state = {k: v.astype(np.float32) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()} \
+        if os.path.exists(os.path.join(folder, "model.safetensors")) else None
+    tok_json = json.load(open(os.path.join(folder, "tokenizer.json"), encoding="utf-8"))
+    tcfg = json.load(open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8"))
+    specials = {a["content"] for a in tok_json.get("added_tokens", []) if a.get("special")}
+    tokens, ttypes, merges, scores = tokenizer_meta_from_fast(tok_json, tok_kind, specials)
+    tok = {"model": tok_kind, "pre": pre if tok_kind == "gpt2" else None, "tokens": tokens, "types": ttypes,
+           "merges": merges, "scores": scores if tok_kind == "llama" else None,
+           "bos": cfg["bos_token_id"], "eos": cfg["eos_token_id"] if isinstance(cfg["eos_token_id"], int)
+           else cfg["eos_token_id"][0], "add_bos": True, "chat_template": tcfg.get("chat_template")}
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    gcfg = {"hidden": cfg["hidden_size"], "ffn": cfg["intermediate_size"], "layers": cfg["num_hidden_layers"],
+            "heads": heads, "kv_heads": kv, "ctx": cfg["max_position_embeddings"], "eps": cfg["rms_norm_eps"],
+            "theta": cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))}
+    tensors = hf_state_to_gguf_tensors(state, heads, kv, cfg["num_hidden_layers"], types)
+    return write_gguf(path, gcfg, tensors, tok)
