@@ -43,8 +43,11 @@ float Int4ScaledDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
 #if HWY_TARGET != HWY_AVX3_DL
   const __m512i ones = _mm512_set1_epi16(1);
 #endif
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  for (size_t b = 0; b < nblocks; ++b) {
+  // acc_lo/acc_hi for even blocks, acc_lo2/acc_hi2 for odd ones: 4 independent FMA
+  // chains, all in registers (an indexed array of accumulators ended up on the stack).
+  __m512 acc_lo = _mm512_setzero_ps(), acc_hi = _mm512_setzero_ps();
+  __m512 acc_lo2 = _mm512_setzero_ps(), acc_hi2 = _mm512_setzero_ps();
+  auto block = [&](size_t b, __m512& al, __m512& ah) HWY_ATTR {
     const __m512i packed = _mm512_load_si512(w + 64 * b);
     const __m512i lo = _mm512_and_si512(packed, low4);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
@@ -58,11 +61,17 @@ float Int4ScaledDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
     const __m512i dh = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, xh), ones);
 #endif
     const __m512 f4 = _mm512_castps128_ps512(_mm_loadu_ps(factor + 4 * b));
-    const size_t a = 2 * (b & 1);  // alternate accumulators: 4 independent FMA chains
-    acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dl), _mm512_permutexvar_ps(idx_lo, f4), acc[a]);
-    acc[a + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dh), _mm512_permutexvar_ps(idx_hi, f4), acc[a + 1]);
+    al = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dl), _mm512_permutexvar_ps(idx_lo, f4), al);
+    ah = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dh), _mm512_permutexvar_ps(idx_hi, f4), ah);
+  };
+  size_t b = 0;
+  for (; b + 2 <= nblocks; b += 2) {
+    block(b, acc_lo, acc_hi);
+    block(b + 1, acc_lo2, acc_hi2);
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  if (b < nblocks) block(b, acc_lo, acc_hi);
+  return _mm512_reduce_add_ps(
+      _mm512_add_ps(_mm512_add_ps(acc_lo, acc_hi), _mm512_add_ps(acc_lo2, acc_hi2)));
 #elif HWY_TARGET == HWY_AVX2
   const __m256i low4 = _mm256_set1_epi8(15);
   const __m256i ones = _mm256_set1_epi16(1);
@@ -124,6 +133,8 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t row_bytes, const 
   float* factor = scratch + 2 * ng;  // [nb32] scale_g(b) / s_b for one activation row
   const hn::ScalableTag<float> df;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const hn::CappedTag<float, 1> d1;
+  const hn::Rebind<hwy::float16_t, decltype(d1)> dh1;
   const size_t N = hn::Lanes(df);
   const size_t slice = a.n <= 1 ? (r1 - r0) : std::max<size_t>(1, (128 * 1024) / row_bytes);
   for (size_t s0 = r0; s0 < r1; s0 += slice) {
@@ -136,27 +147,25 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t row_bytes, const 
         const uint16_t* s16 = scale_f16 + r * ng;
         const uint16_t* m16 = min_f16 + r * ng;
         // f32 scales and mins of the row; factor[b] = scale_g(b) / s_b; min term.
-        size_t g = 0;
+        // Full vectors, then single lanes (same ops, so no scalar fp16 conversion).
         auto vmin = hn::Zero(df);
-        for (; g + N <= ng; g += N) {
-          const auto vs = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(s16 + g)));
-          const auto vm = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(m16 + g)));
-          vmin = hn::MulAdd(vm, hn::LoadU(df, gsum + g), vmin);
-          hn::StoreU(vs, df, sc + g);
-        }
-        float min_term = hn::GetLane(hn::SumOfLanes(df, vmin));
-        for (; g < ng; ++g) {
-          sc[g] = F32FromF16(s16[g]);
-          min_term += F32FromF16(m16[g]) * gsum[g];
-        }
-        if (per_g == 1) {
-          size_t b = 0;
-          for (; b + N <= nb32; b += N)
-            hn::StoreU(hn::Mul(hn::LoadU(df, sc + b), hn::LoadU(df, inv + b)), df, factor + b);
-          for (; b < nb32; ++b) factor[b] = sc[b] * inv[b];
-        } else {
+        auto v1min = hn::Zero(d1);
+        size_t g = 0;
+        auto setup = [&](auto d, auto dh16, size_t g0, auto& acc) HWY_ATTR {
+          const auto vs = hn::PromoteTo(d, hn::LoadU(dh16, reinterpret_cast<const hwy::float16_t*>(s16 + g0)));
+          const auto vm = hn::PromoteTo(d, hn::LoadU(dh16, reinterpret_cast<const hwy::float16_t*>(m16 + g0)));
+          acc = hn::MulAdd(vm, hn::LoadU(d, gsum + g0), acc);
+          if (per_g == 1) {
+            hn::StoreU(hn::Mul(vs, hn::LoadU(d, inv + g0)), d, factor + g0);
+          } else {
+            hn::StoreU(vs, d, sc + g0);
+          }
+        };
+        for (; g + N <= ng; g += N) setup(df, dh, g, vmin);
+        for (; g < ng; ++g) setup(d1, dh1, g, v1min);
+        const float min_term = hn::GetLane(hn::SumOfLanes(df, vmin)) + hn::GetLane(v1min);
+        if (per_g != 1)
           for (size_t b = 0; b < nb32; ++b) factor[b] = sc[b / per_g] * inv[b];
-        }
         out.y[xi * out.y_stride + r] =
             Int4ScaledDots(packed + r * row_bytes, nblocks, xq, factor) + min_term;
       }
