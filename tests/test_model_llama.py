@@ -36,8 +36,11 @@ def test_greedy_32_tokens_identical(loaded):
     prompt = "The quick brown fox"
     ids = m.tokenizer.encode(prompt)
     with torch.no_grad():
-        out = hf_reference(folder).generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
-                                            pad_token_id=0)[0, len(ids):].tolist()
+        # explicit attention mask: the fixture's BOS id is 0, which generate() would
+        # otherwise take for padding (pad_token_id) and mask out
+        out = hf_reference(folder).generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                            max_new_tokens=32, do_sample=False,
+                                            pad_token_id=m.eos_token_ids[0])[0, len(ids):].tolist()
     eos = set(m.eos_token_ids)
     new_tokens = out[:-1] if out and out[-1] in eos else out    # transformers keeps the EOS
     text = m.generate(prompt, max_new_tokens=32)

@@ -41,6 +41,7 @@ import os
 import resource
 import secrets
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -215,18 +216,15 @@ class Model:
         # decode_s = everything after, minus the time the caller spends between our yields.
         t0 = time.perf_counter()
         self._engine.reset()
-        logits = self._forward(ids, "last") if max_new > 0 else None
         generated, busy, clock = 0, 0.0, None
+        params = (temperature, top_k, top_p, min_p, penalty)
         try:
+            if max_new > 0:
+                logits = self._forward(ids, "last")
+                tok = int(sampler.sample(logits.reshape(-1), *params, self._recent(recent, penalty)))
+                clock = time.perf_counter()
+                stats["prompt_s"] = clock - t0
             while generated < max_new:
-                if len(ids) + generated >= self.context:
-                    stats["stop_reason"] = "context"
-                    break
-                tok = int(sampler.sample(logits.reshape(-1), temperature, top_k, top_p, min_p, penalty,
-                                         np.asarray(recent, dtype=np.int32)))
-                if clock is None:
-                    clock = time.perf_counter()
-                    stats["prompt_s"] = clock - t0
                 if tok in eos:
                     stats["stop_reason"] = "eos"
                     break
@@ -248,8 +246,13 @@ class Model:
                     yield text[emitted:safe]
                     clock = time.perf_counter()
                     emitted = safe
-                if generated < max_new and len(ids) + generated < self.context:
-                    logits = self._forward([tok], "last")
+                if generated == max_new:
+                    break
+                if len(ids) + generated >= self.context:
+                    stats["stop_reason"] = "context"
+                    break
+                # one C++ call: append tok to the KV cache, forward, sample the next token
+                tok = int(self._engine.step(tok, sampler, *params, self._recent(recent, penalty)))
             if stats["stop_reason"] != "stop":
                 text += decoder.flush()
                 cut = self._find_stop(text, stops)
@@ -268,6 +271,11 @@ class Model:
             stats["decode_s"] = busy
             stats["decode_tok_s"] = (generated - 1) / busy if generated > 1 and busy > 0 else 0.0
             stats["peak_rss_mb"] = _peak_rss_mb()
+
+    @staticmethod
+    def _recent(recent, penalty):
+        """The tokens the repetition penalty looks at (all of prompt + output, as transformers)."""
+        return np.asarray(recent, dtype=np.int32) if penalty != 1.0 else None
 
     @staticmethod
     def _find_stop(text, stops):
@@ -380,8 +388,33 @@ def read_checkpoint(path) -> Checkpoint:
 
 
 def build_engine(config: ModelConfig, tensors: dict, context: int, threads):
+    """The C++ Transformer. It moves the storage out of every QuantizedMatrix in `tensors`
+    (the Python objects are left empty), so a loaded model holds its weights once."""
     from ._native import core
     return core.Transformer(config.to_dict(), tensors, int(context), threads)
+
+
+class EngineWeights(Mapping):
+    """name -> weights of a loaded model: a copy of the matrix from the engine (which owns
+    the storage; taken one at a time, e.g. by Model.save) or the float32 norm weights."""
+
+    def __init__(self, engine, config: ModelConfig, norms: dict):
+        self._engine = engine
+        self._names = config.tensor_names()
+        self._norms = norms
+
+    def __getitem__(self, name):
+        if name in self._norms:
+            return self._norms[name]
+        if name not in self._names:
+            raise KeyError(name)
+        return self._engine.matrix(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
 
 
 def load(path, weights=None, threads=None, context=4096, head=None, progress=True) -> Model:
@@ -397,5 +430,6 @@ def load(path, weights=None, threads=None, context=4096, head=None, progress=Tru
     formats = target_formats(ckpt, weights, head)
     tensors = convert_checkpoint(ckpt, formats, progress=progress)
     engine = build_engine(ckpt.config, tensors, context, threads)
+    norms = {k: v for k, v in tensors.items() if k not in formats}
     return Model(engine, ckpt.tokenizer, ckpt.config, formats, context, source=ckpt.source,
-                 matrices=tensors)
+                 matrices=EngineWeights(engine, ckpt.config, norms))
