@@ -136,33 +136,29 @@ void ThreadPool::Run(size_t num_tasks, const std::function<void(size_t, size_t)>
 
 namespace {
 std::mutex g_default_mu;
-std::unique_ptr<ThreadPool> g_default;
 size_t g_default_threads = 0;  // 0: all cores
 
 size_t AllCores() { return std::max(1u, std::thread::hardware_concurrency()); }
 }  // namespace
 
-ThreadPool& DefaultPool() {
-  std::lock_guard<std::mutex> lock(g_default_mu);
-  const size_t want = g_default_threads ? g_default_threads : AllCores();
-  if (!g_default || g_default->num_threads() != want) g_default.reset(new ThreadPool(want));
-  return *g_default;
+// Pools are created once per size and never destroyed, so a reference handed out by
+// DefaultPool() (a model keeps one) stays valid after SetNumThreads() changes the size.
+ThreadPool& PoolWithThreads(size_t n) {
+  static std::mutex mu;
+  static std::vector<std::unique_ptr<ThreadPool>>* pools = new std::vector<std::unique_ptr<ThreadPool>>;
+  std::lock_guard<std::mutex> lock(mu);
+  n = n ? n : AllCores();
+  for (auto& p : *pools)
+    if (p->num_threads() == n) return *p;
+  pools->emplace_back(new ThreadPool(n));
+  return *pools->back();
 }
+
+ThreadPool& DefaultPool() { return PoolWithThreads(GetNumThreads()); }
 
 void SetNumThreads(size_t n) {
   std::lock_guard<std::mutex> lock(g_default_mu);
   g_default_threads = n;
-}
-
-ThreadPool& PoolWithThreads(size_t n) {
-  static std::mutex mu;
-  static std::vector<std::unique_ptr<ThreadPool>> pools;
-  std::lock_guard<std::mutex> lock(mu);
-  n = n ? n : AllCores();
-  for (auto& p : pools)
-    if (p->num_threads() == n) return *p;
-  pools.emplace_back(new ThreadPool(n));
-  return *pools.back();
 }
 
 size_t GetNumThreads() {

@@ -28,7 +28,8 @@ class ThreadPool {
 };
 
 // The process-wide pool used when no pool is passed. Its size is the number of
-// cores unless SetNumThreads() changed it.
+// cores unless SetNumThreads() changed it. Pools are never destroyed: a reference
+// taken before SetNumThreads() stays valid (and keeps its old size).
 ThreadPool& DefaultPool();
 void SetNumThreads(size_t n);  // n == 0: all cores
 size_t GetNumThreads();
