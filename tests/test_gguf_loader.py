@@ -223,11 +223,34 @@ def test_logits_match_transformers_gguf_loading(tiny_ggufs, kind):
     ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. 12345")
     ref = _transformers_gguf_logits(path, ids)
     got = m.logits(ids)
-    # float32 engine vs float32 torch on identical (dequantized) weights; int4 matmuls
-    # quantize activations to int8 per 32-block, which adds error of about 1e-2 of a logit's scale.
-    tol = 2e-4 if kind == "f32" else 5e-2
-    np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max(), rtol=0)
+    # float32 engine vs float32 torch on identical (dequantized) weights. INT4 matmuls quantize
+    # activations to int8 per 32-block (DESIGN §3); in this 64-wide random model that costs
+    # about 1% of the logits' RMS, with single logits off by up to ~5% of the largest.
+    err = got - ref
+    rel_rms = np.sqrt(np.mean(err ** 2) / np.mean(ref ** 2))
+    if kind == "f32":
+        np.testing.assert_allclose(got, ref, atol=2e-4 * np.abs(ref).max(), rtol=0)
+    else:
+        assert rel_rms < 5e-2, rel_rms
+        assert np.abs(err).max() < 0.1 * np.abs(ref).max()
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= (1.0 if kind == "f32" else 0.9)
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q4_0"])
+def test_dequantized_gguf_weights_in_f32_match_transformers_tightly(tiny_ggufs, kind):
+    """The same file with every imported matrix run in f32 (no activation quantization):
+    what the loader hands over is exactly what transformers dequantizes."""
+    from ternlm.model import Model, build_engine, read_checkpoint
+    path = tiny_ggufs[kind]
+    ck = read_checkpoint(path)
+    tensors = {n: (v.dequantize() if isinstance(v, ternlm.QuantizedMatrix) else np.asarray(v, np.float32))
+               for n, v in ck.tensors.items()}
+    tensors = {n: (ternlm.quantize(v, "f32") if n in ck.stored else v) for n, v in tensors.items()}
+    m = Model(build_engine(ck.config, tensors, 64, None), ck.tokenizer, ck.config,
+              {n: "f32" for n in ck.stored}, 64)
+    ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. 12345")
+    ref = _transformers_gguf_logits(path, ids)
+    np.testing.assert_allclose(m.logits(ids), ref, atol=2e-4 * np.abs(ref).max(), rtol=0)
 
 
 def test_f32_gguf_equals_the_hf_checkpoint_it_came_from(tiny_ggufs):
