@@ -5,12 +5,14 @@ against the numpy re-implementation in numpy_reference.py.
 
 Tolerance. Every linear layer quantizes its input to int8 with round(x * 127 / max|x|).
 ternlm and transformers compute the same formula, but the float values reaching it differ
-in the last bits (other summation orders in attention, norms and the f32 output scaling),
-so an element sitting within ~1e-6 of a rounding tie may round the other way, changing one
-int8 activation by 1. That moves the layer output by about max|x|/127 * mean|W| in a few
-rows. So we require (a) the bulk of the logits to agree to float precision (the median
-relative difference below 1e-5) and (b) every logit within 2e-2 of max|logit|, and the
-greedy argmax to agree at almost every position. The measured numbers are printed.
+in the last bit (rsqrt vs 1/sqrt in RMSNorm, other summation orders), so an element that
+sits within an ulp of a rounding tie (x * s_x = k + 0.5) may round the other way, changing
+one int8 activation by 1. We measured such a case: an element 3.8e-6 from a tie (ulp at
+~100 is 7.6e-6) in layer 0's down_proj input at position 0; through attention it moves
+every later logit, by up to 1e-2 of max|logit|. Without a flip the two agree to ~1e-6.
+So, over several fixed random sequences, we require (a) every logit within 2e-2 of
+max|logit| and the same argmax at >= 95% of positions, and (b) most sequences (no flip)
+to agree to 1e-5. The measured numbers are printed.
 """
 import numpy as np
 import pytest
@@ -29,13 +31,18 @@ def loaded(request, bitnet_folders):
 
 
 def _compare(ours, ref, label):
+    """-> True if ours and ref agree to float precision (1e-5 of max|logit|)."""
     scale = float(np.abs(ref).max())
-    diff = np.abs(ours - ref) / scale
+    diff = float(np.abs(ours - ref).max()) / scale
     agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    print(f"{label}: max {diff.max():.2e}, median {np.median(diff):.2e}, argmax agreement {agree:.3f}")
-    assert np.median(diff) < 1e-5
-    assert diff.max() < 2e-2
-    assert agree >= 0.95
+    print(f"{label}: max |diff| / max|logit| = {diff:.2e}, argmax agreement {agree:.3f}")
+    assert diff < 2e-2 and agree >= 0.95
+    return diff < 1e-5
+
+
+def _sequences(vocab, seed, count=4, n=24):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, n).tolist() for _ in range(count)]
 
 
 def test_as_stored_formats_are_ternary(loaded):
@@ -46,16 +53,18 @@ def test_as_stored_formats_are_ternary(loaded):
 
 def test_logits_match_transformers_bitnet(loaded):
     folder, m = loaded
-    ids = np.random.default_rng(0).integers(3, m.config.vocab_size, 48).tolist()
-    _compare(m.logits(ids), hf_logits(folder, ids), f"{folder} vs transformers")
+    exact = [_compare(m.logits(ids), hf_logits(folder, ids), f"{folder} vs transformers")
+             for ids in _sequences(m.config.vocab_size, 0)]
+    assert sum(exact) >= 3, "more than one sequence off by more than float rounding"
 
 
 def test_logits_match_numpy_reimplementation(loaded):
     folder, m = loaded
     ckpt = load_hf_folder(folder)
-    ids = np.random.default_rng(1).integers(3, m.config.vocab_size, 32).tolist()
-    ref = numpy_forward(ckpt.config, weights_from_checkpoint(ckpt, folder), ids)
-    _compare(m.logits(ids), ref, f"{folder} vs numpy")
+    weights = weights_from_checkpoint(ckpt, folder)
+    exact = [_compare(m.logits(ids), numpy_forward(ckpt.config, weights, ids), f"{folder} vs numpy")
+             for ids in _sequences(m.config.vocab_size, 1)]
+    assert sum(exact) >= 3, "more than one sequence off by more than float rounding"
 
 
 def test_kv_cache_decode_equals_full_forward(loaded):
