@@ -19,6 +19,9 @@ LLAMA_VARIANTS = {
                           rope_theta=500000.0,
                           rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    # sizes that are no multiple of any vector width: every SIMD tail path runs
+    "odd_sizes": dict(hidden_size=72, intermediate_size=100, num_attention_heads=3, num_key_value_heads=1,
+                      head_dim=10, tie_word_embeddings=False),
 }
 BITNET_VARIANTS = {
     "bitnet_untied": dict(tie_word_embeddings=False),
@@ -46,9 +49,11 @@ def build_hf(name, seed=0):
     torch.manual_seed(seed)
     if name in LLAMA_VARIANTS:
         from transformers import LlamaConfig, LlamaForCausalLM
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                          max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-                          attn_implementation="eager", **LLAMA_VARIANTS[name])
+        kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                      max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+                      attn_implementation="eager")
+        kwargs.update(LLAMA_VARIANTS[name])
+        cfg = LlamaConfig(**kwargs)
         model = LlamaForCausalLM(cfg)
         arch, act = "llama", "silu"
     else:

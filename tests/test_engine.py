@@ -169,3 +169,22 @@ def test_ternary_engine_matches_numpy_bitnet_reference():
     err = rel_err(got, want)
     print(f"ternary engine vs numpy reference: {err:.2e}")
     assert err < 2e-3   # f32 rounding can flip an int8 activation rounding in a later layer
+
+
+@pytest.mark.parametrize("target", core.supported_targets())
+@pytest.mark.parametrize("name", ["odd_sizes", "llama3_scaled", "bitnet_untied"])
+def test_every_highway_target_matches_transformers(target, name):
+    """The vector ops (RMSNorm, RoPE, attention, activations) and f32 matmuls forced to
+    each compiled target this CPU supports (EMU128 is the portable scalar fallback)."""
+    model, _, _ = hf_and_arrays(name)
+    ids = prompt(70, seed=6)
+    core.set_target(target)
+    try:
+        engine = make_engine(name)
+        got = engine.forward(ids[:67], logits="all")
+        got = np.concatenate([got] + [engine.forward(ids[i:i + 1])[None] for i in range(67, 70)])
+    finally:
+        core.reset_target()
+    err = rel_err(got, hf_all_logits(model, ids.tolist()))
+    print(f"{name} on {target}: {err:.2e}")
+    assert err < 1e-4
