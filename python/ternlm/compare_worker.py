@@ -77,7 +77,6 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
     t0 = time.perf_counter()
     m = ternlm.load(model_path, weights=fmt, threads=threads, context=context, progress=False)
     row = {"format": fmt, "load_s": time.perf_counter() - t0}
-    row.update(weight_accounting(m))
 
     # Speed: a prompt cut from the text itself, greedy decode, best of `repeats` after a warm-up.
     ids = m.tokenizer.encode(text, add_special_tokens=False)
@@ -94,6 +93,9 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
     row["prefill_tok_s"] = best_prefill
     row["decode_tok_s"] = best_decode or None      # None: EOS came before a second token
     row["peak_rss_mb"] = _peak_rss_mb()
+    # After the RSS reading: the engine hands out each matrix as a transient copy.
+    row.update(weight_accounting(m))
+    row["engine_bytes"] = int(getattr(m, "memory_bytes", 0)) or None
 
     # Quality: sliding-window perplexity over the first max_tokens_ppl tokens of the text.
     ppl_ids = m.tokenizer.encode(text)[:max_tokens_ppl]
