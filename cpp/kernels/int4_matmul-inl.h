@@ -122,15 +122,62 @@ float Int4ScaledDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
 #endif
 }
 
+// Prefill: one weight row times NX activation rows (out[j]); the codes are unpacked
+// once per block and used NX times. 2 NX FMA chains, so no block unrolling is needed.
+template <size_t NX>
+#if HWY_TARGET == HWY_AVX3_DL
+HWY_NOINLINE TERNLM_VNNI_ATTR
+#else
+HWY_INLINE
+#endif
+void Int4ScaledDotsNX(const uint8_t* HWY_RESTRICT w, size_t nblocks, const int8_t* const* x,
+                      const float* const* factor, float* out) {
+#if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX3
+  const __m512i low4 = _mm512_set1_epi8(15);
+  const __m512i idx_lo = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i idx_hi = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+#if HWY_TARGET != HWY_AVX3_DL
+  const __m512i ones = _mm512_set1_epi16(1);
+#endif
+  __m512 acc_lo[NX], acc_hi[NX];
+#pragma GCC unroll 4
+  for (size_t j = 0; j < NX; ++j) acc_lo[j] = acc_hi[j] = _mm512_setzero_ps();
+  for (size_t b = 0; b < nblocks; ++b) {
+    const __m512i packed = _mm512_load_si512(w + 64 * b);
+    const __m512i lo = _mm512_and_si512(packed, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+#pragma GCC unroll 4
+    for (size_t j = 0; j < NX; ++j) {
+      const __m512i xl = _mm512_loadu_si512(x[j] + 128 * b);
+      const __m512i xh = _mm512_loadu_si512(x[j] + 128 * b + 64);
+#if HWY_TARGET == HWY_AVX3_DL
+      const __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
+      const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, xh);
+#else
+      const __m512i dl = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, xl), ones);
+      const __m512i dh = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, xh), ones);
+#endif
+      const __m512 f4 = _mm512_castps128_ps512(_mm_loadu_ps(factor[j] + 4 * b));
+      acc_lo[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dl), _mm512_permutexvar_ps(idx_lo, f4), acc_lo[j]);
+      acc_hi[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dh), _mm512_permutexvar_ps(idx_hi, f4), acc_hi[j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (size_t j = 0; j < NX; ++j) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(acc_lo[j], acc_hi[j]));
+#else
+  for (size_t j = 0; j < NX; ++j) out[j] = Int4ScaledDots(w, nblocks, x[j], factor[j]);
+#endif
+}
+
 // Rows [r0, r1) of y for every activation row, same slicing as the ternary kernel.
-// scratch: 2 * groups_per_row + (padded/32) floats for one thread.
+// scratch: 2 * groups_per_row + 4 * (padded/32) floats for one thread.
 HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t row_bytes, const uint16_t* scale_f16,
                                  const uint16_t* min_f16, int group, const PreparedActivations& a,
                                  size_t r0, size_t r1, const MatMulOutput& out, float* scratch) {
   const size_t nblocks = row_bytes / 64;
   const size_t nb32 = nblocks * 4, ng = nblocks * 128 / size_t(group), per_g = size_t(group) / 32;
   float* sc = scratch;            // [ng] scales of the row, f32
-  float* factor = scratch + 2 * ng;  // [nb32] scale_g(b) / s_b for one activation row
+  float* factors = scratch + 2 * ng;  // [4][nb32] scale_g(b) / s_b for up to 4 activation rows
   const hn::ScalableTag<float> df;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
   const hn::CappedTag<float, 1> d1;
@@ -139,35 +186,50 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t row_bytes, const 
   const size_t slice = a.n <= 1 ? (r1 - r0) : std::max<size_t>(1, (128 * 1024) / row_bytes);
   for (size_t s0 = r0; s0 < r1; s0 += slice) {
     const size_t s1 = std::min(r1, s0 + slice);
-    for (size_t xi = 0; xi < a.n; ++xi) {
-      const int8_t* xq = a.q + xi * a.stride;
-      const float* inv = a.inv_scale + xi * nb32;
-      const float* gsum = a.group_sum + xi * ng;
+    for (size_t x0 = 0; x0 < a.n; x0 += 4) {
+      const size_t nx = std::min<size_t>(4, a.n - x0);
+      const int8_t* xq[4];
+      const float* fac[4];
+      float min_term[4], dots[4];
       for (size_t r = s0; r < s1; ++r) {
         const uint16_t* s16 = scale_f16 + r * ng;
         const uint16_t* m16 = min_f16 + r * ng;
-        // f32 scales and mins of the row; factor[b] = scale_g(b) / s_b; min term.
-        // Full vectors, then single lanes (same ops, so no scalar fp16 conversion).
-        auto vmin = hn::Zero(df);
-        auto v1min = hn::Zero(d1);
-        size_t g = 0;
-        auto setup = [&](auto d, auto dh16, size_t g0, auto& acc) HWY_ATTR {
-          const auto vs = hn::PromoteTo(d, hn::LoadU(dh16, reinterpret_cast<const hwy::float16_t*>(s16 + g0)));
-          const auto vm = hn::PromoteTo(d, hn::LoadU(dh16, reinterpret_cast<const hwy::float16_t*>(m16 + g0)));
-          acc = hn::MulAdd(vm, hn::LoadU(d, gsum + g0), acc);
-          if (per_g == 1) {
-            hn::StoreU(hn::Mul(vs, hn::LoadU(d, inv + g0)), d, factor + g0);
-          } else {
-            hn::StoreU(vs, d, sc + g0);
-          }
-        };
-        for (; g + N <= ng; g += N) setup(df, dh, g, vmin);
-        for (; g < ng; ++g) setup(d1, dh1, g, v1min);
-        const float min_term = hn::GetLane(hn::SumOfLanes(df, vmin)) + hn::GetLane(v1min);
-        if (per_g != 1)
-          for (size_t b = 0; b < nb32; ++b) factor[b] = sc[b / per_g] * inv[b];
-        out.y[xi * out.y_stride + r] =
-            Int4ScaledDots(packed + r * row_bytes, nblocks, xq, factor) + min_term;
+        for (size_t j = 0; j < nx; ++j) {
+          const size_t xi = x0 + j;
+          const float* inv = a.inv_scale + xi * nb32;
+          const float* gsum = a.group_sum + xi * ng;
+          float* factor = factors + j * nb32;
+          xq[j] = a.q + xi * a.stride;
+          fac[j] = factor;
+          // f32 scales and mins of the row; factor[b] = scale_g(b) / s_b; min term.
+          // Full vectors, then single lanes (same ops, so no scalar fp16 conversion).
+          auto vmin = hn::Zero(df);
+          auto v1min = hn::Zero(d1);
+          size_t g = 0;
+          auto setup = [&](auto d, auto dh16, size_t g0, auto& acc) HWY_ATTR {
+            const auto vs = hn::PromoteTo(d, hn::LoadU(dh16, reinterpret_cast<const hwy::float16_t*>(s16 + g0)));
+            const auto vm = hn::PromoteTo(d, hn::LoadU(dh16, reinterpret_cast<const hwy::float16_t*>(m16 + g0)));
+            acc = hn::MulAdd(vm, hn::LoadU(d, gsum + g0), acc);
+            if (per_g == 1) {
+              hn::StoreU(hn::Mul(vs, hn::LoadU(d, inv + g0)), d, factor + g0);
+            } else {
+              hn::StoreU(vs, d, sc + g0);
+            }
+          };
+          for (; g + N <= ng; g += N) setup(df, dh, g, vmin);
+          for (; g < ng; ++g) setup(d1, dh1, g, v1min);
+          min_term[j] = hn::GetLane(hn::SumOfLanes(df, vmin)) + hn::GetLane(v1min);
+          if (per_g != 1)
+            for (size_t b = 0; b < nb32; ++b) factor[b] = sc[b / per_g] * inv[b];
+        }
+        const uint8_t* wr = packed + r * row_bytes;
+        switch (nx) {
+          case 4: Int4ScaledDotsNX<4>(wr, nblocks, xq, fac, dots); break;
+          case 3: Int4ScaledDotsNX<3>(wr, nblocks, xq, fac, dots); break;
+          case 2: Int4ScaledDotsNX<2>(wr, nblocks, xq, fac, dots); break;
+          default: dots[0] = Int4ScaledDots(wr, nblocks, xq[0], fac[0]); break;
+        }
+        for (size_t j = 0; j < nx; ++j) out.y[(x0 + j) * out.y_stride + r] = dots[j] + min_term[j];
       }
     }
   }

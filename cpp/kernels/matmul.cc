@@ -143,7 +143,7 @@ void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, Thread
   const size_t ntasks = std::max<size_t>(1, std::min(pool.num_threads() * 8, rows / 16));
   const size_t per_task = (rows + ntasks - 1) / ntasks;
   const size_t int4_scratch = w.format() == WeightFormat::kInt4
-                                  ? 2 * w.groups_per_row() + w.padded_cols() / 32 : 0;
+                                  ? 2 * w.groups_per_row() + 4 * (w.padded_cols() / 32) : 0;
   pool.Run(ntasks, [&](size_t task, size_t /*thread*/) {
     const size_t r0 = task * per_task, r1 = std::min(rows, r0 + per_task);
     if (r0 >= r1) return;
