@@ -146,21 +146,33 @@ void Transformer::Project(const FusedProjection& p, const float* in, size_t n, f
   }
 }
 
+// Per-token row work (norms, RoPE, activations): over the pool for a prefill chunk,
+// inline for one decode token (a pool dispatch would cost more than the work).
+template <class Fn>
+void Transformer::ForEachToken(size_t n, const Fn& fn) {
+  if (n == 1) {
+    fn(size_t(0));
+    return;
+  }
+  pool_.Run(n, [&](size_t t, size_t /*thread*/) { fn(t); });
+}
+
 void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
   const ModelConfig& c = config_;
   const size_t hidden = c.hidden_size, inter = c.intermediate_size, hd = c.head_dim;
   const size_t qkv_cols = c.q_dim() + 2 * c.kv_dim(), half = hd / 2;
   float* x = s_.x.get();
   float* xb = s_.xb.get();
-  for (size_t t = 0; t < n; ++t) DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden);
+  ForEachToken(n, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
 
   for (size_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w_.layers[l];
     // --- attention block
-    for (size_t t = 0; t < n; ++t)
+    ForEachToken(n, [&](size_t t) {
       RmsNorm(x + t * hidden, lw.attn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
+    });
     Project(lw.qkv, xb, n, s_.qkv.get());
-    for (size_t t = 0; t < n; ++t) {  // RoPE on q and k, then k and v into the cache
+    ForEachToken(n, [&](size_t t) {  // RoPE on q and k, then k and v into the cache
       const size_t pos = pos_ + t;
       float* row = s_.qkv.get() + t * qkv_cols;
       const float* cs = s_.rope_cos.get() + pos * half;
@@ -172,20 +184,22 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
         std::memcpy(s_.kv.Keys(l, h) + pos * hd, k + h * hd, hd * sizeof(float));
         std::memcpy(s_.kv.Values(l, h) + pos * hd, v + h * hd, hd * sizeof(float));
       }
-    }
+    });
     Attention(l, n);
     if (c.is_bitnet())
-      for (size_t t = 0; t < n; ++t)
+      ForEachToken(n, [&](size_t t) {
         RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
                 s_.att.get() + t * c.q_dim());
+      });
     MatMul(lw.o, s_.att.get(), n, s_.proj.get(), pool_);
     AddInPlace(s_.proj.get(), n * hidden, x);
 
     // --- feed-forward block
-    for (size_t t = 0; t < n; ++t)
+    ForEachToken(n, [&](size_t t) {
       RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
+    });
     Project(lw.gate_up, xb, n, s_.gate_up.get());
-    for (size_t t = 0; t < n; ++t) {
+    ForEachToken(n, [&](size_t t) {
       const float* gate = s_.gate_up.get() + t * 2 * inter;
       float* act = s_.act.get() + t * inter;
       if (c.hidden_act == HiddenAct::kSilu) {
@@ -194,7 +208,7 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
         Relu2Mul(gate, gate + inter, inter, act);
       }
       if (c.is_bitnet()) RmsNorm(act, lw.ffn_sub_norm.data(), inter, c.rms_norm_eps, act);
-    }
+    });
     MatMul(lw.down, s_.act.get(), n, s_.proj.get(), pool_);
     AddInPlace(s_.proj.get(), n * hidden, x);
   }
@@ -219,9 +233,10 @@ void Transformer::Attention(size_t layer, size_t n) {
 // Final norm of x rows [first_row, first_row + n) and the head matmul into out [n, vocab].
 void Transformer::Logits(size_t first_row, size_t n, float* out) {
   const size_t hidden = config_.hidden_size;
-  for (size_t t = 0; t < n; ++t)
+  ForEachToken(n, [&](size_t t) {
     RmsNorm(s_.x.get() + (first_row + t) * hidden, w_.norm.data(), hidden, config_.rms_norm_eps,
             s_.xb.get() + t * hidden);
+  });
   MatMul(w_.head(), s_.xb.get(), n, out, pool_);
 }
 

@@ -102,6 +102,8 @@ class Transformer {
   void Attention(size_t layer, size_t n);
   void Project(const FusedProjection& p, const float* in, size_t n, float* out);
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
+  template <class Fn>
+  void ForEachToken(size_t n, const Fn& fn);
 
   ModelConfig config_;
   Weights w_;
