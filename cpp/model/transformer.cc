@@ -222,11 +222,14 @@ void Transformer::Attention(size_t layer, size_t n) {
   const size_t hd = c.head_dim, heads = c.num_heads, group = heads / c.num_kv_heads;
   const size_t qkv_cols = c.q_dim() + 2 * c.kv_dim(), ctx = context();
   const float scale = 1.0f / std::sqrt(float(hd));
-  pool_.Run(n * heads, [&](size_t task, size_t thread) {
-    const size_t t = task / heads, h = task % heads, kvh = h / group;
-    const float* q = s_.qkv.get() + t * qkv_cols + h * hd;
-    AttendHead(q, s_.kv.Keys(layer, kvh), s_.kv.Values(layer, kvh), pos_ + t + 1, hd, scale,
-               s_.scores.get() + thread * ctx, s_.att.get() + t * c.q_dim() + h * hd);
+  // The task captures two pointers, so std::function stores it without allocating.
+  struct Args { size_t layer, hd, heads, group, qkv_cols, ctx, q_dim; float scale; } a{
+      layer, hd, heads, group, qkv_cols, ctx, c.q_dim(), scale};
+  pool_.Run(n * heads, [this, &a](size_t task, size_t thread) {
+    const size_t t = task / a.heads, h = task % a.heads, kvh = h / a.group;
+    const float* q = s_.qkv.get() + t * a.qkv_cols + h * a.hd;
+    AttendHead(q, s_.kv.Keys(a.layer, kvh), s_.kv.Values(a.layer, kvh), pos_ + t + 1, a.hd, a.scale,
+               s_.scores.get() + thread * a.ctx, s_.att.get() + t * a.q_dim + h * a.hd);
   });
 }
 

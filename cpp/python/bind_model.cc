@@ -6,6 +6,8 @@
 // The Python QuantizedMatrix objects are left empty (shape (0, 0)); get a copy of any
 // matrix back with Transformer.matrix(name). Norm weights (float numpy arrays) are copied.
 // Compute runs with the GIL released; one call at a time per Transformer (a mutex).
+// threads=None uses the default pool as sized at construction (set_num_threads later
+// does not change a built Transformer); threads=n a process-wide pool of n threads.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
