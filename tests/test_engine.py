@@ -73,7 +73,8 @@ def test_greedy_continuation_equals_transformers_generate(name):
     model, _, _ = hf_and_arrays(name)
     ids = prompt(12, seed=2)
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids.tolist()]), max_new_tokens=32, do_sample=False,
+        x = torch.tensor([ids.tolist()])    # explicit mask: a token equal to pad_token_id stays visible
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=32, do_sample=False,
                              eos_token_id=None, pad_token_id=0)
     want = out[0, len(ids):].tolist()
     engine = make_engine(name)
@@ -86,6 +87,24 @@ def test_greedy_continuation_equals_transformers_generate(name):
     print(f"{name}: {got}")
     assert got == want
     assert engine.position == len(ids) + 31
+
+
+def test_step_samples_like_forward_then_sample():
+    """step() = decode forward + Sampler.sample, draw for draw, with sampling on."""
+    ids = prompt(10, seed=7)
+    params = (0.9, 20, 0.95, 0.02, 1.2)
+    a, b = make_engine("bitnet_untied"), make_engine("bitnet_untied")
+    sa, sb = core.Sampler(5), core.Sampler(5)
+    ta = tb = int(sa.sample(a.forward(ids), *params, ids))
+    assert tb == int(sb.sample(b.forward(ids), *params, ids))
+    seq_a, seq_b = list(ids), list(ids)
+    for _ in range(24):
+        seq_a.append(ta)
+        seq_b.append(tb)
+        ta = a.step(ta, sa, *params, np.array(seq_a, np.int32))
+        tb = int(sb.sample(b.forward(np.array([tb], np.int32)), *params, np.array(seq_b, np.int32)))
+    assert seq_a == seq_b and ta == tb
+    assert len(set(seq_a[10:])) > 3                            # it really sampled
 
 
 def test_truncate_reuses_a_cached_prefix():
