@@ -143,3 +143,9 @@ def test_cli_reports_errors_without_a_traceback(tiny, capsys):
     assert main(["--model", tiny, "--formats", "fp8"]) == 2
     err = capsys.readouterr().err
     assert "ternlm compare: error: unknown format(s) 'fp8'" in err and "Traceback" not in err
+
+
+def test_ternlm_cli_routes_compare_here(tiny, capsys):
+    from ternlm.cli import main as ternlm_main
+    assert ternlm_main(["compare", "--model", tiny, "--formats", "int4,int4"]) == 2
+    assert "duplicates" in capsys.readouterr().err
