@@ -9,7 +9,11 @@ Row keys (units in the name; None where not measured):
     file_bytes               size of the folder Model.save() writes (weights + tokenizer files);
                              None (and `file_error` says why) if saving failed
     peak_rss_mb              peak resident memory of a fresh process that loaded this format and
-                             generated (before the perplexity pass, whose logits are format-independent)
+                             generated, read before the perplexity pass (whose logits do not depend
+                             on the format); it includes the conversion at load, which a folder
+                             written by Model.save skips
+    rss_after_load_mb        resident memory right after load (Linux; JSON only)
+    engine_bytes             bytes the C++ engine holds: weights, KV cache, buffers (JSON only)
     load_s                   ternlm.load(model, weights=format) wall time, conversion included
     prompt_tokens, prefill_tok_s     prompt length and prefill speed (best of the repeats)
     decode_tokens, decode_tok_s      tokens decoded greedily and decode speed (best of the repeats)

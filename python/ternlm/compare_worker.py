@@ -26,6 +26,18 @@ def _peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0   # bytes / KiB
 
 
+def _current_rss_mb():
+    """VmRSS now (Linux), else None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _folder_bytes(folder: str) -> int:
     total = 0
     for root, _, files in os.walk(folder):
@@ -76,7 +88,7 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
     context = int(context or max(window, prompt_tokens + decode_tokens + 8))
     t0 = time.perf_counter()
     m = ternlm.load(model_path, weights=fmt, threads=threads, context=context, progress=False)
-    row = {"format": fmt, "load_s": time.perf_counter() - t0}
+    row = {"format": fmt, "load_s": time.perf_counter() - t0, "rss_after_load_mb": _current_rss_mb()}
 
     # Speed: a prompt cut from the text itself, greedy decode, best of `repeats` after a warm-up.
     ids = m.tokenizer.encode(text, add_special_tokens=False)
