@@ -17,7 +17,7 @@
 #include <cstdint>
 
 #include "hwy/highway.h"
-#include "kernels/vnni_asm.h"
+#include "kernels/vnni_attr.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ternlm {
@@ -27,7 +27,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 // w: one packed int4 row (nblocks of 64 bytes = 128 weights); x: int8 activations;
 // factor[b]: scale_g(b) / s_b per 32-block b. Returns sum_b factor[b] * dot_b.
 #if HWY_TARGET == HWY_AVX3_DL
-HWY_NOINLINE TERNLM_VNNI_ATTR  // not inlined: adds avx512vnni (kernels/vnni_asm.h)
+HWY_NOINLINE TERNLM_VNNI_ATTR  // not inlined: adds avx512vnni (kernels/vnni_attr.h)
 #else
 HWY_INLINE
 #endif

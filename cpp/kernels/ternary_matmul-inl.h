@@ -17,7 +17,7 @@
 #include <cstdint>
 
 #include "hwy/highway.h"
-#include "kernels/vnni_asm.h"
+#include "kernels/vnni_attr.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ternlm {
@@ -25,65 +25,48 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 
+// One weight row (nblocks 64-byte blocks) times NX int8 activation rows (padded):
+// out[j] = exact sum over the row of code * x[j]. The codes are unpacked once per
+// block and used NX times. (Walking 2-4 weight rows at once to share the activation
+// loads measured 2-3x slower out of cache on Zen 5: the hardware prefetcher follows
+// one sequential stream best.)
 template <size_t NX>
-HWY_INLINE void TernaryRowCodeDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
-                                   const int8_t* const* x, int32_t* out);
-
-// R weight rows (row_bytes apart) times NX int8 activation rows, exact sums of
-// code * x over each row: out[r * NX + j]. Weights are unpacked once per block and
-// used NX times; activations are loaded once per block and used R times.
-template <size_t R, size_t NX>
 #if HWY_TARGET == HWY_AVX3_DL
-// Not inlined: compiled with avx512vnni added (see kernels/vnni_asm.h for why).
+// Not inlined: compiled with avx512vnni added (see kernels/vnni_attr.h for why).
 HWY_NOINLINE TERNLM_VNNI_ATTR
 #else
 HWY_INLINE
 #endif
-void TernaryCodeDots(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_t nblocks,
-                     const int8_t* const* x, int32_t* out) {
+void TernaryCodeDots(const uint8_t* HWY_RESTRICT w, size_t nblocks, const int8_t* const* x,
+                     int32_t* out) {
 #if HWY_TARGET == HWY_AVX3_DL
   // Field k is isolated with an AND only (no shift): code * 4^k <= 128 still fits u8,
   // so each k gets its own accumulator, scaled back exactly (>> 2k) at the end. The
-  // 4 R NX independent accumulators also hide vpdpbusd's latency.
+  // 4 NX independent accumulators also hide vpdpbusd's latency.
   const __m512i mask[4] = {_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x0C),
                            _mm512_set1_epi8(0x30), _mm512_set1_epi8(char(0xC0))};
-  __m512i acc[R * NX][4];
-#pragma GCC unroll 16
-  for (size_t i = 0; i < R * NX; ++i)
+  __m512i acc[NX][4];
 #pragma GCC unroll 4
-    for (size_t k = 0; k < 4; ++k) acc[i][k] = _mm512_setzero_si512();
+  for (size_t j = 0; j < NX; ++j)
+#pragma GCC unroll 4
+    for (size_t k = 0; k < 4; ++k) acc[j][k] = _mm512_setzero_si512();
   for (size_t b = 0; b < nblocks; ++b) {
+    const __m512i packed = _mm512_load_si512(w + 64 * b);
 #pragma GCC unroll 4
-    for (size_t r = 0; r < R; ++r) {
-      const __m512i packed = _mm512_load_si512(w + r * row_bytes + 64 * b);
+    for (size_t k = 0; k < 4; ++k) {
+      const __m512i c = _mm512_and_si512(packed, mask[k]);
 #pragma GCC unroll 4
-      for (size_t k = 0; k < 4; ++k) {
-        const __m512i c = _mm512_and_si512(packed, mask[k]);
-#pragma GCC unroll 4
-        for (size_t j = 0; j < NX; ++j)
-          acc[r * NX + j][k] = _mm512_dpbusd_epi32(acc[r * NX + j][k], c,
-                                                   _mm512_loadu_si512(x[j] + 256 * b + 64 * k));
-      }
+      for (size_t j = 0; j < NX; ++j)
+        acc[j][k] = _mm512_dpbusd_epi32(acc[j][k], c, _mm512_loadu_si512(x[j] + 256 * b + 64 * k));
     }
   }
-#pragma GCC unroll 16
-  for (size_t i = 0; i < R * NX; ++i) {
+#pragma GCC unroll 4
+  for (size_t j = 0; j < NX; ++j) {
     const __m512i sum = _mm512_add_epi32(
-        _mm512_add_epi32(acc[i][0], _mm512_srai_epi32(acc[i][1], 2)),
-        _mm512_add_epi32(_mm512_srai_epi32(acc[i][2], 4), _mm512_srai_epi32(acc[i][3], 6)));
-    out[i] = _mm512_reduce_add_epi32(sum);
+        _mm512_add_epi32(acc[j][0], _mm512_srai_epi32(acc[j][1], 2)),
+        _mm512_add_epi32(_mm512_srai_epi32(acc[j][2], 4), _mm512_srai_epi32(acc[j][3], 6)));
+    out[j] = _mm512_reduce_add_epi32(sum);
   }
-#else
-  for (size_t r = 0; r < R; ++r) TernaryRowCodeDots<NX>(w + r * row_bytes, nblocks, x, out + r * NX);
-#endif
-}
-
-// One weight row times NX activation rows (the non-VNNI paths).
-template <size_t NX>
-HWY_INLINE void TernaryRowCodeDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
-                                   const int8_t* const* x, int32_t* out) {
-#if HWY_TARGET == HWY_AVX3_DL
-  TernaryCodeDots<1, NX>(w, 0, nblocks, x, out);
 #elif HWY_TARGET == HWY_AVX3
   const __m512i three = _mm512_set1_epi8(3);
   const __m512i ones = _mm512_set1_epi16(1);
@@ -179,28 +162,19 @@ HWY_NOINLINE void TernaryMatMulRows(const uint8_t* packed, size_t row_bytes, con
       const size_t nx = std::min<size_t>(4, a.n - x0);
       const int8_t* xs[4];
       for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride;
-      size_t r = s0;
       int32_t d[4];
-      auto store = [&](size_t row, size_t nrows) {  // d[i * nx + j] -> y[x0 + j, row + i]
-        for (size_t i = 0; i < nrows; ++i)
-          for (size_t j = 0; j < nx; ++j) {
-            const size_t xi = x0 + j;
-            out.y[xi * out.y_stride + row + i] =
-                float(d[i * nx + j] - a.q_sum[xi]) * a.inv_scale[xi] * mult[row + i];
-          }
-      };
-      // One weight row per pass even for decode: interleaving 2-4 row streams (to share
-      // activation loads) measured 2-3x slower out of cache on Zen 5, the hardware
-      // prefetcher follows one sequential stream best.
-      for (; r < s1; ++r) {
+      for (size_t r = s0; r < s1; ++r) {
         const uint8_t* wr = packed + r * row_bytes;
         switch (nx) {
-          case 4: TernaryCodeDots<1, 4>(wr, row_bytes, nblocks, xs, d); break;
-          case 3: TernaryCodeDots<1, 3>(wr, row_bytes, nblocks, xs, d); break;
-          case 2: TernaryCodeDots<1, 2>(wr, row_bytes, nblocks, xs, d); break;
-          default: TernaryCodeDots<1, 1>(wr, row_bytes, nblocks, xs, d); break;
+          case 4: TernaryCodeDots<4>(wr, nblocks, xs, d); break;
+          case 3: TernaryCodeDots<3>(wr, nblocks, xs, d); break;
+          case 2: TernaryCodeDots<2>(wr, nblocks, xs, d); break;
+          default: TernaryCodeDots<1>(wr, nblocks, xs, d); break;
         }
-        store(r, 1);
+        for (size_t j = 0; j < nx; ++j) {
+          const size_t xi = x0 + j;
+          out.y[xi * out.y_stride + r] = float(d[j] - a.q_sum[xi]) * a.inv_scale[xi] * mult[r];
+        }
       }
     }
   }
@@ -212,7 +186,7 @@ HWY_NOINLINE void TernaryIntDotsRows(const uint8_t* packed, size_t row_bytes, co
   const int8_t* xs[1] = {q};
   for (size_t r = r0; r < r1; ++r) {
     int32_t d;
-    TernaryCodeDots<1, 1>(packed + r * row_bytes, row_bytes, row_bytes / 64, xs, &d);
+    TernaryCodeDots<1>(packed + r * row_bytes, row_bytes / 64, xs, &d);
     out[r] = d - q_sum;
   }
 }
