@@ -115,3 +115,18 @@ def test_bad_logits_and_seed_raise():
     with pytest.raises(ValueError, match="seed"):
         core.Sampler(-1)
     assert 0 <= core.Sampler().sample(logits_of(10, 0), 1.0) < 10      # seed=None: fresh seed
+
+
+@pytest.mark.parametrize("top_p,min_p,top_k", [(0.5, 0.0, 0), (0.9, 0.0, 0), (0.7, 0.01, 0), (0.8, 0.0, 900)])
+def test_large_vocab_filters_follow_transformers(top_p, min_p, top_k):
+    """Vocabulary of 5000: the top-p cut lies beyond the first partially sorted block
+    (64 ids), so the block-growing path runs."""
+    lg = (np.random.default_rng(21).standard_normal(5000) * 1.5).astype(np.float32)
+    want = transformers_probs(lg, 1.0, top_k, top_p, min_p, 1.0, [])
+    assert (want > 0).sum() > 64
+    s = core.Sampler(9)
+    n = 30000
+    drawn = np.array([s.sample(lg, 1.0, top_k, top_p, min_p) for _ in range(n)])
+    assert np.all(want[drawn] > 0), "a token transformers filters out was drawn"
+    freq = np.bincount(drawn, minlength=len(lg)) / n
+    assert np.all(np.abs(freq - want) <= 5 * np.sqrt(want * (1 - want) / n) + 1e-9)

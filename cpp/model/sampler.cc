@@ -49,53 +49,66 @@ int32_t Sampler::Sample(const float* logits, size_t vocab, const SamplingParams&
 
   for (size_t i = 0; i < vocab; ++i) w[i] /= p.temperature;
 
-  // Candidates best first. top-k keeps every id tied with the k-th value (transformers
-  // removes only scores < the k-th largest).
+  // Unnormalised probabilities e[id] = exp(w[id] - max), in double; the best id has 1.
+  probs_.resize(vocab);
+  double* e = probs_.data();
+  const float mx = w[Argmax(w, vocab)];
+  for (size_t i = 0; i < vocab; ++i) e[i] = std::exp(double(w[i]) - double(mx));
+
+  // Candidates, filtered without sorting the whole vocabulary (sorting 128k ids per
+  // token would cost more than a small model's forward).
   order_.resize(vocab);
   for (size_t i = 0; i < vocab; ++i) order_[i] = int32_t(i);
-  auto better = [w](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
+  auto better = [e](int32_t a, int32_t b) { return e[a] > e[b] || (e[a] == e[b] && a < b); };
   size_t n = vocab;
+  // top-k keeps every id tied with the k-th value (transformers removes only scores
+  // below the k-th largest).
   if (p.top_k > 0 && p.top_k < vocab) {
     std::nth_element(order_.begin(), order_.begin() + (p.top_k - 1), order_.end(), better);
-    const float kth = w[order_[p.top_k - 1]];
-    n = size_t(std::partition(order_.begin(), order_.end(), [w, kth](int32_t id) { return w[id] >= kth; }) -
+    const double kth = e[order_[p.top_k - 1]];
+    n = size_t(std::partition(order_.begin(), order_.end(), [e, kth](int32_t id) { return e[id] >= kth; }) -
                order_.begin());
   }
-  std::sort(order_.begin(), order_.begin() + n, better);
-
-  // Softmax over the candidates, in double.
-  probs_.resize(n);
-  const double mx = w[order_[0]];
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += (probs_[i] = std::exp(double(w[order_[i]]) - mx));
-  for (size_t i = 0; i < n; ++i) probs_[i] /= sum;
-
-  // top-p: transformers sorts ascending and removes ids whose cumulative probability
-  // (their own and all smaller) is <= 1 - top_p; the best id always stays.
-  if (p.top_p < 1.0f) {
-    double tail = 1.0;  // probability of candidates i.. (i and all smaller)
-    size_t keep = 1;
-    for (size_t i = 0; i < n; ++i) {
-      if (i > 0 && tail <= 1.0 - double(p.top_p)) break;
-      keep = i + 1;
-      tail -= probs_[i];
-    }
-    n = keep;
-  }
-  // min-p: remove ids with probability < min_p * best probability.
+  double mass = 0;  // of the top-k survivors: what top-p normalises by
+  for (size_t i = 0; i < n; ++i) mass += e[order_[i]];
+  // min-p: remove ids with probability < min_p * best probability (best = 1 here).
+  // Both min-p and top-p keep a best-first prefix, so applying min-p first gives the
+  // same survivors as transformers' order (top-p, then min-p).
   if (p.min_p > 0.0f) {
-    const double floor = double(p.min_p) * probs_[0];
-    size_t keep = 1;
-    while (keep < n && probs_[keep] >= floor) ++keep;
-    n = keep;
+    const double floor = double(p.min_p);
+    n = size_t(std::partition(order_.begin(), order_.begin() + n, [e, floor](int32_t id) { return e[id] >= floor; }) -
+               order_.begin());
+  }
+  // top-p: transformers sorts ascending and removes ids whose cumulative probability
+  // (their own and all smaller ones) is <= 1 - top_p; the best id always stays. Sort
+  // only a best-first prefix large enough to hold the cut.
+  if (p.top_p < 1.0f) {
+    const double limit = (1.0 - double(p.top_p)) * mass;
+    size_t k = std::min<size_t>(n, 64);
+    for (;;) {
+      if (k < n) std::nth_element(order_.begin(), order_.begin() + (k - 1), order_.begin() + n, better);
+      std::sort(order_.begin(), order_.begin() + k, better);
+      double tail = mass;  // mass of ids i.. in best-first order
+      size_t keep = 0;
+      for (size_t i = 0; i < k; ++i) {
+        if (i > 0 && tail <= limit) break;
+        keep = i + 1;
+        tail -= e[order_[i]];
+      }
+      if (keep < k || k == n || tail <= limit) {
+        n = keep;
+        break;
+      }
+      k = std::min(n, 8 * k);
+    }
   }
 
   double total = 0;
-  for (size_t i = 0; i < n; ++i) total += probs_[i];
+  for (size_t i = 0; i < n; ++i) total += e[order_[i]];
   const double u = Uniform() * total;
   double acc = 0;
   for (size_t i = 0; i < n; ++i) {
-    acc += probs_[i];
+    acc += e[order_[i]];
     if (u < acc) return order_[i];
   }
   return order_[n - 1];

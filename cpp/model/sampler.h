@@ -39,7 +39,7 @@ class Sampler {
   std::vector<float> work_;        // [vocab] penalised, tempered logits
   std::vector<uint8_t> seen_;      // [vocab] distinct-recent marks
   std::vector<int32_t> order_;     // candidate ids, best first
-  std::vector<double> probs_;      // candidate probabilities
+  std::vector<double> probs_;      // [vocab] exp(logit - max logit)
 };
 
 }  // namespace ternlm
