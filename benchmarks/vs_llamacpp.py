@@ -48,12 +48,14 @@ TERNLM_BITNET = {
     "bf16": ("bf16", "bf16", None),
 }
 GGUF_LABELS = {"TQ2_0": "TQ2_0 (f16 head)", "TQ1_0": "TQ1_0 (f16 head)", "Q4_0": "Q4_0 (f16 head)",
-               "F16": "F16", "BF16": "BF16", "Q4_1": "Q4_1 (as shipped)"}
+               "F16": "F16", "BF16": "BF16", "Q4_1": "Q4_1 (as shipped, Q8_0 head)"}
 # (ternlm variant, llama.cpp format) pairs whose ratios are printed
 BITNET_PAIRS = [("ternary", "TQ2_0"), ("ternary", "TQ1_0"), ("ternary-int4head", "TQ2_0"),
                 ("int4", "Q4_0"), ("bf16", "F16"), ("bf16", "BF16")]
-TERNLM_SMOL = {"int4": ("int4 (Q4_1 imported)", "int4", None), "bf16": ("bf16", "bf16", None)}
-SMOL_PAIRS = [("int4", "Q4_1"), ("bf16", "F16"), ("bf16", "BF16")]
+TERNLM_SMOL = {"int4": ("int4 (Q4_1 imported, bf16 head)", "int4", None),
+               "int4-int4head": ("int4 (Q4_1 imported, int4 head)", "int4", "int4"),
+               "bf16": ("bf16", "bf16", None)}
+SMOL_PAIRS = [("int4", "Q4_1"), ("int4-int4head", "Q4_1"), ("bf16", "F16"), ("bf16", "BF16")]
 WORKDIR_VERSION = 1
 
 
@@ -320,6 +322,7 @@ def parse_args(argv):
     ap.add_argument("--flash-attn", action="store_true", help="llama.cpp flash attention (default off)")
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per run")
     ap.add_argument("--json", default=None, help="write the full results here")
+    ap.add_argument("--prepare-only", action="store_true", help="write the model files, measure nothing")
     args = ap.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.engines = [e for e in args.engines.split(",") if e]
@@ -357,6 +360,27 @@ def main(argv=None) -> int:
             args.engines.remove("llama.cpp")
             notes.append("llama_cpp is not importable (pip install '.[bench]'): ternlm runs only")
             log(notes[-1])
+    # Files first (writing them is slow and noisy), then the bandwidth, then the runs.
+    work = []          # (name, description, files, ternlm labels, pairs, prompt ids, shape dict)
+    if "bitnet" in args.models:
+        shape = SHAPES[args.shape]
+        if args.layers:
+            shape = shape.with_layers(args.layers)
+        desc = (f"BitNet b1.58 {shape.name} shape, random ternary weights (hidden {shape.hidden}, ffn {shape.ffn}, "
+                f"{shape.layers} layers, {shape.heads}/{shape.kv_heads} heads, vocab {shape.vocab}, tied)")
+        work.append(("bitnet", desc, prepare_bitnet(args, shape), TERNLM_BITNET, BITNET_PAIRS,
+                     prompt_ids(shape, args.seed, args.prompt), shape.to_dict()))
+    if "smollm2" in args.models:
+        import gguf
+        from bench_models import Shape
+        files = prepare_smollm2(args)
+        vocab = len(gguf.GGUFReader(files["source"]).get_field("tokenizer.ggml.tokens").data)
+        ids = prompt_ids(Shape("smollm2", 0, 0, 0, 1, 1, vocab), args.seed, args.prompt)
+        work.append(("smollm2", f"SmolLM2-135M-Instruct (default model, {os.path.basename(files['source'])})",
+                     files, TERNLM_SMOL, SMOL_PAIRS, ids, None))
+    if args.prepare_only:
+        return 0
+
     probe = {"nbytes": (256 << 20) if args.quick else tbw.DEFAULT_BYTES, "repeats": 2 if args.quick else 5}
     bandwidth = {t: tbw.read_bandwidth(t, refresh=True, **probe) for t in args.threads}
     log("read bandwidth: " + ", ".join(f"{t} thr {v:.1f} GB/s" for t, v in bandwidth.items()))
@@ -371,25 +395,10 @@ def main(argv=None) -> int:
                      "ternlm_version": ternlm.__version__},
         "notes": notes, "models": [],
     }
-    if "bitnet" in args.models:
-        shape = SHAPES[args.shape]
-        if args.layers:
-            shape = shape.with_layers(args.layers)
-        files = prepare_bitnet(args, shape)
-        desc = (f"BitNet b1.58 {shape.name} shape, random ternary weights (hidden {shape.hidden}, ffn {shape.ffn}, "
-                f"{shape.layers} layers, {shape.heads}/{shape.kv_heads} heads, vocab {shape.vocab}, tied)")
-        model = run_model(args, "bitnet", desc, files, TERNLM_BITNET, BITNET_PAIRS,
-                          prompt_ids(shape, args.seed, args.prompt), bandwidth)
-        model["shape"] = shape.to_dict()
-        result["models"].append(model)
-    if "smollm2" in args.models:
-        files = prepare_smollm2(args)
-        import gguf
-        vocab = len(gguf.GGUFReader(files["source"]).get_field("tokenizer.ggml.tokens").data)
-        from bench_models import Shape
-        ids = prompt_ids(Shape("smol", 0, 0, 0, 1, 1, vocab), args.seed, args.prompt)
-        model = run_model(args, "smollm2", "SmolLM2-135M-Instruct (default model, GGUF Q4_1)", files,
-                          TERNLM_SMOL, SMOL_PAIRS, ids, bandwidth)
+    for name, desc, files, labels, pairs, ids, shape in work:
+        model = run_model(args, name, desc, files, labels, pairs, ids, bandwidth)
+        if shape:
+            model["shape"] = shape
         result["models"].append(model)
     report = format_report(result)
     print(report)
