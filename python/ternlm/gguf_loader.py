@@ -50,19 +50,16 @@ _NORMS = ("norm", "attn_norm", "ffn_norm")
 
 
 def _open(path):
-    import gguf
+    from .gguf_reader import GGUFFile
     try:
-        return gguf.GGUFReader(path, "r")
-    except Exception as e:  # the reader raises ValueError / struct errors / IndexError on junk
-        raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+        return GGUFFile(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
 
 
 def field_value(reader, key, default=None):
     """A metadata value as a Python scalar, str or list; default when the key is absent."""
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+    return reader.fields.get(key, default)
 
 
 def _canonical_name(gguf_name: str):

@@ -61,8 +61,7 @@ def bytes_to_unicode() -> dict:
 
 
 def _meta(reader, key, default=None):
-    f = reader.fields.get(f"tokenizer.ggml.{key}")
-    return default if f is None else f.contents()
+    return reader.fields.get(f"tokenizer.ggml.{key}", default)
 
 
 def _byte_level_pre_tokenizer(pre: str | None):
@@ -121,7 +120,7 @@ def merges_from_scores(tokens, scores):
 
 
 def tokenizer_from_gguf(reader, path: str) -> Tokenizer:
-    """Build the Tokenizer of an open gguf.GGUFReader (path for messages)."""
+    """Build the Tokenizer of an open ternlm.gguf_reader.GGUFFile (path for messages)."""
     kind = _meta(reader, "model")
     tokens = _meta(reader, "tokens")
     if kind is None or tokens is None:
@@ -173,7 +172,7 @@ def tokenizer_from_gguf(reader, path: str) -> Tokenizer:
     return Tokenizer(backend,
                      bos_token_id=None if bos_id is None else int(bos_id),
                      eos_token_ids=eos_ids,
-                     chat_template=None if tpl is None else tpl.contents(),
+                     chat_template=tpl,
                      add_bos_token=bool(add_bos_default if add_bos is None else add_bos),
                      add_eos_token=bool(add_eos) if add_eos is not None else False,
                      special_tokens=named)
