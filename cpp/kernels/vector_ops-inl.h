@@ -127,12 +127,24 @@ void AddInPlaceTarget(const float* y, size_t n, float* x) { AxpyImpl(1.0f, y, n,
 
 void SoftmaxTarget(float* x, size_t n) { SoftmaxImpl(x, n); }
 
-void AttendHeadTarget(const float* q, const float* keys, const float* values, size_t len,
-                      size_t head_dim, float scale, float* scores, float* out) {
-  for (size_t t = 0; t < len; ++t) scores[t] = DotImpl(q, keys + t * head_dim, head_dim) * scale;
-  SoftmaxImpl(scores, len);
-  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  for (size_t t = 0; t < len; ++t) AxpyImpl(scores[t], values + t * head_dim, head_dim, out);
+// The query heads q_g (g < group) that share one KV head, each against the same keys
+// and values; position-major loops so each key and value row is read from memory
+// once and reused from L1 by every query of the group.
+void AttendGroupTarget(const float* q, size_t q_stride, size_t group, const float* keys,
+                       const float* values, size_t len, size_t head_dim, float scale,
+                       float* scores, float* out, size_t out_stride) {
+  for (size_t t = 0; t < len; ++t) {
+    const float* k = keys + t * head_dim;
+    for (size_t g = 0; g < group; ++g) scores[g * len + t] = DotImpl(q + g * q_stride, k, head_dim) * scale;
+  }
+  for (size_t g = 0; g < group; ++g) {
+    SoftmaxImpl(scores + g * len, len);
+    for (size_t i = 0; i < head_dim; ++i) out[g * out_stride + i] = 0.0f;
+  }
+  for (size_t t = 0; t < len; ++t) {
+    const float* v = values + t * head_dim;
+    for (size_t g = 0; g < group; ++g) AxpyImpl(scores[g * len + t], v, head_dim, out + g * out_stride);
+  }
 }
 
 void SiluMulTarget(const float* gate, const float* up, size_t n, float* out) {

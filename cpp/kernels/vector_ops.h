@@ -31,11 +31,14 @@ void AddInPlace(const float* y, size_t n, float* x);
 // In-place softmax over x [n] (max-subtracted, f32).
 void Softmax(float* x, size_t n);
 
-// One attention head of one query: out[d] = Σ_t softmax_t(q·K[t] * scale) V[t][d]
-// over t < len. keys, values: [len, head_dim] rows (the KV-cache slab of one KV head);
-// scores: scratch [len]. out: [head_dim].
-void AttendHead(const float* q, const float* keys, const float* values, size_t len,
-                size_t head_dim, float scale, float* scores, float* out);
+// Attention of one query token for the `group` query heads that share one KV head
+// (GQA): out_g[d] = Σ_t softmax_t(q_g·K[t] * scale) V[t][d] over t < len, reading each
+// key and value row once for all g < group.
+// q: group rows of head_dim at q_stride; keys, values: [len, head_dim] rows (one KV
+// head's slab of the cache); scores: scratch [group, len]; out: group rows at out_stride.
+void AttendGroup(const float* q, size_t q_stride, size_t group, const float* keys,
+                 const float* values, size_t len, size_t head_dim, float scale, float* scores,
+                 float* out, size_t out_stride);
 
 // Gated FFN activations; gate, up, out: [n]; out may alias gate.
 //   SiluMul:  out = gate * sigmoid(gate) * up            (Llama, hidden_act "silu")

@@ -70,7 +70,8 @@ Transformer::Transformer(const ModelConfig& config, Weights weights, size_t cont
   s_.gate_up = Allocate(chunk * 2 * c.intermediate_size, total);
   s_.act = Allocate(chunk * c.intermediate_size, total);
   s_.proj = Allocate(chunk * proj_cols, total);
-  s_.scores = Allocate(pool.num_threads() * context, total);
+  s_.scores_per_thread = (c.num_heads / c.num_kv_heads) * context;
+  s_.scores = Allocate(pool.num_threads() * s_.scores_per_thread, total);
   s_.logits = Allocate(c.vocab_size, total);
   const size_t half = c.head_dim / 2;
   s_.rope_cos = Allocate(context * half, total);
@@ -215,21 +216,27 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
   pos_ += n;
 }
 
-// Causal attention of the n new queries (positions pos_ .. pos_+n-1) over the cache,
-// one task per (query token, head); query head h reads KV head h / (heads / kv_heads).
+// Causal attention of the n new queries (positions pos_ .. pos_+n-1) over the cache;
+// query head h reads KV head h / group (group = heads / kv_heads). One task per
+// (query token, KV head) handles the group's query heads together, so each cached key
+// and value row is read once per group; when that gives fewer tasks than threads
+// (decode with few KV heads), one task per (query token, query head) instead.
 void Transformer::Attention(size_t layer, size_t n) {
   const ModelConfig& c = config_;
-  const size_t hd = c.head_dim, heads = c.num_heads, group = heads / c.num_kv_heads;
-  const size_t qkv_cols = c.q_dim() + 2 * c.kv_dim(), ctx = context();
-  const float scale = 1.0f / std::sqrt(float(hd));
+  const size_t hd = c.head_dim, heads = c.num_heads, kv_heads = c.num_kv_heads;
   // The task captures two pointers, so std::function stores it without allocating.
-  struct Args { size_t layer, hd, heads, group, qkv_cols, ctx, q_dim; float scale; } a{
-      layer, hd, heads, group, qkv_cols, ctx, c.q_dim(), scale};
-  pool_.Run(n * heads, [this, &a](size_t task, size_t thread) {
-    const size_t t = task / a.heads, h = task % a.heads, kvh = h / a.group;
-    const float* q = s_.qkv.get() + t * a.qkv_cols + h * a.hd;
-    AttendHead(q, s_.kv.Keys(a.layer, kvh), s_.kv.Values(a.layer, kvh), pos_ + t + 1, a.hd, a.scale,
-               s_.scores.get() + thread * a.ctx, s_.att.get() + t * a.q_dim + h * a.hd);
+  struct Args { size_t layer, hd, group, per_task, tasks_per_token, qkv_cols, q_dim, scratch; float scale; } a{
+      layer, hd, heads / kv_heads, 0, 0, c.q_dim() + 2 * c.kv_dim(), c.q_dim(), s_.scores_per_thread,
+      1.0f / std::sqrt(float(hd))};
+  const bool grouped = n * kv_heads >= pool_.num_threads();
+  a.per_task = grouped ? a.group : 1;               // query heads per task
+  a.tasks_per_token = grouped ? kv_heads : heads;
+  pool_.Run(n * a.tasks_per_token, [this, &a](size_t task, size_t thread) {
+    const size_t t = task / a.tasks_per_token, h0 = (task % a.tasks_per_token) * a.per_task;
+    const size_t kvh = h0 / a.group;
+    AttendGroup(s_.qkv.get() + t * a.qkv_cols + h0 * a.hd, a.hd, a.per_task, s_.kv.Keys(a.layer, kvh),
+                s_.kv.Values(a.layer, kvh), pos_ + t + 1, a.hd, a.scale, s_.scores.get() + thread * a.scratch,
+                s_.att.get() + t * a.q_dim + h0 * a.hd, a.hd);
   });
 }
 

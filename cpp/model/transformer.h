@@ -64,7 +64,8 @@ struct RunState {
   Buffer gate_up;         // [chunk, 2*intermediate]   gate|up rows, then act(gate)*up in gate
   Buffer act;             // [chunk, intermediate]     act(gate)*up, contiguous for down
   Buffer proj;            // [chunk, max(hidden, max part rows)] o/down output; unfused part output
-  Buffer scores;          // [threads, context]        attention scores per thread
+  Buffer scores;          // [threads, group * context] attention scores per thread
+  size_t scores_per_thread = 0;  // group * context, group = heads / kv_heads
   Buffer logits;          // [vocab]                   decode logits for Step
   Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position
   KvCache kv;
