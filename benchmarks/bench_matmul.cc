@@ -40,13 +40,22 @@ const QuantizedMatrix& Matrix(WeightFormat f, size_t rows, size_t cols) {
   std::mt19937_64 rng(42);
   uint8_t* d = m.mutable_data();
   const size_t bytes = rows * m.row_bytes();
+  // bf16 weights like a model's: normal(0, 0.02), drawn from a table of 4096 values
+  // (random bit patterns would include subnormals, which cost microcode assists on Intel).
+  std::vector<uint16_t> bf16_table(4096);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  for (uint16_t& b : bf16_table) b = BF16FromF32(normal(rng));
   for (size_t i = 0; i + 8 <= bytes; i += 8) {
     uint64_t v = rng();
     if (f == WeightFormat::kTernary) {  // every 2-bit field in {0, 1, 2}
       const uint64_t both = v & (v >> 1) & 0x5555555555555555ull;  // fields equal to 3
       v &= ~(both << 1);
     }
-    if (f == WeightFormat::kBF16) v &= 0xBFFFBFFFBFFFBFFFull;  // finite, |w| < 2
+    if (f == WeightFormat::kBF16) {
+      uint64_t packed = 0;
+      for (int k = 0; k < 4; ++k) packed |= uint64_t(bf16_table[(v >> (12 * k)) & 4095]) << (16 * k);
+      v = packed;
+    }
     std::memcpy(d + i, &v, 8);
   }
   if (f == WeightFormat::kTernary) {
