@@ -108,3 +108,18 @@ def test_unknown_tokenizer_model_is_refused(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", CFG, _tensors(len(tokens)), meta)
     with pytest.raises(ValueError, match=r"m\.gguf: tokenizer\.ggml\.model is 'bert'"):
         load_gguf(path)
+
+
+def test_unknown_pre_tokenizer_type_warns(tmp_path):
+    path = _write(str(tmp_path), "gpt2", pre="mystery-bpe")
+    with pytest.warns(UserWarning, match="tokenizer.ggml.pre 'mystery-bpe'"):
+        load_gguf(path)
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm"])
+def test_pre_tokenizer_types_split_like_their_regex(tmp_path, pre):
+    tok = load_gguf(_write(str(tmp_path), "gpt2", pre=pre)).tokenizer
+    pieces = [p for p, _ in tok.backend.pre_tokenizer.pre_tokenize_str("abc 12345 x")]
+    want = {"llama-bpe": ["abc", "Ġ", "123", "45", "Ġx"], "qwen2": ["abc", "Ġ", "1", "2", "3", "4", "5", "Ġx"],
+            "smollm": ["abc", "Ġ", "1", "2", "3", "4", "5", "Ġx"]}[pre]
+    assert pieces == want

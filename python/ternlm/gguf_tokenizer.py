@@ -64,7 +64,14 @@ def _meta(reader, key, default=None):
     return reader.fields.get(f"tokenizer.ggml.{key}", default)
 
 
-def _byte_level_pre_tokenizer(pre: str | None):
+_GPT2_PRE = {None, "default", "gpt-2", "gpt2"}
+
+
+def _byte_level_pre_tokenizer(pre: str | None, path: str):
+    if pre not in _GPT2_PRE and pre not in _DIGIT_PRE and pre not in _SPLIT_BY_PRE:
+        import warnings
+        warnings.warn(f"{path}: tokenizer.ggml.pre {pre!r} is not one ternlm knows; splitting text with "
+                      f"GPT-2's regex, which may tokenize some strings differently from llama.cpp", stacklevel=3)
     if pre in _SPLIT_BY_PRE:
         return pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(_SPLIT_BY_PRE[pre]), behavior="isolated"),
@@ -133,7 +140,7 @@ def tokenizer_from_gguf(reader, path: str) -> Tokenizer:
     if kind == "gpt2":
         model, alphabet = _byte_level_model(tokens, merges, path)
         backend = tokenizers.Tokenizer(model)
-        backend.pre_tokenizer = _byte_level_pre_tokenizer(_meta(reader, "pre"))
+        backend.pre_tokenizer = _byte_level_pre_tokenizer(_meta(reader, "pre"), path)
         backend.decoder = decoders.ByteLevel()
         add_bos_default = False
         usable = lambda t: set(t) <= alphabet          # noqa: E731  (others are mislabels)
