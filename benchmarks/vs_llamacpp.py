@@ -139,6 +139,8 @@ def prepare_bitnet(args, shape) -> dict:
         for key in args.ternlm_formats:
             _, weights, head = TERNLM_BITNET[key]
             saved = os.path.join(folder, f"ternlm-{key}")
+            if args.reconvert and os.path.exists(saved):
+                shutil.rmtree(saved)
             if not os.path.exists(saved):
                 log(f"converting for ternlm: {saved}")
                 res = run_worker({"prepare": True, "path": hf, "weights": weights, "head": head,
@@ -322,6 +324,8 @@ def parse_args(argv):
     ap.add_argument("--flash-attn", action="store_true", help="llama.cpp flash attention (default off)")
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per run")
     ap.add_argument("--json", default=None, help="write the full results here")
+    ap.add_argument("--reconvert", action="store_true",
+                    help="convert the ternlm folders again (after a change to ternlm's formats)")
     ap.add_argument("--prepare-only", action="store_true", help="write the model files, measure nothing")
     args = ap.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
