@@ -20,8 +20,9 @@ median and the [min, max] over --reps.
 Roofline: decoding a token reads every weight once, so tok/s <= bandwidth / bytes per token,
 with bytes per token = all layer matrices + the output head (tied: the whole embedding) +
 norms + one embedding row (the KV cache, < 2% here, is left out). Bandwidth is ternlm's
-probe (ternlm.bandwidth: streaming read of a large buffer, best of N), measured at the start
-of this run for each thread count.
+probe (ternlm.bandwidth: streaming read of a large buffer, best of N), measured in this run
+for each thread count before every repetition; the roofline uses the best sample (the
+machine's capability; a sample taken while something else ran is lower).
 """
 from __future__ import annotations
 
@@ -188,7 +189,7 @@ def summarize(values):
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
-def run_model(args, name, description, files, ternlm_labels, pairs, prompt, bandwidth) -> dict:
+def run_model(args, name, description, files, ternlm_labels, pairs, prompt, probe_bandwidth) -> dict:
     runs = []          # (engine, key, label, request base, bytes_per_token or None)
     for key, spec in files["ternlm"].items():
         runs.append(("ternlm", key, ternlm_labels[key][0], dict(spec, engine="ternlm"), None))
@@ -203,6 +204,7 @@ def run_model(args, name, description, files, ternlm_labels, pairs, prompt, band
                                       "runs": [], "errors": [], "bytes_per_token": bpt}
     context = max(512, len(prompt) + args.decode + 16)
     for rep in range(args.reps):
+        probe_bandwidth()
         for t in args.threads:
             # interleave: ternlm variant, llama.cpp format, ternlm, llama.cpp, ...
             tern = [r for r in runs if r[0] == "ternlm"]
@@ -232,11 +234,6 @@ def run_model(args, name, description, files, ternlm_labels, pairs, prompt, band
         row["prefill_tok_s"] = summarize([r["prefill_tok_s"] for r in row["runs"]])
         row["decode_tok_s"] = summarize([r["decode_tok_s"] for r in row["runs"]])
         row["peak_rss_mb"] = summarize([r["peak_rss_mb"] for r in row["runs"]])
-        bw = bandwidth.get(row["threads"])
-        bpt = row["bytes_per_token"]
-        row["roofline_tok_s"] = bw * 1e9 / bpt if bw and bpt else None
-        dec = row["decode_tok_s"]
-        row["roofline_fraction"] = dec["median"] / row["roofline_tok_s"] if dec and row["roofline_tok_s"] else None
         out_rows.append(row)
     ratios = []
     for t in args.threads:
@@ -254,6 +251,15 @@ def run_model(args, name, description, files, ternlm_labels, pairs, prompt, band
 
 
 # ---- report ---------------------------------------------------------------------------------------
+def add_roofline(model: dict, bandwidth: dict):
+    """roofline_tok_s = GB/s * 1e9 / bytes per token; roofline_fraction = median decode / that."""
+    for row in model["rows"]:
+        bw, bpt = bandwidth.get(row["threads"]), row["bytes_per_token"]
+        row["roofline_tok_s"] = bw * 1e9 / bpt if bw and bpt else None
+        dec = row["decode_tok_s"]
+        row["roofline_fraction"] = dec["median"] / row["roofline_tok_s"] if dec and row["roofline_tok_s"] else None
+
+
 def _fmt_stat(s, digits=1):
     if not s:
         return "—"
@@ -264,7 +270,8 @@ def format_report(result: dict) -> str:
     lines = []
     m = result["machine"]
     bw = ", ".join(f"{t} thr {v:.1f} GB/s" for t, v in sorted(m["read_bandwidth_gb_s"].items(), key=lambda x: int(x[0])))
-    lines.append(f"machine: {m['cpu']} ({m['cpus']} cpus); read bandwidth: {bw}")
+    lines.append(f"machine: {m['cpu']} ({m['cpus']} cpus); read bandwidth (best of "
+                 f"{len(next(iter(m['read_bandwidth_samples'].values())))} samples): {bw}")
     loads = [r["loadavg_1min_before"] for mdl in result["models"] for row in mdl["rows"] for r in row["runs"]
              if r.get("loadavg_1min_before") is not None]
     lines.append(f"llama.cpp: llama-cpp-python {result['settings'].get('llama_cpp_version')}; "
@@ -386,13 +393,17 @@ def main(argv=None) -> int:
         return 0
 
     probe = {"nbytes": (256 << 20) if args.quick else tbw.DEFAULT_BYTES, "repeats": 2 if args.quick else 5}
-    bandwidth = {t: tbw.read_bandwidth(t, refresh=True, **probe) for t in args.threads}
-    log("read bandwidth: " + ", ".join(f"{t} thr {v:.1f} GB/s" for t, v in bandwidth.items()))
+    samples = {t: [] for t in args.threads}
+
+    def probe_bandwidth():
+        for t in args.threads:
+            samples[t].append(tbw.read_bandwidth(t, refresh=True, **probe))
+        log("read bandwidth: " + ", ".join(f"{t} thr {v[-1]:.1f} GB/s" for t, v in samples.items()))
     result = {
         "command": [sys.executable] + sys.argv if argv is None else ["vs_llamacpp.py"] + list(argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpu": tbw.cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "read_bandwidth_gb_s": {str(t): v for t, v in bandwidth.items()}, "probe": probe,
+                    "read_bandwidth_gb_s": None, "read_bandwidth_samples": None, "probe": probe,
                     "ternlm_target": ternlm._core.current_target() if hasattr(ternlm._core, "current_target") else None},
         "settings": {"reps": args.reps, "threads": args.threads, "prompt": args.prompt, "decode": args.decode,
                      "engines": args.engines, "flash_attn": args.flash_attn, "llama_cpp_version": llama_version,
@@ -400,10 +411,15 @@ def main(argv=None) -> int:
         "notes": notes, "models": [],
     }
     for name, desc, files, labels, pairs, ids, shape in work:
-        model = run_model(args, name, desc, files, labels, pairs, ids, bandwidth)
+        model = run_model(args, name, desc, files, labels, pairs, ids, probe_bandwidth)
         if shape:
             model["shape"] = shape
         result["models"].append(model)
+    bandwidth = {t: max(v) for t, v in samples.items() if v}
+    result["machine"]["read_bandwidth_gb_s"] = {str(t): v for t, v in bandwidth.items()}
+    result["machine"]["read_bandwidth_samples"] = {str(t): v for t, v in samples.items()}
+    for model in result["models"]:
+        add_roofline(model, bandwidth)
     report = format_report(result)
     print(report)
     if args.json:
