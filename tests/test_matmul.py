@@ -148,8 +148,9 @@ def test_ternary_matmul_out_1_in_577(target):
 
 def int4_error_bound(x, q):
     """|y - x·deq(W)ᵀ| bound for int8 activations per block of 32 (formats/int4.h):
-    each activation is off by at most 0.5/s_b, times |scale*q| of its weight (the min term
-    uses exact f32 sums), plus f32 rounding of the accumulation."""
+    each activation is off by at most 0.5/s_b, times |w| of its weight (the min term uses
+    the sum of the same dequantized activations, so the error is sum w*(x̂-x)), plus f32
+    rounding of the accumulation."""
     x = np.atleast_2d(x)
     rows, cols = q.shape
     g = q.group_size
@@ -161,7 +162,7 @@ def int4_error_bound(x, q):
     scaled_q = np.abs(deq - np.repeat(mins, g, axis=1))  # |scale * q|
     xb = np.abs(x.astype(np.float64)).reshape(x.shape[0], cols // 32, 32).max(axis=2)
     half_step = 0.5 * np.maximum(xb, 1e-5) / 127.0  # 0.5 / s_b per block
-    act_err = scaled_q @ np.repeat(half_step, 32, axis=1).T  # [rows, n]
+    act_err = np.abs(deq) @ np.repeat(half_step, 32, axis=1).T  # [rows, n]
     mag = np.abs(deq) @ np.abs(x.astype(np.float64)).T + np.abs(scaled_q) @ np.abs(x).T
     return act_err.T * 1.0001 + (cols / 2 + 64) * EPS32 * mag.T + 1e-30, scale
 

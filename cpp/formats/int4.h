@@ -14,7 +14,8 @@
 // MatMul numerics: activations are quantized to int8 per block of 32 inputs
 // (s_b = 127 / max(max|x_b|, 1e-5), q = clamp(round_half_even(x s_b), -128, 127)),
 // the 32-wide integer dots are exact, and
-//   y = sum_g scale_g * sum_{b in g} dot_b / s_b  +  min_g * sum_{i in g} x_i   (f32).
+//   y = sum_g scale_g * sum_{b in g} dot_b / s_b  +  min_g * sum_{b in g} sum(q_b) / s_b   (f32),
+//   i.e. the min term sums the same dequantized int8 activations as the dots (GGUF Q8_1).
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -15,7 +15,7 @@ struct PreparedActivations {
   const int8_t* q = nullptr;       // [n, stride]
   const int32_t* q_sum = nullptr;  // ternary: [n]
   const float* inv_scale = nullptr;  // ternary: [n] (1/s_x); int4: [n, stride/32] (1/s_b)
-  const float* group_sum = nullptr;  // int4: [n, stride/group] f32 sum of x per group
+  const float* group_sum = nullptr;  // int4: [n, stride/group] f32 sum of the dequantized int8 x per group
   const float* xf = nullptr;       // bf16/f32: [n, stride]
 };
 

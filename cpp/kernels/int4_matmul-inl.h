@@ -1,7 +1,7 @@
 // INT4 matmul kernel, compiled once per Highway target (layout and numerics in
 // formats/int4.h). Per block of 32 inputs the integer dot of the 4-bit codes with the
 // int8 activations is exact; it is turned into f32 and scaled by
-// scale_g / s_b, and the min term adds min_g * sum(x in g) once per group.
+// scale_g / s_b, and the min term adds min_g * sum(q / s_b in g) once per group.
 // Paths for the 32-wide dot (8 i32 lanes, then f32 FMA with the block's factor):
 //   AVX3_DL: vpdpbusd on 256-bit vectors (AVX512-VNNI + VL)
 //   AVX3 / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128) + pmaddwd

@@ -110,9 +110,18 @@ PreparedActivations Prepare(const QuantizedMatrix& w, const float* x, size_t n,
         const float* xr = x + i * cols;
         for (size_t b = 0; b < cols / 32; ++b)  // cols is a multiple of the group, so of 32
           s.inv_scale[i * nb + b] = QuantizeActivationsInt8(xr + 32 * b, 32, s.q.data() + i * stride + 32 * b);
+        // The min term uses the sum of the *dequantized* int8 activations (as GGUF's
+        // Q8_1 does), not of x: then the whole error is sum(w_c * (x̂_c - x_c)) over
+        // centred weights, instead of sum(scale * q_c * (x̂_c - x_c)) over q in 0..15,
+        // whose terms all share a sign and do not cancel (2-3x larger on real models).
+        const int8_t* qr = s.q.data() + i * stride;
         for (size_t g = 0; g < cols / group; ++g) {
           float sum = 0;
-          for (size_t c = 0; c < group; ++c) sum += xr[g * group + c];
+          for (size_t b = g * group / 32; b < (g + 1) * group / 32; ++b) {
+            int32_t qs = 0;
+            for (size_t c = 0; c < 32; ++c) qs += qr[32 * b + c];
+            sum += float(qs) * s.inv_scale[i * nb + b];
+          }
           s.group_sum[i * ng + g] = sum;
         }
       }

@@ -11,7 +11,8 @@ Numerics:
            and y = (q . T) / s_x * row_multiplier (row_multiplier = 1/s_w after quantize()).
   int4     group-wise asymmetric w = scale*q + min, q in [0, 15], fp16 scale/min (GGUF Q4_1);
            matmul quantizes activations to int8 per block of 32 inputs (exact integer dots
-           per block), the min term uses the f32 sum of x per group.
+           per block); the min term uses the sum of those dequantized activations (as
+           GGUF Q8_1), so the error is sum w*(x̂-x) over the real, centred weights.
   bf16     round to nearest even; f32 activations and accumulation.
 
 Packed layouts are drawn in cpp/formats/ternary.h and int4.h; ``q.buffers()`` returns the
