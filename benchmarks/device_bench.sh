@@ -13,6 +13,9 @@
 #   hwy/        Highway 1.0.3: include/, lib/x86_64-linux-gnu/{libhwy*.so*, cmake/hwy}
 #   gguf/, diskcache/                     pure-Python packages the harness / llama_cpp import
 #   llama-cpp-python-*-src.tar.gz         optional: PyPI's source, trimmed (no GPU backends, docs, models)
+# LLAMA_CMAKE_ARGS overrides llama.cpp's CMake options (default -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF).
+# Seen on the lent 16-core Xeon (AMX, 2026-11-22): llama.cpp built natively there crashed
+# (SIGSEGV) while loading a model, right after the vocabulary; cause not established.
 # Output (machine.txt, build logs, log.txt, result.json) goes to $OUT (default ./device-out).
 set -euo pipefail
 OUT=${OUT:-$PWD/device-out}
@@ -35,7 +38,7 @@ setup)
   SRC=$(ls "$DEV"/llama-cpp-python-*-src.tar.gz 2>/dev/null | head -1 || true)
   if [ -n "$SRC" ] && [ ! -d "$SITE/llama_cpp" ]; then
     rm -rf /tmp/lcp-src && mkdir -p /tmp/lcp-src && tar xzf "$SRC" -C /tmp/lcp-src
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    CMAKE_ARGS="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAVA_BUILD=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
       "$PY" -m pip install -v --no-build-isolation --no-deps --no-index --target "$SITE" /tmp/lcp-src/* \
       > "$OUT/build-llama-cpp.log" 2>&1
   fi

@@ -260,6 +260,13 @@ def add_roofline(model: dict, bandwidth: dict):
         row["roofline_fraction"] = dec["median"] / row["roofline_tok_s"] if dec and row["roofline_tok_s"] else None
 
 
+def _fmt_mb(nbytes):
+    if not nbytes:
+        return "—"
+    mb = nbytes / 1e6
+    return f"{mb:.0f}" if mb >= 100 else f"{mb:.3g}"
+
+
 def _fmt_stat(s, digits=1):
     if not s:
         return "—"
@@ -286,7 +293,7 @@ def format_report(result: dict) -> str:
         for r in sorted(model["rows"], key=lambda r: (r["threads"], r["engine"] != "ternlm")):
             table.append((str(r["threads"]), r["engine"], r["label"], _fmt_stat(r["prefill_tok_s"]),
                           _fmt_stat(r["decode_tok_s"]), _fmt_stat(r["peak_rss_mb"], 0),
-                          f"{r['bytes_per_token'] / 1e6:.3g}" if r["bytes_per_token"] else "—",
+                          _fmt_mb(r["bytes_per_token"]),
                           f"{r['roofline_tok_s']:.1f}" if r["roofline_tok_s"] else "—",
                           f"{100 * r['roofline_fraction']:.0f}%" if r["roofline_fraction"] else "—"))
             if r["errors"]:
