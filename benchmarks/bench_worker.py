@@ -32,6 +32,16 @@ import traceback
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak resident memory. Linux: VmHWM, the high-water mark of the
+    current address space. Not ru_maxrss: that survives execve, so a worker started by a
+    big parent reports at least the parent's RSS at fork time."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0          # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 

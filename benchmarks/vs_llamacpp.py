@@ -260,6 +260,15 @@ def add_roofline(model: dict, bandwidth: dict):
         row["roofline_fraction"] = dec["median"] / row["roofline_tok_s"] if dec and row["roofline_tok_s"] else None
 
 
+def finish(result: dict, samples: dict):
+    """Best bandwidth sample per thread count -> machine figures and every model's roofline."""
+    bandwidth = {t: max(v) for t, v in samples.items() if v}
+    result["machine"]["read_bandwidth_gb_s"] = {str(t): v for t, v in bandwidth.items()}
+    result["machine"]["read_bandwidth_samples"] = {str(t): v for t, v in samples.items()}
+    for model in result["models"]:
+        add_roofline(model, bandwidth)
+
+
 def _fmt_mb(nbytes):
     if not nbytes:
         return "—"
@@ -422,11 +431,10 @@ def main(argv=None) -> int:
         if shape:
             model["shape"] = shape
         result["models"].append(model)
-    bandwidth = {t: max(v) for t, v in samples.items() if v}
-    result["machine"]["read_bandwidth_gb_s"] = {str(t): v for t, v in bandwidth.items()}
-    result["machine"]["read_bandwidth_samples"] = {str(t): v for t, v in samples.items()}
-    for model in result["models"]:
-        add_roofline(model, bandwidth)
+        finish(result, samples)
+        if args.json:                                      # after each model, so a cut-off run keeps what it measured
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=1)
     report = format_report(result)
     print(report)
     if args.json:
