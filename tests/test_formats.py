@@ -28,7 +28,7 @@ def test_ternary_quantize_is_absmean_round_clamp(rows, cols, seed, scale):
     q = ternlm.quantize(w, "ternary")
     s_w = np.float32(1) / np.float32(max(np.float32(np.abs(w.astype(np.float64)).mean()), np.float32(1e-5)))
     t = np.clip(np.rint(w * s_w), -1, 1)
-    np.testing.assert_array_equal(ternlm.unpack_ternary(q.buffers()["packed"], (rows, cols)), t)
+    np.testing.assert_array_equal(q.ternary_values(), t)
     np.testing.assert_array_equal(q.buffers()["row_multiplier"], np.full(rows, np.float32(1) / s_w))
     np.testing.assert_array_equal(q.dequantize(), t.astype(np.float32) * (np.float32(1) / s_w))
 
@@ -65,7 +65,8 @@ def test_pack_layout_is_the_documented_one():
 
 def test_ternary_sizes():
     q = ternlm.quantize(rand(10, 577), "ternary")
-    assert q.nbytes == 10 * (768 // 4) + 10 * 4 + 4 * 0  # packed rows + f32 row multipliers
+    # 16-row tiles (10 rows -> 16) of 640 columns (577 -> multiple of 64) + f32 row multipliers
+    assert q.nbytes == 16 * (640 // 4) + 10 * 4
     assert q.bits_per_weight == pytest.approx(q.nbytes * 8 / (10 * 577))
     q = ternlm.quantize(rand(2560, 2560), "ternary")
     assert q.bits_per_weight == pytest.approx(2 + 32 / 2560)
@@ -187,7 +188,7 @@ def test_concat_rows_rejects_mismatched_parts():
 def test_buffers_round_trip(fmt):
     q = ternlm.quantize(rand(33, 320, 10), fmt, group_size=64)
     b = q.buffers()
-    assert b["layout_version"].tolist() == [1]
+    assert b["layout_version"].tolist() == [2]
     r = ternlm.QuantizedMatrix.from_buffers(fmt, q.shape, q.group_size, b)
     np.testing.assert_array_equal(r.dequantize(), q.dequantize())
     assert r.nbytes == q.nbytes == sum(v.nbytes for v in b.values()) - 4
@@ -204,8 +205,8 @@ def test_from_buffers_validates_every_buffer():
         ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "q4": b["q4"].view(np.int8)})
     with pytest.raises(ValueError, match="missing buffer 'min'"):
         ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {k: v for k, v in b.items() if k != "min"})
-    with pytest.raises(ValueError, match="layout_version is 2, expected 1"):
-        ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "layout_version": np.array([2], np.uint32)})
+    with pytest.raises(ValueError, match="layout_version is 3, expected 1 or 2"):
+        ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "layout_version": np.array([3], np.uint32)})
     with pytest.raises(ValueError, match="unexpected buffer 'extra'"):
         ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "extra": b["min"]})
     t = ternlm.quantize(rand(4, 256), "ternary").buffers()
@@ -213,8 +214,27 @@ def test_from_buffers_validates_every_buffer():
     bad[3] = 0xFF
     with pytest.raises(ValueError, match="buffer 'packed' row 0 holds the invalid 2-bit code 3"):
         ternlm.QuantizedMatrix.from_buffers("ternary", (4, 256), 0, {**t, "packed": bad})
-    with pytest.raises(ValueError, match="buffer 'packed' has 128 elements, expected 256"):
-        ternlm.QuantizedMatrix.from_buffers("ternary", (4, 256), 0, {**t, "packed": t["packed"][:128]})
+    with pytest.raises(ValueError, match="buffer 'packed' has 512 elements, expected 1024"):
+        ternlm.QuantizedMatrix.from_buffers("ternary", (4, 256), 0, {**t, "packed": t["packed"][:512]})
+
+
+@pytest.mark.parametrize("rows,cols", [(4, 256), (37, 577), (16, 64)])
+def test_ternary_layout_1_buffers_are_converted(rows, cols):
+    # Files written before the 16-row tile layout hold each row in the pack_ternary codec.
+    q = ternlm.quantize(rand(rows, cols), "ternary")
+    t = q.ternary_values()
+    v1 = {"layout_version": np.array([1], np.uint32), "packed": ternlm.pack_ternary(t).ravel(),
+          "row_multiplier": q.buffers()["row_multiplier"]}
+    back = ternlm.QuantizedMatrix.from_buffers("ternary", (rows, cols), 0, v1)
+    np.testing.assert_array_equal(back.ternary_values(), t)
+    for k, v in q.buffers().items():
+        np.testing.assert_array_equal(back.buffers()[k], v)
+    bad = v1["packed"].copy()
+    bad[0] |= 3
+    with pytest.raises(ValueError, match="row 0 holds the invalid 2-bit code 3"):
+        ternlm.QuantizedMatrix.from_buffers("ternary", (rows, cols), 0, {**v1, "packed": bad})
+    with pytest.raises(ValueError, match=r"buffer 'packed' \(layout 1\) has"):
+        ternlm.QuantizedMatrix.from_buffers("ternary", (rows, cols), 0, {**v1, "packed": bad[:-1]})
 
 
 def test_repr_and_properties():

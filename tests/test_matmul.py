@@ -83,7 +83,7 @@ def test_ternary_int32_sums_match_numpy_exactly(target, shape, seed):
     rows, cols, _ = shape
     rng = np.random.default_rng(seed)
     q = ternlm.quantize(random_matrix(rng, rows, cols), "ternary")
-    t = ternlm.unpack_ternary(q.buffers()["packed"], (rows, cols))
+    t = q.ternary_values()
     x = rng.integers(-128, 128, cols).astype(np.int8)
     got = _core.ternary_int_dots(q, x)
     np.testing.assert_array_equal(got, t.astype(np.int32) @ x.astype(np.int32))
@@ -111,7 +111,7 @@ def test_ternary_matmul_matches_numpy_reference(target, shape, seed, one_d):
     w = random_matrix(rng, rows, cols)
     q = ternlm.quantize(w, "ternary")
     t_ref, s_w = ternary_weights_reference(w)
-    np.testing.assert_array_equal(ternlm.unpack_ternary(q.buffers()["packed"], (rows, cols)), t_ref)
+    np.testing.assert_array_equal(q.ternary_values(), t_ref)
     x = random_matrix(rng, 1 if one_d else n, cols, scale=2.0)
     if one_d:
         x = x[0]

@@ -36,6 +36,31 @@ bool UnpackTernaryRow(const uint8_t* packed, size_t n, int8_t* out) {
   return ok;
 }
 
+// Byte of (row r, column c) in the tile layout, and the shift of its 2-bit field.
+static inline size_t TernaryByteIndex(size_t padded_cols, size_t r, size_t c, unsigned* shift) {
+  *shift = unsigned(2 * ((c % 16) / 4));
+  return (r / 16) * TernaryTileBytes(padded_cols) + (c / 16) * 64 + 4 * (r % 16) + c % 4;
+}
+
+void TernarySetRow(uint8_t* data, size_t padded_cols, size_t r, const int8_t* t, size_t n) {
+  for (size_t c = 0; c < n; ++c) {
+    unsigned shift;
+    uint8_t& byte = data[TernaryByteIndex(padded_cols, r, c, &shift)];
+    byte = uint8_t((byte & ~(3u << shift)) | (unsigned((t[c] + 1) & 3) << shift));
+  }
+}
+
+bool TernaryGetRow(const uint8_t* data, size_t padded_cols, size_t r, size_t n, int8_t* out) {
+  bool ok = true;
+  for (size_t c = 0; c < n; ++c) {
+    unsigned shift;
+    const int v = (data[TernaryByteIndex(padded_cols, r, c, &shift)] >> shift) & 3;
+    ok &= v != 3;
+    out[c] = int8_t(v - 1);
+  }
+  return ok;
+}
+
 void PackInt4Row(const uint8_t* q, size_t n, uint8_t* out) {
   const size_t padded = Int4PaddedCols(n);
   for (size_t block = 0; block < padded; block += 128) {

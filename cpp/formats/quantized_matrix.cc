@@ -25,7 +25,7 @@ size_t PaddedCols(WeightFormat f, size_t cols) {
     case WeightFormat::kF32: return (cols + 15) / 16 * 16;
     case WeightFormat::kBF16: return (cols + 31) / 32 * 32;
     case WeightFormat::kInt4: return Int4PaddedCols(cols);
-    case WeightFormat::kTernary: return TernaryPaddedCols(cols);
+    case WeightFormat::kTernary: return TernaryMatrixPaddedCols(cols);
   }
   return cols;
 }
@@ -118,7 +118,8 @@ QuantizedMatrix QuantizedMatrix::Allocate(WeightFormat f, size_t rows, size_t co
   m.cols_ = cols;
   m.group_size_ = f == WeightFormat::kInt4 ? group : 0;
   m.padded_cols_ = PaddedCols(f, cols);
-  m.data_ = AlignedBytes(rows * m.row_bytes());
+  const size_t stored_rows = f == WeightFormat::kTernary ? TernaryMatrixPaddedRows(rows) : rows;
+  m.data_ = AlignedBytes(stored_rows * m.row_bytes());
   if (f == WeightFormat::kTernary) m.aux0_ = AlignedBytes(rows * 4);
   if (f == WeightFormat::kInt4) {
     m.aux0_ = AlignedBytes(rows * m.groups_per_row() * 2);
@@ -158,6 +159,16 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
   if (f == WeightFormat::kInt4) CheckGroup("from_buffers", cols, group);
   QuantizedMatrix m = Allocate(f, rows, cols, group);
   const std::vector<BufferView> expected = m.Buffers();
+  // Layout 1 differs from 2 only in the ternary "packed" buffer (rows in the row codec
+  // of ternary.h instead of 16-row tiles): it is read and converted.
+  uint32_t version = kLayoutVersion;
+  for (const BufferView& b : buffers)
+    if (b.name == "layout_version" && b.dtype == "uint32" && b.count == 1)
+      version = *static_cast<const uint32_t*>(b.data);
+  if (version != kLayoutVersion && version != 1)
+    throw std::invalid_argument("from_buffers: layout_version is " + std::to_string(version) +
+                                ", expected 1 or " + std::to_string(kLayoutVersion));
+  std::vector<uint8_t> v1_packed;  // ternary layout 1
   for (const BufferView& want : expected) {
     const BufferView* got = nullptr;
     for (const BufferView& b : buffers)
@@ -166,16 +177,19 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
     if (got->dtype != want.dtype)
       throw std::invalid_argument("from_buffers: buffer '" + want.name + "' has dtype " +
                                   got->dtype + ", expected " + want.dtype);
+    if (want.name == "layout_version") continue;
+    if (version == 1 && f == WeightFormat::kTernary && want.name == "packed") {
+      if (got->count != rows * TernaryPackedBytes(cols))
+        throw std::invalid_argument("from_buffers: buffer 'packed' (layout 1) has " +
+                                    Str(got->count) + " elements, expected " +
+                                    Str(rows * TernaryPackedBytes(cols)));
+      const uint8_t* p = static_cast<const uint8_t*>(got->data);
+      v1_packed.assign(p, p + got->count);
+      continue;
+    }
     if (got->count != want.count)
       throw std::invalid_argument("from_buffers: buffer '" + want.name + "' has " +
                                   Str(got->count) + " elements, expected " + Str(want.count));
-    if (want.name == "layout_version") {
-      const uint32_t v = *static_cast<const uint32_t*>(got->data);
-      if (v != kLayoutVersion)
-        throw std::invalid_argument("from_buffers: layout_version is " + std::to_string(v) +
-                                    ", expected " + std::to_string(kLayoutVersion));
-      continue;
-    }
     std::memcpy(const_cast<void*>(want.data), got->data,
                 want.count * (want.dtype == "uint8" ? 1 : want.dtype == "uint16" ? 2 : 4));
   }
@@ -188,10 +202,15 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
   }
   if (f == WeightFormat::kTernary) {
     std::vector<int8_t> row(cols);
-    for (size_t r = 0; r < rows; ++r)
-      if (!UnpackTernaryRow(m.data() + r * m.row_bytes(), cols, row.data()))
+    for (size_t r = 0; r < rows; ++r) {
+      const bool ok = version == 1
+          ? UnpackTernaryRow(v1_packed.data() + r * TernaryPackedBytes(cols), cols, row.data())
+          : TernaryGetRow(m.data(), m.padded_cols(), r, cols, row.data());
+      if (!ok)
         throw std::invalid_argument("from_buffers: buffer 'packed' row " + Str(r) +
                                     " holds the invalid 2-bit code 3");
+      if (version == 1) TernarySetRow(m.mutable_data(), m.padded_cols(), r, row.data(), cols);
+    }
     CheckFinite(m.row_multiplier(), rows);
   }
   if (f == WeightFormat::kF32) CheckFinite(reinterpret_cast<const float*>(m.data()), rows * m.padded_cols());
@@ -230,7 +249,7 @@ QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat 
           const float v = std::nearbyint(w[r * cols + c] * s_w);
           t[c] = int8_t(std::min(1.0f, std::max(-1.0f, v)));
         }
-        PackTernaryRow(t.data(), cols, m.mutable_data() + r * rb);
+        TernarySetRow(m.mutable_data(), m.padded_cols(), r, t.data(), cols);
         mult[r] = 1.0f / s_w;
       }
       break;
@@ -278,7 +297,7 @@ QuantizedMatrix FromTernary(const int8_t* t, size_t rows, size_t cols, const flo
     if (!std::isfinite(mult[r]))
       throw std::invalid_argument("from_ternary: row_multiplier[" + Str(r) + "] is not finite");
   QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kTernary, rows, cols, 0);
-  for (size_t r = 0; r < rows; ++r) PackTernaryRow(t + r * cols, cols, m.mutable_data() + r * m.row_bytes());
+  for (size_t r = 0; r < rows; ++r) TernarySetRow(m.mutable_data(), m.padded_cols(), r, t + r * cols, cols);
   std::memcpy(m.mutable_aux0(), mult, rows * 4);
   return m;
 }
@@ -321,8 +340,18 @@ QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts) {
   }
   QuantizedMatrix m = QuantizedMatrix::Allocate(a.format(), rows, a.cols(), a.group_size());
   size_t r0 = 0;
+  std::vector<int8_t> row(a.format() == WeightFormat::kTernary ? a.cols() : 0);
   for (const QuantizedMatrix* p : parts) {
-    std::memcpy(m.mutable_data() + r0 * m.row_bytes(), p->data(), p->rows() * p->row_bytes());
+    if (a.format() != WeightFormat::kTernary) {
+      std::memcpy(m.mutable_data() + r0 * m.row_bytes(), p->data(), p->rows() * p->row_bytes());
+    } else if (r0 % kTernaryTileRows == 0 && p->rows() % kTernaryTileRows == 0) {
+      std::memcpy(m.mutable_data() + r0 * m.row_bytes(), p->data(), p->rows() * p->row_bytes());
+    } else {  // tiles of the parts do not line up: row by row
+      for (size_t r = 0; r < p->rows(); ++r) {
+        TernaryGetRow(p->data(), p->padded_cols(), r, a.cols(), row.data());
+        TernarySetRow(m.mutable_data(), m.padded_cols(), r0 + r, row.data(), a.cols());
+      }
+    }
     if (a.format() == WeightFormat::kTernary)
       std::memcpy(m.mutable_aux0() + r0 * 4, p->row_multiplier(), p->rows() * 4);
     if (a.format() == WeightFormat::kInt4) {
@@ -353,8 +382,10 @@ void DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
     }
     case WeightFormat::kTernary: {
       const float mult = m.row_multiplier()[r];
+      const uint8_t* tile = m.data() + (r / kTernaryTileRows) * TernaryTileBytes(m.padded_cols());
+      const size_t lane = 4 * (r % kTernaryTileRows);
       for (size_t c = 0; c < cols; ++c) {
-        const int v = (row[(c / 256) * 64 + c % 64] >> (2 * ((c % 256) / 64))) & 3;
+        const int v = (tile[(c / 16) * 64 + lane + c % 4] >> (2 * ((c % 16) / 4))) & 3;
         out[c] = float(v - 1) * mult;
       }
       break;

@@ -13,14 +13,15 @@
 //   ConcatRows(...)        stack matrices with equal cols and format (fused q/k/v, gate/up)
 //   Buffers()/FromBuffers  the raw arrays, for save/load without conversion
 //
-// Stored buffers (layout version kLayoutVersion = 1; every buffer 64-byte aligned):
-//   all formats  "layout_version" uint32 [1]             = 1
+// Stored buffers (layout version kLayoutVersion = 2; every buffer 64-byte aligned):
+//   all formats  "layout_version" uint32 [1]             = 2 (1 is read too: see ternary.h)
 //   f32          "weight"  float32 [rows * padded_cols]   padded_cols = round_up(cols, 16)
 //   bf16         "weight"  uint16  [rows * padded_cols]   padded_cols = round_up(cols, 32), bf16 bits
 //   int4         "q4"      uint8   [rows * padded_cols/2] padded_cols = round_up(cols, 128), int4.h
 //                "scale"   uint16  [rows * padded_cols/group] fp16 bits; padding groups are 0
 //                "min"     uint16  [rows * padded_cols/group] fp16 bits; padding groups are 0
-//   ternary      "packed"  uint8   [rows * padded_cols/4] padded_cols = round_up(cols, 256), ternary.h
+//   ternary      "packed"  uint8   [round_up(rows, 16) * padded_cols/4] padded_cols = round_up(cols, 64),
+//                                  16-row tiles, ternary.h
 //                "row_multiplier" float32 [rows]
 // Padding weights are zero, so padded activations (zero) contribute nothing.
 #pragma once
@@ -37,7 +38,7 @@ enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kInt4 = 2, kTernary = 3 };
 const char* FormatName(WeightFormat f);               // "f32", "bf16", "int4", "ternary"
 WeightFormat ParseFormat(const std::string& name);    // throws std::invalid_argument
 
-constexpr uint32_t kLayoutVersion = 1;
+constexpr uint32_t kLayoutVersion = 2;
 
 // Owned, 64-byte aligned, zero-initialised bytes.
 class AlignedBytes {
@@ -77,7 +78,8 @@ class QuantizedMatrix {
   size_t nbytes() const;                  // all stored bytes incl. scales and padding
   double bits_per_weight() const;         // nbytes*8 / (rows*cols)
 
-  // Columns after padding (see the table above) and bytes per stored row of "weight"/"q4"/"packed".
+  // Columns after padding (see the table above) and bytes per stored row of "weight"/"q4"/"packed"
+  // (ternary rows are interleaved in 16-row tiles: a tile holds 16 * row_bytes()).
   size_t padded_cols() const { return padded_cols_; }
   size_t row_bytes() const;
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "formats/quantized_matrix.h"
+#include "formats/ternary.h"
 #include "kernels/activations.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_testing.h"
@@ -32,7 +33,7 @@ void MatMulRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r
                 const MatMulOutput& out, float* scratch) {
   switch (w.format()) {
     case WeightFormat::kTernary:
-      TernaryMatMulRows(w.data(), w.row_bytes(), w.row_multiplier(), a, r0, r1, out);
+      TernaryMatMulRows(w.data(), w.padded_cols(), w.row_multiplier(), a, r0, r1, out);
       break;
     case WeightFormat::kInt4:
       Int4MatMulRows(w.data(), w.row_bytes(), w.scale_f16(), w.min_f16(), w.group_size(), a, r0,
@@ -52,7 +53,7 @@ float QuantizeActivationsInt8Target(const float* x, size_t n, int8_t* q) {
 }
 
 void TernaryIntDots(const QuantizedMatrix& w, const int8_t* q, int32_t q_sum, int32_t* out) {
-  TernaryIntDotsRows(w.data(), w.row_bytes(), q, q_sum, 0, w.rows(), out);
+  TernaryIntDotsRows(w.data(), w.padded_cols(), w.rows(), q, q_sum, out);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -148,9 +149,12 @@ void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, Thread
   const PreparedActivations a = Prepare(w, x, n, scratch);
   const MatMulOutput out{y, w.rows()};
   const size_t rows = w.rows();
-  // Enough tasks to balance, each at least 16 rows so the per-task overhead stays small.
+  // Enough tasks to balance, each at least 16 rows so the per-task overhead stays small;
+  // ternary tasks start on a 16-row tile.
+  const size_t unit = w.format() == WeightFormat::kTernary ? kTernaryTileRows : 1;
+  const size_t units = (rows + unit - 1) / unit;
   const size_t ntasks = std::max<size_t>(1, std::min(pool.num_threads() * 8, rows / 16));
-  const size_t per_task = (rows + ntasks - 1) / ntasks;
+  const size_t per_task = (units + ntasks - 1) / ntasks * unit;
   const size_t int4_scratch = w.format() == WeightFormat::kInt4
                                   ? 2 * w.groups_per_row() + 4 * (w.padded_cols() / 32) : 0;
   pool.Run(ntasks, [&](size_t task, size_t /*thread*/) {

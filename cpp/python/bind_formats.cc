@@ -245,6 +245,15 @@ void BindFormats(py::module_& m) {
         DequantizeRow(q, size_t(r), out.mutable_data());
         return out;
       }, py::arg("row"))
+      .def("ternary_values", [](const QuantizedMatrix& q) {
+        if (q.format() != WeightFormat::kTernary)
+          throw py::value_error(std::string("ternary_values: the matrix is ") + FormatName(q.format()) +
+                                ", expected ternary");
+        py::array_t<int8_t> out({py::ssize_t(q.rows()), py::ssize_t(q.cols())});
+        int8_t* p = out.mutable_data();
+        for (size_t r = 0; r < q.rows(); ++r) TernaryGetRow(q.data(), q.padded_cols(), r, q.cols(), p + r * q.cols());
+        return out;
+      }, "The stored ternary values t in {-1, 0, 1} as int8 [out, in] (w = t * row multiplier).")
       .def("buffers", &BuffersDict, "The stored arrays (copies), by name; see from_buffers.")
       .def_static("from_buffers", &FromBuffersPy, py::arg("format"), py::arg("shape"),
                   py::arg("group_size"), py::arg("buffers"))

@@ -16,10 +16,12 @@ Numerics:
   bf16     round to nearest even; f32 activations and accumulation.
 
 Packed layouts are drawn in cpp/formats/ternary.h and int4.h; ``q.buffers()`` returns the
-stored arrays (layout_version 1) and ``QuantizedMatrix.from_buffers`` rebuilds a matrix
-from them without conversion, validating every buffer.
+stored arrays (layout_version 2: ternary matrices in 16-row tiles, rows padded to 64 weights)
+and ``QuantizedMatrix.from_buffers`` rebuilds a matrix from them without conversion,
+validating every buffer (layout_version 1 buffers, whose ternary rows are in the
+pack_ternary codec, are converted). ``q.ternary_values()`` gives the stored {-1, 0, 1}.
 
-pack_ternary(t) packs the LAST axis of an int8 {-1,0,1} array of any shape: each run of
+pack_ternary(t) (a row codec, independent of the matrix layout) packs the LAST axis of an int8 {-1,0,1} array of any shape: each run of
 shape[-1] values becomes ceil(shape[-1]/256)*64 bytes (2 bits per weight, t+1 stored; byte j
 of a 64-byte block holds weights j, j+64, j+128, j+192 of its 256). unpack_ternary(packed,
 shape) is the inverse.
