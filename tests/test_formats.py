@@ -155,7 +155,8 @@ def test_bf16_is_round_to_nearest_even():
 
 def test_float_sizes_and_f32_is_exact():
     w = rand(5, 100, 7)
-    assert ternlm.quantize(w, "bf16").nbytes == 5 * 128 * 2
+    assert ternlm.quantize(w, "bf16").nbytes == 16 * 128 * 2  # 16-row tiles, 32-column padding
+    assert ternlm.quantize(rand(32, 2560, 7), "bf16").bits_per_weight == 16.0
     assert ternlm.quantize(w, "f32").nbytes == 5 * 112 * 4
     np.testing.assert_array_equal(ternlm.quantize(w, "f32").dequantize(), w)
     np.testing.assert_array_equal(ternlm.quantize(w.astype(np.float16), "f32").dequantize(),
@@ -166,7 +167,11 @@ def test_float_sizes_and_f32_is_exact():
 
 @pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32"])
 def test_concat_rows_stacks_dequantized_rows_and_products(fmt):
-    parts = [ternlm.quantize(rand(r, 256, r), fmt) for r in (3, 64, 1)]
+    # (16, 32, 5): whole 16-row tiles copied as they are, then a partial one
+    aligned = [ternlm.quantize(rand(r, 256, r), fmt) for r in (16, 32, 5)]
+    np.testing.assert_array_equal(ternlm.concat_rows(aligned).dequantize(),
+                                  np.vstack([p.dequantize() for p in aligned]))
+    parts = [ternlm.quantize(rand(r, 256, r), fmt) for r in (3, 64, 1)]  # tiles do not line up
     c = ternlm.concat_rows(parts)
     assert c.shape == (68, 256) and c.format == fmt
     np.testing.assert_array_equal(c.dequantize(), np.vstack([p.dequantize() for p in parts]))
@@ -216,6 +221,19 @@ def test_from_buffers_validates_every_buffer():
         ternlm.QuantizedMatrix.from_buffers("ternary", (4, 256), 0, {**t, "packed": bad})
     with pytest.raises(ValueError, match="buffer 'packed' has 512 elements, expected 1024"):
         ternlm.QuantizedMatrix.from_buffers("ternary", (4, 256), 0, {**t, "packed": t["packed"][:512]})
+
+
+@pytest.mark.parametrize("rows,cols", [(4, 256), (37, 577), (16, 64)])
+def test_bf16_layout_1_buffers_are_converted(rows, cols):
+    # Layout 1 held bf16 matrices row-major, rows padded to 32 columns.
+    q = ternlm.quantize(rand(rows, cols), "bf16")
+    bits = q.dequantize().view(np.uint32) >> 16
+    padded = np.zeros((rows, (cols + 31) // 32 * 32), np.uint16)
+    padded[:, :cols] = bits
+    v1 = {"layout_version": np.array([1], np.uint32), "weight": padded.ravel()}
+    back = ternlm.QuantizedMatrix.from_buffers("bf16", (rows, cols), 0, v1)
+    np.testing.assert_array_equal(back.dequantize(), q.dequantize())
+    np.testing.assert_array_equal(back.buffers()["weight"], q.buffers()["weight"])
 
 
 @pytest.mark.parametrize("rows,cols", [(4, 256), (37, 577), (16, 64)])

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "formats/bf16.h"
 #include "formats/int4.h"
 #include "formats/ternary.h"
 
@@ -23,7 +24,7 @@ std::string Str(size_t v) { return std::to_string(v); }
 size_t PaddedCols(WeightFormat f, size_t cols) {
   switch (f) {
     case WeightFormat::kF32: return (cols + 15) / 16 * 16;
-    case WeightFormat::kBF16: return (cols + 31) / 32 * 32;
+    case WeightFormat::kBF16: return BF16PaddedCols(cols);
     case WeightFormat::kInt4: return Int4PaddedCols(cols);
     case WeightFormat::kTernary: return TernaryMatrixPaddedCols(cols);
   }
@@ -118,7 +119,8 @@ QuantizedMatrix QuantizedMatrix::Allocate(WeightFormat f, size_t rows, size_t co
   m.cols_ = cols;
   m.group_size_ = f == WeightFormat::kInt4 ? group : 0;
   m.padded_cols_ = PaddedCols(f, cols);
-  const size_t stored_rows = f == WeightFormat::kTernary ? TernaryMatrixPaddedRows(rows) : rows;
+  const size_t stored_rows = f == WeightFormat::kTernary ? TernaryMatrixPaddedRows(rows)
+                             : f == WeightFormat::kBF16  ? BF16PaddedRows(rows) : rows;
   m.data_ = AlignedBytes(stored_rows * m.row_bytes());
   if (f == WeightFormat::kTernary) m.aux0_ = AlignedBytes(rows * 4);
   if (f == WeightFormat::kInt4) {
@@ -138,7 +140,7 @@ std::vector<BufferView> QuantizedMatrix::Buffers() const {
       b.push_back({"weight", "float32", rows_ * padded_cols_, data_.data()});
       break;
     case WeightFormat::kBF16:
-      b.push_back({"weight", "uint16", rows_ * padded_cols_, data_.data()});
+      b.push_back({"weight", "uint16", data_.size() / 2, data_.data()});
       break;
     case WeightFormat::kInt4:
       b.push_back({"q4", "uint8", data_.size(), data_.data()});
@@ -169,6 +171,7 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
     throw std::invalid_argument("from_buffers: layout_version is " + std::to_string(version) +
                                 ", expected 1 or " + std::to_string(kLayoutVersion));
   std::vector<uint8_t> v1_packed;  // ternary layout 1
+  std::vector<uint16_t> v1_bf16;   // bf16 layout 1: row-major [rows, padded_cols]
   for (const BufferView& want : expected) {
     const BufferView* got = nullptr;
     for (const BufferView& b : buffers)
@@ -185,6 +188,16 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
                                     Str(rows * TernaryPackedBytes(cols)));
       const uint8_t* p = static_cast<const uint8_t*>(got->data);
       v1_packed.assign(p, p + got->count);
+      continue;
+    }
+    if (version == 1 && f == WeightFormat::kBF16 && want.name == "weight" &&
+        got->count == rows * m.padded_cols()) {
+      const uint16_t* p = static_cast<const uint16_t*>(got->data);
+      v1_bf16.assign(p, p + got->count);
+      for (size_t r = 0; r < rows; ++r)
+        for (size_t c = 0; c < cols; ++c)
+          reinterpret_cast<uint16_t*>(m.mutable_data())[BF16Index(m.padded_cols(), r, c)] =
+              v1_bf16[r * m.padded_cols() + c];
       continue;
     }
     if (got->count != want.count)
@@ -230,12 +243,12 @@ QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat 
       for (size_t r = 0; r < rows; ++r)
         std::memcpy(m.mutable_data() + r * rb, w + r * cols, cols * 4);
       break;
-    case WeightFormat::kBF16:
-      for (size_t r = 0; r < rows; ++r) {
-        uint16_t* o = reinterpret_cast<uint16_t*>(m.mutable_data() + r * rb);
-        for (size_t c = 0; c < cols; ++c) o[c] = BF16FromF32(w[r * cols + c]);
-      }
+    case WeightFormat::kBF16: {
+      uint16_t* o = reinterpret_cast<uint16_t*>(m.mutable_data());
+      for (size_t r = 0; r < rows; ++r)
+        for (size_t c = 0; c < cols; ++c) o[BF16Index(m.padded_cols(), r, c)] = BF16FromF32(w[r * cols + c]);
       break;
+    }
     case WeightFormat::kTernary: {
       // DESIGN §3: s_w = 1 / max(mean|W|, 1e-5); T = clamp(round_half_even(W s_w), -1, 1).
       double sum = 0;
@@ -342,11 +355,16 @@ QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts) {
   size_t r0 = 0;
   std::vector<int8_t> row(a.format() == WeightFormat::kTernary ? a.cols() : 0);
   for (const QuantizedMatrix* p : parts) {
-    if (a.format() != WeightFormat::kTernary) {
+    const bool tiled = a.format() == WeightFormat::kTernary || a.format() == WeightFormat::kBF16;
+    if (!tiled || (r0 % 16 == 0 && p->rows() % 16 == 0)) {
       std::memcpy(m.mutable_data() + r0 * m.row_bytes(), p->data(), p->rows() * p->row_bytes());
-    } else if (r0 % kTernaryTileRows == 0 && p->rows() % kTernaryTileRows == 0) {
-      std::memcpy(m.mutable_data() + r0 * m.row_bytes(), p->data(), p->rows() * p->row_bytes());
-    } else {  // tiles of the parts do not line up: row by row
+    } else if (a.format() == WeightFormat::kBF16) {  // 16-row tiles do not line up
+      const uint16_t* src = reinterpret_cast<const uint16_t*>(p->data());
+      uint16_t* dst = reinterpret_cast<uint16_t*>(m.mutable_data());
+      for (size_t r = 0; r < p->rows(); ++r)
+        for (size_t c = 0; c < a.cols(); ++c)
+          dst[BF16Index(m.padded_cols(), r0 + r, c)] = src[BF16Index(p->padded_cols(), r, c)];
+    } else {  // ternary tiles do not line up: row by row
       for (size_t r = 0; r < p->rows(); ++r) {
         TernaryGetRow(p->data(), p->padded_cols(), r, a.cols(), row.data());
         TernarySetRow(m.mutable_data(), m.padded_cols(), r0 + r, row.data(), a.cols());
@@ -376,8 +394,8 @@ void DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
       std::memcpy(out, row, cols * 4);
       break;
     case WeightFormat::kBF16: {
-      const uint16_t* b = reinterpret_cast<const uint16_t*>(row);
-      for (size_t c = 0; c < cols; ++c) out[c] = F32FromBF16(b[c]);
+      const uint16_t* b = reinterpret_cast<const uint16_t*>(m.data());
+      for (size_t c = 0; c < cols; ++c) out[c] = F32FromBF16(b[BF16Index(m.padded_cols(), r, c)]);
       break;
     }
     case WeightFormat::kTernary: {

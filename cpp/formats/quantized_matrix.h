@@ -1,7 +1,7 @@
 // QuantizedMatrix: a weight matrix W [rows = out, cols = in] stored in one of
 // ternlm's formats, ready for MatMul (kernels/matmul.h). The packed layout of
 // each format is drawn in its own header under formats/ (ternary.h, int4.h);
-// f32 and bf16 are plain row-major with rows padded (see below).
+// f32 is plain row-major with rows padded (see below).
 //
 // CONTRACT (shared by kernels/, model/ and python/; keep the names):
 //   WeightFormat           kF32, kBF16, kInt4, kTernary
@@ -16,7 +16,8 @@
 // Stored buffers (layout version kLayoutVersion = 2; every buffer 64-byte aligned):
 //   all formats  "layout_version" uint32 [1]             = 2 (1 is read too: see ternary.h)
 //   f32          "weight"  float32 [rows * padded_cols]   padded_cols = round_up(cols, 16)
-//   bf16         "weight"  uint16  [rows * padded_cols]   padded_cols = round_up(cols, 32), bf16 bits
+//   bf16         "weight"  uint16  [round_up(rows, 16) * padded_cols] padded_cols = round_up(cols, 32),
+//                                  bf16 bits in 16-row tiles, bf16.h (layout 1: row-major, converted)
 //   int4         "q4"      uint8   [rows * padded_cols/2] padded_cols = round_up(cols, 128), int4.h
 //                "scale"   uint16  [rows * padded_cols/group] fp16 bits; padding groups are 0
 //                "min"     uint16  [rows * padded_cols/group] fp16 bits; padding groups are 0
@@ -79,7 +80,7 @@ class QuantizedMatrix {
   double bits_per_weight() const;         // nbytes*8 / (rows*cols)
 
   // Columns after padding (see the table above) and bytes per stored row of "weight"/"q4"/"packed"
-  // (ternary rows are interleaved in 16-row tiles: a tile holds 16 * row_bytes()).
+  // (ternary and bf16 rows are interleaved in 16-row tiles: a tile holds 16 * row_bytes()).
   size_t padded_cols() const { return padded_cols_; }
   size_t row_bytes() const;
 

@@ -1,8 +1,9 @@
-// BF16 and F32 matmul kernels, compiled once per Highway target. Weights are
-// row-major with rows padded (bf16 to 32, f32 to 16 columns) and activations are
-// f32 copies padded with zeros, so the inner loop has no tail. BF16 weights are
-// widened to f32 (a shift), f32 accumulation, up to 4 activation rows per pass
-// over a weight row so prefill reads each weight row once per 4 tokens.
+// BF16 and F32 matmul kernels, compiled once per Highway target. F32 weights are
+// row-major with rows padded to 16 columns; BF16 weights are in 16-row tiles
+// (formats/bf16.h). Activations are f32 copies padded with zeros, so the inner loops
+// have no tail. BF16 weights are widened to f32 (a shift or an AND), f32 accumulation;
+// up to 4 activation rows per pass over the weights so prefill reads each weight once
+// per 4 tokens.
 #if defined(TERNLM_KERNELS_FLOAT_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_FLOAT_MATMUL_INL_H_
 #undef TERNLM_KERNELS_FLOAT_MATMUL_INL_H_
@@ -13,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "formats/bf16.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -114,9 +116,77 @@ HWY_INLINE void FloatMatMulRowsT(const TW* w, size_t stride, const PreparedActiv
   }
 }
 
-HWY_NOINLINE void BF16MatMulRows(const uint8_t* w, size_t stride, const PreparedActivations& a,
+// BF16 tile (formats/bf16.h) times NX activation rows: out[16 * j + r] for the tile's
+// 16 rows. Lane r of a vector is row r; a block's word widens to the f32 weight of its
+// even column by a shift and of its odd column by an AND, each multiplied by that
+// column's activation broadcast to all lanes. Two blocks per step and separate
+// accumulators for even/odd columns keep 4 * NX (>= 8 for NX = 1 via the pair) FMA
+// chains in flight.
+template <size_t NX>
+HWY_INLINE void BF16TileDots(const uint32_t* HWY_RESTRICT tile, size_t nblocks,
+                             const float* const* x, float* HWY_RESTRICT out) {
+  const hn::CappedTag<float, 16> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const size_t N = hn::Lanes(df);
+  using V = hn::Vec<decltype(df)>;
+  const auto hi_mask = hn::Set(du, 0xFFFF0000u);
+  for (size_t r0 = 0; r0 < 16; r0 += N) {
+    V acc[NX][4];
+    for (size_t j = 0; j < NX; ++j)
+      for (size_t k = 0; k < 4; ++k) acc[j][k] = hn::Zero(df);
+    // nblocks = padded_cols / 2 is a multiple of 16: no tail.
+    for (size_t b = 0; b < nblocks; b += 2) {
+      const auto w0 = hn::LoadU(du, tile + 16 * b + r0);
+      const auto w1 = hn::LoadU(du, tile + 16 * (b + 1) + r0);
+      const V e0 = hn::BitCast(df, hn::ShiftLeft<16>(w0)), o0 = hn::BitCast(df, hn::And(w0, hi_mask));
+      const V e1 = hn::BitCast(df, hn::ShiftLeft<16>(w1)), o1 = hn::BitCast(df, hn::And(w1, hi_mask));
+#pragma GCC unroll 4
+      for (size_t j = 0; j < NX; ++j) {
+        const float* xb = x[j] + 2 * b;
+        acc[j][0] = hn::MulAdd(e0, hn::Set(df, xb[0]), acc[j][0]);
+        acc[j][1] = hn::MulAdd(o0, hn::Set(df, xb[1]), acc[j][1]);
+        acc[j][2] = hn::MulAdd(e1, hn::Set(df, xb[2]), acc[j][2]);
+        acc[j][3] = hn::MulAdd(o1, hn::Set(df, xb[3]), acc[j][3]);
+      }
+    }
+    for (size_t j = 0; j < NX; ++j)
+      hn::StoreU(hn::Add(hn::Add(acc[j][0], acc[j][1]), hn::Add(acc[j][2], acc[j][3])), df,
+                 out + 16 * j + r0);
+  }
+}
+
+template <size_t NX>
+HWY_INLINE void BF16TileDotsN(size_t nx, const uint32_t* tile, size_t nblocks,
+                              const float* const* x, float* out) {
+  if constexpr (NX > 1) {
+    if (nx < NX) return BF16TileDotsN<NX - 1>(nx, tile, nblocks, x, out);
+  }
+  BF16TileDots<NX>(tile, nblocks, x, out);
+}
+
+// Rows [r0, r1) (r0 a multiple of 16). Prefill walks slices of tiles that stay in L2
+// while every group of 4 activation rows passes over them.
+HWY_NOINLINE void BF16MatMulRows(const uint8_t* w, size_t padded_cols, const PreparedActivations& a,
                                  size_t r0, size_t r1, const MatMulOutput& out) {
-  FloatMatMulRowsT(reinterpret_cast<const hwy::bfloat16_t*>(w), stride, a, r0, r1, out);
+  const size_t tile_bytes = BF16TileBytes(padded_cols);
+  const size_t t0 = r0 / kBF16TileRows, t1 = (r1 + kBF16TileRows - 1) / kBF16TileRows;
+  const size_t slice = a.n <= 4 ? (t1 - t0) : std::max<size_t>(1, (256 * 1024) / tile_bytes);
+  HWY_ALIGN float d[4 * kBF16TileRows];
+  for (size_t s0 = t0; s0 < t1; s0 += slice) {
+    const size_t s1 = std::min(t1, s0 + slice);
+    for (size_t x0 = 0; x0 < a.n; x0 += 4) {
+      const size_t nx = std::min<size_t>(4, a.n - x0);
+      const float* xs[4];
+      for (size_t j = 0; j < nx; ++j) xs[j] = a.xf + (x0 + j) * a.stride;
+      for (size_t t = s0; t < s1; ++t) {
+        BF16TileDotsN<4>(nx, reinterpret_cast<const uint32_t*>(w + t * tile_bytes), padded_cols / 2,
+                         xs, d);
+        const size_t rb = t * kBF16TileRows, re = std::min(r1, rb + kBF16TileRows);
+        for (size_t j = 0; j < nx; ++j)
+          for (size_t r = rb; r < re; ++r) out.y[(x0 + j) * out.y_stride + r] = d[kBF16TileRows * j + (r - rb)];
+      }
+    }
+  }
 }
 
 HWY_NOINLINE void F32MatMulRows(const uint8_t* w, size_t stride, const PreparedActivations& a,

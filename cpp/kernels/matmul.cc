@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/bf16.h"
 #include "formats/quantized_matrix.h"
 #include "formats/ternary.h"
 #include "kernels/activations.h"
@@ -150,8 +151,9 @@ void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, Thread
   const MatMulOutput out{y, w.rows()};
   const size_t rows = w.rows();
   // Enough tasks to balance, each at least 16 rows so the per-task overhead stays small;
-  // ternary tasks start on a 16-row tile.
-  const size_t unit = w.format() == WeightFormat::kTernary ? kTernaryTileRows : 1;
+  // ternary and bf16 tasks start on a 16-row tile.
+  const size_t unit = w.format() == WeightFormat::kTernary ? kTernaryTileRows
+                      : w.format() == WeightFormat::kBF16  ? kBF16TileRows : 1;
   const size_t units = (rows + unit - 1) / unit;
   const size_t ntasks = std::max<size_t>(1, std::min(pool.num_threads() * 8, rows / 16));
   const size_t per_task = (units + ntasks - 1) / ntasks * unit;
