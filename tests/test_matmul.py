@@ -102,6 +102,17 @@ def test_ternary_int32_sums_at_the_extremes(target):
         np.testing.assert_array_equal(_core.ternary_int_dots(q, x),
                                       t.astype(np.int32) @ x.astype(np.int32))
 
+    # Rows longer than the kernel's overflow-safe run (2^14 blocks of 16 columns on the
+    # VNNI path) are summed in runs: all +1 against -128 over 270,000 columns.
+    cols = 270_000
+    t = np.ones((17, cols), np.int8)
+    t[5] = -1
+    q = ternlm.from_ternary(t, np.ones(17, np.float32))
+    for v in (-128, 127):
+        x = np.full(cols, v, np.int8)
+        np.testing.assert_array_equal(_core.ternary_int_dots(q, x),
+                                      t.astype(np.int64) @ x.astype(np.int64))
+
 
 @SETTINGS
 @given(shape=shapes, seed=st.integers(0, 2**32 - 1), one_d=st.booleans())

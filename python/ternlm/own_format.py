@@ -132,6 +132,9 @@ def load_own_folder(folder) -> Checkpoint:
             bufs = {key: st.raw(tname) for key, tname in entry["buffers"].items()}
             tensors[name] = QuantizedMatrix.from_buffers(entry["format"], tuple(entry["shape"]),
                                                          int(entry.get("group_size") or 0), bufs)
+            del bufs
+            for tname in entry["buffers"].values():  # copied: drop the mapped pages from RSS
+                st.release(tname)
         except (KeyError, TypeError, ValueError) as e:
             raise _header_error(hpath, f"matrix {name!r}: {e}") from e
         stored[name] = entry["format"]

@@ -165,6 +165,23 @@ class SafetensorsFile:
         arr = np.frombuffer(self._mm, dtype=dt, count=count, offset=self._data_start + i.begin)
         return arr.reshape(i.shape)
 
+    def release(self, name) -> None:
+        """Drop the pages of tensor `name` from this process's resident set once it has been
+        copied out (madvise MADV_DONTNEED on the read-only file mapping: the file is not
+        touched, and a later read of those bytes faults them back in from the page cache).
+        Loading tensor by tensor with release keeps at most one tensor's mapped pages
+        resident besides the copies, instead of the whole file. No-op where unsupported."""
+        i = self.info(name)
+        if self._mm is None or i.end <= i.begin or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = (self._data_start + i.begin) // page * page
+        end = min(len(self._mm), -(-(self._data_start + i.end) // page) * page)
+        try:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass
+
     def to_float32(self, name) -> np.ndarray:
         """The tensor as float32 (view for F32, exact widening copy for F16/BF16)."""
         i = self.info(name)
@@ -241,6 +258,9 @@ class SafetensorsFolder:
 
     def raw(self, name) -> np.ndarray:
         return self.file_of(name).raw(name)
+
+    def release(self, name) -> None:
+        self.file_of(name).release(name)
 
     def to_float32(self, name) -> np.ndarray:
         return self.file_of(name).to_float32(name)
