@@ -126,7 +126,8 @@ def test_from_int4_is_lossless():
 def test_int4_sizes():
     q = ternlm.quantize(rand(3, 576), "int4", group_size=32)
     padded = round_up(576, 128)
-    assert q.nbytes == 3 * padded // 2 + 2 * 3 * (padded // 32) * 2
+    # 16-row tiles: 3 rows are stored as 16 (codes, scales and mins)
+    assert q.nbytes == 16 * padded // 2 + 2 * 16 * (padded // 32) * 2
     q = ternlm.quantize(rand(256, 2560), "int4", group_size=32)
     assert q.bits_per_weight == pytest.approx(4 + 32 / 32)  # Q4_1: 4 bits + fp16 scale and min
     q = ternlm.quantize(rand(256, 2560), "int4", group_size=128)
@@ -204,8 +205,8 @@ def test_buffers_round_trip(fmt):
 def test_from_buffers_validates_every_buffer():
     q = ternlm.quantize(rand(4, 256), "int4")
     b = q.buffers()
-    with pytest.raises(ValueError, match="buffer 'scale' has 31 elements, expected 32"):
-        ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "scale": b["scale"][:31]})
+    with pytest.raises(ValueError, match="buffer 'scale' has 127 elements, expected 128"):
+        ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "scale": b["scale"][:127]})
     with pytest.raises(ValueError, match="buffer 'q4' has dtype int8, expected uint8"):
         ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "q4": b["q4"].view(np.int8)})
     with pytest.raises(ValueError, match="missing buffer 'min'"):
@@ -234,6 +235,32 @@ def test_bf16_layout_1_buffers_are_converted(rows, cols):
     back = ternlm.QuantizedMatrix.from_buffers("bf16", (rows, cols), 0, v1)
     np.testing.assert_array_equal(back.dequantize(), q.dequantize())
     np.testing.assert_array_equal(back.buffers()["weight"], q.buffers()["weight"])
+
+
+@pytest.mark.parametrize("rows,cols,group", [(4, 256, 32), (37, 640, 64), (16, 128, 128)])
+def test_int4_layout_1_buffers_are_converted(rows, cols, group):
+    # Layout 1 held each row in the int4 row codec (int4.h) and scales/mins [rows, groups].
+    rng = np.random.default_rng(rows)
+    q = rng.integers(0, 16, (rows, cols)).astype(np.uint8)
+    ng = cols // group
+    scale = rng.uniform(0.01, 1, (rows, ng)).astype(np.float16).view(np.uint16)
+    mins = rng.uniform(-1, 0, (rows, ng)).astype(np.float16).view(np.uint16)
+    m = ternlm.from_int4(q, scale.view(np.float16), mins.view(np.float16), group)
+    padded = -(-cols // 128) * 128
+    codes = np.zeros((rows, padded), np.uint8)
+    codes[:, :cols] = q
+    blocks = codes.reshape(rows, padded // 128, 2, 64)
+    v1_q4 = (blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).astype(np.uint8).ravel()
+    sc_pad = np.zeros((rows, padded // group), np.uint16)
+    mn_pad = np.zeros((rows, padded // group), np.uint16)
+    sc_pad[:, :ng], mn_pad[:, :ng] = scale, mins
+    v1 = {"layout_version": np.array([1], np.uint32), "q4": v1_q4, "scale": sc_pad.ravel(), "min": mn_pad.ravel()}
+    back = ternlm.QuantizedMatrix.from_buffers("int4", (rows, cols), group, v1)
+    np.testing.assert_array_equal(back.dequantize(), m.dequantize())
+    for k, v in m.buffers().items():
+        np.testing.assert_array_equal(back.buffers()[k], v)
+    with pytest.raises(ValueError, match=r"buffer 'scale' \(layout 1\) has"):
+        ternlm.QuantizedMatrix.from_buffers("int4", (rows, cols), group, {**v1, "scale": v1["scale"][:-1]})
 
 
 @pytest.mark.parametrize("rows,cols", [(4, 256), (37, 577), (16, 64)])

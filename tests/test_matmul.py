@@ -167,9 +167,14 @@ def int4_error_bound(x, q):
     g = q.group_size
     deq = q.dequantize().astype(np.float64)
     b = q.buffers()
-    ng_pad = b["scale"].size // rows
-    scale = b["scale"].view(np.float16).astype(np.float64).reshape(rows, ng_pad)[:, :cols // g]
-    mins = b["min"].view(np.float16).astype(np.float64).reshape(rows, ng_pad)[:, :cols // g]
+    tiles = -(-rows // 16)
+    ng_pad = b["scale"].size // (16 * tiles)
+
+    def per_row(buf):  # stored in tile order [tile][group][16 rows] (formats/int4.h)
+        t = buf.view(np.float16).astype(np.float64).reshape(tiles, ng_pad, 16)
+        return t.transpose(0, 2, 1).reshape(tiles * 16, ng_pad)[:rows, :cols // g]
+
+    scale, mins = per_row(b["scale"]), per_row(b["min"])
     scaled_q = np.abs(deq - np.repeat(mins, g, axis=1))  # |scale * q|
     xb = np.abs(x.astype(np.float64)).reshape(x.shape[0], cols // 32, 32).max(axis=2)
     half_step = 0.5 * np.maximum(xb, 1e-5) / 127.0  # 0.5 / s_b per block

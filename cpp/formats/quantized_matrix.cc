@@ -56,6 +56,36 @@ void CheckFinite(const float* w, size_t n) {
 
 }  // namespace
 
+// INT4 row r <-> the tile layout of int4.h: codes [cols], fp16 scale/min [cols / group].
+static void SetInt4Row(QuantizedMatrix& m, size_t r, const uint8_t* q, const uint16_t* sc,
+                       const uint16_t* mn) {
+  const size_t pc = m.padded_cols(), gpr = m.groups_per_row(), ng = m.cols() / size_t(m.group_size());
+  uint8_t* d = m.mutable_data();
+  for (size_t c = 0; c < m.cols(); ++c) {
+    unsigned shift;
+    uint8_t& byte = d[Int4ByteIndex(pc, r, c, &shift)];
+    byte = uint8_t((byte & ~(15u << shift)) | (unsigned(q[c] & 15) << shift));
+  }
+  uint16_t* s = reinterpret_cast<uint16_t*>(m.mutable_aux0());
+  uint16_t* mi = reinterpret_cast<uint16_t*>(m.mutable_aux1());
+  for (size_t g = 0; g < ng; ++g) {
+    s[Int4ScaleIndex(gpr, r, g)] = sc[g];
+    mi[Int4ScaleIndex(gpr, r, g)] = mn[g];
+  }
+}
+
+static void GetInt4Row(const QuantizedMatrix& m, size_t r, uint8_t* q, uint16_t* sc, uint16_t* mn) {
+  const size_t pc = m.padded_cols(), gpr = m.groups_per_row(), ng = m.cols() / size_t(m.group_size());
+  for (size_t c = 0; c < m.cols(); ++c) {
+    unsigned shift;
+    q[c] = (m.data()[Int4ByteIndex(pc, r, c, &shift)] >> shift) & 15;
+  }
+  for (size_t g = 0; g < ng; ++g) {
+    sc[g] = m.scale_f16()[Int4ScaleIndex(gpr, r, g)];
+    mn[g] = m.min_f16()[Int4ScaleIndex(gpr, r, g)];
+  }
+}
+
 // ---------------------------------------------------------------- names
 
 const char* FormatName(WeightFormat f) {
@@ -119,13 +149,12 @@ QuantizedMatrix QuantizedMatrix::Allocate(WeightFormat f, size_t rows, size_t co
   m.cols_ = cols;
   m.group_size_ = f == WeightFormat::kInt4 ? group : 0;
   m.padded_cols_ = PaddedCols(f, cols);
-  const size_t stored_rows = f == WeightFormat::kTernary ? TernaryMatrixPaddedRows(rows)
-                             : f == WeightFormat::kBF16  ? BF16PaddedRows(rows) : rows;
+  const size_t stored_rows = f == WeightFormat::kF32 ? rows : (rows + 15) / 16 * 16;  // 16-row tiles
   m.data_ = AlignedBytes(stored_rows * m.row_bytes());
   if (f == WeightFormat::kTernary) m.aux0_ = AlignedBytes(rows * 4);
   if (f == WeightFormat::kInt4) {
-    m.aux0_ = AlignedBytes(rows * m.groups_per_row() * 2);
-    m.aux1_ = AlignedBytes(rows * m.groups_per_row() * 2);
+    m.aux0_ = AlignedBytes(stored_rows * m.groups_per_row() * 2);
+    m.aux1_ = AlignedBytes(stored_rows * m.groups_per_row() * 2);
   }
   return m;
 }
@@ -144,8 +173,8 @@ std::vector<BufferView> QuantizedMatrix::Buffers() const {
       break;
     case WeightFormat::kInt4:
       b.push_back({"q4", "uint8", data_.size(), data_.data()});
-      b.push_back({"scale", "uint16", rows_ * groups_per_row(), aux0_.data()});
-      b.push_back({"min", "uint16", rows_ * groups_per_row(), aux1_.data()});
+      b.push_back({"scale", "uint16", aux0_.size() / 2, aux0_.data()});
+      b.push_back({"min", "uint16", aux1_.size() / 2, aux1_.data()});
       break;
     case WeightFormat::kTernary:
       b.push_back({"packed", "uint8", data_.size(), data_.data()});
@@ -172,6 +201,8 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
                                 ", expected 1 or " + std::to_string(kLayoutVersion));
   std::vector<uint8_t> v1_packed;  // ternary layout 1
   std::vector<uint16_t> v1_bf16;   // bf16 layout 1: row-major [rows, padded_cols]
+  std::vector<uint8_t> v1_q4;      // int4 layout 1: row codec [rows, padded_cols / 2]
+  std::vector<uint16_t> v1_scale, v1_min;  // int4 layout 1: [rows, groups_per_row]
   for (const BufferView& want : expected) {
     const BufferView* got = nullptr;
     for (const BufferView& b : buffers)
@@ -200,6 +231,21 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
               v1_bf16[r * m.padded_cols() + c];
       continue;
     }
+    if (version == 1 && f == WeightFormat::kInt4) {
+      const bool q4 = want.name == "q4";
+      const size_t n1 = q4 ? rows * m.padded_cols() / 2 : rows * m.groups_per_row();
+      if (got->count != n1)
+        throw std::invalid_argument("from_buffers: buffer '" + want.name + "' (layout 1) has " +
+                                    Str(got->count) + " elements, expected " + Str(n1));
+      if (q4) {
+        const uint8_t* p = static_cast<const uint8_t*>(got->data);
+        v1_q4.assign(p, p + n1);
+      } else {
+        const uint16_t* p = static_cast<const uint16_t*>(got->data);
+        (want.name == "scale" ? v1_scale : v1_min).assign(p, p + n1);
+      }
+      continue;
+    }
     if (got->count != want.count)
       throw std::invalid_argument("from_buffers: buffer '" + want.name + "' has " +
                                   Str(got->count) + " elements, expected " + Str(want.count));
@@ -225,6 +271,14 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
       if (version == 1) TernarySetRow(m.mutable_data(), m.padded_cols(), r, row.data(), cols);
     }
     CheckFinite(m.row_multiplier(), rows);
+  }
+  if (f == WeightFormat::kInt4 && version == 1) {
+    const size_t gpr = m.groups_per_row();
+    std::vector<uint8_t> q(m.padded_cols());
+    for (size_t r = 0; r < rows; ++r) {
+      UnpackInt4Row(v1_q4.data() + r * m.padded_cols() / 2, cols, q.data());
+      SetInt4Row(m, r, q.data(), v1_scale.data() + r * gpr, v1_min.data() + r * gpr);
+    }
   }
   if (f == WeightFormat::kF32) CheckFinite(reinterpret_cast<const float*>(m.data()), rows * m.padded_cols());
   return m;
@@ -274,9 +328,8 @@ QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat 
         if (std::fabs(v) > 65504.0f)
           throw std::invalid_argument("quantize: int4 needs |w| <= 65504 (fp16 scale/min), got " +
                                       std::to_string(v));
-      const size_t gpr = m.groups_per_row();
-      uint16_t* scale = reinterpret_cast<uint16_t*>(m.mutable_aux0());
-      uint16_t* mins = reinterpret_cast<uint16_t*>(m.mutable_aux1());
+      const size_t ng = cols / size_t(group);
+      std::vector<uint16_t> scale(ng), mins(ng);
       std::vector<uint8_t> q(cols);
       for (size_t r = 0; r < rows; ++r) {
         for (size_t g = 0; g < cols / size_t(group); ++g) {
@@ -289,10 +342,10 @@ QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat 
             const float v = std::nearbyint((x[i] - mn) * id);
             q[g * group + i] = uint8_t(std::min(15.0f, std::max(0.0f, v)));
           }
-          scale[r * gpr + g] = d16;
-          mins[r * gpr + g] = m16;
+          scale[g] = d16;
+          mins[g] = m16;
         }
-        PackInt4Row(q.data(), cols, m.mutable_data() + r * rb);
+        SetInt4Row(m, r, q.data(), scale.data(), mins.data());
       }
       break;
     }
@@ -328,12 +381,7 @@ QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale, const uint16_t
     if (!std::isfinite(F32FromF16(scale[i])) || !std::isfinite(F32FromF16(mins[i])))
       throw std::invalid_argument("from_int4: scale/min at flat index " + Str(i) + " is not finite");
   QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kInt4, rows, cols, group);
-  const size_t gpr = m.groups_per_row();
-  for (size_t r = 0; r < rows; ++r) {
-    PackInt4Row(q + r * cols, cols, m.mutable_data() + r * m.row_bytes());
-    std::memcpy(m.mutable_aux0() + r * gpr * 2, scale + r * ng, ng * 2);
-    std::memcpy(m.mutable_aux1() + r * gpr * 2, mins + r * ng, ng * 2);
-  }
+  for (size_t r = 0; r < rows; ++r) SetInt4Row(m, r, q + r * cols, scale + r * ng, mins + r * ng);
   return m;
 }
 
@@ -355,9 +403,23 @@ QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts) {
   size_t r0 = 0;
   std::vector<int8_t> row(a.format() == WeightFormat::kTernary ? a.cols() : 0);
   for (const QuantizedMatrix* p : parts) {
-    const bool tiled = a.format() == WeightFormat::kTernary || a.format() == WeightFormat::kBF16;
-    if (!tiled || (r0 % 16 == 0 && p->rows() % 16 == 0)) {
+    const bool tiled = a.format() != WeightFormat::kF32;
+    const bool aligned = r0 % 16 == 0 && p->rows() % 16 == 0;
+    if (!tiled || aligned) {
       std::memcpy(m.mutable_data() + r0 * m.row_bytes(), p->data(), p->rows() * p->row_bytes());
+      if (a.format() == WeightFormat::kInt4) {  // scales/mins in the same tile order
+        const size_t gb = m.groups_per_row() * 2;
+        std::memcpy(m.mutable_aux0() + r0 * gb, p->scale_f16(), p->rows() * gb);
+        std::memcpy(m.mutable_aux1() + r0 * gb, p->min_f16(), p->rows() * gb);
+      }
+    } else if (a.format() == WeightFormat::kInt4) {  // tiles do not line up: row by row
+      const size_t ng = a.cols() / size_t(a.group_size());
+      std::vector<uint8_t> q(a.cols());
+      std::vector<uint16_t> sc(ng), mn(ng);
+      for (size_t r = 0; r < p->rows(); ++r) {
+        GetInt4Row(*p, r, q.data(), sc.data(), mn.data());
+        SetInt4Row(m, r0 + r, q.data(), sc.data(), mn.data());
+      }
     } else if (a.format() == WeightFormat::kBF16) {  // 16-row tiles do not line up
       const uint16_t* src = reinterpret_cast<const uint16_t*>(p->data());
       uint16_t* dst = reinterpret_cast<uint16_t*>(m.mutable_data());
@@ -372,11 +434,6 @@ QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts) {
     }
     if (a.format() == WeightFormat::kTernary)
       std::memcpy(m.mutable_aux0() + r0 * 4, p->row_multiplier(), p->rows() * 4);
-    if (a.format() == WeightFormat::kInt4) {
-      const size_t gb = m.groups_per_row() * 2;
-      std::memcpy(m.mutable_aux0() + r0 * gb, p->scale_f16(), p->rows() * gb);
-      std::memcpy(m.mutable_aux1() + r0 * gb, p->min_f16(), p->rows() * gb);
-    }
     r0 += p->rows();
   }
   return m;
@@ -409,13 +466,12 @@ void DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
       break;
     }
     case WeightFormat::kInt4: {
-      const size_t gpr = m.groups_per_row(), group = size_t(m.group_size());
-      const uint16_t* sc = m.scale_f16() + r * gpr;
-      const uint16_t* mn = m.min_f16() + r * gpr;
-      for (size_t c = 0; c < cols; ++c) {
-        const int q = (row[(c / 128) * 64 + c % 64] >> (4 * ((c % 128) / 64))) & 15;
-        out[c] = F32FromF16(sc[c / group]) * float(q) + F32FromF16(mn[c / group]);
-      }
+      const size_t group = size_t(m.group_size()), ng = cols / group;
+      std::vector<uint8_t> q(cols);
+      std::vector<uint16_t> sc(ng), mn(ng);
+      GetInt4Row(m, r, q.data(), sc.data(), mn.data());
+      for (size_t c = 0; c < cols; ++c)
+        out[c] = F32FromF16(sc[c / group]) * float(q[c]) + F32FromF16(mn[c / group]);
       break;
     }
   }

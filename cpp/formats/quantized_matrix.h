@@ -18,9 +18,11 @@
 //   f32          "weight"  float32 [rows * padded_cols]   padded_cols = round_up(cols, 16)
 //   bf16         "weight"  uint16  [round_up(rows, 16) * padded_cols] padded_cols = round_up(cols, 32),
 //                                  bf16 bits in 16-row tiles, bf16.h (layout 1: row-major, converted)
-//   int4         "q4"      uint8   [rows * padded_cols/2] padded_cols = round_up(cols, 128), int4.h
-//                "scale"   uint16  [rows * padded_cols/group] fp16 bits; padding groups are 0
-//                "min"     uint16  [rows * padded_cols/group] fp16 bits; padding groups are 0
+//   int4         "q4"      uint8   [round_up(rows, 16) * padded_cols/2] padded_cols = round_up(cols, 128),
+//                                  16-row tiles, int4.h (layout 1: the row codec, converted)
+//                "scale"   uint16  [round_up(rows, 16) * padded_cols/group] fp16 bits, tile order
+//                "min"     uint16  [round_up(rows, 16) * padded_cols/group] fp16 bits, tile order;
+//                                  padding rows and groups are 0
 //   ternary      "packed"  uint8   [round_up(rows, 16) * padded_cols/4] padded_cols = round_up(cols, 64),
 //                                  16-row tiles, ternary.h
 //                "row_multiplier" float32 [rows]
@@ -80,7 +82,7 @@ class QuantizedMatrix {
   double bits_per_weight() const;         // nbytes*8 / (rows*cols)
 
   // Columns after padding (see the table above) and bytes per stored row of "weight"/"q4"/"packed"
-  // (ternary and bf16 rows are interleaved in 16-row tiles: a tile holds 16 * row_bytes()).
+  // (ternary, int4 and bf16 rows are interleaved in 16-row tiles: a tile holds 16 * row_bytes()).
   size_t padded_cols() const { return padded_cols_; }
   size_t row_bytes() const;
 

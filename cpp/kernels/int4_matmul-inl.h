@@ -1,11 +1,14 @@
-// INT4 matmul kernel, compiled once per Highway target (layout and numerics in
-// formats/int4.h). Per block of 32 inputs the integer dot of the 4-bit codes with the
-// int8 activations is exact; it is turned into f32 and scaled by
-// scale_g / s_b, and the min term adds min_g * sum(q / s_b in g) once per group.
-// Paths for the 32-wide dot (8 i32 lanes, then f32 FMA with the block's factor):
-//   AVX3_DL: vpdpbusd on 256-bit vectors (AVX512-VNNI + VL)
-//   AVX3 / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128) + pmaddwd
-//   otherwise: portable Highway (promote to i16, ReorderWidenMulAccumulate)
+// INT4 matmul kernel, compiled once per Highway target, over the 16-row tile layout
+// of formats/int4.h. For one tile, a run of 32-column activation blocks and NX
+// activation rows it computes the exact integer dots of the 4-bit codes with the int8
+// activations, 16 rows per vector (lane r = row r, the four activation bytes of a
+// lane's codes broadcast to all lanes: no horizontal sums); a portable epilogue turns
+// them into f32 with scale_g / s_b and adds the min term min_g * sum(q / s_b in g).
+// Paths for the integer dots:
+//   AVX3_DL: vpdpbusd (u8 codes x s8 activations -> i32), 512-bit
+//   AVX3 / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128; eight of
+//     them summed in i16 <= 30720, no saturation), then pmaddwd by 1 -> i32
+//   otherwise (SSE4, NEON, SVE, scalar, ...): portable Highway in i32 lanes
 #if defined(TERNLM_KERNELS_INT4_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_INT4_MATMUL_INL_H_
 #undef TERNLM_KERNELS_INT4_MATMUL_INL_H_
@@ -13,10 +16,14 @@
 #define TERNLM_KERNELS_INT4_MATMUL_INL_H_
 #endif
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
+#include "formats/int4.h"
 #include "hwy/highway.h"
+#include "kernels/activations.h"
 #include "kernels/vnni_attr.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -24,212 +31,185 @@ namespace ternlm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// w: one packed int4 row (nblocks of 64 bytes = 128 weights); x: int8 activations;
-// factor[b]: scale_g(b) / s_b per 32-block b. Returns sum_b factor[b] * dot_b.
+HWY_INLINE int32_t Int4LoadI32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+#if HWY_TARGET != HWY_AVX3_DL && HWY_TARGET != HWY_AVX3 && HWY_TARGET != HWY_AVX2
+// Portable: N rows as u32 lanes; byte i of a lane holds columns i (low nibble) and
+// 4 + i (high nibble) of the block's 8.
+template <class DI, class VU>
+HWY_INLINE void Int4PortableBlock(DI di, VU w32, const int8_t* x8, hn::Vec<DI>& acc) {
+  const auto v = hn::BitCast(di, w32);
+  const auto m = hn::Set(di, 15);
+  acc = hn::Add(acc, hn::Mul(hn::And(v, m), hn::Set(di, int32_t(x8[0]))));
+  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<4>(v), m), hn::Set(di, int32_t(x8[4]))));
+  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<8>(v), m), hn::Set(di, int32_t(x8[1]))));
+  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<12>(v), m), hn::Set(di, int32_t(x8[5]))));
+  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<16>(v), m), hn::Set(di, int32_t(x8[2]))));
+  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<20>(v), m), hn::Set(di, int32_t(x8[6]))));
+  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<24>(v), m), hn::Set(di, int32_t(x8[3]))));
+  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<28>(v), m), hn::Set(di, int32_t(x8[7]))));
+}
+#endif
+
+// out[(j * nb + b) * 16 + r] = exact dot of row r's codes with x[j] over activation
+// block b (32 columns) for b < nb; tile points at the first block's codes (256 bytes
+// per activation block), x[j] at its first column.
+template <size_t NX>
 #if HWY_TARGET == HWY_AVX3_DL
 HWY_NOINLINE TERNLM_VNNI_ATTR  // not inlined: adds avx512vnni (kernels/vnni_attr.h)
 #else
 HWY_INLINE
 #endif
-float Int4ScaledDots(const uint8_t* HWY_RESTRICT w, size_t nblocks,
-                     const int8_t* HWY_RESTRICT x, const float* HWY_RESTRICT factor) {
-#if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX3
-  // 512-bit: one 64-byte block = 128 weights = activation blocks 4b..4b+3. The low
-  // nibbles give blocks 4b, 4b+1 (i32 lanes 0-7, 8-15), the high nibbles 4b+2, 4b+3;
-  // the four factors are spread to those lanes with one permute each.
-  const __m512i low4 = _mm512_set1_epi8(15);
-  const __m512i idx_lo = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i idx_hi = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-#if HWY_TARGET != HWY_AVX3_DL
-  const __m512i ones = _mm512_set1_epi16(1);
-#endif
-  // acc_lo/acc_hi for even blocks, acc_lo2/acc_hi2 for odd ones: 4 independent FMA
-  // chains, all in registers (an indexed array of accumulators ended up on the stack).
-  __m512 acc_lo = _mm512_setzero_ps(), acc_hi = _mm512_setzero_ps();
-  __m512 acc_lo2 = _mm512_setzero_ps(), acc_hi2 = _mm512_setzero_ps();
-  auto block = [&](size_t b, __m512& al, __m512& ah) HWY_ATTR {
-    const __m512i packed = _mm512_load_si512(w + 64 * b);
-    const __m512i lo = _mm512_and_si512(packed, low4);
-    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
-    const __m512i xl = _mm512_loadu_si512(x + 128 * b);
-    const __m512i xh = _mm512_loadu_si512(x + 128 * b + 64);
+void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t* const* x,
+                       int32_t* HWY_RESTRICT out) {
 #if HWY_TARGET == HWY_AVX3_DL
-    const __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
-    const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, xh);
-#else
-    const __m512i dl = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, xl), ones);
-    const __m512i dh = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, xh), ones);
-#endif
-    const __m512 f4 = _mm512_castps128_ps512(_mm_loadu_ps(factor + 4 * b));
-    al = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dl), _mm512_permutexvar_ps(idx_lo, f4), al);
-    ah = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dh), _mm512_permutexvar_ps(idx_hi, f4), ah);
-  };
-  size_t b = 0;
-  for (; b + 2 <= nblocks; b += 2) {
-    block(b, acc_lo, acc_hi);
-    block(b + 1, acc_lo2, acc_hi2);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  for (size_t b = 0; b < nb; ++b) {
+    __m512i lo_acc[NX], hi_acc[NX];
+    for (size_t j = 0; j < NX; ++j) lo_acc[j] = hi_acc[j] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (size_t s = 0; s < 4; ++s) {
+      const __m512i v = _mm512_load_si512(tile + 256 * b + 64 * s);
+      const __m512i lo = _mm512_and_si512(v, m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+#pragma GCC unroll 4
+      for (size_t j = 0; j < NX; ++j) {
+        const int8_t* x8 = x[j] + 32 * b + 8 * s;
+        lo_acc[j] = _mm512_dpbusd_epi32(lo_acc[j], lo, _mm512_set1_epi32(Int4LoadI32(x8)));
+        hi_acc[j] = _mm512_dpbusd_epi32(hi_acc[j], hi, _mm512_set1_epi32(Int4LoadI32(x8 + 4)));
+      }
+    }
+    for (size_t j = 0; j < NX; ++j)
+      _mm512_store_si512(out + (j * nb + b) * 16, _mm512_add_epi32(lo_acc[j], hi_acc[j]));
   }
-  if (b < nblocks) block(b, acc_lo, acc_hi);
-  return _mm512_reduce_add_ps(
-      _mm512_add_ps(_mm512_add_ps(acc_lo, acc_hi), _mm512_add_ps(acc_lo2, acc_hi2)));
+#elif HWY_TARGET == HWY_AVX3
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const __m512i ones = _mm512_set1_epi16(1);
+  for (size_t b = 0; b < nb; ++b) {
+    __m512i s16[NX];
+    for (size_t j = 0; j < NX; ++j) s16[j] = _mm512_setzero_si512();
+    for (size_t s = 0; s < 4; ++s) {
+      const __m512i v = _mm512_load_si512(tile + 256 * b + 64 * s);
+      const __m512i lo = _mm512_and_si512(v, m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+      for (size_t j = 0; j < NX; ++j) {
+        const int8_t* x8 = x[j] + 32 * b + 8 * s;
+        s16[j] = _mm512_add_epi16(s16[j], _mm512_maddubs_epi16(lo, _mm512_set1_epi32(Int4LoadI32(x8))));
+        s16[j] = _mm512_add_epi16(s16[j], _mm512_maddubs_epi16(hi, _mm512_set1_epi32(Int4LoadI32(x8 + 4))));
+      }
+    }
+    for (size_t j = 0; j < NX; ++j)
+      _mm512_store_si512(out + (j * nb + b) * 16, _mm512_madd_epi16(s16[j], ones));
+  }
 #elif HWY_TARGET == HWY_AVX2
-  const __m256i low4 = _mm256_set1_epi8(15);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  for (size_t b = 0; b < nblocks; ++b) {
-    for (size_t h = 0; h < 2; ++h) {
-      const __m256i packed = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 64 * b + 32 * h));
-      const __m256i lo = _mm256_and_si256(packed, low4);                         // block 4b+h
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);   // block 4b+2+h
-      const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 128 * b + 32 * h));
-      const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 128 * b + 64 + 32 * h));
-      const __m256i dl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones);
-      const __m256i dh = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones);
-      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dl), _mm256_broadcast_ss(factor + 4 * b + h), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dh), _mm256_broadcast_ss(factor + 4 * b + 2 + h), acc1);
+  for (size_t b = 0; b < nb; ++b) {
+    for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
+      __m256i s16[NX];
+      for (size_t j = 0; j < NX; ++j) s16[j] = _mm256_setzero_si256();
+      for (size_t s = 0; s < 4; ++s) {
+        const __m256i v =
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 256 * b + 64 * s + 32 * h));
+        const __m256i lo = _mm256_and_si256(v, m4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        for (size_t j = 0; j < NX; ++j) {
+          const int8_t* x8 = x[j] + 32 * b + 8 * s;
+          s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(Int4LoadI32(x8))));
+          s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(Int4LoadI32(x8 + 4))));
+        }
+      }
+      for (size_t j = 0; j < NX; ++j)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out + (j * nb + b) * 16 + 8 * h),
+                           _mm256_madd_epi16(s16[j], ones));
     }
   }
-  const __m256 s8 = _mm256_add_ps(acc0, acc1);
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-  return _mm_cvtss_f32(s4);
 #else
-  // Portable: bytes widened to i16 lanes (nibbles by 16-bit shift and mask), i16 x i16
-  // -> i32 products, per 32-block converted to f32 and scaled.
-  const hn::CappedTag<int16_t, 32> di16;
-  const hn::Rebind<uint8_t, decltype(di16)> du8;
-  const hn::Rebind<int8_t, decltype(di16)> di8;
-  const hn::Repartition<int32_t, decltype(di16)> di32;
-  const hn::Repartition<float, decltype(di32)> df;
-  const size_t N = hn::Lanes(di16);
-  const auto low4 = hn::Set(di16, 15);
-  auto acc = hn::Zero(df);
-  for (size_t b = 0; b < nblocks; ++b) {
-    for (size_t o = 0; o < 64; o += N) {
-      const auto packed = hn::PromoteTo(di16, hn::LoadU(du8, w + 64 * b + o));
-      const size_t lo_block = 4 * b + o / 32;  // bytes o.. hold weights o.. (low), 64+o.. (high)
-      auto l0 = hn::Zero(di32), l1 = hn::Zero(di32), h0 = hn::Zero(di32), h1 = hn::Zero(di32);
-      l0 = hn::ReorderWidenMulAccumulate(di32, hn::And(packed, low4),
-                                         hn::PromoteTo(di16, hn::LoadU(di8, x + 128 * b + o)), l0, l1);
-      h0 = hn::ReorderWidenMulAccumulate(di32, hn::ShiftRight<4>(packed),
-                                         hn::PromoteTo(di16, hn::LoadU(di8, x + 128 * b + 64 + o)), h0, h1);
-      acc = hn::MulAdd(hn::ConvertTo(df, hn::Add(l0, l1)), hn::Set(df, factor[lo_block]), acc);
-      acc = hn::MulAdd(hn::ConvertTo(df, hn::Add(h0, h1)), hn::Set(df, factor[lo_block + 2]), acc);
+  const hn::CappedTag<int32_t, kInt4TileRows> di;
+  const hn::RebindToUnsigned<decltype(di)> du;
+  const size_t N = hn::Lanes(di);
+  for (size_t b = 0; b < nb; ++b) {
+    for (size_t r0 = 0; r0 < kInt4TileRows; r0 += N) {
+      hn::Vec<decltype(di)> acc[NX];
+      for (size_t j = 0; j < NX; ++j) acc[j] = hn::Zero(di);
+      for (size_t s = 0; s < 4; ++s) {
+        const auto w32 = hn::LoadU(du, reinterpret_cast<const uint32_t*>(tile + 256 * b + 64 * s) + r0);
+        for (size_t j = 0; j < NX; ++j) Int4PortableBlock(di, w32, x[j] + 32 * b + 8 * s, acc[j]);
+      }
+      for (size_t j = 0; j < NX; ++j) hn::StoreU(acc[j], di, out + (j * nb + b) * 16 + r0);
     }
   }
-  return hn::GetLane(hn::SumOfLanes(df, acc));
 #endif
 }
 
-// Prefill: one weight row times NX activation rows (out[j]); the codes are unpacked
-// once per block and used NX times. 2 NX FMA chains, so no block unrolling is needed.
 template <size_t NX>
-#if HWY_TARGET == HWY_AVX3_DL
-HWY_NOINLINE TERNLM_VNNI_ATTR
-#else
-HWY_INLINE
-#endif
-void Int4ScaledDotsNX(const uint8_t* HWY_RESTRICT w, size_t nblocks, const int8_t* const* x,
-                      const float* const* factor, float* out) {
-#if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX3
-  const __m512i low4 = _mm512_set1_epi8(15);
-  const __m512i idx_lo = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i idx_hi = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-#if HWY_TARGET != HWY_AVX3_DL
-  const __m512i ones = _mm512_set1_epi16(1);
-#endif
-  __m512 acc_lo[NX], acc_hi[NX];
-#pragma GCC unroll 4
-  for (size_t j = 0; j < NX; ++j) acc_lo[j] = acc_hi[j] = _mm512_setzero_ps();
-  for (size_t b = 0; b < nblocks; ++b) {
-    const __m512i packed = _mm512_load_si512(w + 64 * b);
-    const __m512i lo = _mm512_and_si512(packed, low4);
-    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
-#pragma GCC unroll 4
-    for (size_t j = 0; j < NX; ++j) {
-      const __m512i xl = _mm512_loadu_si512(x[j] + 128 * b);
-      const __m512i xh = _mm512_loadu_si512(x[j] + 128 * b + 64);
-#if HWY_TARGET == HWY_AVX3_DL
-      const __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
-      const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, xh);
-#else
-      const __m512i dl = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, xl), ones);
-      const __m512i dh = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, xh), ones);
-#endif
-      const __m512 f4 = _mm512_castps128_ps512(_mm_loadu_ps(factor[j] + 4 * b));
-      acc_lo[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dl), _mm512_permutexvar_ps(idx_lo, f4), acc_lo[j]);
-      acc_hi[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dh), _mm512_permutexvar_ps(idx_hi, f4), acc_hi[j]);
-    }
+HWY_INLINE void Int4TileBlockDotsN(size_t nx, const uint8_t* tile, size_t nb, const int8_t* const* x,
+                                   int32_t* out) {
+  if constexpr (NX > 1) {
+    if (nx < NX) return Int4TileBlockDotsN<NX - 1>(nx, tile, nb, x, out);
   }
-#pragma GCC unroll 4
-  for (size_t j = 0; j < NX; ++j) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(acc_lo[j], acc_hi[j]));
-#else
-  for (size_t j = 0; j < NX; ++j) out[j] = Int4ScaledDots(w, nblocks, x[j], factor[j]);
-#endif
+  Int4TileBlockDots<NX>(tile, nb, x, out);
 }
 
-// Rows [r0, r1) of y for every activation row, same slicing as the ternary kernel.
-// scratch: 2 * groups_per_row + 4 * (padded/32) floats for one thread.
-HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t row_bytes, const uint16_t* scale_f16,
+// Rows [r0, r1) of y (r0 a multiple of 16) for every activation row. Row chunks of
+// kRun activation blocks keep the integer dots in a small buffer; prefill walks slices
+// of tiles that stay in L2 while each group of 4 activation rows passes over them.
+HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t padded_cols, const uint16_t* scale_f16,
                                  const uint16_t* min_f16, int group, const PreparedActivations& a,
-                                 size_t r0, size_t r1, const MatMulOutput& out, float* scratch) {
-  const size_t nblocks = row_bytes / 64;
-  const size_t nb32 = nblocks * 4, ng = nblocks * 128 / size_t(group), per_g = size_t(group) / 32;
-  float* sc = scratch;            // [ng] scales of the row, f32
-  float* factors = scratch + 2 * ng;  // [4][nb32] scale_g(b) / s_b for up to 4 activation rows
-  const hn::ScalableTag<float> df;
+                                 size_t r0, size_t r1, const MatMulOutput& out) {
+  constexpr size_t kRun = 16;  // activation blocks (512 columns) per chunk
+  const hn::CappedTag<float, kInt4TileRows> df;
+  const hn::Rebind<int32_t, decltype(df)> di;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
-  const hn::CappedTag<float, 1> d1;
-  const hn::Rebind<hwy::float16_t, decltype(d1)> dh1;
   const size_t N = hn::Lanes(df);
-  const size_t slice = a.n <= 1 ? (r1 - r0) : std::max<size_t>(1, (128 * 1024) / row_bytes);
-  for (size_t s0 = r0; s0 < r1; s0 += slice) {
-    const size_t s1 = std::min(r1, s0 + slice);
+  const size_t nb32 = padded_cols / 32, gpr = padded_cols / size_t(group), per_g = size_t(group) / 32;
+  const size_t tile_bytes = Int4TileBytes(padded_cols);
+  const size_t t0 = r0 / kInt4TileRows, t1 = (r1 + kInt4TileRows - 1) / kInt4TileRows;
+  const size_t slice = a.n <= 4 ? (t1 - t0) : std::max<size_t>(1, (256 * 1024) / tile_bytes);
+  HWY_ALIGN int32_t dots[4 * kRun * kInt4TileRows];
+  HWY_ALIGN float acc[4 * kInt4TileRows];
+  for (size_t s0 = t0; s0 < t1; s0 += slice) {
+    const size_t s1 = std::min(t1, s0 + slice);
     for (size_t x0 = 0; x0 < a.n; x0 += 4) {
       const size_t nx = std::min<size_t>(4, a.n - x0);
-      const int8_t* xq[4];
-      const float* fac[4];
-      float min_term[4], dots[4];
-      for (size_t r = s0; r < s1; ++r) {
-        const uint16_t* s16 = scale_f16 + r * ng;
-        const uint16_t* m16 = min_f16 + r * ng;
-        for (size_t j = 0; j < nx; ++j) {
-          const size_t xi = x0 + j;
-          const float* inv = a.inv_scale + xi * nb32;
-          const float* gsum = a.group_sum + xi * ng;
-          float* factor = factors + j * nb32;
-          xq[j] = a.q + xi * a.stride;
-          fac[j] = factor;
-          // f32 scales and mins of the row; factor[b] = scale_g(b) / s_b; min term.
-          // Full vectors, then single lanes (same ops, so no scalar fp16 conversion).
-          auto vmin = hn::Zero(df);
-          auto v1min = hn::Zero(d1);
-          size_t g = 0;
-          auto setup = [&](auto d, auto dh16, size_t g0, auto& acc) HWY_ATTR {
-            const auto vs = hn::PromoteTo(d, hn::LoadU(dh16, reinterpret_cast<const hwy::float16_t*>(s16 + g0)));
-            const auto vm = hn::PromoteTo(d, hn::LoadU(dh16, reinterpret_cast<const hwy::float16_t*>(m16 + g0)));
-            acc = hn::MulAdd(vm, hn::LoadU(d, gsum + g0), acc);
-            if (per_g == 1) {
-              hn::StoreU(hn::Mul(vs, hn::LoadU(d, inv + g0)), d, factor + g0);
-            } else {
-              hn::StoreU(vs, d, sc + g0);
+      for (size_t t = s0; t < s1; ++t) {
+        const uint8_t* tile = packed + t * tile_bytes;
+        const hwy::float16_t* sc = reinterpret_cast<const hwy::float16_t*>(scale_f16) + t * gpr * 16;
+        const hwy::float16_t* mn = reinterpret_cast<const hwy::float16_t*>(min_f16) + t * gpr * 16;
+        for (size_t j = 0; j < nx; ++j) {  // min term first: acc = sum_g min_g * group_sum_g
+          const float* gs = a.group_sum + (x0 + j) * gpr;
+          for (size_t r = 0; r < kInt4TileRows; r += N) {
+            auto v = hn::Zero(df);
+            for (size_t g = 0; g < gpr; ++g)
+              v = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, mn + g * 16 + r)), hn::Set(df, gs[g]), v);
+            hn::Store(v, df, acc + 16 * j + r);
+          }
+        }
+        for (size_t b0 = 0; b0 < nb32; b0 += kRun) {
+          const size_t nb = std::min(kRun, nb32 - b0);
+          const int8_t* xs[4];
+          for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride + 32 * b0;
+          Int4TileBlockDotsN<4>(nx, tile + 256 * b0, nb, xs, dots);
+          for (size_t j = 0; j < nx; ++j) {
+            const float* inv = a.inv_scale + (x0 + j) * nb32 + b0;
+            for (size_t r = 0; r < kInt4TileRows; r += N) {
+              auto v = hn::Load(df, acc + 16 * j + r);
+              for (size_t b = 0; b < nb; ++b) {
+                const auto s = hn::PromoteTo(df, hn::LoadU(dh, sc + ((b0 + b) / per_g) * 16 + r));
+                const auto d = hn::ConvertTo(df, hn::Load(di, dots + (j * nb + b) * 16 + r));
+                v = hn::MulAdd(d, hn::Mul(s, hn::Set(df, inv[b])), v);
+              }
+              hn::Store(v, df, acc + 16 * j + r);
             }
-          };
-          for (; g + N <= ng; g += N) setup(df, dh, g, vmin);
-          for (; g < ng; ++g) setup(d1, dh1, g, v1min);
-          min_term[j] = hn::GetLane(hn::SumOfLanes(df, vmin)) + hn::GetLane(v1min);
-          if (per_g != 1)
-            for (size_t b = 0; b < nb32; ++b) factor[b] = sc[b / per_g] * inv[b];
+          }
         }
-        const uint8_t* wr = packed + r * row_bytes;
-        switch (nx) {
-          case 4: Int4ScaledDotsNX<4>(wr, nblocks, xq, fac, dots); break;
-          case 3: Int4ScaledDotsNX<3>(wr, nblocks, xq, fac, dots); break;
-          case 2: Int4ScaledDotsNX<2>(wr, nblocks, xq, fac, dots); break;
-          default: dots[0] = Int4ScaledDots(wr, nblocks, xq[0], fac[0]); break;
-        }
-        for (size_t j = 0; j < nx; ++j) out.y[(x0 + j) * out.y_stride + r] = dots[j] + min_term[j];
+        const size_t rb = t * kInt4TileRows, re = std::min(r1, rb + kInt4TileRows);
+        for (size_t j = 0; j < nx; ++j)
+          for (size_t r = rb; r < re; ++r) out.y[(x0 + j) * out.y_stride + r] = acc[16 * j + (r - rb)];
       }
     }
   }

@@ -31,14 +31,14 @@ namespace ternlm {
 namespace HWY_NAMESPACE {
 
 void MatMulRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
-                const MatMulOutput& out, float* scratch) {
+                const MatMulOutput& out) {
   switch (w.format()) {
     case WeightFormat::kTernary:
       TernaryMatMulRows(w.data(), w.padded_cols(), w.row_multiplier(), a, r0, r1, out);
       break;
     case WeightFormat::kInt4:
-      Int4MatMulRows(w.data(), w.row_bytes(), w.scale_f16(), w.min_f16(), w.group_size(), a, r0,
-                     r1, out, scratch);
+      Int4MatMulRows(w.data(), w.padded_cols(), w.scale_f16(), w.min_f16(), w.group_size(), a, r0,
+                     r1, out);
       break;
     case WeightFormat::kBF16:
       BF16MatMulRows(w.data(), w.padded_cols(), a, r0, r1, out);
@@ -151,20 +151,15 @@ void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, Thread
   const MatMulOutput out{y, w.rows()};
   const size_t rows = w.rows();
   // Enough tasks to balance, each at least 16 rows so the per-task overhead stays small;
-  // ternary and bf16 tasks start on a 16-row tile.
-  const size_t unit = w.format() == WeightFormat::kTernary ? kTernaryTileRows
-                      : w.format() == WeightFormat::kBF16  ? kBF16TileRows : 1;
+  // tasks start on a 16-row tile (every format but f32).
+  const size_t unit = w.format() == WeightFormat::kF32 ? 1 : 16;  // 16-row tiles
   const size_t units = (rows + unit - 1) / unit;
   const size_t ntasks = std::max<size_t>(1, std::min(pool.num_threads() * 8, rows / 16));
   const size_t per_task = (units + ntasks - 1) / ntasks * unit;
-  const size_t int4_scratch = w.format() == WeightFormat::kInt4
-                                  ? 2 * w.groups_per_row() + 4 * (w.padded_cols() / 32) : 0;
   pool.Run(ntasks, [&](size_t task, size_t /*thread*/) {
     const size_t r0 = task * per_task, r1 = std::min(rows, r0 + per_task);
     if (r0 >= r1) return;
-    thread_local std::vector<float> kernel_scratch;
-    if (kernel_scratch.size() < int4_scratch) kernel_scratch.resize(int4_scratch);
-    HWY_DYNAMIC_DISPATCH(MatMulRows)(w, a, r0, r1, out, kernel_scratch.data());
+    HWY_DYNAMIC_DISPATCH(MatMulRows)(w, a, r0, r1, out);
   });
 }
 
