@@ -98,8 +98,9 @@ def measure_ternlm(req: dict) -> dict:
     if s["prompt_tokens"] != len(prompt) or s["decode_tokens"] != n_decode + 1:
         raise RuntimeError(f"ternlm decoded {s['decode_tokens']} tokens after a {s['prompt_tokens']}-token "
                            f"prompt, expected {n_decode + 1} after {len(prompt)} (stop_reason {s['stop_reason']})")
+    peak = peak_rss_mb()                  # before weight_accounting, which copies each matrix out
     acct = weight_accounting(m)
-    return {"prefill_tok_s": s["prompt_tok_s"], "decode_tok_s": s["decode_tok_s"] if n_decode else None,
+    return {"peak_rss_mb": peak, "prefill_tok_s": s["prompt_tok_s"], "decode_tok_s": s["decode_tok_s"] if n_decode else None,
             "prompt_tokens": len(prompt), "decode_tokens": n_decode, "load_s": load_s,
             "bytes_per_token": int(acct["bytes_per_token"]), "weight_bytes": int(acct["weight_bytes"]),
             "formats": sorted(set(m.formats.values()))}
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
             result = measure_ternlm(req)
         else:
             raise ValueError(f"engine {req['engine']!r}: choose 'llama.cpp' or 'ternlm'")
-        result["peak_rss_mb"] = peak_rss_mb()
+        result.setdefault("peak_rss_mb", peak_rss_mb())
         code = 0
     except Exception as e:  # reported to the parent with the run's name
         result = {"error": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}

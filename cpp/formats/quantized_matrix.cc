@@ -385,6 +385,59 @@ QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale, const uint16_t
   return m;
 }
 
+// Rows [s0, s0 + n) of src into rows [d0, d0 + n) of dst (same format, cols and group):
+// whole 16-row tiles by memcpy where both sides start on a tile, the rest row by row.
+static void CopyRows(QuantizedMatrix& dst, size_t d0, const QuantizedMatrix& src, size_t s0, size_t n) {
+  const WeightFormat f = src.format();
+  const size_t rb = src.row_bytes(), cols = src.cols();
+  size_t i = 0;
+  if (f == WeightFormat::kF32 || (d0 % 16 == 0 && s0 % 16 == 0)) {
+    i = f == WeightFormat::kF32 ? n : n / 16 * 16;
+    std::memcpy(dst.mutable_data() + d0 * rb, src.data() + s0 * rb, i * rb);
+    if (f == WeightFormat::kInt4) {  // scales/mins in the same tile order
+      const size_t gb = src.groups_per_row() * 2;
+      std::memcpy(dst.mutable_aux0() + d0 * gb, src.scale_f16() + s0 * gb / 2, i * gb);
+      std::memcpy(dst.mutable_aux1() + d0 * gb, src.min_f16() + s0 * gb / 2, i * gb);
+    }
+  }
+  std::vector<int8_t> t(f == WeightFormat::kTernary ? cols : 0);
+  std::vector<uint8_t> q(f == WeightFormat::kInt4 ? cols : 0);
+  const size_t ng = f == WeightFormat::kInt4 ? cols / size_t(src.group_size()) : 0;
+  std::vector<uint16_t> sc(ng), mn(ng);
+  for (; i < n; ++i) {
+    switch (f) {
+      case WeightFormat::kTernary:
+        TernaryGetRow(src.data(), src.padded_cols(), s0 + i, cols, t.data());
+        TernarySetRow(dst.mutable_data(), dst.padded_cols(), d0 + i, t.data(), cols);
+        break;
+      case WeightFormat::kInt4:
+        GetInt4Row(src, s0 + i, q.data(), sc.data(), mn.data());
+        SetInt4Row(dst, d0 + i, q.data(), sc.data(), mn.data());
+        break;
+      case WeightFormat::kBF16: {
+        const uint16_t* a = reinterpret_cast<const uint16_t*>(src.data());
+        uint16_t* b = reinterpret_cast<uint16_t*>(dst.mutable_data());
+        for (size_t c = 0; c < cols; ++c)
+          b[BF16Index(dst.padded_cols(), d0 + i, c)] = a[BF16Index(src.padded_cols(), s0 + i, c)];
+        break;
+      }
+      case WeightFormat::kF32:
+        break;
+    }
+  }
+  if (f == WeightFormat::kTernary)
+    std::memcpy(dst.mutable_aux0() + d0 * 4, src.row_multiplier() + s0, n * 4);
+}
+
+QuantizedMatrix SliceRows(const QuantizedMatrix& m, size_t r0, size_t r1) {
+  if (r0 >= r1 || r1 > m.rows())
+    throw std::invalid_argument("slice_rows: rows [" + Str(r0) + ", " + Str(r1) + ") are not a non-empty "
+                                "range inside [0, " + Str(m.rows()) + ")");
+  QuantizedMatrix out = QuantizedMatrix::Allocate(m.format(), r1 - r0, m.cols(), m.group_size());
+  CopyRows(out, 0, m, r0, r1 - r0);
+  return out;
+}
+
 QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts) {
   if (parts.empty()) throw std::invalid_argument("concat_rows: parts is empty");
   const QuantizedMatrix& a = *parts[0];
@@ -401,39 +454,8 @@ QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts) {
   }
   QuantizedMatrix m = QuantizedMatrix::Allocate(a.format(), rows, a.cols(), a.group_size());
   size_t r0 = 0;
-  std::vector<int8_t> row(a.format() == WeightFormat::kTernary ? a.cols() : 0);
   for (const QuantizedMatrix* p : parts) {
-    const bool tiled = a.format() != WeightFormat::kF32;
-    const bool aligned = r0 % 16 == 0 && p->rows() % 16 == 0;
-    if (!tiled || aligned) {
-      std::memcpy(m.mutable_data() + r0 * m.row_bytes(), p->data(), p->rows() * p->row_bytes());
-      if (a.format() == WeightFormat::kInt4) {  // scales/mins in the same tile order
-        const size_t gb = m.groups_per_row() * 2;
-        std::memcpy(m.mutable_aux0() + r0 * gb, p->scale_f16(), p->rows() * gb);
-        std::memcpy(m.mutable_aux1() + r0 * gb, p->min_f16(), p->rows() * gb);
-      }
-    } else if (a.format() == WeightFormat::kInt4) {  // tiles do not line up: row by row
-      const size_t ng = a.cols() / size_t(a.group_size());
-      std::vector<uint8_t> q(a.cols());
-      std::vector<uint16_t> sc(ng), mn(ng);
-      for (size_t r = 0; r < p->rows(); ++r) {
-        GetInt4Row(*p, r, q.data(), sc.data(), mn.data());
-        SetInt4Row(m, r0 + r, q.data(), sc.data(), mn.data());
-      }
-    } else if (a.format() == WeightFormat::kBF16) {  // 16-row tiles do not line up
-      const uint16_t* src = reinterpret_cast<const uint16_t*>(p->data());
-      uint16_t* dst = reinterpret_cast<uint16_t*>(m.mutable_data());
-      for (size_t r = 0; r < p->rows(); ++r)
-        for (size_t c = 0; c < a.cols(); ++c)
-          dst[BF16Index(m.padded_cols(), r0 + r, c)] = src[BF16Index(p->padded_cols(), r, c)];
-    } else {  // ternary tiles do not line up: row by row
-      for (size_t r = 0; r < p->rows(); ++r) {
-        TernaryGetRow(p->data(), p->padded_cols(), r, a.cols(), row.data());
-        TernarySetRow(m.mutable_data(), m.padded_cols(), r0 + r, row.data(), a.cols());
-      }
-    }
-    if (a.format() == WeightFormat::kTernary)
-      std::memcpy(m.mutable_aux0() + r0 * 4, p->row_multiplier(), p->rows() * 4);
+    CopyRows(m, r0, *p, 0, p->rows());
     r0 += p->rows();
   }
   return m;

@@ -134,6 +134,8 @@ QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale_f16, const uint
                          size_t rows, size_t cols, int group_size);
 // Stacks matrices of equal cols, format and group row-wise.
 QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts);
+// A copy of rows [r0, r1) of m (throws std::invalid_argument on an empty or outside range).
+QuantizedMatrix SliceRows(const QuantizedMatrix& m, size_t r0, size_t r1);
 
 // IEEE half <-> float, round to nearest even (scalar; used off the hot path).
 uint16_t F16FromF32(float f);

@@ -159,23 +159,6 @@ FusedProjection Fuse(std::vector<QuantizedMatrix> parts) {
   return p;
 }
 
-size_t DtypeSize(const std::string& dtype) {
-  if (dtype == "uint8") return 1;
-  if (dtype == "uint16") return 2;
-  return 4;  // uint32, float32
-}
-
-// Copy of rows [r0, r1) of m: every stored buffer except the layout version is row-major.
-QuantizedMatrix SliceRows(const QuantizedMatrix& m, size_t r0, size_t r1) {
-  std::vector<BufferView> views = m.Buffers();
-  for (BufferView& b : views) {
-    if (b.name == "layout_version") continue;
-    const size_t per_row = b.count / m.rows();
-    b.data = static_cast<const uint8_t*>(b.data) + r0 * per_row * DtypeSize(b.dtype);
-    b.count = (r1 - r0) * per_row;
-  }
-  return QuantizedMatrix::FromBuffers(m.format(), r1 - r0, m.cols(), m.group_size(), views);
-}
 
 QuantizedMatrix PartOf(const FusedProjection& p, size_t index, const std::vector<size_t>& part_rows) {
   if (p.parts.size() > 1) return SliceRows(p.parts[index], 0, p.parts[index].rows());
