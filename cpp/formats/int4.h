@@ -6,7 +6,7 @@
 //
 // 2. The matrix layout of a QuantizedMatrix (layout_version 2), made for the kernels:
 //    rows padded with zero rows to a multiple of 16 and cut into tiles of 16 rows,
-//    columns padded to a multiple of 128. A tile is stored contiguously as
+//    columns padded to a multiple of 32 (no padding: the group divides cols). A tile is stored contiguously as
 //    padded_cols/8 blocks of 64 bytes; block b covers columns 8b .. 8b+7 of its 16 rows:
 //
 //      byte 4r + i of the block (row r = 0..15 of the tile, i = 0..3):
@@ -33,7 +33,11 @@ namespace ternlm {
 constexpr size_t kInt4BlockWeights = 128;
 constexpr size_t kInt4ActBlock = 32;  // activation quantization block
 
-inline size_t Int4PaddedCols(size_t cols) { return (cols + 127) / 128 * 128; }
+// Row codec (layout 1): rows padded to 128 weights.
+inline size_t Int4CodecPaddedCols(size_t cols) { return (cols + 127) / 128 * 128; }
+// Matrix layout: columns padded to a multiple of 32 (one activation block); since the
+// group (32/64/128) divides cols, that is cols itself for every valid matrix.
+inline size_t Int4PaddedCols(size_t cols) { return (cols + 31) / 32 * 32; }
 
 constexpr size_t kInt4TileRows = 16;
 inline size_t Int4PaddedRows(size_t rows) { return (rows + 15) / 16 * 16; }
@@ -49,7 +53,7 @@ inline size_t Int4ScaleIndex(size_t groups_per_row, size_t r, size_t g) {
   return (r / 16) * groups_per_row * 16 + g * 16 + r % 16;
 }
 
-// q: n codes in [0,15]; out: Int4PaddedCols(n)/2 bytes.
+// q: n codes in [0,15]; out: Int4CodecPaddedCols(n)/2 bytes.
 void PackInt4Row(const uint8_t* q, size_t n, uint8_t* out);
 void UnpackInt4Row(const uint8_t* packed, size_t n, uint8_t* out);
 

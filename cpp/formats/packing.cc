@@ -62,7 +62,7 @@ bool TernaryGetRow(const uint8_t* data, size_t padded_cols, size_t r, size_t n, 
 }
 
 void PackInt4Row(const uint8_t* q, size_t n, uint8_t* out) {
-  const size_t padded = Int4PaddedCols(n);
+  const size_t padded = Int4CodecPaddedCols(n);
   for (size_t block = 0; block < padded; block += 128) {
     uint8_t* o = out + block / 2;
     for (size_t j = 0; j < 64; ++j) {

@@ -233,7 +233,8 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
     }
     if (version == 1 && f == WeightFormat::kInt4) {
       const bool q4 = want.name == "q4";
-      const size_t n1 = q4 ? rows * m.padded_cols() / 2 : rows * m.groups_per_row();
+      const size_t codec_cols = Int4CodecPaddedCols(cols);  // layout 1 rows: 128-padded
+      const size_t n1 = q4 ? rows * codec_cols / 2 : rows * (codec_cols / size_t(group));
       if (got->count != n1)
         throw std::invalid_argument("from_buffers: buffer '" + want.name + "' (layout 1) has " +
                                     Str(got->count) + " elements, expected " + Str(n1));
@@ -273,11 +274,11 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
     CheckFinite(m.row_multiplier(), rows);
   }
   if (f == WeightFormat::kInt4 && version == 1) {
-    const size_t gpr = m.groups_per_row();
-    std::vector<uint8_t> q(m.padded_cols());
+    const size_t codec_cols = Int4CodecPaddedCols(cols), gpr1 = codec_cols / size_t(group);
+    std::vector<uint8_t> q(codec_cols);
     for (size_t r = 0; r < rows; ++r) {
-      UnpackInt4Row(v1_q4.data() + r * m.padded_cols() / 2, cols, q.data());
-      SetInt4Row(m, r, q.data(), v1_scale.data() + r * gpr, v1_min.data() + r * gpr);
+      UnpackInt4Row(v1_q4.data() + r * codec_cols / 2, cols, q.data());
+      SetInt4Row(m, r, q.data(), v1_scale.data() + r * gpr1, v1_min.data() + r * gpr1);
     }
   }
   if (f == WeightFormat::kF32) CheckFinite(reinterpret_cast<const float*>(m.data()), rows * m.padded_cols());

@@ -18,7 +18,7 @@
 //   f32          "weight"  float32 [rows * padded_cols]   padded_cols = round_up(cols, 16)
 //   bf16         "weight"  uint16  [round_up(rows, 16) * padded_cols] padded_cols = round_up(cols, 32),
 //                                  bf16 bits in 16-row tiles, bf16.h (layout 1: row-major, converted)
-//   int4         "q4"      uint8   [round_up(rows, 16) * padded_cols/2] padded_cols = round_up(cols, 128),
+//   int4         "q4"      uint8   [round_up(rows, 16) * padded_cols/2] padded_cols = round_up(cols, 32) = cols,
 //                                  16-row tiles, int4.h (layout 1: the row codec, converted)
 //                "scale"   uint16  [round_up(rows, 16) * padded_cols/group] fp16 bits, tile order
 //                "min"     uint16  [round_up(rows, 16) * padded_cols/group] fp16 bits, tile order;
