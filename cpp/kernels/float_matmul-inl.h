@@ -16,6 +16,7 @@
 
 #include "formats/bf16.h"
 #include "hwy/highway.h"
+#include "kernels/tiles-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ternlm {
@@ -155,38 +156,18 @@ HWY_INLINE void BF16TileDots(const uint32_t* HWY_RESTRICT tile, size_t nblocks,
   }
 }
 
-template <size_t NX>
-HWY_INLINE void BF16TileDotsN(size_t nx, const uint32_t* tile, size_t nblocks,
-                              const float* const* x, float* out) {
-  if constexpr (NX > 1) {
-    if (nx < NX) return BF16TileDotsN<NX - 1>(nx, tile, nblocks, x, out);
-  }
-  BF16TileDots<NX>(tile, nblocks, x, out);
-}
-
-// Rows [r0, r1) (r0 a multiple of 16). Prefill walks slices of tiles that stay in L2
-// while every group of 4 activation rows passes over them.
+// Rows [r0, r1) (r0 a multiple of 16) for every activation row.
 HWY_NOINLINE void BF16MatMulRows(const uint8_t* w, size_t padded_cols, const PreparedActivations& a,
                                  size_t r0, size_t r1, const MatMulOutput& out) {
   const size_t tile_bytes = BF16TileBytes(padded_cols);
-  const size_t t0 = r0 / kBF16TileRows, t1 = (r1 + kBF16TileRows - 1) / kBF16TileRows;
-  const size_t slice = a.n <= 4 ? (t1 - t0) : std::max<size_t>(1, (256 * 1024) / tile_bytes);
-  HWY_ALIGN float d[4 * kBF16TileRows];
-  for (size_t s0 = t0; s0 < t1; s0 += slice) {
-    const size_t s1 = std::min(t1, s0 + slice);
-    for (size_t x0 = 0; x0 < a.n; x0 += 4) {
-      const size_t nx = std::min<size_t>(4, a.n - x0);
-      const float* xs[4];
-      for (size_t j = 0; j < nx; ++j) xs[j] = a.xf + (x0 + j) * a.stride;
-      for (size_t t = s0; t < s1; ++t) {
-        BF16TileDotsN<4>(nx, reinterpret_cast<const uint32_t*>(w + t * tile_bytes), padded_cols / 2,
-                         xs, d);
-        const size_t rb = t * kBF16TileRows, re = std::min(r1, rb + kBF16TileRows);
-        for (size_t j = 0; j < nx; ++j)
-          for (size_t r = rb; r < re; ++r) out.y[(x0 + j) * out.y_stride + r] = d[kBF16TileRows * j + (r - rb)];
-      }
-    }
-  }
+  HWY_ALIGN float d[kMaxActivationRows * kTileRows];
+  ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
+    const float* xs[kMaxActivationRows];
+    for (size_t j = 0; j < nx; ++j) xs[j] = a.xf + (x0 + j) * a.stride;
+    const uint32_t* tile = reinterpret_cast<const uint32_t*>(w + t * tile_bytes);
+    WithActivationRows(nx, [&](auto k) HWY_ATTR { BF16TileDots<decltype(k)::value>(tile, padded_cols / 2, xs, d); });
+    StoreTileRows(d, t, r1, x0, nx, out.y, out.y_stride);
+  });
 }
 
 HWY_NOINLINE void F32MatMulRows(const uint8_t* w, size_t stride, const PreparedActivations& a,

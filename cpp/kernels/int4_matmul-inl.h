@@ -24,6 +24,7 @@
 #include "formats/int4.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -146,18 +147,8 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t
 #endif
 }
 
-template <size_t NX>
-HWY_INLINE void Int4TileBlockDotsN(size_t nx, const uint8_t* tile, size_t nb, const int8_t* const* x,
-                                   int32_t* out) {
-  if constexpr (NX > 1) {
-    if (nx < NX) return Int4TileBlockDotsN<NX - 1>(nx, tile, nb, x, out);
-  }
-  Int4TileBlockDots<NX>(tile, nb, x, out);
-}
-
 // Rows [r0, r1) of y (r0 a multiple of 16) for every activation row. Row chunks of
-// kRun activation blocks keep the integer dots in a small buffer; prefill walks slices
-// of tiles that stay in L2 while each group of 4 activation rows passes over them.
+// kRun activation blocks keep the integer dots in a small buffer.
 HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t padded_cols, const uint16_t* scale_f16,
                                  const uint16_t* min_f16, int group, const PreparedActivations& a,
                                  size_t r0, size_t r1, const MatMulOutput& out) {
@@ -168,51 +159,43 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t padded_cols, cons
   const size_t N = hn::Lanes(df);
   const size_t nb32 = padded_cols / 32, gpr = padded_cols / size_t(group), per_g = size_t(group) / 32;
   const size_t tile_bytes = Int4TileBytes(padded_cols);
-  const size_t t0 = r0 / kInt4TileRows, t1 = (r1 + kInt4TileRows - 1) / kInt4TileRows;
-  const size_t slice = a.n <= 4 ? (t1 - t0) : std::max<size_t>(1, (256 * 1024) / tile_bytes);
-  HWY_ALIGN int32_t dots[4 * kRun * kInt4TileRows];
-  HWY_ALIGN float acc[4 * kInt4TileRows];
-  for (size_t s0 = t0; s0 < t1; s0 += slice) {
-    const size_t s1 = std::min(t1, s0 + slice);
-    for (size_t x0 = 0; x0 < a.n; x0 += 4) {
-      const size_t nx = std::min<size_t>(4, a.n - x0);
-      for (size_t t = s0; t < s1; ++t) {
-        const uint8_t* tile = packed + t * tile_bytes;
-        const hwy::float16_t* sc = reinterpret_cast<const hwy::float16_t*>(scale_f16) + t * gpr * 16;
-        const hwy::float16_t* mn = reinterpret_cast<const hwy::float16_t*>(min_f16) + t * gpr * 16;
-        for (size_t j = 0; j < nx; ++j) {  // min term first: acc = sum_g min_g * group_sum_g
-          const float* gs = a.group_sum + (x0 + j) * gpr;
-          for (size_t r = 0; r < kInt4TileRows; r += N) {
-            auto v = hn::Zero(df);
-            for (size_t g = 0; g < gpr; ++g)
-              v = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, mn + g * 16 + r)), hn::Set(df, gs[g]), v);
-            hn::Store(v, df, acc + 16 * j + r);
-          }
-        }
-        for (size_t b0 = 0; b0 < nb32; b0 += kRun) {
-          const size_t nb = std::min(kRun, nb32 - b0);
-          const int8_t* xs[4];
-          for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride + 32 * b0;
-          Int4TileBlockDotsN<4>(nx, tile + 256 * b0, nb, xs, dots);
-          for (size_t j = 0; j < nx; ++j) {
-            const float* inv = a.inv_scale + (x0 + j) * nb32 + b0;
-            for (size_t r = 0; r < kInt4TileRows; r += N) {
-              auto v = hn::Load(df, acc + 16 * j + r);
-              for (size_t b = 0; b < nb; ++b) {
-                const auto s = hn::PromoteTo(df, hn::LoadU(dh, sc + ((b0 + b) / per_g) * 16 + r));
-                const auto d = hn::ConvertTo(df, hn::Load(di, dots + (j * nb + b) * 16 + r));
-                v = hn::MulAdd(d, hn::Mul(s, hn::Set(df, inv[b])), v);
-              }
-              hn::Store(v, df, acc + 16 * j + r);
-            }
-          }
-        }
-        const size_t rb = t * kInt4TileRows, re = std::min(r1, rb + kInt4TileRows);
-        for (size_t j = 0; j < nx; ++j)
-          for (size_t r = rb; r < re; ++r) out.y[(x0 + j) * out.y_stride + r] = acc[16 * j + (r - rb)];
+  HWY_ALIGN int32_t dots[kMaxActivationRows * kRun * kTileRows];
+  HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
+  ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
+    const uint8_t* tile = packed + t * tile_bytes;
+    const hwy::float16_t* sc = reinterpret_cast<const hwy::float16_t*>(scale_f16) + t * gpr * 16;
+    const hwy::float16_t* mn = reinterpret_cast<const hwy::float16_t*>(min_f16) + t * gpr * 16;
+    for (size_t j = 0; j < nx; ++j) {  // min term first: acc = sum_g min_g * group_sum_g
+      const float* gs = a.group_sum + (x0 + j) * gpr;
+      for (size_t r = 0; r < kTileRows; r += N) {
+        auto v = hn::Zero(df);
+        for (size_t g = 0; g < gpr; ++g)
+          v = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, mn + g * 16 + r)), hn::Set(df, gs[g]), v);
+        hn::Store(v, df, acc + 16 * j + r);
       }
     }
-  }
+    for (size_t b0 = 0; b0 < nb32; b0 += kRun) {
+      const size_t nb = std::min(kRun, nb32 - b0);
+      const int8_t* xs[kMaxActivationRows];
+      for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride + 32 * b0;
+      WithActivationRows(nx, [&](auto k) HWY_ATTR {
+        Int4TileBlockDots<decltype(k)::value>(tile + 256 * b0, nb, xs, dots);
+      });
+      for (size_t j = 0; j < nx; ++j) {
+        const float* inv = a.inv_scale + (x0 + j) * nb32 + b0;
+        for (size_t r = 0; r < kTileRows; r += N) {
+          auto v = hn::Load(df, acc + 16 * j + r);
+          for (size_t b = 0; b < nb; ++b) {
+            const auto s = hn::PromoteTo(df, hn::LoadU(dh, sc + ((b0 + b) / per_g) * 16 + r));
+            const auto d = hn::ConvertTo(df, hn::Load(di, dots + (j * nb + b) * 16 + r));
+            v = hn::MulAdd(d, hn::Mul(s, hn::Set(df, inv[b])), v);
+          }
+          hn::Store(v, df, acc + 16 * j + r);
+        }
+      }
+    }
+    StoreTileRows(acc, t, r1, x0, nx, out.y, out.y_stride);
+  });
 }
 
 }  // namespace HWY_NAMESPACE

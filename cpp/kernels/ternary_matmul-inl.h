@@ -25,6 +25,7 @@
 #include "formats/ternary.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -178,47 +179,30 @@ void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int
 #endif
 }
 
-template <size_t NX>
-HWY_INLINE void TileDotsN(size_t nx, const uint8_t* tile, size_t nblocks, const int8_t* const* x,
-                          int32_t* out) {
-  if constexpr (NX > 1) {
-    if (nx < NX) return TileDotsN<NX - 1>(nx, tile, nblocks, x, out);
-  }
-  TernaryTileDots<NX>(tile, nblocks, x, out);
-}
-
 // Rows [r0, r1) of y for every activation row (r0 a multiple of 16):
-// y = (codes·q - sum q) / s_x * row_multiplier. Prefill walks the weights in slices of
-// tiles that stay in L2 while every group of 4 activation rows passes over them, so
-// each weight is streamed from memory once per call.
+// y = (codes·q - sum q) / s_x * row_multiplier.
 HWY_NOINLINE void TernaryMatMulRows(const uint8_t* packed, size_t padded_cols, const float* mult,
                                     const PreparedActivations& a, size_t r0, size_t r1,
                                     const MatMulOutput& out) {
-  const size_t nblocks = padded_cols / kTernaryBlockCols;
   const size_t tile_bytes = TernaryTileBytes(padded_cols);
-  const size_t t0 = r0 / kTernaryTileRows, t1 = (r1 + kTernaryTileRows - 1) / kTernaryTileRows;
-  const size_t slice = a.n <= 4 ? (t1 - t0) : std::max<size_t>(1, (256 * 1024) / tile_bytes);
-  HWY_ALIGN int32_t d[4 * kTernaryTileRows];
-  for (size_t s0 = t0; s0 < t1; s0 += slice) {
-    const size_t s1 = std::min(t1, s0 + slice);
-    for (size_t x0 = 0; x0 < a.n; x0 += 4) {
-      const size_t nx = std::min<size_t>(4, a.n - x0);
-      const int8_t* xs[4];
-      for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride;
-      for (size_t t = s0; t < s1; ++t) {
-        TileDotsN<4>(nx, packed + t * tile_bytes, nblocks, xs, d);
-        const size_t rb = t * kTernaryTileRows, re = std::min(r1, rb + kTernaryTileRows);
-        for (size_t j = 0; j < nx; ++j) {
-          const size_t xi = x0 + j;
-          const int32_t qs = a.q_sum[xi];
-          const float sx = a.inv_scale[xi];
-          float* y = out.y + xi * out.y_stride;
-          for (size_t r = rb; r < re; ++r)
-            y[r] = float(d[kTernaryTileRows * j + (r - rb)] - qs) * sx * mult[r];
-        }
-      }
+  HWY_ALIGN int32_t d[kMaxActivationRows * kTileRows];
+  HWY_ALIGN float y[kMaxActivationRows * kTileRows];
+  ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
+    const int8_t* xs[kMaxActivationRows];
+    for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride;
+    const uint8_t* tile = packed + t * tile_bytes;
+    WithActivationRows(nx, [&](auto k) HWY_ATTR {
+      TernaryTileDots<decltype(k)::value>(tile, padded_cols / kTernaryBlockCols, xs, d);
+    });
+    const float* m = mult + t * kTileRows;
+    const size_t rows = std::min(kTileRows, r1 - t * kTileRows);  // mult has only real rows
+    for (size_t j = 0; j < nx; ++j) {
+      const int32_t qs = a.q_sum[x0 + j];
+      const float sx = a.inv_scale[x0 + j];
+      for (size_t r = 0; r < rows; ++r) y[kTileRows * j + r] = float(d[kTileRows * j + r] - qs) * sx * m[r];
     }
-  }
+    StoreTileRows(y, t, r1, x0, nx, out.y, out.y_stride);
+  });
 }
 
 // Exact integer sums t·q for every row, one activation row (tests call this).
