@@ -353,3 +353,22 @@ def test_from_ternary_and_from_int4_reject_bad_inputs():
         ternlm.from_int4(np.full((2, 64), 16, np.uint8), s, s, 32)
     with pytest.raises(ValueError, match="from_int4: group_size 128 does not divide q.shape\\[1\\] = 64"):
         ternlm.from_int4(q, s, s, 128)
+
+
+def test_from_bf16_is_quantize_of_the_same_values_bit_for_bit():
+    w = rand(37, 100, 3)
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16)      # truncation: exact bf16 values
+    exact = (bits.astype(np.uint32) << 16).view(np.float32)
+    q = ternlm.from_bf16(bits)
+    assert q.format == "bf16" and q.shape == (37, 100)
+    np.testing.assert_array_equal(q.dequantize(), exact)
+    for k, v in ternlm.quantize(exact, "bf16").buffers().items():
+        np.testing.assert_array_equal(q.buffers()[k], v)
+    bad = bits.copy()
+    bad[3, 7] = 0x7FC0                                       # NaN
+    with pytest.raises(ValueError, match="from_bf16: bits hold Inf or NaN at flat index 307"):
+        ternlm.from_bf16(bad)
+    with pytest.raises(TypeError, match="from_bf16: bits must have dtype uint16"):
+        ternlm.from_bf16(w)
+    with pytest.raises(ValueError, match="from_bf16: bits must be 2-D"):
+        ternlm.from_bf16(bits[0])

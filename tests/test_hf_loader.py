@@ -1,12 +1,14 @@
 """Hugging Face folder -> Checkpoint: config.json dialects, tensor names, BitNet packed
 weights unpacked exactly as transformers does, the three weight_scale conventions, and clear
-errors. These tests need no C++ engine."""
+errors. Most of these tests need no C++ engine."""
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+
+import ternlm
 from conftest import BITNET_LINEARS, absmean_ternary, hf_reference, pack_ternary_rows
 
 from ternlm.hf import config_from_hf, load_hf_folder, read_ternary, unpack_bitnet_weight
@@ -229,3 +231,21 @@ def test_loaded_ternary_matrix_matches_transformers_layer(bitnet_folders, varian
         worst = max(worst, float(np.abs(ours - ref).max() / np.abs(ref).max()))
     print(f"{variant}: max |ternlm - transformers| / max|y| = {worst:.2e}")
     assert worst < 1e-5
+
+
+def test_bf16_tensors_become_bf16_matrices_from_their_bits(llama_folders):
+    # A BF16 checkpoint tensor reaches the bf16 format straight from its bits (no float32
+    # copy); np.asarray still gives the exact float32 values.
+    from ternlm.hf import BF16Tensor
+    from ternlm.model import convert_checkpoint
+    ck = load_hf_folder(llama_folders["tied_bf16"])
+    embed = ck.tensors["embed"]
+    assert isinstance(embed, BF16Tensor) and embed.shape == (ck.config.vocab_size, ck.config.hidden_size)
+    as_f32 = np.asarray(embed)
+    assert as_f32.dtype == np.float32
+    formats = {n: "bf16" for n in ck.config.tensor_names() if n in ck.stored}
+    formats["layers.0.q"] = "int4"                           # a BF16 tensor to another format
+    out = convert_checkpoint(ck, formats, progress=False)
+    np.testing.assert_array_equal(out["embed"].dequantize(), as_f32)
+    np.testing.assert_array_equal(out["layers.0.q"].dequantize(),
+                                  ternlm.quantize(np.asarray(ck.tensors["layers.0.q"]), "int4").dequantize())

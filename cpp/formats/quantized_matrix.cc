@@ -369,6 +369,18 @@ QuantizedMatrix FromTernary(const int8_t* t, size_t rows, size_t cols, const flo
   return m;
 }
 
+QuantizedMatrix FromBF16(const uint16_t* bits, size_t rows, size_t cols) {
+  CheckShape("from_bf16", rows, cols);
+  for (size_t i = 0; i < rows * cols; ++i)
+    if ((bits[i] & 0x7F80u) == 0x7F80u)
+      throw std::invalid_argument("from_bf16: bits hold Inf or NaN at flat index " + Str(i));
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kBF16, rows, cols, 0);
+  uint16_t* o = reinterpret_cast<uint16_t*>(m.mutable_data());
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t c = 0; c < cols; ++c) o[BF16Index(m.padded_cols(), r, c)] = bits[r * cols + c];
+  return m;
+}
+
 QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale, const uint16_t* mins,
                          size_t rows, size_t cols, int group) {
   CheckShape("from_int4", rows, cols);

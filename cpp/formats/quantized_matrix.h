@@ -132,6 +132,9 @@ QuantizedMatrix FromTernary(const int8_t* t, size_t rows, size_t cols,
 // w = scale*q + min.
 QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale_f16, const uint16_t* min_f16,
                          size_t rows, size_t cols, int group_size);
+// Lossless bf16: bits [rows, cols] (bf16 bit patterns, e.g. a checkpoint's BF16 tensor);
+// throws std::invalid_argument on Inf/NaN.
+QuantizedMatrix FromBF16(const uint16_t* bits, size_t rows, size_t cols);
 // Stacks matrices of equal cols, format and group row-wise.
 QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts);
 // A copy of rows [r0, r1) of m (throws std::invalid_argument on an empty or outside range).

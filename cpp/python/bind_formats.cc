@@ -191,6 +191,15 @@ QuantizedMatrix FromTernaryPy(py::handle t_obj, py::handle mult_obj) {
   return FromTernary(t.data(), rows, cols, mult.data());
 }
 
+QuantizedMatrix FromBF16Py(py::handle bits_obj) {
+  py::array_t<uint16_t> b = Require<uint16_t>(bits_obj, "from_bf16: bits", "uint16 (bf16 bit patterns)");
+  RequireNdim(b, "from_bf16: bits", 2);
+  const uint16_t* p = b.data();
+  const size_t rows = size_t(b.shape(0)), cols = size_t(b.shape(1));
+  py::gil_scoped_release release;
+  return FromBF16(p, rows, cols);
+}
+
 QuantizedMatrix FromInt4Py(py::handle q_obj, py::handle s_obj, py::handle m_obj, int group) {
   py::array_t<uint8_t> q = Require<uint8_t>(q_obj, "from_int4: q", "uint8");
   RequireNdim(q, "from_int4: q", 2);
@@ -272,6 +281,8 @@ void BindFormats(py::module_& m) {
   m.def("pack_ternary", &PackTernaryPy, py::arg("t"));
   m.def("unpack_ternary", &UnpackTernaryPy, py::arg("packed"), py::arg("shape"));
   m.def("from_ternary", &FromTernaryPy, py::arg("t"), py::arg("row_multiplier"));
+  m.def("from_bf16", &FromBF16Py, py::arg("bits"),
+        "A bf16 QuantizedMatrix from bf16 bit patterns (uint16 [out, in]) without a float32 copy.");
   m.def("from_int4", &FromInt4Py, py::arg("q"), py::arg("scale"), py::arg("min"),
         py::arg("group_size") = 32);
   m.def("concat_rows", [](py::list parts) {

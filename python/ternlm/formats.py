@@ -37,6 +37,7 @@ pack_ternary = _core.pack_ternary
 unpack_ternary = _core.unpack_ternary
 from_ternary = _core.from_ternary
 from_int4 = _core.from_int4
+from_bf16 = _core.from_bf16
 concat_rows = _core.concat_rows
 set_num_threads = _core.set_num_threads
 get_num_threads = _core.get_num_threads
@@ -55,5 +56,5 @@ def matmul(x, q, threads=None):
 
 __all__ = [
     "QuantizedMatrix", "quantize", "matmul", "pack_ternary", "unpack_ternary",
-    "from_ternary", "from_int4", "concat_rows", "set_num_threads", "get_num_threads",
+    "from_ternary", "from_int4", "from_bf16", "concat_rows", "set_num_threads", "get_num_threads",
 ]

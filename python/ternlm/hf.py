@@ -211,6 +211,26 @@ def bitnet_row_multiplier(weight_scale: float, quant: dict) -> float:
 
 
 # ---- the folder -----------------------------------------------------------------------------
+class BF16Tensor:
+    """A BF16 checkpoint tensor not yet read: np.asarray() widens it to float32 (exact);
+    convert_checkpoint turns it into a bf16 QuantizedMatrix straight from its bits
+    (ternlm.from_bf16), with no float32 copy, and drops its mapped pages afterwards."""
+
+    def __init__(self, st, key):
+        self._st, self.key = st, key
+        self.shape = tuple(st.info(key).shape)
+
+    def bits(self) -> np.ndarray:
+        return self._st.raw(self.key)                 # uint16 view of the mapped file
+
+    def release(self) -> None:
+        self._st.release(self.key)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self._st.to_float32(self.key)
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+
 class LazyTensors(Mapping):
     """name -> value, computed by a zero-argument function when first asked for (not cached:
     the converter takes each tensor once and lets it go)."""
@@ -274,7 +294,8 @@ def load_hf_folder(path) -> Checkpoint:
                                  "quantization_config covering this module")
             _check_shape(where, info, shape)
             stored[name] = "bf16" if info.dtype == "BF16" else "f32"
-            makers[name] = (lambda k=key: st.to_float32(k))
+            makers[name] = ((lambda k=key: BF16Tensor(st, k)) if info.dtype == "BF16"
+                            else (lambda k=key: st.to_float32(k)))
             continue
         stored[name] = "ternary"
         if quant["quantization_mode"] == "online" and quant["linear_class"] == "autobitlinear":
@@ -323,4 +344,6 @@ def read_ternary(st, key, scale_key, rows, cols, quant, where):
 def _ternary_matrix(st, key, scale_key, rows, cols, quant, where):
     from .formats import from_ternary
     t, mult = read_ternary(st, key, scale_key, rows, cols, quant, where)
-    return from_ternary(t, mult)
+    m = from_ternary(t, mult)
+    st.release(key)                  # packed bytes copied: drop their mapped pages
+    return m

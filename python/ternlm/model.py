@@ -83,6 +83,7 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
     from tqdm.auto import tqdm
 
     from . import formats as fm
+    from .hf import BF16Tensor
     names = ckpt.config.tensor_names()
     out = {}
     bar = tqdm(names, desc="loading weights", unit="tensor", disable=not progress, leave=False)
@@ -92,6 +93,12 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
             out[name] = np.ascontiguousarray(value, dtype=np.float32)
             continue
         want = formats[name]
+        if isinstance(value, BF16Tensor):
+            if want == "bf16":                        # bit for bit, no float32 copy
+                out[name] = fm.from_bf16(np.ascontiguousarray(value.bits()))
+                value.release()
+                continue
+            value = np.asarray(value)
         if isinstance(value, fm.QuantizedMatrix):
             if value.format == want:
                 out[name] = value
