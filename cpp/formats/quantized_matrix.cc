@@ -261,8 +261,18 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
                                   FormatName(f));
   }
   if (f == WeightFormat::kTernary) {
+    // Layout 2: one pass over the bytes finds any 2-bit field 3 (both bits set); only
+    // then are rows unpacked, to name the first bad one. Padding bytes are 0.
+    bool any_bad = version == 1;
+    if (!any_bad) {
+      uint8_t bad = 0;
+      const uint8_t* d = m.data();
+      const size_t n = TernaryMatrixPaddedRows(rows) * m.row_bytes();
+      for (size_t i = 0; i < n; ++i) bad |= uint8_t(d[i] & (d[i] >> 1));
+      any_bad = (bad & 0x55) != 0;
+    }
     std::vector<int8_t> row(cols);
-    for (size_t r = 0; r < rows; ++r) {
+    for (size_t r = 0; any_bad && r < rows; ++r) {
       const bool ok = version == 1
           ? UnpackTernaryRow(v1_packed.data() + r * TernaryPackedBytes(cols), cols, row.data())
           : TernaryGetRow(m.data(), m.padded_cols(), r, cols, row.data());
