@@ -18,7 +18,6 @@ namespace ternlm {
 
 constexpr size_t kBF16TileRows = 16;
 inline size_t BF16PaddedCols(size_t cols) { return (cols + 31) / 32 * 32; }
-inline size_t BF16PaddedRows(size_t rows) { return (rows + 15) / 16 * 16; }
 // Bytes of one tile (16 rows) for padded_cols columns.
 inline size_t BF16TileBytes(size_t padded_cols) { return padded_cols * 2 * kBF16TileRows; }
 // Index (in uint16 units) of the weight at (r, c).

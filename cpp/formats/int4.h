@@ -30,8 +30,6 @@
 
 namespace ternlm {
 
-constexpr size_t kInt4BlockWeights = 128;
-constexpr size_t kInt4ActBlock = 32;  // activation quantization block
 
 // Row codec (layout 1): rows padded to 128 weights.
 inline size_t Int4CodecPaddedCols(size_t cols) { return (cols + 127) / 128 * 128; }
@@ -40,7 +38,6 @@ inline size_t Int4CodecPaddedCols(size_t cols) { return (cols + 127) / 128 * 128
 inline size_t Int4PaddedCols(size_t cols) { return (cols + 31) / 32 * 32; }
 
 constexpr size_t kInt4TileRows = 16;
-inline size_t Int4PaddedRows(size_t rows) { return (rows + 15) / 16 * 16; }
 // Bytes of one tile (16 rows) of codes for padded_cols columns.
 inline size_t Int4TileBytes(size_t padded_cols) { return padded_cols * 8; }
 // Byte holding (row r, column c) in the matrix layout; *shift = 0 or 4 (its nibble).
@@ -53,8 +50,8 @@ inline size_t Int4ScaleIndex(size_t groups_per_row, size_t r, size_t g) {
   return (r / 16) * groups_per_row * 16 + g * 16 + r % 16;
 }
 
-// q: n codes in [0,15]; out: Int4CodecPaddedCols(n)/2 bytes.
-void PackInt4Row(const uint8_t* q, size_t n, uint8_t* out);
+// Row codec (layout 1, read when converting old files): packed holds
+// Int4CodecPaddedCols(n)/2 bytes; out: n codes in [0,15].
 void UnpackInt4Row(const uint8_t* packed, size_t n, uint8_t* out);
 
 }  // namespace ternlm

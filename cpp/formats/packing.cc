@@ -61,19 +61,6 @@ bool TernaryGetRow(const uint8_t* data, size_t padded_cols, size_t r, size_t n, 
   return ok;
 }
 
-void PackInt4Row(const uint8_t* q, size_t n, uint8_t* out) {
-  const size_t padded = Int4CodecPaddedCols(n);
-  for (size_t block = 0; block < padded; block += 128) {
-    uint8_t* o = out + block / 2;
-    for (size_t j = 0; j < 64; ++j) {
-      const size_t lo = block + j, hi = block + 64 + j;
-      const uint8_t a = lo < n ? (q[lo] & 15) : 0;
-      const uint8_t b = hi < n ? (q[hi] & 15) : 0;
-      o[j] = uint8_t(a | (b << 4));
-    }
-  }
-}
-
 void UnpackInt4Row(const uint8_t* packed, size_t n, uint8_t* out) {
   for (size_t i = 0; i < n; ++i) {
     const size_t block = i / 128, half = (i % 128) / 64, j = i % 64;

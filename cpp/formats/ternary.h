@@ -42,7 +42,6 @@ bool UnpackTernaryRow(const uint8_t* packed, size_t n, int8_t* out);
 // ---- matrix layout (QuantizedMatrix, layout_version 2) ----
 constexpr size_t kTernaryTileRows = 16;
 constexpr size_t kTernaryBlockCols = 16;
-constexpr size_t kTernaryBlockBytes = 64;
 inline size_t TernaryMatrixPaddedCols(size_t cols) { return (cols + 63) / 64 * 64; }
 inline size_t TernaryMatrixPaddedRows(size_t rows) { return (rows + 15) / 16 * 16; }
 // Bytes of one tile (16 rows) for padded_cols columns.
