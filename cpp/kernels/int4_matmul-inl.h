@@ -147,6 +147,47 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t
 #endif
 }
 
+#if HWY_TARGET == HWY_AVX3_DL
+// Groups of 32 (GGUF Q4_0/Q4_1, the default): the integer dots, the scales and the min
+// term of one tile in one pass, all in registers. out[16 j + r] = y of tile row r for
+// activation row j. sc, mn: the tile's fp16 scales/mins [nb32][16]; inv[j], gsum[j]:
+// 1/s_b and the group sums of activation row j.
+template <size_t NX>
+HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32,
+                                               const uint16_t* sc, const uint16_t* mn,
+                                               const int8_t* const* x, const float* const* inv,
+                                               const float* const* gsum, float* HWY_RESTRICT out) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[NX], macc[NX];
+  for (size_t j = 0; j < NX; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
+  for (size_t b = 0; b < nb32; ++b) {
+    __m512i lo_acc[NX], hi_acc[NX];
+    for (size_t j = 0; j < NX; ++j) lo_acc[j] = hi_acc[j] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (size_t s = 0; s < 4; ++s) {
+      const __m512i v = _mm512_load_si512(tile + 256 * b + 64 * s);
+      const __m512i lo = _mm512_and_si512(v, m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+#pragma GCC unroll 4
+      for (size_t j = 0; j < NX; ++j) {
+        const int8_t* x8 = x[j] + 32 * b + 8 * s;
+        lo_acc[j] = _mm512_dpbusd_epi32(lo_acc[j], lo, _mm512_set1_epi32(Int4LoadI32(x8)));
+        hi_acc[j] = _mm512_dpbusd_epi32(hi_acc[j], hi, _mm512_set1_epi32(Int4LoadI32(x8 + 4)));
+      }
+    }
+    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 16 * b)));
+    const __m512 mins = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + 16 * b)));
+#pragma GCC unroll 4
+    for (size_t j = 0; j < NX; ++j) {
+      const __m512 d = _mm512_cvtepi32_ps(_mm512_add_epi32(lo_acc[j], hi_acc[j]));
+      acc[j] = _mm512_fmadd_ps(d, _mm512_mul_ps(scale, _mm512_set1_ps(inv[j][b])), acc[j]);
+      macc[j] = _mm512_fmadd_ps(mins, _mm512_set1_ps(gsum[j][b]), macc[j]);
+    }
+  }
+  for (size_t j = 0; j < NX; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_add_ps(macc[j], acc[j]));
+}
+#endif
+
 // Rows [r0, r1) of y (r0 a multiple of 16) for every activation row. Row chunks of
 // kRun activation blocks keep the integer dots in a small buffer.
 HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t padded_cols, const uint16_t* scale_f16,
@@ -159,8 +200,28 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t padded_cols, cons
   const size_t N = hn::Lanes(df);
   const size_t nb32 = padded_cols / 32, gpr = padded_cols / size_t(group), per_g = size_t(group) / 32;
   const size_t tile_bytes = Int4TileBytes(padded_cols);
-  HWY_ALIGN int32_t dots[kMaxActivationRows * kRun * kTileRows];
   HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
+#if HWY_TARGET == HWY_AVX3_DL
+  if (per_g == 1) {
+    ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
+      const int8_t* xs[kMaxActivationRows];
+      const float* inv[kMaxActivationRows];
+      const float* gs[kMaxActivationRows];
+      for (size_t j = 0; j < nx; ++j) {
+        xs[j] = a.q + (x0 + j) * a.stride;
+        inv[j] = a.inv_scale + (x0 + j) * nb32;
+        gs[j] = a.group_sum + (x0 + j) * gpr;
+      }
+      WithActivationRows(nx, [&](auto k) HWY_ATTR {
+        Int4TileG32<decltype(k)::value>(packed + t * tile_bytes, nb32, scale_f16 + t * gpr * 16,
+                                        min_f16 + t * gpr * 16, xs, inv, gs, acc);
+      });
+      StoreTileRows(acc, t, r1, x0, nx, out.y, out.y_stride);
+    });
+    return;
+  }
+#endif
+  HWY_ALIGN int32_t dots[kMaxActivationRows * kRun * kTileRows];
   ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
     const uint8_t* tile = packed + t * tile_bytes;
     const hwy::float16_t* sc = reinterpret_cast<const hwy::float16_t*>(scale_f16) + t * gpr * 16;
