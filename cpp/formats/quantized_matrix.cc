@@ -510,13 +510,17 @@ void DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
       }
       break;
     }
-    case WeightFormat::kInt4: {
-      const size_t group = size_t(m.group_size()), ng = cols / group;
-      std::vector<uint8_t> q(cols);
-      std::vector<uint16_t> sc(ng), mn(ng);
-      GetInt4Row(m, r, q.data(), sc.data(), mn.data());
-      for (size_t c = 0; c < cols; ++c)
-        out[c] = F32FromF16(sc[c / group]) * float(q[c]) + F32FromF16(mn[c / group]);
+    case WeightFormat::kInt4: {  // no allocation: the embedding lookup calls this per token
+      const size_t group = size_t(m.group_size()), gpr = m.groups_per_row(), pc = m.padded_cols();
+      for (size_t g = 0; g < cols / group; ++g) {
+        const float sc = F32FromF16(m.scale_f16()[Int4ScaleIndex(gpr, r, g)]);
+        const float mn = F32FromF16(m.min_f16()[Int4ScaleIndex(gpr, r, g)]);
+        for (size_t c = g * group; c < (g + 1) * group; ++c) {
+          unsigned shift;
+          const int q = (m.data()[Int4ByteIndex(pc, r, c, &shift)] >> shift) & 15;
+          out[c] = sc * float(q) + mn;
+        }
+      }
       break;
     }
   }

@@ -56,6 +56,31 @@ HWY_INLINE void Int4PortableBlock(DI di, VU w32, const int8_t* x8, hn::Vec<DI>& 
 }
 #endif
 
+#if HWY_TARGET == HWY_AVX3_DL
+// dot[j] = the exact integer dots of the tile's 16 rows with x[j] over activation block b
+// (256 bytes of codes: four 64-byte blocks of 8 columns, low and high nibbles).
+template <size_t NX>
+__attribute__((always_inline)) inline TERNLM_VNNI_ATTR void Int4BlockDotsVnni(
+    const uint8_t* HWY_RESTRICT tile, size_t b, const int8_t* const* x, __m512i* dot) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512i lo_acc[NX], hi_acc[NX];
+  for (size_t j = 0; j < NX; ++j) lo_acc[j] = hi_acc[j] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+  for (size_t s = 0; s < 4; ++s) {
+    const __m512i v = _mm512_load_si512(tile + 256 * b + 64 * s);
+    const __m512i lo = _mm512_and_si512(v, m4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+#pragma GCC unroll 4
+    for (size_t j = 0; j < NX; ++j) {
+      const int8_t* x8 = x[j] + 32 * b + 8 * s;
+      lo_acc[j] = _mm512_dpbusd_epi32(lo_acc[j], lo, _mm512_set1_epi32(Int4LoadI32(x8)));
+      hi_acc[j] = _mm512_dpbusd_epi32(hi_acc[j], hi, _mm512_set1_epi32(Int4LoadI32(x8 + 4)));
+    }
+  }
+  for (size_t j = 0; j < NX; ++j) dot[j] = _mm512_add_epi32(lo_acc[j], hi_acc[j]);
+}
+#endif
+
 // out[(j * nb + b) * 16 + r] = exact dot of row r's codes with x[j] over activation
 // block b (32 columns) for b < nb; tile points at the first block's codes (256 bytes
 // per activation block), x[j] at its first column.
@@ -68,24 +93,10 @@ HWY_INLINE
 void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t* const* x,
                        int32_t* HWY_RESTRICT out) {
 #if HWY_TARGET == HWY_AVX3_DL
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (size_t b = 0; b < nb; ++b) {
-    __m512i lo_acc[NX], hi_acc[NX];
-    for (size_t j = 0; j < NX; ++j) lo_acc[j] = hi_acc[j] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (size_t s = 0; s < 4; ++s) {
-      const __m512i v = _mm512_load_si512(tile + 256 * b + 64 * s);
-      const __m512i lo = _mm512_and_si512(v, m4);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-#pragma GCC unroll 4
-      for (size_t j = 0; j < NX; ++j) {
-        const int8_t* x8 = x[j] + 32 * b + 8 * s;
-        lo_acc[j] = _mm512_dpbusd_epi32(lo_acc[j], lo, _mm512_set1_epi32(Int4LoadI32(x8)));
-        hi_acc[j] = _mm512_dpbusd_epi32(hi_acc[j], hi, _mm512_set1_epi32(Int4LoadI32(x8 + 4)));
-      }
-    }
-    for (size_t j = 0; j < NX; ++j)
-      _mm512_store_si512(out + (j * nb + b) * 16, _mm512_add_epi32(lo_acc[j], hi_acc[j]));
+    __m512i dot[NX];
+    Int4BlockDotsVnni<NX>(tile, b, x, dot);
+    for (size_t j = 0; j < NX; ++j) _mm512_store_si512(out + (j * nb + b) * 16, dot[j]);
   }
 #elif HWY_TARGET == HWY_AVX3
   const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -157,29 +168,16 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile,
                                                const uint16_t* sc, const uint16_t* mn,
                                                const int8_t* const* x, const float* const* inv,
                                                const float* const* gsum, float* HWY_RESTRICT out) {
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
   __m512 acc[NX], macc[NX];
   for (size_t j = 0; j < NX; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
   for (size_t b = 0; b < nb32; ++b) {
-    __m512i lo_acc[NX], hi_acc[NX];
-    for (size_t j = 0; j < NX; ++j) lo_acc[j] = hi_acc[j] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (size_t s = 0; s < 4; ++s) {
-      const __m512i v = _mm512_load_si512(tile + 256 * b + 64 * s);
-      const __m512i lo = _mm512_and_si512(v, m4);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-#pragma GCC unroll 4
-      for (size_t j = 0; j < NX; ++j) {
-        const int8_t* x8 = x[j] + 32 * b + 8 * s;
-        lo_acc[j] = _mm512_dpbusd_epi32(lo_acc[j], lo, _mm512_set1_epi32(Int4LoadI32(x8)));
-        hi_acc[j] = _mm512_dpbusd_epi32(hi_acc[j], hi, _mm512_set1_epi32(Int4LoadI32(x8 + 4)));
-      }
-    }
+    __m512i dot[NX];
+    Int4BlockDotsVnni<NX>(tile, b, x, dot);
     const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 16 * b)));
     const __m512 mins = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + 16 * b)));
 #pragma GCC unroll 4
     for (size_t j = 0; j < NX; ++j) {
-      const __m512 d = _mm512_cvtepi32_ps(_mm512_add_epi32(lo_acc[j], hi_acc[j]));
+      const __m512 d = _mm512_cvtepi32_ps(dot[j]);
       acc[j] = _mm512_fmadd_ps(d, _mm512_mul_ps(scale, _mm512_set1_ps(inv[j][b])), acc[j]);
       macc[j] = _mm512_fmadd_ps(mins, _mm512_set1_ps(gsum[j][b]), macc[j]);
     }
