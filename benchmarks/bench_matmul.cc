@@ -25,19 +25,12 @@ namespace {
 struct Shape { size_t in, out; };
 const Shape kShapes[] = {{2560, 2560}, {2560, 640}, {2560, 6912}, {6912, 2560}, {2560, 128256}};
 
-// Random matrices built directly in their stored form (a 128256 x 2560 f32 source
-// would need 1.3 GB), cached across benchmarks.
-const QuantizedMatrix& Matrix(WeightFormat f, size_t rows, size_t cols) {
-  static std::map<std::tuple<int, size_t, size_t>, std::unique_ptr<QuantizedMatrix>> cache;
-  auto& slot = cache[{int(f), rows, cols}];
-  if (slot) return *slot;
-  // Keep at most one of the big matrices alive.
-  for (auto it = cache.begin(); it != cache.end();)
-    it = (it->second && it->second->nbytes() > (64u << 20)) ? cache.erase(it) : std::next(it);
-  auto& fresh = cache[{int(f), rows, cols}];
-  fresh.reset(new QuantizedMatrix(QuantizedMatrix::Allocate(f, rows, cols, 32)));
+// A random matrix built directly in its stored form (a 128256 x 2560 f32 source would
+// need 1.3 GB).
+std::unique_ptr<QuantizedMatrix> RandomMatrix(WeightFormat f, size_t rows, size_t cols, uint64_t seed) {
+  std::unique_ptr<QuantizedMatrix> fresh(new QuantizedMatrix(QuantizedMatrix::Allocate(f, rows, cols, 32)));
   QuantizedMatrix& m = *fresh;
-  std::mt19937_64 rng(42);
+  std::mt19937_64 rng(seed);
   uint8_t* d = m.mutable_data();
   const size_t bytes = rows * m.row_bytes();
   // bf16 weights like a model's: normal(0, 0.02), drawn from a table of 4096 values
@@ -70,7 +63,20 @@ const QuantizedMatrix& Matrix(WeightFormat f, size_t rows, size_t cols) {
       mn[i] = F16FromF32(-0.08f);
     }
   }
-  return m;
+  return fresh;
+}
+
+// RandomMatrix, cached across benchmarks.
+const QuantizedMatrix& Matrix(WeightFormat f, size_t rows, size_t cols) {
+  static std::map<std::tuple<int, size_t, size_t>, std::unique_ptr<QuantizedMatrix>> cache;
+  auto& slot = cache[{int(f), rows, cols}];
+  if (slot) return *slot;
+  // Keep at most one of the big matrices alive.
+  for (auto it = cache.begin(); it != cache.end();)
+    it = (it->second && it->second->nbytes() > (64u << 20)) ? cache.erase(it) : std::next(it);
+  auto& fresh = cache[{int(f), rows, cols}];
+  fresh = RandomMatrix(f, rows, cols, 42);
+  return *fresh;
 }
 
 void BM_MatMul(benchmark::State& state, WeightFormat f, size_t n) {
@@ -96,12 +102,6 @@ void BM_MatMul(benchmark::State& state, WeightFormat f, size_t n) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void ShapeArgs(benchmark::internal::Benchmark* b) {
-  for (int s = 0; s < int(sizeof(kShapes) / sizeof(kShapes[0])); ++s)
-    for (int t : {1, 2}) b->Args({s, t});
-  b->ArgNames({"shape", "threads"})->UseRealTime()->Unit(benchmark::kMicrosecond);
-}
-
 // Sum of n 64-bit words, 8 independent accumulators; compiled for AVX-512, AVX2 and
 // baseline and picked at load time, so it reads with the widest loads the CPU has.
 __attribute__((target_clones("avx512f", "avx2", "default"), noinline))
@@ -110,6 +110,45 @@ uint64_t SumWords(const uint64_t* p, size_t n) {
   for (size_t i = 0; i + 8 <= n; i += 8)
     for (size_t k = 0; k < 8; ++k) a[k] += p[i + k];
   return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
+}
+
+// A decode step's layer matrices, out of cache: `layers` transformer layers of the 2B-4T
+// shape as the engine multiplies them (q/k/v fused 2560->3840, o 2560->2560, gate/up fused
+// 2560->13824, down 6912->2560), one GEMV each, in order. Each matrix is read once per
+// pass, from memory (the stack is far larger than the L3), as in decode; the per-call
+// work (activation quantization, fork/join, the prefetchers' ramp at each new matrix)
+// is included. Compare weight_GB/s with BM_ReadBandwidth at the same thread count.
+void BM_LayerStack(benchmark::State& state, WeightFormat f, size_t layers) {
+  const size_t threads = size_t(state.range(0));
+  static std::map<int, std::vector<std::unique_ptr<QuantizedMatrix>>> stacks;
+  static const Shape kLayer[] = {{2560, 3840}, {2560, 2560}, {2560, 13824}, {6912, 2560}};
+  auto& stack = stacks[int(f)];
+  if (stack.empty())
+    for (size_t l = 0; l < layers; ++l)
+      for (const Shape& s : kLayer) stack.push_back(RandomMatrix(f, s.out, s.in, 1000 + stack.size()));
+  std::vector<float> x(6912), y(13824);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(rng);
+  ThreadPool& pool = PoolWithThreads(threads);
+  size_t bytes = 0;
+  for (const auto& m : stack) bytes += m->nbytes();
+  for (const auto& m : stack) MatMul(*m, x.data(), 1, y.data(), pool);  // warm up
+  for (auto _ : state) {
+    for (const auto& m : stack) MatMul(*m, x.data(), 1, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(std::string(FormatName(f)) + " " + std::to_string(layers) + " layers, " +
+                 std::to_string(bytes >> 20) + " MiB, t=" + std::to_string(threads));
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(double(bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void ShapeArgs(benchmark::internal::Benchmark* b) {
+  for (int s = 0; s < int(sizeof(kShapes) / sizeof(kShapes[0])); ++s)
+    for (int t : {1, 2}) b->Args({s, t});
+  b->ArgNames({"shape", "threads"})->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 
 // Streaming read of 1 GiB, split into contiguous chunks over the pool's threads.
@@ -140,6 +179,12 @@ BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()
 BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMV, WeightFormat::kTernary, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMV, WeightFormat::kInt4, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMV, WeightFormat::kBF16, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_LayerStack, ternary, WeightFormat::kTernary, 10)->Arg(1)->Arg(2)
+    ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_LayerStack, int4, WeightFormat::kInt4, 4)->Arg(1)->Arg(2)
+    ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_LayerStack, bf16, WeightFormat::kBF16, 2)->Arg(1)->Arg(2)
+    ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMM64, WeightFormat::kTernary, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMM64, WeightFormat::kInt4, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMM64, WeightFormat::kBF16, 64)->Apply(ShapeArgs);
