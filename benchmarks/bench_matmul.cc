@@ -8,6 +8,7 @@
 //   make bench     (or build/bench/ternlm_bench --benchmark_filter=GEMV)
 #include <benchmark/benchmark.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -123,9 +124,15 @@ void BM_LayerStack(benchmark::State& state, WeightFormat f, size_t layers) {
   static std::map<int, std::vector<std::unique_ptr<QuantizedMatrix>>> stacks;
   static const Shape kLayer[] = {{2560, 3840}, {2560, 2560}, {2560, 13824}, {6912, 2560}};
   auto& stack = stacks[int(f)];
+  // TERNLM_BENCH_LAYER_MATRIX=0..3 keeps only that matrix of each layer (q/k/v, o, gate/up,
+  // down), with 4x the layers, to see which shape streams worse.
+  const char* only_env = std::getenv("TERNLM_BENCH_LAYER_MATRIX");
+  const int only = only_env ? std::atoi(only_env) : -1;
   if (stack.empty())
-    for (size_t l = 0; l < layers; ++l)
-      for (const Shape& s : kLayer) stack.push_back(RandomMatrix(f, s.out, s.in, 1000 + stack.size()));
+    for (size_t l = 0; l < layers * (only >= 0 ? 4 : 1); ++l)
+      for (int k = 0; k < 4; ++k)
+        if (only < 0 || k == only)
+          stack.push_back(RandomMatrix(f, kLayer[k].out, kLayer[k].in, 1000 + stack.size()));
   std::vector<float> x(6912), y(13824);
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;

@@ -1,5 +1,7 @@
 """Weight formats: quantize/dequantize numerics and error bounds, packing, sizes,
 constructors from already-quantized data, buffers round trip, and bad inputs."""
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -372,3 +374,33 @@ def test_from_bf16_is_quantize_of_the_same_values_bit_for_bit():
         ternlm.from_bf16(w)
     with pytest.raises(ValueError, match="from_bf16: bits must be 2-D"):
         ternlm.from_bf16(bits[0])
+
+
+# ------------------------------------------------------------------ weight memory (formats/weight_arena.h)
+
+def _rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the huge-page arena is Linux only")
+def test_large_matrices_start_zeroed_and_give_their_memory_back():
+    # Large buffers come from a bump arena of huge-page chunks; a freed piece is returned
+    # to the system and an emptied chunk starts over. Every new matrix must still see
+    # zero padding (bf16 pads 2500 -> 2528 columns; a non-zero pad would leak into x·w).
+    w = rand(1000, 2500, 3)
+    x = np.zeros((1, 2500), np.float32)
+    x[0, :7] = 1
+    expected = ternlm.matmul(x, ternlm.quantize(w, "bf16"))
+    base = _rss_mb()
+    for i in range(40):                       # 40 x 5 MB, each freed before the next
+        junk = ternlm.quantize(np.full((1000, 2500), 1e30 * (i + 1), np.float32), "bf16")
+        del junk
+        q = ternlm.quantize(w, "bf16")
+        pad = q.buffers()["weight"].reshape(-1, 2528 // 2, 16, 2)[:, 1250:]  # [tile, col pair, row, 2]
+        assert not pad.any(), f"round {i}: padding columns are not zero"
+        np.testing.assert_array_equal(ternlm.matmul(x, q), expected)
+        del q
+    assert _rss_mb() - base < 100, "freed matrices kept their memory"
+    big = [ternlm.quantize(w, "ternary") for _ in range(30)]  # pieces side by side in chunks
+    np.testing.assert_array_equal(big[0].dequantize(), big[-1].dequantize())

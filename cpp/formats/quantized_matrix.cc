@@ -8,13 +8,11 @@
 #include <cstring>
 #include <stdexcept>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "formats/bf16.h"
 #include "formats/int4.h"
 #include "formats/ternary.h"
+#include "formats/weight_arena.h"
 
 namespace ternlm {
 namespace {
@@ -109,22 +107,22 @@ WeightFormat ParseFormat(const std::string& name) {
 
 // ---------------------------------------------------------------- storage
 
-void AlignedBytes::Free::operator()(uint8_t* p) const { std::free(p); }
+AlignedBytes::AlignedBytes(size_t size) : size_(size) { data_ = ArenaAllocate(size, &chunk_); }
 
-AlignedBytes::AlignedBytes(size_t size) : size_(size) {
-  // Large buffers (weights) are 2 MiB aligned and asked to be backed by huge pages:
-  // a GEMV streams them once per token and 4 KiB pages cost a TLB miss every 64 lines.
-  const size_t kHuge = size_t(2) << 20;
-  const size_t align = size >= 2 * kHuge ? kHuge : 64;
-  const size_t alloc = std::max<size_t>(64, (size + align - 1) / align * align);
-  void* p = std::aligned_alloc(align, alloc);
-  if (!p) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  if (align == kHuge) madvise(p, alloc, MADV_HUGEPAGE);  // a hint; failure is harmless
-#endif
-  std::memset(p, 0, alloc);
-  data_.reset(static_cast<uint8_t*>(p));
+AlignedBytes& AlignedBytes::operator=(AlignedBytes&& o) noexcept {
+  if (this != &o) {
+    ArenaFree(data_, size_, chunk_);
+    data_ = o.data_;
+    size_ = o.size_;
+    chunk_ = o.chunk_;
+    o.data_ = nullptr;
+    o.size_ = 0;
+    o.chunk_ = nullptr;
+  }
+  return *this;
 }
+
+AlignedBytes::~AlignedBytes() { ArenaFree(data_, size_, chunk_); }
 
 size_t QuantizedMatrix::row_bytes() const {
   switch (format_) {

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ternlm {
@@ -43,19 +44,25 @@ WeightFormat ParseFormat(const std::string& name);    // throws std::invalid_arg
 
 constexpr uint32_t kLayoutVersion = 2;
 
-// Owned, 64-byte aligned, zero-initialised bytes.
+// Owned, 64-byte aligned, zero-initialised bytes; large buffers come from the huge-page
+// arena of formats/weight_arena.h.
 class AlignedBytes {
  public:
   AlignedBytes() = default;
   explicit AlignedBytes(size_t size);
-  uint8_t* data() { return data_.get(); }
-  const uint8_t* data() const { return data_.get(); }
+  AlignedBytes(AlignedBytes&& o) noexcept { *this = std::move(o); }
+  AlignedBytes& operator=(AlignedBytes&& o) noexcept;
+  AlignedBytes(const AlignedBytes&) = delete;
+  AlignedBytes& operator=(const AlignedBytes&) = delete;
+  ~AlignedBytes();
+  uint8_t* data() { return data_; }
+  const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
 
  private:
-  struct Free { void operator()(uint8_t* p) const; };
-  std::unique_ptr<uint8_t, Free> data_;
+  uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  void* chunk_ = nullptr;  // the arena chunk, or nullptr for a heap allocation
 };
 
 // A read-only view of one stored buffer. dtype: "uint8", "uint16", "uint32", "float32".
