@@ -16,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "formats/int4.h"
 #include "formats/quantized_matrix.h"
 #include "kernels/matmul.h"
 #include "runtime/thread_pool.h"
@@ -56,13 +57,15 @@ std::unique_ptr<QuantizedMatrix> RandomMatrix(WeightFormat f, size_t rows, size_
     float* mult = reinterpret_cast<float*>(m.mutable_aux0());
     for (size_t r = 0; r < rows; ++r) mult[r] = 0.01f;
   }
-  if (f == WeightFormat::kInt4) {
-    uint16_t* s = reinterpret_cast<uint16_t*>(m.mutable_aux0());
-    uint16_t* mn = reinterpret_cast<uint16_t*>(m.mutable_aux1());
-    for (size_t i = 0; i < rows * m.groups_per_row(); ++i) {
-      s[i] = F16FromF32(0.01f);
-      mn[i] = F16FromF32(-0.08f);
-    }
+  if (f == WeightFormat::kInt4) {  // fp16 scales/mins inside the tiles (formats/int4.h)
+    const uint16_t sc = F16FromF32(0.01f), mn = F16FromF32(-0.08f);
+    const size_t group = size_t(m.group_size());
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t g = 0; g < m.groups_per_row(); ++g) {
+        const size_t o = Int4ScaleByte(m.padded_cols(), group, r, g);
+        std::memcpy(d + o, &sc, 2);
+        std::memcpy(d + o + 32, &mn, 2);
+      }
   }
   return fresh;
 }

@@ -4,10 +4,11 @@
 //    zeros to a multiple of 128, in 64-byte blocks of 128 weights; byte j of a block
 //    holds q[j] in bits 3..0 and q[j + 64] in bits 7..4. Scales/mins [rows, groups].
 //
-// 2. The matrix layout of a QuantizedMatrix (layout_version 2), made for the kernels:
-//    rows padded with zero rows to a multiple of 16 and cut into tiles of 16 rows,
-//    columns padded to a multiple of 32 (no padding: the group divides cols). A tile is stored contiguously as
-//    padded_cols/8 blocks of 64 bytes; block b covers columns 8b .. 8b+7 of its 16 rows:
+// 2. The stored matrix layout (QuantizedMatrix buffers, layout_version 2): rows padded
+//    with zero rows to a multiple of 16 and cut into tiles of 16 rows, columns padded to
+//    a multiple of 32 (no padding: the group divides cols). "q4" holds each tile's codes
+//    contiguously as padded_cols/8 blocks of 64 bytes; block b covers columns 8b .. 8b+7
+//    of its 16 rows:
 //
 //      byte 4r + i of the block (row r = 0..15 of the tile, i = 0..3):
 //        bits 3..0 = q of column 8b + i,  bits 7..4 = q of column 8b + 4 + i
@@ -15,9 +16,16 @@
 //    so the 32-bit lane r of a block ANDed with 0x0F0F0F0F holds row r's codes of
 //    columns 8b..8b+3 and (lane >> 4) & 0x0F0F0F0F those of 8b+4..8b+7: one vpdpbusd
 //    each, with the four activation bytes broadcast to all lanes, gives the 16 rows'
-//    integer dots; four blocks make one 32-column activation block. Scales and mins
+//    integer dots; four blocks make one 32-column activation block. "scale" and "min"
 //    are fp16 bits in the same tile order, [tile][group][16 rows] (padding rows and
 //    groups 0), so one 32-byte load gives a group's 16 row scales as a vector.
+//
+// 3. In memory the three are interleaved into one stream per tile (a GEMV then reads
+//    one sequential run of bytes per task, not three: on the machines measured, three
+//    concurrent streams per core read 15-25% slower than one): a tile is, for each group
+//    g in order, the group's code blocks as in 2 (group/8 blocks of 64 bytes), then its
+//    16 fp16 scales, then its 16 fp16 mins (Int4GroupBytes = 8 * group + 64 bytes).
+//    QuantizedMatrix::Buffers() and FromBuffers() convert between 2 and 3.
 //
 // MatMul numerics: activations are quantized to int8 per block of 32 inputs
 // (s_b = 127 / max(max|x_b|, 1e-5), q = clamp(round_half_even(x s_b), -128, 127)),
@@ -38,16 +46,32 @@ inline size_t Int4CodecPaddedCols(size_t cols) { return (cols + 127) / 128 * 128
 inline size_t Int4PaddedCols(size_t cols) { return (cols + 31) / 32 * 32; }
 
 constexpr size_t kInt4TileRows = 16;
-// Bytes of one tile (16 rows) of codes for padded_cols columns.
-inline size_t Int4TileBytes(size_t padded_cols) { return padded_cols * 8; }
-// Byte holding (row r, column c) in the matrix layout; *shift = 0 or 4 (its nibble).
-inline size_t Int4ByteIndex(size_t padded_cols, size_t r, size_t c, unsigned* shift) {
+// Stored layout (2): bytes of one tile's codes, the code byte of (row r, column c) and
+// its nibble (*shift = 0 or 4), and the index of the scale/min of (row r, group g).
+inline size_t Int4CodeTileBytes(size_t padded_cols) { return padded_cols * 8; }
+inline size_t Int4StoredByteIndex(size_t padded_cols, size_t r, size_t c, unsigned* shift) {
   *shift = (c % 8) >= 4 ? 4u : 0u;
-  return (r / 16) * Int4TileBytes(padded_cols) + (c / 8) * 64 + 4 * (r % 16) + c % 4;
+  return (r / 16) * Int4CodeTileBytes(padded_cols) + (c / 8) * 64 + 4 * (r % 16) + c % 4;
 }
-// Index of the scale/min of (row r, group g), groups_per_row = padded_cols / group.
 inline size_t Int4ScaleIndex(size_t groups_per_row, size_t r, size_t g) {
   return (r / 16) * groups_per_row * 16 + g * 16 + r % 16;
+}
+
+// In-memory layout (3): one group of a tile = codes, 16 scales, 16 mins.
+inline size_t Int4GroupBytes(size_t group) { return 8 * group + 64; }
+inline size_t Int4TileBytes(size_t padded_cols, size_t group) {
+  return padded_cols / group * Int4GroupBytes(group);
+}
+// Byte holding (row r, column c); *shift = 0 or 4 (its nibble).
+inline size_t Int4ByteIndex(size_t padded_cols, size_t group, size_t r, size_t c, unsigned* shift) {
+  *shift = (c % 8) >= 4 ? 4u : 0u;
+  return (r / 16) * Int4TileBytes(padded_cols, group) + (c / group) * Int4GroupBytes(group) +
+         (c % group / 8) * 64 + 4 * (r % 16) + c % 4;
+}
+// Byte offset of the fp16 scale of (row r, group g); its min is 32 bytes further.
+inline size_t Int4ScaleByte(size_t padded_cols, size_t group, size_t r, size_t g) {
+  return (r / 16) * Int4TileBytes(padded_cols, group) + g * Int4GroupBytes(group) + 8 * group +
+         2 * (r % 16);
 }
 
 // Row codec (layout 1, read when converting old files): packed holds

@@ -54,34 +54,63 @@ void CheckFinite(const float* w, size_t n) {
 
 }  // namespace
 
-// INT4 row r <-> the tile layout of int4.h: codes [cols], fp16 scale/min [cols / group].
+// INT4 row r <-> the in-memory layout of int4.h: codes [cols], fp16 scale/min [cols / group].
 static void SetInt4Row(QuantizedMatrix& m, size_t r, const uint8_t* q, const uint16_t* sc,
                        const uint16_t* mn) {
-  const size_t pc = m.padded_cols(), gpr = m.groups_per_row(), ng = m.cols() / size_t(m.group_size());
+  const size_t pc = m.padded_cols(), group = size_t(m.group_size()), ng = m.cols() / group;
   uint8_t* d = m.mutable_data();
   for (size_t c = 0; c < m.cols(); ++c) {
     unsigned shift;
-    uint8_t& byte = d[Int4ByteIndex(pc, r, c, &shift)];
+    uint8_t& byte = d[Int4ByteIndex(pc, group, r, c, &shift)];
     byte = uint8_t((byte & ~(15u << shift)) | (unsigned(q[c] & 15) << shift));
   }
-  uint16_t* s = reinterpret_cast<uint16_t*>(m.mutable_aux0());
-  uint16_t* mi = reinterpret_cast<uint16_t*>(m.mutable_aux1());
   for (size_t g = 0; g < ng; ++g) {
-    s[Int4ScaleIndex(gpr, r, g)] = sc[g];
-    mi[Int4ScaleIndex(gpr, r, g)] = mn[g];
+    const size_t o = Int4ScaleByte(pc, group, r, g);
+    std::memcpy(d + o, &sc[g], 2);
+    std::memcpy(d + o + 32, &mn[g], 2);
   }
 }
 
 static void GetInt4Row(const QuantizedMatrix& m, size_t r, uint8_t* q, uint16_t* sc, uint16_t* mn) {
-  const size_t pc = m.padded_cols(), gpr = m.groups_per_row(), ng = m.cols() / size_t(m.group_size());
+  const size_t pc = m.padded_cols(), group = size_t(m.group_size()), ng = m.cols() / group;
+  const uint8_t* d = m.data();
   for (size_t c = 0; c < m.cols(); ++c) {
     unsigned shift;
-    q[c] = (m.data()[Int4ByteIndex(pc, r, c, &shift)] >> shift) & 15;
+    q[c] = (d[Int4ByteIndex(pc, group, r, c, &shift)] >> shift) & 15;
   }
   for (size_t g = 0; g < ng; ++g) {
-    sc[g] = m.scale_f16()[Int4ScaleIndex(gpr, r, g)];
-    mn[g] = m.min_f16()[Int4ScaleIndex(gpr, r, g)];
+    const size_t o = Int4ScaleByte(pc, group, r, g);
+    std::memcpy(&sc[g], d + o, 2);
+    std::memcpy(&mn[g], d + o + 32, 2);
   }
+}
+
+// INT4 stored buffers (layout 2: "q4" codes, "scale", "min" in tile order) <-> the
+// in-memory tiles (layout 3), one group of one tile at a time.
+static void Int4Interleave(QuantizedMatrix& m, const uint8_t* q4, const uint16_t* sc, const uint16_t* mn) {
+  const size_t group = size_t(m.group_size()), gpr = m.groups_per_row(), gb = Int4GroupBytes(group);
+  const size_t tiles = (m.rows() + kInt4TileRows - 1) / kInt4TileRows;
+  uint8_t* d = m.mutable_data();
+  for (size_t t = 0; t < tiles; ++t)
+    for (size_t g = 0; g < gpr; ++g) {
+      uint8_t* o = d + (t * gpr + g) * gb;
+      std::memcpy(o, q4 + t * Int4CodeTileBytes(m.padded_cols()) + g * 8 * group, 8 * group);
+      std::memcpy(o + 8 * group, sc + (t * gpr + g) * 16, 32);
+      std::memcpy(o + 8 * group + 32, mn + (t * gpr + g) * 16, 32);
+    }
+}
+
+static void Int4Deinterleave(const QuantizedMatrix& m, uint8_t* q4, uint16_t* sc, uint16_t* mn) {
+  const size_t group = size_t(m.group_size()), gpr = m.groups_per_row(), gb = Int4GroupBytes(group);
+  const size_t tiles = (m.rows() + kInt4TileRows - 1) / kInt4TileRows;
+  const uint8_t* d = m.data();
+  for (size_t t = 0; t < tiles; ++t)
+    for (size_t g = 0; g < gpr; ++g) {
+      const uint8_t* o = d + (t * gpr + g) * gb;
+      std::memcpy(q4 + t * Int4CodeTileBytes(m.padded_cols()) + g * 8 * group, o, 8 * group);
+      std::memcpy(sc + (t * gpr + g) * 16, o + 8 * group, 32);
+      std::memcpy(mn + (t * gpr + g) * 16, o + 8 * group + 32, 32);
+    }
 }
 
 // ---------------------------------------------------------------- names
@@ -128,13 +157,13 @@ size_t QuantizedMatrix::row_bytes() const {
   switch (format_) {
     case WeightFormat::kF32: return padded_cols_ * 4;
     case WeightFormat::kBF16: return padded_cols_ * 2;
-    case WeightFormat::kInt4: return padded_cols_ / 2;
+    case WeightFormat::kInt4: return padded_cols_ / 2 + groups_per_row() * 4;  // codes, scales, mins
     case WeightFormat::kTernary: return padded_cols_ / 4;
   }
   return 0;
 }
 
-size_t QuantizedMatrix::nbytes() const { return data_.size() + aux0_.size() + aux1_.size(); }
+size_t QuantizedMatrix::nbytes() const { return data_.size() + aux0_.size(); }
 
 double QuantizedMatrix::bits_per_weight() const {
   return double(nbytes()) * 8.0 / (double(rows_) * double(cols_));
@@ -150,10 +179,6 @@ QuantizedMatrix QuantizedMatrix::Allocate(WeightFormat f, size_t rows, size_t co
   const size_t stored_rows = f == WeightFormat::kF32 ? rows : (rows + 15) / 16 * 16;  // 16-row tiles
   m.data_ = AlignedBytes(stored_rows * m.row_bytes());
   if (f == WeightFormat::kTernary) m.aux0_ = AlignedBytes(rows * 4);
-  if (f == WeightFormat::kInt4) {
-    m.aux0_ = AlignedBytes(stored_rows * m.groups_per_row() * 2);
-    m.aux1_ = AlignedBytes(stored_rows * m.groups_per_row() * 2);
-  }
   return m;
 }
 
@@ -169,11 +194,18 @@ std::vector<BufferView> QuantizedMatrix::Buffers() const {
     case WeightFormat::kBF16:
       b.push_back({"weight", "uint16", data_.size() / 2, data_.data()});
       break;
-    case WeightFormat::kInt4:
-      b.push_back({"q4", "uint8", data_.size(), data_.data()});
-      b.push_back({"scale", "uint16", aux0_.size() / 2, aux0_.data()});
-      b.push_back({"min", "uint16", aux1_.size() / 2, aux1_.data()});
+    case WeightFormat::kInt4: {  // stored as layout 2: codes, scales, mins apart
+      const size_t tiles = (rows_ + kInt4TileRows - 1) / kInt4TileRows, ns = tiles * 16 * groups_per_row();
+      const size_t nq = tiles * Int4CodeTileBytes(padded_cols_);
+      auto q4 = std::make_shared<std::vector<uint8_t>>(nq);
+      auto sc = std::make_shared<std::vector<uint16_t>>(ns);
+      auto mn = std::make_shared<std::vector<uint16_t>>(ns);
+      Int4Deinterleave(*this, q4->data(), sc->data(), mn->data());
+      b.push_back({"q4", "uint8", nq, q4->data(), q4});
+      b.push_back({"scale", "uint16", ns, sc->data(), sc});
+      b.push_back({"min", "uint16", ns, mn->data(), mn});
       break;
+    }
     case WeightFormat::kTernary:
       b.push_back({"packed", "uint8", data_.size(), data_.data()});
       b.push_back({"row_multiplier", "float32", rows_, aux0_.data()});
@@ -201,6 +233,7 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
   std::vector<uint16_t> v1_bf16;   // bf16 layout 1: row-major [rows, padded_cols]
   std::vector<uint8_t> v1_q4;      // int4 layout 1: row codec [rows, padded_cols / 2]
   std::vector<uint16_t> v1_scale, v1_min;  // int4 layout 1: [rows, groups_per_row]
+  const void* int4_src[3] = {nullptr, nullptr, nullptr};  // int4 layout 2: q4, scale, min
   for (const BufferView& want : expected) {
     const BufferView* got = nullptr;
     for (const BufferView& b : buffers)
@@ -248,6 +281,10 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
     if (got->count != want.count)
       throw std::invalid_argument("from_buffers: buffer '" + want.name + "' has " +
                                   Str(got->count) + " elements, expected " + Str(want.count));
+    if (f == WeightFormat::kInt4) {  // interleaved into the tiles below
+      int4_src[want.name == "q4" ? 0 : want.name == "scale" ? 1 : 2] = got->data;
+      continue;
+    }
     std::memcpy(const_cast<void*>(want.data), got->data,
                 want.count * (want.dtype == "uint8" ? 1 : want.dtype == "uint16" ? 2 : 4));
   }
@@ -281,6 +318,9 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
     }
     CheckFinite(m.row_multiplier(), rows);
   }
+  if (f == WeightFormat::kInt4 && version != 1)
+    Int4Interleave(m, static_cast<const uint8_t*>(int4_src[0]), static_cast<const uint16_t*>(int4_src[1]),
+                   static_cast<const uint16_t*>(int4_src[2]));
   if (f == WeightFormat::kInt4 && version == 1) {
     const size_t codec_cols = Int4CodecPaddedCols(cols), gpr1 = codec_cols / size_t(group);
     std::vector<uint8_t> q(codec_cols);
@@ -414,12 +454,7 @@ static void CopyRows(QuantizedMatrix& dst, size_t d0, const QuantizedMatrix& src
   size_t i = 0;
   if (f == WeightFormat::kF32 || (d0 % 16 == 0 && s0 % 16 == 0)) {
     i = f == WeightFormat::kF32 ? n : n / 16 * 16;
-    std::memcpy(dst.mutable_data() + d0 * rb, src.data() + s0 * rb, i * rb);
-    if (f == WeightFormat::kInt4) {  // scales/mins in the same tile order
-      const size_t gb = src.groups_per_row() * 2;
-      std::memcpy(dst.mutable_aux0() + d0 * gb, src.scale_f16() + s0 * gb / 2, i * gb);
-      std::memcpy(dst.mutable_aux1() + d0 * gb, src.min_f16() + s0 * gb / 2, i * gb);
-    }
+    std::memcpy(dst.mutable_data() + d0 * rb, src.data() + s0 * rb, i * rb);  // int4: with scales
   }
   std::vector<int8_t> t(f == WeightFormat::kTernary ? cols : 0);
   std::vector<uint8_t> q(f == WeightFormat::kInt4 ? cols : 0);
@@ -509,13 +544,15 @@ void DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
       break;
     }
     case WeightFormat::kInt4: {  // no allocation: the embedding lookup calls this per token
-      const size_t group = size_t(m.group_size()), gpr = m.groups_per_row(), pc = m.padded_cols();
+      const size_t group = size_t(m.group_size()), pc = m.padded_cols();
       for (size_t g = 0; g < cols / group; ++g) {
-        const float sc = F32FromF16(m.scale_f16()[Int4ScaleIndex(gpr, r, g)]);
-        const float mn = F32FromF16(m.min_f16()[Int4ScaleIndex(gpr, r, g)]);
+        uint16_t h[2];
+        std::memcpy(h, m.data() + Int4ScaleByte(pc, group, r, g), 2);
+        std::memcpy(h + 1, m.data() + Int4ScaleByte(pc, group, r, g) + 32, 2);
+        const float sc = F32FromF16(h[0]), mn = F32FromF16(h[1]);
         for (size_t c = g * group; c < (g + 1) * group; ++c) {
           unsigned shift;
-          const int q = (m.data()[Int4ByteIndex(pc, r, c, &shift)] >> shift) & 15;
+          const int q = (m.data()[Int4ByteIndex(pc, group, r, c, &shift)] >> shift) & 15;
           out[c] = sc * float(q) + mn;
         }
       }

@@ -19,7 +19,8 @@
 //   bf16         "weight"  uint16  [round_up(rows, 16) * padded_cols] padded_cols = round_up(cols, 32),
 //                                  bf16 bits in 16-row tiles, bf16.h (layout 1: row-major, converted)
 //   int4         "q4"      uint8   [round_up(rows, 16) * padded_cols/2] padded_cols = round_up(cols, 32) = cols,
-//                                  16-row tiles, int4.h (layout 1: the row codec, converted)
+//                                  16-row tiles, int4.h (layout 1: the row codec, converted);
+//                                  in memory q4/scale/min are interleaved per group (int4.h, 3)
 //                "scale"   uint16  [round_up(rows, 16) * padded_cols/group] fp16 bits, tile order
 //                "min"     uint16  [round_up(rows, 16) * padded_cols/group] fp16 bits, tile order;
 //                                  padding rows and groups are 0
@@ -71,6 +72,7 @@ struct BufferView {
   std::string dtype;
   size_t count = 0;           // elements
   const void* data = nullptr;
+  std::shared_ptr<const void> owner;  // set when the view is a converted copy (int4)
 };
 
 class QuantizedMatrix {
@@ -88,16 +90,15 @@ class QuantizedMatrix {
   size_t nbytes() const;                  // all stored bytes incl. scales and padding
   double bits_per_weight() const;         // nbytes*8 / (rows*cols)
 
-  // Columns after padding (see the table above) and bytes per stored row of "weight"/"q4"/"packed"
-  // (ternary, int4 and bf16 rows are interleaved in 16-row tiles: a tile holds 16 * row_bytes()).
+  // Columns after padding (see the table above) and bytes per row of data() (ternary, int4
+  // and bf16 rows are interleaved in 16-row tiles: a tile holds 16 * row_bytes(); int4 tiles
+  // hold their scales and mins too, int4.h layout 3).
   size_t padded_cols() const { return padded_cols_; }
   size_t row_bytes() const;
 
-  // Raw storage for kernels. data(): "weight" / "q4" / "packed".
+  // Raw storage for kernels. data(): "weight" / "packed" / int4 tiles with scales and mins.
   const uint8_t* data() const { return data_.data(); }
   const float* row_multiplier() const { return reinterpret_cast<const float*>(aux0_.data()); }
-  const uint16_t* scale_f16() const { return reinterpret_cast<const uint16_t*>(aux0_.data()); }
-  const uint16_t* min_f16() const { return reinterpret_cast<const uint16_t*>(aux1_.data()); }
   size_t groups_per_row() const { return group_size_ ? padded_cols_ / group_size_ : 0; }
 
   // Every stored buffer (names/dtypes in the table above), views into this matrix.
@@ -111,15 +112,13 @@ class QuantizedMatrix {
   static QuantizedMatrix Allocate(WeightFormat f, size_t rows, size_t cols, int group_size);
   uint8_t* mutable_data() { return data_.data(); }
   uint8_t* mutable_aux0() { return aux0_.data(); }
-  uint8_t* mutable_aux1() { return aux1_.data(); }
 
  private:
   WeightFormat format_ = WeightFormat::kF32;
   size_t rows_ = 0, cols_ = 0, padded_cols_ = 0;
   int group_size_ = 0;
-  AlignedBytes data_;  // "weight" / "q4" / "packed"
-  AlignedBytes aux0_;  // int4 "scale", ternary "row_multiplier"
-  AlignedBytes aux1_;  // int4 "min"
+  AlignedBytes data_;  // "weight" / int4 tiles (q4 + scale + min interleaved) / "packed"
+  AlignedBytes aux0_;  // ternary "row_multiplier"
 };
 
 // w: f32 [rows, cols]. Ternary: absmean per tensor (DESIGN §3), row_multiplier = 1/s_w.

@@ -57,17 +57,18 @@ HWY_INLINE void Int4PortableBlock(DI di, VU w32, const int8_t* x8, hn::Vec<DI>& 
 #endif
 
 #if HWY_TARGET == HWY_AVX3_DL
-// dot[j] = the exact integer dots of the tile's 16 rows with x[j] over activation block b
-// (256 bytes of codes: four 64-byte blocks of 8 columns, low and high nibbles).
+// dot[j] = the exact integer dots of the tile's 16 rows with x[j] over activation block b,
+// whose 256 bytes of codes (four 64-byte blocks of 8 columns, low and high nibbles)
+// start at codes.
 template <size_t NX>
 __attribute__((always_inline)) inline TERNLM_VNNI_ATTR void Int4BlockDotsVnni(
-    const uint8_t* HWY_RESTRICT tile, size_t b, const int8_t* const* x, __m512i* dot) {
+    const uint8_t* HWY_RESTRICT codes, size_t b, const int8_t* const* x, __m512i* dot) {
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   __m512i lo_acc[NX], hi_acc[NX];
   for (size_t j = 0; j < NX; ++j) lo_acc[j] = hi_acc[j] = _mm512_setzero_si512();
 #pragma GCC unroll 4
   for (size_t s = 0; s < 4; ++s) {
-    const __m512i v = _mm512_load_si512(tile + 256 * b + 64 * s);
+    const __m512i v = _mm512_load_si512(codes + 64 * s);
     const __m512i lo = _mm512_and_si512(v, m4);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
 #pragma GCC unroll 4
@@ -95,7 +96,7 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t
 #if HWY_TARGET == HWY_AVX3_DL
   for (size_t b = 0; b < nb; ++b) {
     __m512i dot[NX];
-    Int4BlockDotsVnni<NX>(tile, b, x, dot);
+    Int4BlockDotsVnni<NX>(tile + 256 * b, b, x, dot);
     for (size_t j = 0; j < NX; ++j) _mm512_store_si512(out + (j * nb + b) * 16, dot[j]);
   }
 #elif HWY_TARGET == HWY_AVX3
@@ -161,20 +162,20 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t
 #if HWY_TARGET == HWY_AVX3_DL
 // Groups of 32 (GGUF Q4_0/Q4_1, the default): the integer dots, the scales and the min
 // term of one tile in one pass, all in registers. out[16 j + r] = y of tile row r for
-// activation row j. sc, mn: the tile's fp16 scales/mins [nb32][16]; inv[j], gsum[j]:
-// 1/s_b and the group sums of activation row j.
+// activation row j. tile: nb32 groups of 320 bytes (codes, 16 fp16 scales, 16 fp16
+// mins); inv[j], gsum[j]: 1/s_b and the group sums of activation row j.
 template <size_t NX>
 HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32,
-                                               const uint16_t* sc, const uint16_t* mn,
                                                const int8_t* const* x, const float* const* inv,
                                                const float* const* gsum, float* HWY_RESTRICT out) {
   __m512 acc[NX], macc[NX];
   for (size_t j = 0; j < NX; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
   for (size_t b = 0; b < nb32; ++b) {
+    const uint8_t* grp = tile + 320 * b;
     __m512i dot[NX];
-    Int4BlockDotsVnni<NX>(tile, b, x, dot);
-    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 16 * b)));
-    const __m512 mins = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + 16 * b)));
+    Int4BlockDotsVnni<NX>(grp, b, x, dot);
+    const __m512 scale = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(grp + 256)));
+    const __m512 mins = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(grp + 288)));
 #pragma GCC unroll 4
     for (size_t j = 0; j < NX; ++j) {
       const __m512 d = _mm512_cvtepi32_ps(dot[j]);
@@ -186,18 +187,17 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile,
 }
 #endif
 
-// Rows [r0, r1) of y (r0 a multiple of 16) for every activation row. Row chunks of
-// kRun activation blocks keep the integer dots in a small buffer.
-HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t padded_cols, const uint16_t* scale_f16,
-                                 const uint16_t* min_f16, int group, const PreparedActivations& a,
-                                 size_t r0, size_t r1, const MatMulOutput& out) {
-  constexpr size_t kRun = 16;  // activation blocks (512 columns) per chunk
+// Rows [r0, r1) of y (r0 a multiple of 16) for every activation row, over the in-memory
+// tiles of int4.h (per group: codes, 16 scales, 16 mins; one stream per task).
+HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int group,
+                                 const PreparedActivations& a, size_t r0, size_t r1,
+                                 const MatMulOutput& out) {
   const hn::CappedTag<float, kInt4TileRows> df;
   const hn::Rebind<int32_t, decltype(df)> di;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
   const size_t N = hn::Lanes(df);
-  const size_t nb32 = padded_cols / 32, gpr = padded_cols / size_t(group), per_g = size_t(group) / 32;
-  const size_t tile_bytes = Int4TileBytes(padded_cols);
+  const size_t g = size_t(group), nb32 = padded_cols / 32, gpr = padded_cols / g, per_g = g / 32;
+  const size_t group_bytes = Int4GroupBytes(g), tile_bytes = gpr * group_bytes;
   HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
 #if HWY_TARGET == HWY_AVX3_DL
   if (per_g == 1) {
@@ -211,42 +211,35 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* packed, size_t padded_cols, cons
         gs[j] = a.group_sum + (x0 + j) * gpr;
       }
       WithActivationRows(nx, [&](auto k) HWY_ATTR {
-        Int4TileG32<decltype(k)::value>(packed + t * tile_bytes, nb32, scale_f16 + t * gpr * 16,
-                                        min_f16 + t * gpr * 16, xs, inv, gs, acc);
+        Int4TileG32<decltype(k)::value>(tiles + t * tile_bytes, nb32, xs, inv, gs, acc);
       });
       StoreTileRows(acc, t, r1, x0, nx, out.y, out.y_stride);
     });
     return;
   }
 #endif
-  HWY_ALIGN int32_t dots[kMaxActivationRows * kRun * kTileRows];
+  HWY_ALIGN int32_t dots[kMaxActivationRows * 4 * kTileRows];  // <= 4 blocks per group
   ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
-    const uint8_t* tile = packed + t * tile_bytes;
-    const hwy::float16_t* sc = reinterpret_cast<const hwy::float16_t*>(scale_f16) + t * gpr * 16;
-    const hwy::float16_t* mn = reinterpret_cast<const hwy::float16_t*>(min_f16) + t * gpr * 16;
-    for (size_t j = 0; j < nx; ++j) {  // min term first: acc = sum_g min_g * group_sum_g
-      const float* gs = a.group_sum + (x0 + j) * gpr;
-      for (size_t r = 0; r < kTileRows; r += N) {
-        auto v = hn::Zero(df);
-        for (size_t g = 0; g < gpr; ++g)
-          v = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, mn + g * 16 + r)), hn::Set(df, gs[g]), v);
-        hn::Store(v, df, acc + 16 * j + r);
-      }
-    }
-    for (size_t b0 = 0; b0 < nb32; b0 += kRun) {
-      const size_t nb = std::min(kRun, nb32 - b0);
+    const uint8_t* tile = tiles + t * tile_bytes;
+    for (size_t i = 0; i < nx * kTileRows; ++i) acc[i] = 0.0f;
+    for (size_t gi = 0; gi < gpr; ++gi) {
+      const uint8_t* grp = tile + gi * group_bytes;
       const int8_t* xs[kMaxActivationRows];
-      for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride + 32 * b0;
+      for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride + g * gi;
       WithActivationRows(nx, [&](auto k) HWY_ATTR {
-        Int4TileBlockDots<decltype(k)::value>(tile + 256 * b0, nb, xs, dots);
+        Int4TileBlockDots<decltype(k)::value>(grp, per_g, xs, dots);
       });
+      const hwy::float16_t* sc = reinterpret_cast<const hwy::float16_t*>(grp + 8 * g);
+      const hwy::float16_t* mn = sc + kInt4TileRows;
       for (size_t j = 0; j < nx; ++j) {
-        const float* inv = a.inv_scale + (x0 + j) * nb32 + b0;
+        const float* inv = a.inv_scale + (x0 + j) * nb32 + gi * per_g;
+        const float gsum = a.group_sum[(x0 + j) * gpr + gi];
         for (size_t r = 0; r < kTileRows; r += N) {
-          auto v = hn::Load(df, acc + 16 * j + r);
-          for (size_t b = 0; b < nb; ++b) {
-            const auto s = hn::PromoteTo(df, hn::LoadU(dh, sc + ((b0 + b) / per_g) * 16 + r));
-            const auto d = hn::ConvertTo(df, hn::Load(di, dots + (j * nb + b) * 16 + r));
+          const auto s = hn::PromoteTo(df, hn::LoadU(dh, sc + r));
+          auto v = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, mn + r)), hn::Set(df, gsum),
+                              hn::Load(df, acc + 16 * j + r));
+          for (size_t b = 0; b < per_g; ++b) {
+            const auto d = hn::ConvertTo(df, hn::Load(di, dots + (j * per_g + b) * 16 + r));
             v = hn::MulAdd(d, hn::Mul(s, hn::Set(df, inv[b])), v);
           }
           hn::Store(v, df, acc + 16 * j + r);

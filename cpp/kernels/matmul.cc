@@ -37,8 +37,7 @@ void MatMulRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r
       TernaryMatMulRows(w.data(), w.padded_cols(), w.row_multiplier(), a, r0, r1, out);
       break;
     case WeightFormat::kInt4:
-      Int4MatMulRows(w.data(), w.padded_cols(), w.scale_f16(), w.min_f16(), w.group_size(), a, r0,
-                     r1, out);
+      Int4MatMulRows(w.data(), w.padded_cols(), w.group_size(), a, r0, r1, out);
       break;
     case WeightFormat::kBF16:
       BF16MatMulRows(w.data(), w.padded_cols(), a, r0, r1, out);
