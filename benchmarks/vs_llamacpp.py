@@ -251,22 +251,30 @@ def run_model(args, name, description, files, ternlm_labels, pairs, prompt, prob
 
 
 # ---- report ---------------------------------------------------------------------------------------
-def add_roofline(model: dict, bandwidth: dict):
-    """roofline_tok_s = GB/s * 1e9 / bytes per token; roofline_fraction = median decode / that."""
+def add_roofline(model: dict, bandwidth: dict, median_bandwidth: dict):
+    """roofline_tok_s = GB/s * 1e9 / bytes per token (best bandwidth sample);
+    roofline_fraction = median decode / that; roofline_fraction_median_probe: the same
+    against the median sample (this machine's bandwidth moves by 2x within minutes, so
+    the best sample alone overstates what a typical run could have had)."""
     for row in model["rows"]:
         bw, bpt = bandwidth.get(row["threads"]), row["bytes_per_token"]
         row["roofline_tok_s"] = bw * 1e9 / bpt if bw and bpt else None
         dec = row["decode_tok_s"]
         row["roofline_fraction"] = dec["median"] / row["roofline_tok_s"] if dec and row["roofline_tok_s"] else None
+        mbw = median_bandwidth.get(row["threads"])
+        row["roofline_fraction_median_probe"] = dec["median"] * bpt / (mbw * 1e9) if dec and bpt and mbw else None
 
 
 def finish(result: dict, samples: dict):
-    """Best bandwidth sample per thread count -> machine figures and every model's roofline."""
+    """Best (and median) bandwidth sample per thread count -> machine figures and every
+    model's roofline."""
     bandwidth = {t: max(v) for t, v in samples.items() if v}
+    median_bandwidth = {t: statistics.median(v) for t, v in samples.items() if v}
     result["machine"]["read_bandwidth_gb_s"] = {str(t): v for t, v in bandwidth.items()}
+    result["machine"]["read_bandwidth_median_gb_s"] = {str(t): v for t, v in median_bandwidth.items()}
     result["machine"]["read_bandwidth_samples"] = {str(t): v for t, v in samples.items()}
     for model in result["models"]:
-        add_roofline(model, bandwidth)
+        add_roofline(model, bandwidth, median_bandwidth)
 
 
 def _fmt_mb(nbytes):
@@ -286,8 +294,10 @@ def format_report(result: dict) -> str:
     lines = []
     m = result["machine"]
     bw = ", ".join(f"{t} thr {v:.1f} GB/s" for t, v in sorted(m["read_bandwidth_gb_s"].items(), key=lambda x: int(x[0])))
+    mbw = ", ".join(f"{t} thr {v:.1f}" for t, v in sorted(m.get("read_bandwidth_median_gb_s", {}).items(),
+                                                          key=lambda x: int(x[0])))
     lines.append(f"machine: {m['cpu']} ({m['cpus']} cpus); read bandwidth (best of "
-                 f"{len(next(iter(m['read_bandwidth_samples'].values())))} samples): {bw}")
+                 f"{len(next(iter(m['read_bandwidth_samples'].values())))} samples): {bw}; median: {mbw}")
     loads = [r["loadavg_1min_before"] for mdl in result["models"] for row in mdl["rows"] for r in row["runs"]
              if r.get("loadavg_1min_before") is not None]
     lines.append(f"llama.cpp: llama-cpp-python {result['settings'].get('llama_cpp_version')}; "
@@ -297,14 +307,16 @@ def format_report(result: dict) -> str:
         lines.append("")
         lines.append(f"## {model['description']} — prompt {model['prompt_tokens']}, decode {model['decode_tokens']}")
         head = ("thr", "engine", "weights", "prefill t/s", "decode t/s", "peak RSS MB", "MB/token",
-                "roofline t/s", "% roofline")
+                "roofline t/s", "% roofline", "% (median bw)")
         table, failures = [head], []
         for r in sorted(model["rows"], key=lambda r: (r["threads"], r["engine"] != "ternlm")):
             table.append((str(r["threads"]), r["engine"], r["label"], _fmt_stat(r["prefill_tok_s"]),
                           _fmt_stat(r["decode_tok_s"]), _fmt_stat(r["peak_rss_mb"], 0),
                           _fmt_mb(r["bytes_per_token"]),
                           f"{r['roofline_tok_s']:.1f}" if r["roofline_tok_s"] else "—",
-                          f"{100 * r['roofline_fraction']:.0f}%" if r["roofline_fraction"] else "—"))
+                          f"{100 * r['roofline_fraction']:.0f}%" if r["roofline_fraction"] else "—",
+                          f"{100 * r['roofline_fraction_median_probe']:.0f}%"
+                          if r.get("roofline_fraction_median_probe") else "—"))
             if r["errors"]:
                 failures.append(f"  {r['threads']} thr {r['engine']} {r['label']}: {len(r['errors'])} run(s) failed: "
                                 f"{r['errors'][0][:200]}")
