@@ -82,21 +82,27 @@ __attribute__((always_inline)) inline TERNLM_VNNI_ATTR void Int4BlockDotsVnni(
 }
 #endif
 
+// The codes of activation block b (32 columns) of a tile in the in-memory layout
+// (int4.h, 3): each group is 2^group_shift blocks of 256 bytes, then 64 bytes of fp16
+// scales and mins, so block b starts at 256 b plus 64 bytes per group before it.
+HWY_INLINE const uint8_t* Int4BlockCodes(const uint8_t* tile, size_t b, size_t group_shift) {
+  return tile + 256 * b + 64 * (b >> group_shift);
+}
+
 // out[(j * nb + b) * 16 + r] = exact dot of row r's codes with x[j] over activation
-// block b (32 columns) for b < nb; tile points at the first block's codes (256 bytes
-// per activation block), x[j] at its first column.
+// block b0 + b for b < nb; x[j] points at block b0's first column.
 template <size_t NX>
 #if HWY_TARGET == HWY_AVX3_DL
 HWY_NOINLINE TERNLM_VNNI_ATTR  // not inlined: adds avx512vnni (kernels/vnni_attr.h)
 #else
 HWY_INLINE
 #endif
-void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t* const* x,
-                       int32_t* HWY_RESTRICT out) {
+void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, size_t group_shift,
+                       const int8_t* const* x, int32_t* HWY_RESTRICT out) {
 #if HWY_TARGET == HWY_AVX3_DL
   for (size_t b = 0; b < nb; ++b) {
     __m512i dot[NX];
-    Int4BlockDotsVnni<NX>(tile + 256 * b, b, x, dot);
+    Int4BlockDotsVnni<NX>(Int4BlockCodes(tile, b0 + b, group_shift), b, x, dot);
     for (size_t j = 0; j < NX; ++j) _mm512_store_si512(out + (j * nb + b) * 16, dot[j]);
   }
 #elif HWY_TARGET == HWY_AVX3
@@ -106,7 +112,7 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t
     __m512i s16[NX];
     for (size_t j = 0; j < NX; ++j) s16[j] = _mm512_setzero_si512();
     for (size_t s = 0; s < 4; ++s) {
-      const __m512i v = _mm512_load_si512(tile + 256 * b + 64 * s);
+      const __m512i v = _mm512_load_si512(Int4BlockCodes(tile, b0 + b, group_shift) + 64 * s);
       const __m512i lo = _mm512_and_si512(v, m4);
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
       for (size_t j = 0; j < NX; ++j) {
@@ -127,7 +133,7 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t
       for (size_t j = 0; j < NX; ++j) s16[j] = _mm256_setzero_si256();
       for (size_t s = 0; s < 4; ++s) {
         const __m256i v =
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 256 * b + 64 * s + 32 * h));
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(Int4BlockCodes(tile, b0 + b, group_shift) + 64 * s + 32 * h));
         const __m256i lo = _mm256_and_si256(v, m4);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         for (size_t j = 0; j < NX; ++j) {
@@ -150,7 +156,7 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t nb, const int8_t
       hn::Vec<decltype(di)> acc[NX];
       for (size_t j = 0; j < NX; ++j) acc[j] = hn::Zero(di);
       for (size_t s = 0; s < 4; ++s) {
-        const auto w32 = hn::LoadU(du, reinterpret_cast<const uint32_t*>(tile + 256 * b + 64 * s) + r0);
+        const auto w32 = hn::LoadU(du, reinterpret_cast<const uint32_t*>(Int4BlockCodes(tile, b0 + b, group_shift) + 64 * s) + r0);
         for (size_t j = 0; j < NX; ++j) Int4PortableBlock(di, w32, x[j] + 32 * b + 8 * s, acc[j]);
       }
       for (size_t j = 0; j < NX; ++j) hn::StoreU(acc[j], di, out + (j * nb + b) * 16 + r0);
@@ -218,29 +224,40 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int g
     return;
   }
 #endif
-  HWY_ALIGN int32_t dots[kMaxActivationRows * 4 * kTileRows];  // <= 4 blocks per group
+  // Other targets and groups: the min term first, then runs of kRun activation blocks:
+  // their integer dots into a small buffer, then scale_g / s_b per block.
+  constexpr size_t kRun = 16;  // activation blocks (512 columns) per run
+  const size_t group_shift = per_g == 1 ? 0 : per_g == 2 ? 1 : 2;
+  HWY_ALIGN int32_t dots[kMaxActivationRows * kRun * kTileRows];
   ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
     const uint8_t* tile = tiles + t * tile_bytes;
-    for (size_t i = 0; i < nx * kTileRows; ++i) acc[i] = 0.0f;
-    for (size_t gi = 0; gi < gpr; ++gi) {
-      const uint8_t* grp = tile + gi * group_bytes;
+    for (size_t j = 0; j < nx; ++j) {  // acc = sum_g min_g * group_sum_g
+      const float* gs = a.group_sum + (x0 + j) * gpr;
+      for (size_t r = 0; r < kTileRows; r += N) {
+        auto v = hn::Zero(df);
+        for (size_t gi = 0; gi < gpr; ++gi) {
+          const auto* mn = reinterpret_cast<const hwy::float16_t*>(tile + gi * group_bytes + 8 * g + 32);
+          v = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, mn + r)), hn::Set(df, gs[gi]), v);
+        }
+        hn::Store(v, df, acc + 16 * j + r);
+      }
+    }
+    for (size_t b0 = 0; b0 < nb32; b0 += kRun) {
+      const size_t nb = std::min(kRun, nb32 - b0);
       const int8_t* xs[kMaxActivationRows];
-      for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride + g * gi;
+      for (size_t j = 0; j < nx; ++j) xs[j] = a.q + (x0 + j) * a.stride + 32 * b0;
       WithActivationRows(nx, [&](auto k) HWY_ATTR {
-        Int4TileBlockDots<decltype(k)::value>(grp, per_g, xs, dots);
+        Int4TileBlockDots<decltype(k)::value>(tile, b0, nb, group_shift, xs, dots);
       });
-      const hwy::float16_t* sc = reinterpret_cast<const hwy::float16_t*>(grp + 8 * g);
-      const hwy::float16_t* mn = sc + kInt4TileRows;
       for (size_t j = 0; j < nx; ++j) {
-        const float* inv = a.inv_scale + (x0 + j) * nb32 + gi * per_g;
-        const float gsum = a.group_sum[(x0 + j) * gpr + gi];
+        const float* inv = a.inv_scale + (x0 + j) * nb32 + b0;
         for (size_t r = 0; r < kTileRows; r += N) {
-          const auto s = hn::PromoteTo(df, hn::LoadU(dh, sc + r));
-          auto v = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, mn + r)), hn::Set(df, gsum),
-                              hn::Load(df, acc + 16 * j + r));
-          for (size_t b = 0; b < per_g; ++b) {
-            const auto d = hn::ConvertTo(df, hn::Load(di, dots + (j * per_g + b) * 16 + r));
-            v = hn::MulAdd(d, hn::Mul(s, hn::Set(df, inv[b])), v);
+          auto v = hn::Load(df, acc + 16 * j + r);
+          for (size_t b = 0; b < nb; ++b) {
+            const auto* sc = reinterpret_cast<const hwy::float16_t*>(
+                tile + ((b0 + b) >> group_shift) * group_bytes + 8 * g);
+            const auto d = hn::ConvertTo(df, hn::Load(di, dots + (j * nb + b) * 16 + r));
+            v = hn::MulAdd(d, hn::Mul(hn::PromoteTo(df, hn::LoadU(dh, sc + r)), hn::Set(df, inv[b])), v);
           }
           hn::Store(v, df, acc + 16 * j + r);
         }
