@@ -9,6 +9,8 @@
 //   AVX3 / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128; eight of
 //     them summed in i16 <= 30720, no saturation), then pmaddwd by 1 -> i32
 //   otherwise (SSE4, NEON, SVE, scalar, ...): portable Highway in i32 lanes
+// With groups of 32 (GGUF Q4_0/Q4_1) AVX3_DL and AVX2 fuse the dots, the scales and the
+// min term of a tile in registers (Int4TileG32) instead.
 #if defined(TERNLM_KERNELS_INT4_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_INT4_MATMUL_INL_H_
 #undef TERNLM_KERNELS_INT4_MATMUL_INL_H_
@@ -193,6 +195,46 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile,
 }
 #endif
 
+#if HWY_TARGET == HWY_AVX2
+// The same for AVX2: per half tile (8 rows
+// in a 256-bit register) the eight pmaddubsw of a 32-column block are summed in i16
+// (<= 8 * 2 * 15 * 128 = 30720), widened by pmaddwd, then scaled and the min term added
+// in f32 registers; no i32 buffer, no separate epilogue.
+template <size_t NX>
+HWY_INLINE void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32, const int8_t* const* x,
+                            const float* const* inv, const float* const* gsum, float* HWY_RESTRICT out) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
+    __m256 acc[NX], macc[NX];
+    for (size_t j = 0; j < NX; ++j) acc[j] = macc[j] = _mm256_setzero_ps();
+    for (size_t b = 0; b < nb32; ++b) {
+      const uint8_t* grp = tile + 320 * b;
+      __m256i s16[NX];
+      for (size_t j = 0; j < NX; ++j) s16[j] = _mm256_setzero_si256();
+      for (size_t s = 0; s < 4; ++s) {
+        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(grp + 64 * s + 32 * h));
+        const __m256i lo = _mm256_and_si256(v, m4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        for (size_t j = 0; j < NX; ++j) {
+          const int8_t* x8 = x[j] + 32 * b + 8 * s;
+          s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(Int4LoadI32(x8))));
+          s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(Int4LoadI32(x8 + 4))));
+        }
+      }
+      const __m256 scale = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(grp + 256 + 16 * h)));
+      const __m256 mins = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(grp + 288 + 16 * h)));
+      for (size_t j = 0; j < NX; ++j) {
+        const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[j], ones));
+        acc[j] = _mm256_fmadd_ps(d, _mm256_mul_ps(scale, _mm256_set1_ps(inv[j][b])), acc[j]);
+        macc[j] = _mm256_fmadd_ps(mins, _mm256_set1_ps(gsum[j][b]), macc[j]);
+      }
+    }
+    for (size_t j = 0; j < NX; ++j) _mm256_storeu_ps(out + 16 * j + 8 * h, _mm256_add_ps(macc[j], acc[j]));
+  }
+}
+#endif
+
 // Rows [r0, r1) of y (r0 a multiple of 16) for every activation row, over the in-memory
 // tiles of int4.h (per group: codes, 16 scales, 16 mins; one stream per task).
 HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int group,
@@ -205,7 +247,9 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int g
   const size_t g = size_t(group), nb32 = padded_cols / 32, gpr = padded_cols / g, per_g = g / 32;
   const size_t group_bytes = Int4GroupBytes(g), tile_bytes = gpr * group_bytes;
   HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
-#if HWY_TARGET == HWY_AVX3_DL
+#if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX2
+  // Group 32: dots, scales and min term fused (Int4TileG32). (AVX-512 without VNNI keeps
+  // the path below: its 512-bit dots beat the 256-bit fused kernel in decode.)
   if (per_g == 1) {
     ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
       const int8_t* xs[kMaxActivationRows];
