@@ -58,6 +58,27 @@ HWY_INLINE void Int4PortableBlock(DI di, VU w32, const int8_t* x8, hn::Vec<DI>& 
 }
 #endif
 
+#if HWY_TARGET == HWY_AVX2
+// s16[j] = the i16 pair sums (<= 30720) of rows 8h..8h+7 of a tile with x[j] over
+// activation block b, whose 256 bytes of codes start at codes; pmaddwd by 1 finishes them.
+template <size_t NX>
+HWY_INLINE void Int4HalfBlockDotsAvx2(const uint8_t* HWY_RESTRICT codes, size_t h, size_t b,
+                                      const int8_t* const* x, __m256i* s16) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (size_t j = 0; j < NX; ++j) s16[j] = _mm256_setzero_si256();
+  for (size_t s = 0; s < 4; ++s) {
+    const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(codes + 64 * s + 32 * h));
+    const __m256i lo = _mm256_and_si256(v, m4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    for (size_t j = 0; j < NX; ++j) {
+      const int8_t* x8 = x[j] + 32 * b + 8 * s;
+      s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(Int4LoadI32(x8))));
+      s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(Int4LoadI32(x8 + 4))));
+    }
+  }
+}
+#endif
+
 #if HWY_TARGET == HWY_AVX3_DL
 // dot[j] = the exact integer dots of the tile's 16 rows with x[j] over activation block b,
 // whose 256 bytes of codes (four 64-byte blocks of 8 columns, low and high nibbles)
@@ -127,23 +148,11 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, s
       _mm512_store_si512(out + (j * nb + b) * 16, _mm512_madd_epi16(s16[j], ones));
   }
 #elif HWY_TARGET == HWY_AVX2
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   for (size_t b = 0; b < nb; ++b) {
     for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
       __m256i s16[NX];
-      for (size_t j = 0; j < NX; ++j) s16[j] = _mm256_setzero_si256();
-      for (size_t s = 0; s < 4; ++s) {
-        const __m256i v =
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(Int4BlockCodes(tile, b0 + b, group_shift) + 64 * s + 32 * h));
-        const __m256i lo = _mm256_and_si256(v, m4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        for (size_t j = 0; j < NX; ++j) {
-          const int8_t* x8 = x[j] + 32 * b + 8 * s;
-          s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(Int4LoadI32(x8))));
-          s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(Int4LoadI32(x8 + 4))));
-        }
-      }
+      Int4HalfBlockDotsAvx2<NX>(Int4BlockCodes(tile, b0 + b, group_shift), h, b, x, s16);
       for (size_t j = 0; j < NX; ++j)
         _mm256_store_si256(reinterpret_cast<__m256i*>(out + (j * nb + b) * 16 + 8 * h),
                            _mm256_madd_epi16(s16[j], ones));
@@ -203,7 +212,6 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile,
 template <size_t NX>
 HWY_INLINE void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32, const int8_t* const* x,
                             const float* const* inv, const float* const* gsum, float* HWY_RESTRICT out) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
     __m256 acc[NX], macc[NX];
@@ -211,17 +219,7 @@ HWY_INLINE void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32, const
     for (size_t b = 0; b < nb32; ++b) {
       const uint8_t* grp = tile + 320 * b;
       __m256i s16[NX];
-      for (size_t j = 0; j < NX; ++j) s16[j] = _mm256_setzero_si256();
-      for (size_t s = 0; s < 4; ++s) {
-        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(grp + 64 * s + 32 * h));
-        const __m256i lo = _mm256_and_si256(v, m4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        for (size_t j = 0; j < NX; ++j) {
-          const int8_t* x8 = x[j] + 32 * b + 8 * s;
-          s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(Int4LoadI32(x8))));
-          s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(Int4LoadI32(x8 + 4))));
-        }
-      }
+      Int4HalfBlockDotsAvx2<NX>(grp, h, b, x, s16);
       const __m256 scale = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(grp + 256 + 16 * h)));
       const __m256 mins = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(grp + 288 + 16 * h)));
       for (size_t j = 0; j < NX; ++j) {
