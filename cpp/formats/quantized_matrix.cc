@@ -8,7 +8,6 @@
 #include <cstring>
 #include <stdexcept>
 
-
 #include "formats/bf16.h"
 #include "formats/int4.h"
 #include "formats/ternary.h"
