@@ -46,16 +46,9 @@ inline size_t Int4CodecPaddedCols(size_t cols) { return (cols + 127) / 128 * 128
 inline size_t Int4PaddedCols(size_t cols) { return (cols + 31) / 32 * 32; }
 
 constexpr size_t kInt4TileRows = 16;
-// Stored layout (2): bytes of one tile's codes, the code byte of (row r, column c) and
-// its nibble (*shift = 0 or 4), and the index of the scale/min of (row r, group g).
+// Stored layout (2): bytes of one tile's codes ("q4"; "scale"/"min" hold 16 values per
+// tile and group, in tile order).
 inline size_t Int4CodeTileBytes(size_t padded_cols) { return padded_cols * 8; }
-inline size_t Int4StoredByteIndex(size_t padded_cols, size_t r, size_t c, unsigned* shift) {
-  *shift = (c % 8) >= 4 ? 4u : 0u;
-  return (r / 16) * Int4CodeTileBytes(padded_cols) + (c / 8) * 64 + 4 * (r % 16) + c % 4;
-}
-inline size_t Int4ScaleIndex(size_t groups_per_row, size_t r, size_t g) {
-  return (r / 16) * groups_per_row * 16 + g * 16 + r % 16;
-}
 
 // In-memory layout (3): one group of a tile = codes, 16 scales, 16 mins.
 inline size_t Int4GroupBytes(size_t group) { return 8 * group + 64; }

@@ -243,7 +243,7 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int g
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
   const size_t N = hn::Lanes(df);
   const size_t g = size_t(group), nb32 = padded_cols / 32, gpr = padded_cols / g, per_g = g / 32;
-  const size_t group_bytes = Int4GroupBytes(g), tile_bytes = gpr * group_bytes;
+  const size_t group_bytes = Int4GroupBytes(g), tile_bytes = Int4TileBytes(padded_cols, g);
   HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
 #if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX2
   // Group 32: dots, scales and min term fused (Int4TileG32). (AVX-512 without VNNI keeps
