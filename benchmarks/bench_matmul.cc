@@ -8,6 +8,7 @@
 //   make bench     (or build/bench/ternlm_bench --benchmark_filter=GEMV)
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -19,6 +20,8 @@
 #include "formats/int4.h"
 #include "formats/quantized_matrix.h"
 #include "kernels/matmul.h"
+#include "kernels/vector_ops.h"
+#include "model/kv_cache.h"
 #include "runtime/thread_pool.h"
 
 namespace ternlm {
@@ -155,6 +158,68 @@ void BM_LayerStack(benchmark::State& state, WeightFormat f, size_t layers) {
       benchmark::Counter(double(bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Decode attention over a filled KV cache of the 2B-4T shape (30 layers, 5 KV heads of
+// 128, 4 query heads per KV head), one query token at context length range(0), the way
+// the engine runs it (one task per KV head, per layer). The cache (2 x 30 x 5 x len x 128
+// values) is far larger than the L3 at long context, so this is the stream decode pays
+// per token on top of the weights. kv_GB/s: cache bytes read per second.
+void BM_Attend(benchmark::State& state) {
+  constexpr size_t kLayers = 30, kKvHeads = 5, kGroup = 4, kHeadDim = 128;
+  const size_t len = size_t(state.range(0)), threads = size_t(state.range(1));
+  static std::map<size_t, std::unique_ptr<KvCache>> caches;
+  auto& cache = caches[len];
+  if (!cache) {
+    cache.reset(new KvCache(kLayers, kKvHeads, len, kHeadDim));
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal;
+    std::vector<float> k(kHeadDim), v(kHeadDim);
+    for (size_t l = 0; l < kLayers; ++l)
+      for (size_t h = 0; h < kKvHeads; ++h)
+        for (size_t t = 0; t < len; ++t) {
+          for (size_t i = 0; i < kHeadDim; ++i) k[i] = normal(rng), v[i] = normal(rng);
+          cache->Store(l, h, t, k.data(), v.data());
+        }
+  }
+  std::vector<float> q(kKvHeads * kGroup * kHeadDim), out(q.size());
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  for (float& v : q) v = normal(rng);
+  const size_t stride = AttendScoresStride(0, len);
+  std::vector<float> scores(threads * kGroup * stride), stats(threads * 2 * kGroup);
+  ThreadPool& pool = PoolWithThreads(threads);
+  const float scale = 1.0f / std::sqrt(float(kHeadDim));
+  auto step = [&] {
+    for (size_t l = 0; l < kLayers; ++l)
+      pool.Run(kKvHeads, [&](size_t h, size_t thread) {
+        AttendArgs a;
+        a.q = q.data() + h * kGroup * kHeadDim;
+        a.q_stride = kGroup * kHeadDim;
+        a.tokens = 1;
+        a.group = kGroup;
+        a.first_len = len;
+        a.keys = cache->Keys(l, h);
+        a.values = cache->Values(l, h);
+        a.begin = 0;
+        a.end = len;
+        a.head_dim = kHeadDim;
+        a.scale = scale;
+        a.scores = scores.data() + thread * kGroup * stride;
+        a.out = out.data() + h * kGroup * kHeadDim;
+        a.out_stride = kGroup * kHeadDim;
+        a.row_max = stats.data() + thread * 2 * kGroup;
+        a.row_sum = a.row_max + kGroup;
+        AttendPartial(a);
+      });
+  };
+  step();
+  for (auto _ : state) {
+    step();
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["kv_GB/s"] = benchmark::Counter(double(cache->nbytes()) / 1e9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void ShapeArgs(benchmark::internal::Benchmark* b) {
   for (int s = 0; s < int(sizeof(kShapes) / sizeof(kShapes[0])); ++s)
     for (int t : {1, 2}) b->Args({s, t});
@@ -195,6 +260,8 @@ BENCHMARK_CAPTURE(BM_LayerStack, int4, WeightFormat::kInt4, 4)->Arg(1)->Arg(2)
     ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_LayerStack, bf16, WeightFormat::kBF16, 2)->Arg(1)->Arg(2)
     ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Attend)->ArgsProduct({{32, 512, 3072}, {1, 2}})->ArgNames({"len", "threads"})
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMM64, WeightFormat::kTernary, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMM64, WeightFormat::kInt4, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMM64, WeightFormat::kBF16, 64)->Apply(ShapeArgs);

@@ -17,7 +17,7 @@ HWY_EXPORT(DotTarget);
 HWY_EXPORT(AxpyTarget);
 HWY_EXPORT(AddInPlaceTarget);
 HWY_EXPORT(SoftmaxTarget);
-HWY_EXPORT(AttendGroupTarget);
+HWY_EXPORT(AttendPartialTarget);
 HWY_EXPORT(SiluMulTarget);
 HWY_EXPORT(Relu2MulTarget);
 HWY_EXPORT(ArgmaxTarget);
@@ -32,12 +32,7 @@ float Dot(const float* a, const float* b, size_t n) { return HWY_DYNAMIC_DISPATC
 void Axpy(float a, const float* x, size_t n, float* y) { HWY_DYNAMIC_DISPATCH(AxpyTarget)(a, x, n, y); }
 void AddInPlace(const float* y, size_t n, float* x) { HWY_DYNAMIC_DISPATCH(AddInPlaceTarget)(y, n, x); }
 void Softmax(float* x, size_t n) { HWY_DYNAMIC_DISPATCH(SoftmaxTarget)(x, n); }
-void AttendGroup(const float* q, size_t q_stride, size_t group, const float* keys,
-                 const float* values, size_t len, size_t head_dim, float scale, float* scores,
-                 float* out, size_t out_stride) {
-  HWY_DYNAMIC_DISPATCH(AttendGroupTarget)(q, q_stride, group, keys, values, len, head_dim, scale,
-                                          scores, out, out_stride);
-}
+void AttendPartial(const AttendArgs& args) { HWY_DYNAMIC_DISPATCH(AttendPartialTarget)(args); }
 void SiluMul(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(SiluMulTarget)(gate, up, n, out);
 }

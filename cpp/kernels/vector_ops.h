@@ -31,14 +31,42 @@ void AddInPlace(const float* y, size_t n, float* x);
 // In-place softmax over x [n] (max-subtracted, f32).
 void Softmax(float* x, size_t n);
 
-// Attention of one query token for the `group` query heads that share one KV head
-// (GQA): out_g[d] = Σ_t softmax_t(q_g·K[t] * scale) V[t][d] over t < len, reading each
-// key and value row once for all g < group.
-// q: group rows of head_dim at q_stride; keys, values: [len, head_dim] rows (one KV
-// head's slab of the cache); scores: scratch [group, len]; out: group rows at out_stride.
-void AttendGroup(const float* q, size_t q_stride, size_t group, const float* keys,
-                 const float* values, size_t len, size_t head_dim, float scale, float* scores,
-                 float* out, size_t out_stride);
+// ---- attention over one KV head's cache (GQA: the `group` query heads that share it)
+//
+// Keys are stored in blocks of kKeyBlock positions, each block [head_dim][kKeyBlock]
+// (dimension-major): the scores of a block's positions for one query are kKeyBlock-wide
+// multiply-adds with no horizontal sums. Values are rows [position][head_dim].
+constexpr size_t kKeyBlock = 16;
+inline size_t KeyOffset(size_t pos, size_t d, size_t head_dim) {
+  return ((pos / kKeyBlock) * head_dim + d) * kKeyBlock + pos % kKeyBlock;
+}
+
+// Attention of `tokens` consecutive query tokens x `group` query heads ("rows", token-major)
+// over the cached positions [begin, end) of one KV head; token i sees positions
+// [0, first_len + i) (causal). begin is a multiple of kKeyBlock. For each row r, with s_t =
+// scale * q_r . K[t] over its visible t in [begin, end):
+//   row_max[r] = max_t s_t,  row_sum[r] = sum_t e^(s_t - row_max[r]),
+//   out_r      = sum_t e^(s_t - row_max[r]) V[t]      (not yet divided by row_sum)
+// and row_max = -inf, row_sum = 0, out_r = 0 where no position is visible. One call over
+// [0, end) then out_r / row_sum[r] is softmax attention; calls over disjoint ranges combine
+// (AttendCombine). Each key block and value row is read once for all rows.
+struct AttendArgs {
+  const float* q;          // row (i, g) at q + i * q_stride + g * head_dim
+  size_t q_stride, tokens, group, first_len;
+  const float* keys;       // this KV head's key blocks (from position 0)
+  const float* values;     // this KV head's value rows (from position 0)
+  size_t begin, end, head_dim;
+  float scale;
+  float* scores;           // scratch: tokens * group rows of AttendScoresStride(begin, end)
+  float* out;              // row (i, g) at out + i * out_stride + g * head_dim
+  size_t out_stride;
+  float* row_max;          // [tokens * group]
+  float* row_sum;          // [tokens * group]
+};
+inline size_t AttendScoresStride(size_t begin, size_t end) {
+  return (end - begin + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
+}
+void AttendPartial(const AttendArgs& args);
 
 // Gated FFN activations; gate, up, out: [n]; out may alias gate.
 //   SiluMul:  out = gate * sigmoid(gate) * up            (Llama, hidden_act "silu")

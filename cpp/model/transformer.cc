@@ -70,8 +70,15 @@ Transformer::Transformer(const ModelConfig& config, Weights weights, size_t cont
   s_.gate_up = Allocate(chunk * 2 * c.intermediate_size, total);
   s_.act = Allocate(chunk * c.intermediate_size, total);
   s_.proj = Allocate(chunk * proj_cols, total);
-  s_.scores_per_thread = (c.num_heads / c.num_kv_heads) * context;
-  s_.scores = Allocate(pool.num_threads() * s_.scores_per_thread, total);
+  const size_t group = c.num_heads / c.num_kv_heads, threads = pool.num_threads();
+  s_.scores_per_thread = std::min(kAttendTokens, chunk) * group * AttendScoresStride(0, context);
+  s_.scores = Allocate(threads * s_.scores_per_thread, total);
+  s_.row_stats = Allocate(threads * 2 * kAttendTokens * group, total);
+  s_.max_parts = threads > 1 ? std::min<size_t>(64, 4 * threads) : 1;
+  if (s_.max_parts > 1) {
+    s_.parts = Allocate(s_.max_parts * kAttendTokens * c.q_dim(), total);
+    s_.part_stats = Allocate(s_.max_parts * 2 * kAttendTokens * c.num_heads, total);
+  }
   s_.logits = Allocate(c.vocab_size, total);
   const size_t half = c.head_dim / 2;
   s_.rope_cos = Allocate(context * half, total);
@@ -181,10 +188,7 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
       for (size_t h = 0; h < c.num_heads + c.num_kv_heads; ++h) RopeRotateHalf(row + h * hd, cs, sn, hd);
       const float* k = row + c.q_dim();
       const float* v = k + c.kv_dim();
-      for (size_t h = 0; h < c.num_kv_heads; ++h) {
-        std::memcpy(s_.kv.Keys(l, h) + pos * hd, k + h * hd, hd * sizeof(float));
-        std::memcpy(s_.kv.Values(l, h) + pos * hd, v + h * hd, hd * sizeof(float));
-      }
+      for (size_t h = 0; h < c.num_kv_heads; ++h) s_.kv.Store(l, h, pos, k + h * hd, v + h * hd);
     });
     Attention(l, n);
     if (c.is_bitnet())
@@ -217,27 +221,89 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
 }
 
 // Causal attention of the n new queries (positions pos_ .. pos_+n-1) over the cache;
-// query head h reads KV head h / group (group = heads / kv_heads). One task per
-// (query token, KV head) handles the group's query heads together, so each cached key
-// and value row is read once per group; when that gives fewer tasks than threads
-// (decode with few KV heads), one task per (query token, query head) instead.
+// query head h reads KV head h / group (group = heads / kv_heads). One task per (block of
+// kAttendTokens query tokens, KV head) scores all their query heads together, so each
+// cached key and value is read once per token block. When that gives few tasks per thread
+// (decode), the cached positions are also split into parts, one task each, whose partial
+// softmax sums are combined afterwards (AttendPartial's contract).
 void Transformer::Attention(size_t layer, size_t n) {
   const ModelConfig& c = config_;
-  const size_t hd = c.head_dim, heads = c.num_heads, kv_heads = c.num_kv_heads;
-  // The task captures two pointers, so std::function stores it without allocating.
-  struct Args { size_t layer, hd, group, per_task, tasks_per_token, qkv_cols, q_dim, scratch; float scale; } a{
-      layer, hd, heads / kv_heads, 0, 0, c.q_dim() + 2 * c.kv_dim(), c.q_dim(), s_.scores_per_thread,
-      1.0f / std::sqrt(float(hd))};
-  const bool grouped = n * kv_heads >= pool_.num_threads();
-  a.per_task = grouped ? a.group : 1;               // query heads per task
-  a.tasks_per_token = grouped ? kv_heads : heads;
-  pool_.Run(n * a.tasks_per_token, [this, &a](size_t task, size_t thread) {
-    const size_t t = task / a.tasks_per_token, h0 = (task % a.tasks_per_token) * a.per_task;
-    const size_t kvh = h0 / a.group;
-    AttendGroup(s_.qkv.get() + t * a.qkv_cols + h0 * a.hd, a.hd, a.per_task, s_.kv.Keys(a.layer, kvh),
-                s_.kv.Values(a.layer, kvh), pos_ + t + 1, a.hd, a.scale, s_.scores.get() + thread * a.scratch,
-                s_.att.get() + t * a.q_dim + h0 * a.hd, a.hd);
+  struct Plan {
+    size_t layer, n, hd, group, heads, kv_heads, qkv_cols, q_dim, token_blocks, parts, part_len;
+    float scale;
+  } p{layer, n, c.head_dim, c.num_heads / c.num_kv_heads, c.num_heads, c.num_kv_heads,
+      c.q_dim() + 2 * c.kv_dim(), c.q_dim(), (n + kAttendTokens - 1) / kAttendTokens, 1, 0,
+      1.0f / std::sqrt(float(c.head_dim))};
+  const size_t len = pos_ + n, threads = pool_.num_threads();
+  constexpr size_t kMinPartPositions = 8 * kKeyBlock;
+  if (p.token_blocks == 1 && s_.max_parts > 1 && p.kv_heads < 4 * threads) {
+    const size_t want = std::min((4 * threads + p.kv_heads - 1) / p.kv_heads, s_.max_parts);
+    p.parts = std::max<size_t>(1, std::min(want, len / kMinPartPositions));
+  }
+  p.part_len = AttendScoresStride(0, (len + p.parts - 1) / p.parts);
+  p.parts = (len + p.part_len - 1) / p.part_len;
+
+  pool_.Run(p.token_blocks * p.kv_heads * p.parts, [this, &p](size_t task, size_t thread) {
+    const size_t part = task % p.parts, kvh = task / p.parts % p.kv_heads, tb = task / p.parts / p.kv_heads;
+    const size_t t0 = tb * kAttendTokens, rows_tokens = std::min(kAttendTokens, p.n - t0);
+    const size_t h0 = kvh * p.group, rows = rows_tokens * p.group;
+    float* stats = s_.row_stats.get() + thread * 2 * kAttendTokens * p.group;
+    AttendArgs a;
+    a.q = s_.qkv.get() + t0 * p.qkv_cols + h0 * p.hd;
+    a.q_stride = p.qkv_cols;
+    a.tokens = rows_tokens;
+    a.group = p.group;
+    a.first_len = pos_ + t0 + 1;
+    a.keys = s_.kv.Keys(p.layer, kvh);
+    a.values = s_.kv.Values(p.layer, kvh);
+    a.begin = part * p.part_len;
+    a.end = std::min(a.first_len + rows_tokens - 1, a.begin + p.part_len);
+    a.head_dim = p.hd;
+    a.scale = p.scale;
+    a.scores = s_.scores.get() + thread * s_.scores_per_thread;
+    a.out_stride = p.q_dim;
+    a.row_max = stats;
+    a.row_sum = stats + rows;
+    if (p.parts == 1) {
+      a.out = s_.att.get() + t0 * p.q_dim + h0 * p.hd;
+      AttendPartial(a);
+      for (size_t r = 0; r < rows; ++r) {  // every row sees at least its own position
+        float* o = a.out + (r / p.group) * p.q_dim + (r % p.group) * p.hd;
+        const float inv = 1.0f / a.row_sum[r];
+        for (size_t i = 0; i < p.hd; ++i) o[i] *= inv;
+      }
+      return;
+    }
+    a.out = s_.parts.get() + part * kAttendTokens * p.q_dim + h0 * p.hd;
+    AttendPartial(a);
+    float* part_max = s_.part_stats.get() + part * 2 * kAttendTokens * p.heads;
+    float* part_sum = part_max + kAttendTokens * p.heads;
+    for (size_t r = 0; r < rows; ++r) {
+      const size_t at = (r / p.group) * p.heads + h0 + r % p.group;
+      part_max[at] = a.row_max[r];
+      part_sum[at] = a.row_sum[r];
+    }
   });
+  if (p.parts == 1) return;
+  // out = sum_j e^(m_j - M) o_j / sum_j e^(m_j - M) s_j over the parts j of each row.
+  for (size_t t = 0; t < n; ++t)
+    for (size_t h = 0; h < p.heads; ++h) {
+      const size_t at = t * p.heads + h;
+      auto part_max = [&](size_t j) { return s_.part_stats[j * 2 * kAttendTokens * p.heads + at]; };
+      auto part_sum = [&](size_t j) { return s_.part_stats[(j * 2 + 1) * kAttendTokens * p.heads + at]; };
+      float m = -INFINITY, sum = 0.0f;
+      for (size_t j = 0; j < p.parts; ++j) m = std::max(m, part_max(j));
+      float* out = s_.att.get() + t * p.q_dim + h * p.hd;
+      std::fill(out, out + p.hd, 0.0f);
+      for (size_t j = 0; j < p.parts; ++j) {
+        if (part_sum(j) == 0.0f) continue;  // no visible position in this part
+        const float w = std::exp(part_max(j) - m);
+        sum += w * part_sum(j);
+        Axpy(w, s_.parts.get() + j * kAttendTokens * p.q_dim + t * p.q_dim + h * p.hd, p.hd, out);
+      }
+      const float inv = 1.0f / sum;
+      for (size_t i = 0; i < p.hd; ++i) out[i] *= inv;
+    }
 }
 
 // Final norm of x rows [first_row, first_row + n) and the head matmul into out [n, vocab].

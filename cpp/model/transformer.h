@@ -64,8 +64,12 @@ struct RunState {
   Buffer gate_up;         // [chunk, 2*intermediate]   gate|up rows, then act(gate)*up in gate
   Buffer act;             // [chunk, intermediate]     act(gate)*up, contiguous for down
   Buffer proj;            // [chunk, max(hidden, max part rows)] o/down output; unfused part output
-  Buffer scores;          // [threads, group * context] attention scores per thread
-  size_t scores_per_thread = 0;  // group * context, group = heads / kv_heads
+  Buffer scores;          // [threads, scores_per_thread] attention scores per thread
+  size_t scores_per_thread = 0;  // kAttendTokens * group * context (rounded up to kKeyBlock)
+  Buffer row_stats;       // [threads, 2 * kAttendTokens * group] AttendPartial max / sum per row
+  Buffer parts;           // [max_parts, kAttendTokens, q_dim] attention of split positions,
+  Buffer part_stats;      // [max_parts, 2, kAttendTokens, heads] and its max / sum per row
+  size_t max_parts = 1;
   Buffer logits;          // [vocab]                   decode logits for Step
   Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position
   KvCache kv;
@@ -75,6 +79,7 @@ struct RunState {
 class Transformer {
  public:
   static constexpr size_t kMaxChunk = 64;  // prefill tokens per GEMM
+  static constexpr size_t kAttendTokens = 8;  // query tokens per attention task
 
   // Takes the weights; context = KV-cache length in tokens; pool must outlive this.
   Transformer(const ModelConfig& config, Weights weights, size_t context, ThreadPool& pool);
