@@ -11,7 +11,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := libhwy-dev libbenchmark-dev cmake ninja-build g++ python3-venv python3-dev
 DEMO_PROMPT ?= Explain in two sentences why the sky is blue.
 
-.PHONY: demo test setup setup-test apt build bench clean
+.PHONY: demo test setup setup-test apt build bench clean check-arm
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -42,6 +42,11 @@ demo: setup
 
 test: setup-test
 	$(PY) -m pytest -q tests
+
+# The C++ core cross-compiled for aarch64 (compile only): CI's check that ARM still builds.
+check-arm: apt
+	@dpkg -s g++-aarch64-linux-gnu >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y g++-aarch64-linux-gnu; }
+	tests/arm_cross_compile.sh
 
 bench: setup
 	cmake -S . -B build/bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DTERNLM_BUILD_BENCHMARKS=ON -DTERNLM_BUILD_PYTHON=OFF

@@ -15,6 +15,7 @@
 #include <memory>
 #include <random>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "formats/int4.h"
@@ -163,14 +164,16 @@ void BM_LayerStack(benchmark::State& state, WeightFormat f, size_t layers) {
 // AttendPartial task per KV head and layer (the engine also splits the positions over
 // threads when there are few KV heads; this does not). The cache (2 x 30 x 5 x len x 128
 // f32) is far larger than the L3, so this is the stream decode pays per token on top of
-// the weights. kv_GB/s: cache bytes read per second.
+// the weights. f16:1 is the half-precision cache. kv_GB/s: cache bytes read per second;
+// compare times between f16:0 and f16:1.
 void BM_Attend(benchmark::State& state) {
   constexpr size_t kLayers = 30, kKvHeads = 5, kGroup = 4, kHeadDim = 128;
   const size_t len = size_t(state.range(0)), threads = size_t(state.range(1));
-  static std::map<size_t, std::unique_ptr<KvCache>> caches;
-  auto& cache = caches[len];
+  const KvDtype dtype = state.range(2) ? KvDtype::kF16 : KvDtype::kF32;
+  static std::map<std::pair<size_t, KvDtype>, std::unique_ptr<KvCache>> caches;
+  auto& cache = caches[{len, dtype}];
   if (!cache) {
-    cache.reset(new KvCache(kLayers, kKvHeads, len, kHeadDim));
+    cache.reset(new KvCache(kLayers, kKvHeads, len, kHeadDim, dtype));
     std::mt19937 rng(7);
     std::normal_distribution<float> normal;
     std::vector<float> k(kHeadDim), v(kHeadDim);
@@ -200,6 +203,7 @@ void BM_Attend(benchmark::State& state) {
         a.first_len = len;
         a.keys = cache->Keys(l, h);
         a.values = cache->Values(l, h);
+        a.f16 = cache->f16();
         a.begin = 0;
         a.end = len;
         a.head_dim = kHeadDim;
@@ -261,7 +265,7 @@ BENCHMARK_CAPTURE(BM_LayerStack, int4, WeightFormat::kInt4, 4)->Arg(1)->Arg(2)
     ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_LayerStack, bf16, WeightFormat::kBF16, 2)->Arg(1)->Arg(2)
     ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Attend)->ArgsProduct({{512, 3072}, {1, 2}})->ArgNames({"len", "threads"})
+BENCHMARK(BM_Attend)->ArgsProduct({{512, 3072}, {1, 2}, {0, 1}})->ArgNames({"len", "threads", "f16"})
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMM64, WeightFormat::kTernary, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMM64, WeightFormat::kInt4, 64)->Apply(ShapeArgs);

@@ -54,8 +54,9 @@ def apply_rope(x, positions, inv_freq):
     return (x * cos + rot * sin).astype(np.float32)
 
 
-def forward(cfg: ModelConfig, w: dict, ids) -> np.ndarray:
-    """logits [n, vocab] for token ids, causal, positions 0..n-1."""
+def forward(cfg: ModelConfig, w: dict, ids, kv_dtype=None) -> np.ndarray:
+    """logits [n, vocab] for token ids, causal, positions 0..n-1. kv_dtype=np.float16 rounds
+    the keys (after RoPE) and values to half, saturated at +-65504, like an f16 KV cache."""
     ids = np.asarray(ids)
     n, hd = len(ids), cfg.head_dim
     x = w["embed"][ids].astype(np.float32)
@@ -69,6 +70,8 @@ def forward(cfg: ModelConfig, w: dict, ids) -> np.ndarray:
         q = apply_rope(linear(h, w[p + "q"]).reshape(n, cfg.num_heads, hd), pos, inv)
         k = apply_rope(linear(h, w[p + "k"]).reshape(n, cfg.num_kv_heads, hd), pos, inv)
         v = linear(h, w[p + "v"]).reshape(n, cfg.num_kv_heads, hd)
+        if kv_dtype is not None:
+            k, v = (np.clip(a, -65504, 65504).astype(kv_dtype).astype(np.float32) for a in (k, v))
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
         scores = np.exp(scores - scores.max(-1, keepdims=True))

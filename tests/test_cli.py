@@ -111,10 +111,12 @@ def test_bench_synthetic_tiny_writes_json_and_a_table(tmp_path):
 
 def test_bench_on_a_model_folder_with_several_formats(tiny, tmp_path):
     r = run_cli("bench", "--model", tiny, "--weights", "stored,int4", "--threads", "1", "--prompt-tokens", "8",
-                "--decode-tokens", "4", "--repeats", "1", "-q")
+                "--decode-tokens", "4", "--repeats", "1", "-q", "--kv-dtype", "f32,f16")
     assert r.returncode == 0, r.stderr
-    lines = [ln for ln in r.stdout.splitlines() if ln.strip().startswith(("as stored", "int4"))]
-    assert len(lines) == 2
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.strip().startswith(("as stored", "int4"))]
+    assert [ln[-5] for ln in lines] == ["f32", "f16", "f32", "f16"]   # the KV column, per format
+    r = run_cli("bench", "--model", tiny, "--kv-dtype", "f8")
+    assert r.returncode == 2 and "--kv-dtype f8: unknown KV-cache type 'f8'" in r.stderr
 
 
 def test_errors_a_user_can_act_on(tmp_path):

@@ -3,6 +3,7 @@ KV-cache decode, greedy continuations; chunked prefill; truncate; weight ownersh
 import numpy as np
 import pytest
 import torch
+import numpy_reference
 from engine_models import BITNET_VARIANTS, LLAMA_VARIANTS, VOCAB, build_hf, canonical_arrays, engine_tensors
 
 from ternlm._native import core
@@ -18,9 +19,9 @@ def hf_and_arrays(name):
     return _CACHE[name]
 
 
-def make_engine(name, context=256, threads=None, fmt="f32"):
+def make_engine(name, context=256, threads=None, fmt="f32", kv_dtype="f32"):
     _, mc, arrays = hf_and_arrays(name)
-    return core.Transformer(mc.to_dict(), engine_tensors(arrays, fmt), context, threads)
+    return core.Transformer(mc.to_dict(), engine_tensors(arrays, fmt), context, threads, kv_dtype)
 
 
 def hf_all_logits(model, ids):
@@ -84,6 +85,43 @@ def test_decode_with_positions_split_over_threads_matches_transformers(name, thr
     err = rel_err(np.concatenate(rows), hf_all_logits(model, ids.tolist()))
     print(f"{name} threads={threads} at 600-610 positions: {err:.2e}")
     assert err < 1e-4
+
+
+@pytest.mark.parametrize("target", core.supported_targets())
+@pytest.mark.parametrize("name", ["gqa_untied", "llama3_scaled", "odd_sizes", "bitnet_untied"])
+def test_f16_kv_cache_matches_reference_with_half_keys_and_values(name, target):
+    """kv_dtype="f16": the engine equals the numpy reference whose keys and values are
+    rounded to half (nearest even), on every Highway target (the f16 -> f32 widening is
+    F16C / AVX-512 / emulated per target), through prefill, a split decode (2 threads, long
+    context) and single steps. Against transformers' float32 forward the f16 cache moves the
+    logits by the rounding of K and V only (printed; bounded loosely here)."""
+    model, mc, arrays = hf_and_arrays(name)
+    ids = prompt(300, seed=8)
+    want = numpy_reference.forward(mc, arrays, ids, kv_dtype=np.float16)
+    core.set_target(target)
+    try:
+        engine = make_engine(name, context=320, threads=2, kv_dtype="f16")
+        assert engine.kv_dtype == "f16"
+        rows = [engine.forward(ids[:290], logits="all")]
+        rows += [engine.forward(ids[i:i + 1])[None] for i in range(290, 300)]
+    finally:
+        core.reset_target()
+    got = np.concatenate(rows)
+    err = rel_err(got, want)
+    hf_err = rel_err(got, hf_all_logits(model, ids.tolist()))
+    print(f"{name} on {target}: f16 KV vs reference with f16 K/V {err:.2e}, vs transformers f32 {hf_err:.2e}")
+    assert err < 1e-4
+    assert hf_err < 5e-3
+
+
+def test_f16_kv_cache_halves_the_cache_memory():
+    _, mc, arrays = hf_and_arrays("gqa_untied")
+    f32 = core.Transformer(mc.to_dict(), engine_tensors(arrays, "f32"), 4096, 1).memory_bytes
+    f16 = core.Transformer(mc.to_dict(), engine_tensors(arrays, "f32"), 4096, 1, "f16").memory_bytes
+    cache_f32 = 2 * mc.num_layers * mc.num_kv_heads * 4096 * mc.head_dim * 4
+    assert f32 - f16 == cache_f32 // 2
+    with pytest.raises(ValueError, match="kv_dtype must be 'f32' or 'f16', got 'bf16'"):
+        core.Transformer(mc.to_dict(), engine_tensors(arrays, "f32"), 64, 1, "bf16")
 
 
 @pytest.mark.parametrize("name", ALL_VARIANTS)
@@ -179,7 +217,6 @@ def test_quantized_formats_match_forward_of_their_dequantized_weights(fmt, tol):
     """bf16 (f32 activations): the numpy f32 forward of the dequantized weights, to float
     rounding. int4 also quantizes activations to int8 per block of 32 (DESIGN §3), which
     the stated tolerance covers."""
-    import numpy_reference
     _, mc, arrays = hf_and_arrays("gqa_untied")
     tensors = engine_tensors(arrays, fmt)
     ref_w = {n: (t.dequantize() if a.ndim == 2 else a) for (n, a), t in zip(arrays.items(), tensors.values())}

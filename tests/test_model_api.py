@@ -137,3 +137,18 @@ def test_stats_fields(m):
     s = m.stats
     assert s["prompt_tokens"] == len(m.tokenizer.encode(PROMPT)) and s["decode_tokens"] == 5
     assert s["prompt_tok_s"] > 0 and s["decode_tok_s"] > 0 and s["peak_rss_mb"] > 10
+
+
+def test_f16_kv_cache_option(folder, m, greedy):
+    """load(kv_dtype="f16"): the same API with a half-precision KV cache; on this tiny model
+    its logits stay within the f16 rounding of keys and values of the f32 cache's."""
+    h = ternlm.load(folder, context=64, threads=2, progress=False, kv_dtype="f16")
+    assert h.kv_dtype == "f16" and m.kv_dtype == "f32"
+    assert "kv_dtype=f16" in repr(h) and "kv_dtype" not in repr(m)
+    ids = list(range(3, 43))
+    a, b = m.logits(ids), h.logits(ids)
+    err = float(np.abs(a - b).max() / np.abs(a).max())
+    assert 0 < err < 5e-3
+    assert isinstance(h.generate(PROMPT, max_new_tokens=8), str)
+    with pytest.raises(ValueError, match="kv_dtype must be 'f32' or 'f16', got 'int8'"):
+        ternlm.load(folder, context=64, progress=False, kv_dtype="int8")

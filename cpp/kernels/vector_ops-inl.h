@@ -15,6 +15,7 @@
 
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
+#include "formats/quantized_matrix.h"  // F32FromF16
 #include "kernels/vector_ops.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -132,12 +133,25 @@ void SoftmaxTarget(float* x, size_t n) { SoftmaxImpl(x, n); }
 
 // ---- attention (vector_ops.h: AttendPartial)
 
+// f32 lanes from the cache's elements: f32, or IEEE half bits (uint16_t).
+template <class D>
+HWY_INLINE hn::Vec<D> LoadF32(D d, const float* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadF32(D d, const uint16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::float16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
+}
+HWY_INLINE float ToF32(float x) { return x; }
+HWY_INLINE float ToF32(uint16_t h) { return F32FromF16(h); }
+
 // Scores of up to 4 query rows against one key block ([head_dim][kKeyBlock], d-major):
 // for each d, one key vector of kKeyBlock positions times the broadcast q[r][d] per row,
 // so there is no horizontal sum. Even and odd d go to separate accumulators (two
 // independent FMA chains per row and vector).
-template <size_t R>
-HWY_INLINE void KeyBlockScores(const float* const* q, const float* HWY_RESTRICT kb, size_t hd,
+template <size_t R, typename T>
+HWY_INLINE void KeyBlockScores(const float* const* q, const T* HWY_RESTRICT kb, size_t hd,
                                float scale, float* const* out) {
   const hn::CappedTag<float, kKeyBlock> d;
   const size_t N = hn::Lanes(d);
@@ -146,14 +160,14 @@ HWY_INLINE void KeyBlockScores(const float* const* q, const float* HWY_RESTRICT 
     for (size_t r = 0; r < R; ++r) even[r] = odd[r] = hn::Zero(d);
     size_t i = 0;
     for (; i + 2 <= hd; i += 2) {
-      const auto k0 = hn::Load(d, kb + i * kKeyBlock + v), k1 = hn::Load(d, kb + (i + 1) * kKeyBlock + v);
+      const auto k0 = LoadF32(d, kb + i * kKeyBlock + v), k1 = LoadF32(d, kb + (i + 1) * kKeyBlock + v);
       for (size_t r = 0; r < R; ++r) {
         even[r] = hn::MulAdd(hn::Set(d, q[r][i]), k0, even[r]);
         odd[r] = hn::MulAdd(hn::Set(d, q[r][i + 1]), k1, odd[r]);
       }
     }
     if (i < hd) {
-      const auto k0 = hn::Load(d, kb + i * kKeyBlock + v);
+      const auto k0 = LoadF32(d, kb + i * kKeyBlock + v);
       for (size_t r = 0; r < R; ++r) even[r] = hn::MulAdd(hn::Set(d, q[r][i]), k0, even[r]);
     }
     const auto vscale = hn::Set(d, scale);
@@ -163,8 +177,8 @@ HWY_INLINE void KeyBlockScores(const float* const* q, const float* HWY_RESTRICT 
 
 // out[r][d0 .. d0 + C*N) += sum_{t < count} p[r][t] * values[t][d0 ..]: C vectors of each
 // value row times the broadcast weight of each of R rows, the sums in registers.
-template <size_t R, size_t C>
-HWY_INLINE void ValueChunk(const float* const* p, const float* HWY_RESTRICT values, size_t count,
+template <size_t R, size_t C, typename T>
+HWY_INLINE void ValueChunk(const float* const* p, const T* HWY_RESTRICT values, size_t count,
                            size_t hd, size_t d0, float* const* out) {
   const DF d;
   const size_t N = hn::Lanes(d);
@@ -172,11 +186,11 @@ HWY_INLINE void ValueChunk(const float* const* p, const float* HWY_RESTRICT valu
   for (size_t r = 0; r < R; ++r)
     for (size_t c = 0; c < C; ++c) acc[r][c] = hn::LoadU(d, out[r] + d0 + c * N);
   for (size_t t = 0; t < count; ++t) {
-    const float* HWY_RESTRICT row = values + t * hd + d0;
+    const T* HWY_RESTRICT row = values + t * hd + d0;
     hn::Vec<DF> w[R];
     for (size_t r = 0; r < R; ++r) w[r] = hn::Set(d, p[r][t]);
     for (size_t c = 0; c < C; ++c) {
-      const auto x = hn::LoadU(d, row + c * N);
+      const auto x = LoadF32(d, row + c * N);
       for (size_t r = 0; r < R; ++r) acc[r][c] = hn::MulAdd(w[r], x, acc[r][c]);
     }
   }
@@ -192,18 +206,18 @@ constexpr size_t kValueChunk = 2;
 constexpr size_t kValueChunk = 4;
 #endif
 
-template <size_t R>
-HWY_INLINE void ValueRows(const float* const* p, const float* values, size_t count, size_t hd,
+template <size_t R, typename T>
+HWY_INLINE void ValueRows(const float* const* p, const T* values, size_t count, size_t hd,
                           float* const* out) {
   const DF d;
   const size_t N = hn::Lanes(d);
   size_t d0 = 0;
-  for (; d0 + kValueChunk * N <= hd; d0 += kValueChunk * N) ValueChunk<R, kValueChunk>(p, values, count, hd, d0, out);
-  for (; d0 + N <= hd; d0 += N) ValueChunk<R, 1>(p, values, count, hd, d0, out);
+  for (; d0 + kValueChunk * N <= hd; d0 += kValueChunk * N) ValueChunk<R, kValueChunk, T>(p, values, count, hd, d0, out);
+  for (; d0 + N <= hd; d0 += N) ValueChunk<R, 1, T>(p, values, count, hd, d0, out);
   for (; d0 < hd; ++d0)
     for (size_t r = 0; r < R; ++r) {
       float sum = out[r][d0];
-      for (size_t t = 0; t < count; ++t) sum += p[r][t] * values[t * hd + d0];
+      for (size_t t = 0; t < count; ++t) sum += p[r][t] * ToF32(values[t * hd + d0]);
       out[r][d0] = sum;
     }
 }
@@ -253,7 +267,10 @@ HWY_INLINE void ForRowChunks(size_t rows, const Fn& fn) {
   }
 }
 
-void AttendPartialTarget(const AttendArgs& a) {
+template <typename T>
+void AttendPartialT(const AttendArgs& a) {
+  const T* keys = static_cast<const T*>(a.keys);
+  const T* values = static_cast<const T*>(a.values);
   const size_t rows = a.tokens * a.group, hd = a.head_dim;
   const size_t stride = AttendScoresStride(a.begin, a.end);
   // Row r = token i, query head g: visible positions of this call [begin, begin + count(r)).
@@ -268,14 +285,14 @@ void AttendPartialTarget(const AttendArgs& a) {
   // Keys: one pass over the blocks; each block is scored for every row that sees it
   // (rows are in token order, so a chunk's last row sees the most).
   for (size_t b = 0; b < stride; b += kKeyBlock) {
-    const float* kb = a.keys + (a.begin + b) * hd;  // block (begin + b) / kKeyBlock
+    const T* kb = keys + (a.begin + b) * hd;  // block (begin + b) / kKeyBlock
     ForRowChunks(rows, [&](size_t r0, auto tag) {
       constexpr size_t R = decltype(tag)::value;
       if (count(r0 + R - 1) <= b) return;
       const float* q[R];
       float* out[R];
       for (size_t r = 0; r < R; ++r) q[r] = q_row(r0 + r), out[r] = score_row(r0 + r) + b;
-      KeyBlockScores<R>(q, kb, hd, a.scale, out);
+      KeyBlockScores<R, T>(q, kb, hd, a.scale, out);
     });
   }
   for (size_t r = 0; r < rows; ++r) {
@@ -295,9 +312,16 @@ void AttendPartialTarget(const AttendArgs& a) {
       const float* p[R];
       float* out[R];
       for (size_t r = 0; r < R; ++r) p[r] = score_row(r0 + r) + b, out[r] = out_row(r0 + r);
-      ValueRows<R>(p, a.values + (a.begin + b) * hd, n, hd, out);
+      ValueRows<R, T>(p, values + (a.begin + b) * hd, n, hd, out);
     });
   }
+}
+
+void AttendPartialTarget(const AttendArgs& a) {
+  if (a.f16)
+    AttendPartialT<uint16_t>(a);
+  else
+    AttendPartialT<float>(a);
 }
 
 void SiluMulTarget(const float* gate, const float* up, size_t n, float* out) {

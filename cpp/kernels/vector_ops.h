@@ -53,8 +53,9 @@ inline size_t KeyOffset(size_t pos, size_t d, size_t head_dim) {
 struct AttendArgs {
   const float* q;          // row (i, g) at q + i * q_stride + g * head_dim
   size_t q_stride, tokens, group, first_len;
-  const float* keys;       // this KV head's key blocks (from position 0)
-  const float* values;     // this KV head's value rows (from position 0)
+  const void* keys;        // this KV head's key blocks (from position 0)
+  const void* values;      // this KV head's value rows (from position 0)
+  bool f16;                // keys and values are IEEE half (uint16_t bits), else f32
   size_t begin, end, head_dim;
   float scale;
   float* scores;           // scratch: tokens * group rows of AttendScoresStride(begin, end)

@@ -1,4 +1,6 @@
-// KvCache: f32 keys and values of every position seen so far.
+// KvCache: keys and values of every position seen so far, f32 (the default, exact) or
+// IEEE half (f16: half the bytes attention streams per token; values beyond +-65504 are
+// saturated, each element rounded to nearest even).
 //
 // Layout: [layer][kv_head] slabs of `context` positions (rounded up to kKeyBlock), so one
 // KV head's history is contiguous and attention reads it front to back. Within a slab,
@@ -6,10 +8,11 @@
 // [head_dim][kKeyBlock] (kernels/vector_ops.h: KeyOffset). Storage is allocated once for
 // `context` positions and left untouched until written (the OS commits pages
 // as positions fill up). Transparent huge pages are declined for it: a slab is
-// context * head_dim * 4 bytes (2 MiB at 4096 x 128), so with THP the first
+// context * head_dim * 4 bytes (2 MiB at 4096 x 128 in f32), so with THP the first
 // position written would commit the whole slab, and a short generation would hold the
 // full-context cache (600 MB for BitNet-2B) in RSS.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -18,52 +21,71 @@
 #include <sys/mman.h>
 #endif
 
+#include "formats/quantized_matrix.h"  // F16FromF32
 #include "hwy/aligned_allocator.h"
 #include "kernels/vector_ops.h"
 
 namespace ternlm {
 
+enum class KvDtype : uint8_t { kF32, kF16 };
+
 class KvCache {
  public:
   KvCache() = default;
-  KvCache(size_t num_layers, size_t num_kv_heads, size_t context, size_t head_dim)
-      : num_kv_heads_(num_kv_heads), context_(context), head_dim_(head_dim),
+  KvCache(size_t num_layers, size_t num_kv_heads, size_t context, size_t head_dim,
+          KvDtype dtype = KvDtype::kF32)
+      : dtype_(dtype), num_kv_heads_(num_kv_heads), context_(context), head_dim_(head_dim),
+        elem_(dtype == KvDtype::kF16 ? 2 : 4),
         slab_((context + kKeyBlock - 1) / kKeyBlock * kKeyBlock * head_dim),
-        size_(num_layers * num_kv_heads * slab_),
-        keys_(hwy::AllocateAligned<float>(size_)), values_(hwy::AllocateAligned<float>(size_)) {
+        bytes_(num_layers * num_kv_heads * slab_ * elem_),
+        keys_(hwy::AllocateAligned<uint8_t>(bytes_)), values_(hwy::AllocateAligned<uint8_t>(bytes_)) {
     NoHugePages(keys_.get());
     NoHugePages(values_.get());
   }
 
+  KvDtype dtype() const { return dtype_; }
+  bool f16() const { return dtype_ == KvDtype::kF16; }
   size_t context() const { return context_; }
-  size_t nbytes() const { return 2 * size_ * sizeof(float); }
+  size_t nbytes() const { return 2 * bytes_; }
 
-  // Slabs of one layer's KV head: key blocks, value rows.
-  const float* Keys(size_t layer, size_t kv_head) const { return keys_.get() + Offset(layer, kv_head); }
-  const float* Values(size_t layer, size_t kv_head) const { return values_.get() + Offset(layer, kv_head); }
+  // Slabs of one layer's KV head (elements f32 or f16 bits): key blocks, value rows.
+  const void* Keys(size_t layer, size_t kv_head) const { return keys_.get() + Offset(layer, kv_head); }
+  const void* Values(size_t layer, size_t kv_head) const { return values_.get() + Offset(layer, kv_head); }
 
   // Writes the key and value of position pos.
   void Store(size_t layer, size_t kv_head, size_t pos, const float* key, const float* value) {
-    float* k = keys_.get() + Offset(layer, kv_head);
-    for (size_t d = 0; d < head_dim_; ++d) k[KeyOffset(pos, d, head_dim_)] = key[d];
-    std::memcpy(values_.get() + Offset(layer, kv_head) + pos * head_dim_, value, head_dim_ * sizeof(float));
+    uint8_t* k = keys_.get() + Offset(layer, kv_head);
+    uint8_t* v = values_.get() + Offset(layer, kv_head) + pos * head_dim_ * elem_;
+    if (!f16()) {
+      for (size_t d = 0; d < head_dim_; ++d)
+        std::memcpy(k + KeyOffset(pos, d, head_dim_) * 4, key + d, 4);
+      std::memcpy(v, value, head_dim_ * 4);
+      return;
+    }
+    for (size_t d = 0; d < head_dim_; ++d) {
+      const uint16_t kh = Half(key[d]), vh = Half(value[d]);
+      std::memcpy(k + KeyOffset(pos, d, head_dim_) * 2, &kh, 2);
+      std::memcpy(v + d * 2, &vh, 2);
+    }
   }
 
  private:
-  void NoHugePages(float* p) const {
+  static uint16_t Half(float x) { return F16FromF32(std::clamp(x, -65504.0f, 65504.0f)); }
+  void NoHugePages(uint8_t* p) const {
 #if defined(__linux__) && defined(MADV_NOHUGEPAGE)
     const uintptr_t page = 4096, b = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
-    const uintptr_t e = (reinterpret_cast<uintptr_t>(p + size_)) / page * page;
+    const uintptr_t e = (reinterpret_cast<uintptr_t>(p + bytes_)) / page * page;
     if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_NOHUGEPAGE);  // a hint
 #else
     (void)p;
 #endif
   }
   size_t Offset(size_t layer, size_t kv_head) const {
-    return (layer * num_kv_heads_ + kv_head) * slab_;
+    return (layer * num_kv_heads_ + kv_head) * slab_ * elem_;
   }
-  size_t num_kv_heads_ = 0, context_ = 0, head_dim_ = 0, slab_ = 0, size_ = 0;
-  hwy::AlignedFreeUniquePtr<float[]> keys_, values_;
+  KvDtype dtype_ = KvDtype::kF32;
+  size_t num_kv_heads_ = 0, context_ = 0, head_dim_ = 0, elem_ = 4, slab_ = 0, bytes_ = 0;
+  hwy::AlignedFreeUniquePtr<uint8_t[]> keys_, values_;
 };
 
 }  // namespace ternlm

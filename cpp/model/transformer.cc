@@ -52,7 +52,7 @@ size_t MaxPartRows(const FusedProjection& p) {
 }  // namespace
 
 Transformer::Transformer(const ModelConfig& config, Weights weights, size_t context,
-                         ThreadPool& pool)
+                         ThreadPool& pool, KvDtype kv_dtype)
     : config_(config), w_(std::move(weights)), pool_(pool) {
   config_.Validate();
   if (context == 0) throw std::invalid_argument("context must be >= 1");
@@ -83,7 +83,7 @@ Transformer::Transformer(const ModelConfig& config, Weights weights, size_t cont
   const size_t half = c.head_dim / 2;
   s_.rope_cos = Allocate(context * half, total);
   s_.rope_sin = Allocate(context * half, total);
-  s_.kv = KvCache(c.num_layers, c.num_kv_heads, context, c.head_dim);
+  s_.kv = KvCache(c.num_layers, c.num_kv_heads, context, c.head_dim, kv_dtype);
   total += s_.kv.nbytes();
 
   // RoPE tables as transformers computes them: angle = f32(pos) * inv_freq in f32,
@@ -256,6 +256,7 @@ void Transformer::Attention(size_t layer, size_t n) {
     a.first_len = pos_ + t0 + 1;
     a.keys = s_.kv.Keys(p.layer, kvh);
     a.values = s_.kv.Values(p.layer, kvh);
+    a.f16 = s_.kv.f16();
     a.begin = part * p.part_len;
     a.end = std::min(a.first_len + rows_tokens - 1, a.begin + p.part_len);
     a.head_dim = p.hd;

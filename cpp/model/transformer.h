@@ -82,12 +82,14 @@ class Transformer {
   static constexpr size_t kAttendTokens = 8;  // query tokens per attention task
 
   // Takes the weights; context = KV-cache length in tokens; pool must outlive this.
-  Transformer(const ModelConfig& config, Weights weights, size_t context, ThreadPool& pool);
+  Transformer(const ModelConfig& config, Weights weights, size_t context, ThreadPool& pool,
+              KvDtype kv_dtype = KvDtype::kF32);
 
   const ModelConfig& config() const { return config_; }
   const Weights& weights() const { return w_; }
   size_t position() const { return pos_; }
   size_t context() const { return s_.kv.context(); }
+  KvDtype kv_dtype() const { return s_.kv.dtype(); }
   size_t memory_bytes() const { return w_.nbytes() + s_.nbytes; }
 
   // Appends tokens [n] at position(); writes logits of the last token [vocab] or,

@@ -181,9 +181,12 @@ struct PyTransformer {
 };
 
 std::unique_ptr<PyTransformer> MakeTransformer(const py::dict& config, const py::dict& tensors,
-                                               long context, const py::object& threads) {
+                                               long context, const py::object& threads,
+                                               const std::string& kv_dtype) {
   const ModelConfig c = ConfigFromDict(config);
   if (context < 1) throw py::value_error("Transformer: context must be >= 1, got " + std::to_string(context));
+  if (kv_dtype != "f32" && kv_dtype != "f16")
+    throw py::value_error("Transformer: kv_dtype must be 'f32' or 'f16', got '" + kv_dtype + "'");
   ThreadPool& pool = PoolFor(threads);
   const size_t hidden = c.hidden_size, inter = c.intermediate_size;
 
@@ -245,7 +248,8 @@ std::unique_ptr<PyTransformer> MakeTransformer(const py::dict& config, const py:
     l.down = tk.Take(p + "down");
   }
   auto out = std::make_unique<PyTransformer>();
-  out->t = std::make_unique<Transformer>(c, std::move(w), size_t(context), pool);
+  out->t = std::make_unique<Transformer>(c, std::move(w), size_t(context), pool,
+                                         kv_dtype == "f16" ? KvDtype::kF16 : KvDtype::kF32);
   return out;
 }
 
@@ -320,7 +324,7 @@ void BindModel(py::module_& m) {
                             "Llama / BitNet decoder with a KV cache. Takes ownership of the "
                             "QuantizedMatrix storage in `tensors` (they are left empty; see matrix()).")
       .def(py::init(&MakeTransformer), py::arg("config"), py::arg("tensors"), py::arg("context"),
-           py::arg("threads") = py::none())
+           py::arg("threads") = py::none(), py::arg("kv_dtype") = "f32")
       .def("forward",
            [](PyTransformer& self, py::handle tokens, const std::string& logits) {
              if (logits != "last" && logits != "all")
@@ -366,6 +370,9 @@ void BindModel(py::module_& m) {
       .def_property_readonly("position", [](PyTransformer& self) { return self.t->position(); },
                              "Tokens in the KV cache.")
       .def_property_readonly("context", [](PyTransformer& self) { return self.t->context(); })
+      .def_property_readonly("kv_dtype", [](PyTransformer& self) {
+        return std::string(self.t->kv_dtype() == KvDtype::kF16 ? "f16" : "f32");
+      }, "element type of the KV cache: 'f32' or 'f16'")
       .def_property_readonly("memory_bytes", [](PyTransformer& self) { return self.t->memory_bytes(); },
                              "Weights + KV cache + scratch buffers, in bytes.")
       .def("reset", [](PyTransformer& self) {

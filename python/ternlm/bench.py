@@ -31,12 +31,12 @@ def _peak_rss_mb() -> float:
 
 
 def measure(model, weights=None, threads=None, prompt_tokens=128, decode_tokens=64, repeats=2,
-            seed=0) -> dict:
+            seed=0, kv_dtype="f32") -> dict:
     """One row, in this process."""
     import ternlm
     t0 = time.perf_counter()
     m = ternlm.load(model, weights=weights, threads=threads,
-                    context=prompt_tokens + decode_tokens + 8, progress=False)
+                    context=prompt_tokens + decode_tokens + 8, progress=False, kv_dtype=kv_dtype)
     load_s = time.perf_counter() - t0
     m.eos_token_ids = []                               # decode exactly decode_tokens tokens
     vocab = min(m.config.vocab_size, m.tokenizer.vocab_size)
@@ -50,7 +50,7 @@ def measure(model, weights=None, threads=None, prompt_tokens=128, decode_tokens=
             best = s
     kinds = sorted(set(m.formats.values()))
     return {"model": os.fspath(model), "weights": weights or "as stored", "formats": kinds,
-            "threads": threads, "load_s": load_s,
+            "threads": threads, "kv_dtype": kv_dtype, "load_s": load_s,
             "prompt_tokens": best["prompt_tokens"], "decode_tokens": best["decode_tokens"],
             "prefill_tok_s": best["prompt_tok_s"], "decode_tok_s": best["decode_tok_s"],
             "peak_rss_mb": _peak_rss_mb()}
@@ -64,29 +64,28 @@ def _child_env() -> dict:
 
 
 def run_bench(model, weights=(None,), threads=(None,), prompt_tokens=128, decode_tokens=64,
-              repeats=2, timeout=3600, log=None) -> list:
-    """Measure every (weights, threads) pair in its own process; returns the rows."""
+              repeats=2, timeout=3600, log=None, kv_dtypes=("f32",)) -> list:
+    """Measure every (weights, threads, KV dtype) triple in its own process; returns the rows."""
     rows = []
-    for w in weights:
-        for t in threads:
-            request = {"model": os.fspath(model), "weights": w, "threads": t, "prompt_tokens": prompt_tokens,
-                       "decode_tokens": decode_tokens, "repeats": repeats}
-            if log:
-                log(f"bench: weights={w or 'as stored'} threads={t or 'all'} ...")
-            with tempfile.TemporaryDirectory(prefix="ternlm-bench-") as tmp:
-                req, res = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.json")
-                with open(req, "w") as f:
-                    json.dump(request, f)
-                proc = subprocess.run([sys.executable, "-m", "ternlm.bench", req, res], env=_child_env(),
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
-                if not os.path.exists(res):
-                    raise RuntimeError(f"bench worker for weights={w} threads={t} died "
-                                       f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}")
-                with open(res) as f:
-                    result = json.load(f)
-            if "error" in result:
-                raise RuntimeError(f"bench weights={w} threads={t}: {result['error']}: {result['message']}")
-            rows.append(result["row"])
+    for w, t, kv in ((w, t, kv) for w in weights for t in threads for kv in kv_dtypes):
+        request = {"model": os.fspath(model), "weights": w, "threads": t, "prompt_tokens": prompt_tokens,
+                   "decode_tokens": decode_tokens, "repeats": repeats, "kv_dtype": kv}
+        if log:
+            log(f"bench: weights={w or 'as stored'} threads={t or 'all'} kv={kv} ...")
+        with tempfile.TemporaryDirectory(prefix="ternlm-bench-") as tmp:
+            req, res = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.json")
+            with open(req, "w") as f:
+                json.dump(request, f)
+            proc = subprocess.run([sys.executable, "-m", "ternlm.bench", req, res], env=_child_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+            if not os.path.exists(res):
+                raise RuntimeError(f"bench worker for weights={w} threads={t} died "
+                                   f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+            with open(res) as f:
+                result = json.load(f)
+        if "error" in result:
+            raise RuntimeError(f"bench weights={w} threads={t}: {result['error']}: {result['message']}")
+        rows.append(result["row"])
     return rows
 
 
@@ -109,8 +108,9 @@ def machine_info() -> dict:
 
 
 def format_table(rows) -> str:
-    head = ["weights", "threads", "load s", "prefill tok/s", "decode tok/s", "peak RSS MB"]
-    body = [[str(r["weights"]), str(r["threads"] or "all"), f"{r['load_s']:.2f}", f"{r['prefill_tok_s']:.1f}",
+    head = ["weights", "threads", "KV", "load s", "prefill tok/s", "decode tok/s", "peak RSS MB"]
+    body = [[str(r["weights"]), str(r["threads"] or "all"), r.get("kv_dtype", "f32"), f"{r['load_s']:.2f}",
+             f"{r['prefill_tok_s']:.1f}",
              f"{r['decode_tok_s']:.2f}", f"{r['peak_rss_mb']:.0f}"] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))   # noqa: E731

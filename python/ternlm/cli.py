@@ -37,6 +37,9 @@ def _add_model_args(p, weights=True):
                    help="worker threads (default: all cores)")
     p.add_argument("--context", type=_positive_int, default=4096, metavar="N",
                    help="context length in tokens: prompt + generated text (default: 4096)")
+    p.add_argument("--kv-dtype", choices=("f32", "f16"), default="f32",
+                   help="KV-cache element type: f32 (exact, default) or f16 (half the cache "
+                        "memory and attention bytes; small logit changes)")
 
 
 def _add_sampling_args(p, max_new_tokens=256):
@@ -97,7 +100,8 @@ def _load(args, progress=True):
     import ternlm
     path = _model_path(args)
     return ternlm.load(path, weights=getattr(args, "weights", None), threads=args.threads,
-                       context=args.context, progress=progress and sys.stderr.isatty())
+                       context=args.context, progress=progress and sys.stderr.isatty(),
+                       kv_dtype=args.kv_dtype)
 
 
 def _stats_line(m) -> str:
@@ -220,8 +224,12 @@ def cmd_bench(args) -> int:
         raise CliError(f"--weights {args.weights}: unknown format {bad[0]!r} (choose from stored,{','.join(WEIGHTS)})")
     threads = args.threads or [None]
     log = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
+    kv_dtypes = args.kv_dtype.split(",")
+    bad = [k for k in kv_dtypes if k not in ("f32", "f16")]
+    if bad:
+        raise CliError(f"--kv-dtype {args.kv_dtype}: unknown KV-cache type {bad[0]!r} (choose from f32,f16)")
     rows = bench.run_bench(model, weights=weights, threads=threads, prompt_tokens=args.prompt_tokens,
-                           decode_tokens=args.decode_tokens, repeats=args.repeats, log=log)
+                           decode_tokens=args.decode_tokens, repeats=args.repeats, log=log, kv_dtypes=kv_dtypes)
     name = f"synthetic {args.synthetic}" if args.synthetic else model
     print(f"model: {name}  (prompt {args.prompt_tokens} tokens, decode {args.decode_tokens} tokens)")
     print(bench.format_table(rows))
@@ -311,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated formats to measure, from stored,bf16,int4,ternary (default: stored)")
     b.add_argument("--threads", type=_int_list, default=None, metavar="LIST",
                    help="comma-separated thread counts, e.g. 1,2 (default: all cores)")
+    b.add_argument("--kv-dtype", default="f32", metavar="LIST",
+                   help="comma-separated KV-cache types to measure, from f32,f16 (default: f32)")
     b.add_argument("--prompt-tokens", type=_positive_int, default=128, metavar="N", help="(default: 128)")
     b.add_argument("--decode-tokens", type=_positive_int, default=64, metavar="N", help="(default: 64)")
     b.add_argument("--repeats", type=_positive_int, default=2, metavar="N",

@@ -1,6 +1,6 @@
 """ternlm.load and the Model API (DESIGN.md §4).
 
-    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None)
+    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32")
     m.generate(prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None) -> str
     m.stream(prompt, **same) -> iterator of text pieces;  m.chat(messages, **same) -> str
@@ -17,6 +17,12 @@ Hybrid precision: with "int4" and "ternary" the token embedding and lm_head stay
 are a small share of the weights of a real model but the most sensitive to quantization;
 BitNet checkpoints never quantize lm_head either). `head="f32" | "bf16" | "int4"` overrides
 the format of embed and lm_head for any `weights`.
+
+KV cache (`kv_dtype=`): "f32" (default; attention matches transformers' float32 forward) or
+"f16" (IEEE half, rounded to nearest even, saturated at +-65504, as llama.cpp's default
+cache): half the cache memory and half the bytes attention reads per token, which is what
+decode spends beyond the weights at long context; it changes logits by about the f16
+rounding of keys and values (tests/test_engine.py states the bound).
 
 Generation rules:
 - The prompt (after tokenization) must leave room for one new token: len(prompt) < context,
@@ -130,7 +136,13 @@ class Model:
     def __repr__(self):
         kinds = sorted(set(self.formats.values()))
         return (f"<ternlm.Model {self.config.arch} layers={self.config.num_layers} "
-                f"hidden={self.config.hidden_size} formats={kinds} context={self.context}>")
+                f"hidden={self.config.hidden_size} formats={kinds} context={self.context}"
+                + (f" kv_dtype={self.kv_dtype}" if self.kv_dtype != "f32" else "") + ">")
+
+    @property
+    def kv_dtype(self) -> str:
+        """Element type of the KV cache: "f32" or "f16" (ternlm.load's kv_dtype)."""
+        return getattr(self._engine, "kv_dtype", "f32") if self._engine is not None else "f32"
 
     @property
     def memory_bytes(self) -> int:
@@ -394,11 +406,11 @@ def read_checkpoint(path) -> Checkpoint:
     raise ValueError(f"{path}: not a folder or a .gguf file")
 
 
-def build_engine(config: ModelConfig, tensors: dict, context: int, threads):
+def build_engine(config: ModelConfig, tensors: dict, context: int, threads, kv_dtype="f32"):
     """The C++ Transformer. It moves the storage out of every QuantizedMatrix in `tensors`
     (the Python objects are left empty), so a loaded model holds its weights once."""
     from ._native import core
-    return core.Transformer(config.to_dict(), tensors, int(context), threads)
+    return core.Transformer(config.to_dict(), tensors, int(context), threads, kv_dtype)
 
 
 class EngineWeights(Mapping):
@@ -424,19 +436,22 @@ class EngineWeights(Mapping):
         return len(self._names)
 
 
-def load(path, weights=None, threads=None, context=4096, head=None, progress=True) -> Model:
+def load(path, weights=None, threads=None, context=4096, head=None, progress=True,
+         kv_dtype="f32") -> Model:
     """Load a model from a Hugging Face folder, a GGUF file or a folder written by
     Model.save, converting its matrices to `weights` (see the module docstring for the
     formats and the hybrid embed/lm_head policy). threads=None uses all cores; context is
-    the KV-cache length in tokens."""
+    the KV-cache length in tokens; kv_dtype "f32" | "f16" the KV cache's element type."""
     if not isinstance(context, (int, np.integer)) or context < 2:
         raise ValueError(f"context must be an int >= 2, got {context!r}")
+    if kv_dtype not in ("f32", "f16"):
+        raise ValueError(f"kv_dtype must be 'f32' or 'f16', got {kv_dtype!r}")
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
     ckpt = read_checkpoint(path)
     formats = target_formats(ckpt, weights, head)
     tensors = convert_checkpoint(ckpt, formats, progress=progress)
-    engine = build_engine(ckpt.config, tensors, context, threads)
+    engine = build_engine(ckpt.config, tensors, context, threads, kv_dtype)
     norms = {k: v for k, v in tensors.items() if k not in formats}
     return Model(engine, ckpt.tokenizer, ckpt.config, formats, context, source=ckpt.source,
                  matrices=EngineWeights(engine, ckpt.config, norms))
