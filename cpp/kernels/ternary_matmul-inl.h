@@ -9,7 +9,9 @@
 //     an AND alone (field k scaled by 4^k, one accumulator per k, shifted back exactly)
 //   AVX3 / AVX2: pmaddubsw (u8 x s8 -> i16 pairs, |pair| <= 2*2*128, no saturation),
 //     the four fields summed in i16 (<= 2048), then pmaddwd by 1 -> i32
-//   otherwise (SSE4, NEON, SVE, scalar, ...): portable Highway in i32 lanes
+//   otherwise (SSE4, NEON, EMU128, ...): portable Highway, codes widened to i16 lanes and
+//     multiplied by i16 activations (the four columns of a field repeated for every row);
+//     HWY_SCALAR (one lane): plain C
 #if defined(TERNLM_KERNELS_TERNARY_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_TERNARY_MATMUL_INL_H_
 #undef TERNLM_KERNELS_TERNARY_MATMUL_INL_H_
@@ -38,20 +40,6 @@ HWY_INLINE int32_t LoadI32(const int8_t* p) {
   std::memcpy(&v, p, 4);
   return v;
 }
-
-#if HWY_TARGET != HWY_AVX3_DL && HWY_TARGET != HWY_AVX3 && HWY_TARGET != HWY_AVX2
-// Portable: rows r0..r0+N-1 of the tile as N u32 lanes (lane = the row's 4 bytes of a
-// block); codes taken apart with shifts and multiplied in i32.
-template <int K, class DI, class VU>
-HWY_INLINE void PortableField(DI di, VU w32, const int8_t* xk, hn::Vec<DI>& acc) {
-  const auto three = hn::Set(di, 3);
-  const auto v = hn::BitCast(di, hn::ShiftRight<2 * K>(w32));
-  acc = hn::Add(acc, hn::Mul(hn::And(v, three), hn::Set(di, int32_t(xk[0]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<8>(v), three), hn::Set(di, int32_t(xk[1]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<16>(v), three), hn::Set(di, int32_t(xk[2]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<24>(v), three), hn::Set(di, int32_t(xk[3]))));
-}
-#endif
 
 // out[16 * j + r] = sum_c code[r, c] * x[j][c] over the nblocks blocks (16 columns
 // each; nblocks is even) of one tile, for j < NX.
@@ -157,24 +145,59 @@ void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j), acc[j][0]);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j + 8), acc[j][1]);
   }
-#else
-  const hn::CappedTag<int32_t, kTernaryTileRows> di;
-  const hn::RebindToUnsigned<decltype(di)> du;
-  const size_t N = hn::Lanes(di);
-  for (size_t r0 = 0; r0 < kTernaryTileRows; r0 += N) {
-    hn::Vec<decltype(di)> acc[NX];
-    for (size_t j = 0; j < NX; ++j) acc[j] = hn::Zero(di);
-    for (size_t b = 0; b < nblocks; ++b) {
-      const auto w32 = hn::LoadU(du, reinterpret_cast<const uint32_t*>(tile + 64 * b) + r0);
+#elif HWY_TARGET == HWY_SCALAR
+  for (size_t i = 0; i < 16 * NX; ++i) out[i] = 0;
+  for (size_t b = 0; b < nblocks; ++b)
+    for (size_t byte = 0; byte < 64; ++byte) {
+      const unsigned codes = tile[64 * b + byte];
       for (size_t j = 0; j < NX; ++j) {
-        const int8_t* xb = x[j] + 16 * b;
-        PortableField<0>(di, w32, xb, acc[j]);
-        PortableField<1>(di, w32, xb + 4, acc[j]);
-        PortableField<2>(di, w32, xb + 8, acc[j]);
-        PortableField<3>(di, w32, xb + 12, acc[j]);
+        const int8_t* xb = x[j] + 16 * b + byte % 4;
+        out[16 * j + byte / 4] += int32_t(codes & 3) * xb[0] + int32_t((codes >> 2) & 3) * xb[4] +
+                                  int32_t((codes >> 4) & 3) * xb[8] + int32_t(codes >> 6) * xb[12];
       }
     }
-    for (size_t j = 0; j < NX; ++j) hn::StoreU(acc[j], di, out + 16 * j + r0);
+#else
+  // Portable (SSE4, NEON, EMU128, ...), in i16 lanes: a chunk of N16 bytes of a block
+  // (N16 / 4 rows x 4 bytes) is widened to i16 once; field k of every byte (a shift and an
+  // AND) times the i16 activation of its column, which is the same four columns for every
+  // row, so one activation vector serves the whole chunk. Sums stay in i16 for runs of
+  // kRun blocks (|sum| <= kRun * 4 fields * 2 * 128 = 16384), then each row's four lanes
+  // are added into out.
+  const hn::ScalableTag<int16_t> d16;
+  const hn::Rebind<uint8_t, decltype(d16)> du8;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const hn::Repartition<int8_t, decltype(d16)> d8;
+  const size_t N16 = hn::Lanes(d16);
+  constexpr size_t kRun = 16, kMaxLanes = HWY_MAX_BYTES / 2;
+  HWY_ALIGN int16_t act[kRun * 4 * NX * kMaxLanes];
+  HWY_ALIGN int16_t lanes[kMaxLanes];
+  const auto three = hn::Set(d16, 3);
+  for (size_t i = 0; i < 16 * NX; ++i) out[i] = 0;
+  for (size_t b0 = 0; b0 < nblocks; b0 += kRun) {
+    const size_t nb = std::min(kRun, nblocks - b0);
+    for (size_t b = 0; b < nb; ++b)  // activations of the run: the 4 columns of field k, repeated
+      for (size_t k = 0; k < 4; ++k)
+        for (size_t j = 0; j < NX; ++j) {
+          const auto rep = hn::BitCast(d8, hn::Set(d32, LoadI32(x[j] + 16 * (b0 + b) + 4 * k)));
+          hn::Store(hn::PromoteTo(d16, hn::LowerHalf(rep)), d16, act + ((b * 4 + k) * NX + j) * N16);
+        }
+    for (size_t c = 0; c < 64; c += N16) {  // bytes c .. c + N16 of each block: rows c/4 ..
+      hn::Vec<decltype(d16)> acc[NX];
+      for (size_t j = 0; j < NX; ++j) acc[j] = hn::Zero(d16);
+      for (size_t b = 0; b < nb; ++b) {
+        const auto w = hn::PromoteTo(d16, hn::LoadU(du8, tile + 64 * (b0 + b) + c));
+        const int16_t* a = act + b * 4 * NX * N16;
+        const hn::Vec<decltype(d16)> f[4] = {hn::And(w, three), hn::And(hn::ShiftRight<2>(w), three),
+                                             hn::And(hn::ShiftRight<4>(w), three), hn::ShiftRight<6>(w)};
+        for (size_t k = 0; k < 4; ++k)
+          for (size_t j = 0; j < NX; ++j)
+            acc[j] = hn::Add(acc[j], hn::Mul(f[k], hn::Load(d16, a + (k * NX + j) * N16)));
+      }
+      for (size_t j = 0; j < NX; ++j) {
+        hn::Store(acc[j], d16, lanes);
+        for (size_t l = 0; l < N16; ++l) out[16 * j + (c + l) / 4] += lanes[l];
+      }
+    }
   }
 #endif
 }
