@@ -8,7 +8,8 @@
 //   AVX3_DL: vpdpbusd (u8 codes x s8 activations -> i32), 512-bit
 //   AVX3 / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128; eight of
 //     them summed in i16 <= 30720, no saturation), then pmaddwd by 1 -> i32
-//   otherwise (SSE4, NEON, SVE, scalar, ...): portable Highway in i32 lanes
+//   otherwise (SSE4, NEON, EMU128, ...): portable Highway, codes widened to i16 lanes and
+//     multiplied by i16 activations; HWY_SCALAR (one lane): plain C
 // With groups of 32 (GGUF Q4_0/Q4_1) AVX3_DL and AVX2 fuse the dots, the scales and the
 // min term of a tile in registers (Int4TileG32) instead.
 #if defined(TERNLM_KERNELS_INT4_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -39,24 +40,6 @@ HWY_INLINE int32_t Int4LoadI32(const int8_t* p) {
   std::memcpy(&v, p, 4);
   return v;
 }
-
-#if HWY_TARGET != HWY_AVX3_DL && HWY_TARGET != HWY_AVX3 && HWY_TARGET != HWY_AVX2
-// Portable: N rows as u32 lanes; byte i of a lane holds columns i (low nibble) and
-// 4 + i (high nibble) of the block's 8.
-template <class DI, class VU>
-HWY_INLINE void Int4PortableBlock(DI di, VU w32, const int8_t* x8, hn::Vec<DI>& acc) {
-  const auto v = hn::BitCast(di, w32);
-  const auto m = hn::Set(di, 15);
-  acc = hn::Add(acc, hn::Mul(hn::And(v, m), hn::Set(di, int32_t(x8[0]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<4>(v), m), hn::Set(di, int32_t(x8[4]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<8>(v), m), hn::Set(di, int32_t(x8[1]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<12>(v), m), hn::Set(di, int32_t(x8[5]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<16>(v), m), hn::Set(di, int32_t(x8[2]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<20>(v), m), hn::Set(di, int32_t(x8[6]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<24>(v), m), hn::Set(di, int32_t(x8[3]))));
-  acc = hn::Add(acc, hn::Mul(hn::And(hn::ShiftRight<28>(v), m), hn::Set(di, int32_t(x8[7]))));
-}
-#endif
 
 #if HWY_TARGET == HWY_AVX2
 // s16[j] = the i16 pair sums (<= 30720) of rows 8h..8h+7 of a tile with x[j] over
@@ -158,19 +141,59 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, s
                            _mm256_madd_epi16(s16[j], ones));
     }
   }
-#else
-  const hn::CappedTag<int32_t, kInt4TileRows> di;
-  const hn::RebindToUnsigned<decltype(di)> du;
-  const size_t N = hn::Lanes(di);
+#elif HWY_TARGET == HWY_SCALAR
   for (size_t b = 0; b < nb; ++b) {
-    for (size_t r0 = 0; r0 < kInt4TileRows; r0 += N) {
-      hn::Vec<decltype(di)> acc[NX];
-      for (size_t j = 0; j < NX; ++j) acc[j] = hn::Zero(di);
-      for (size_t s = 0; s < 4; ++s) {
-        const auto w32 = hn::LoadU(du, reinterpret_cast<const uint32_t*>(Int4BlockCodes(tile, b0 + b, group_shift) + 64 * s) + r0);
-        for (size_t j = 0; j < NX; ++j) Int4PortableBlock(di, w32, x[j] + 32 * b + 8 * s, acc[j]);
+    const uint8_t* codes = Int4BlockCodes(tile, b0 + b, group_shift);
+    for (size_t j = 0; j < NX; ++j) {
+      int32_t* o = out + (j * nb + b) * 16;
+      for (size_t r = 0; r < 16; ++r) o[r] = 0;
+      for (size_t byte = 0; byte < 256; ++byte) {  // sub-block byte / 64: columns 8 (byte / 64) ..
+        const unsigned v = codes[byte];
+        const int8_t* x8 = x[j] + 32 * b + 8 * (byte / 64) + byte % 4;
+        o[byte % 64 / 4] += int32_t(v & 15) * x8[0] + int32_t(v >> 4) * x8[4];
       }
-      for (size_t j = 0; j < NX; ++j) hn::StoreU(acc[j], di, out + (j * nb + b) * 16 + r0);
+    }
+  }
+#else
+  // Portable (SSE4, NEON, EMU128, ...), in i16 lanes like the ternary kernel: a chunk of
+  // N16 bytes of a 64-byte sub-block (N16 / 4 rows x 4 bytes) widened to i16; its low and
+  // high nibbles times the i16 activations of their columns (the same four for every row).
+  // A lane's 8 products of a block sum to at most 8 * 15 * 128 = 15360: i16 holds them;
+  // then each row's four lanes are added.
+  const hn::ScalableTag<int16_t> d16;
+  const hn::Rebind<uint8_t, decltype(d16)> du8;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const hn::Repartition<int8_t, decltype(d16)> d8;
+  const size_t N16 = hn::Lanes(d16);
+  constexpr size_t kMaxLanes = HWY_MAX_BYTES / 2;
+  HWY_ALIGN int16_t act[8 * NX * kMaxLanes];
+  HWY_ALIGN int16_t lanes[kMaxLanes];
+  const auto m15 = hn::Set(d16, 15);
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* codes = Int4BlockCodes(tile, b0 + b, group_shift);
+    for (size_t f = 0; f < 8; ++f)  // sub-block f / 2, nibble f % 2: columns 4f .. 4f + 3
+      for (size_t j = 0; j < NX; ++j) {
+        const auto rep = hn::BitCast(d8, hn::Set(d32, Int4LoadI32(x[j] + 32 * b + 4 * f)));
+        hn::Store(hn::PromoteTo(d16, hn::LowerHalf(rep)), d16, act + (f * NX + j) * N16);
+      }
+    for (size_t j = 0; j < NX; ++j)
+      for (size_t r = 0; r < 16; ++r) out[(j * nb + b) * 16 + r] = 0;
+    for (size_t c = 0; c < 64; c += N16) {
+      hn::Vec<decltype(d16)> acc[NX];
+      for (size_t j = 0; j < NX; ++j) acc[j] = hn::Zero(d16);
+      for (size_t sb = 0; sb < 4; ++sb) {
+        const auto w = hn::PromoteTo(d16, hn::LoadU(du8, codes + 64 * sb + c));
+        const auto lo = hn::And(w, m15), hi = hn::ShiftRight<4>(w);
+        for (size_t j = 0; j < NX; ++j) {
+          acc[j] = hn::Add(acc[j], hn::Mul(lo, hn::Load(d16, act + (2 * sb * NX + j) * N16)));
+          acc[j] = hn::Add(acc[j], hn::Mul(hi, hn::Load(d16, act + ((2 * sb + 1) * NX + j) * N16)));
+        }
+      }
+      for (size_t j = 0; j < NX; ++j) {
+        hn::Store(acc[j], d16, lanes);
+        int32_t* o = out + (j * nb + b) * 16;
+        for (size_t l = 0; l < N16; ++l) o[(c + l) / 4] += lanes[l];
+      }
     }
   }
 #endif
