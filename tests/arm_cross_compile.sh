@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compiles the C++ core (cpp/, without the Python bindings) for aarch64 with the Debian
 # cross compiler, with the Highway definitions CMakeLists.txt sets, and checks that the
-# NEON kernels were built. CI runs on x86, so this is what catches an ARM build breaking
-# (e.g. arrays of vectors, which SVE's sizeless types forbid). Compile only; nothing runs.
+# NEON kernels and the scalar fallback were built. CI runs on x86, so this is what catches
+# an ARM build breaking (e.g. arrays of vectors, which SVE's sizeless types forbid).
+# Compile only; tests/arm_qemu_tests.sh runs the kernel tests under emulation.
 #   make check-arm        (installs g++-aarch64-linux-gnu when missing)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,8 +15,9 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/include" "$work/obj"
 cp -r /usr/include/hwy "$work/include/"
 # The definitions of ternlm_core, read from CMakeLists.txt.
+# (all of them, the aarch64-only ones included)
 defs=$(sed -n '/target_compile_definitions(ternlm_core/,/)$/p' "$root/CMakeLists.txt" |
-       grep -o 'HWY_[A-Z0-9_]*=[^ )"]*\(([^)]*)\)\?' | sed 's/^/-D/')
+       grep -o 'HWY_[A-Z0-9_]*\(=[^ )"]*\(([^)]*)\)\?\)\?' | sed 's/^/-D/')
 [ -n "$defs" ] || { echo "no compile definitions found in CMakeLists.txt"; exit 1; }
 echo "aarch64 compile flags:" $defs
 sources=$(cd "$root" && ls cpp/formats/*.cc cpp/kernels/*.cc cpp/model/*.cc cpp/runtime/*.cc)
@@ -34,7 +36,9 @@ done
 for f in cpp/kernels/matmul.cc cpp/kernels/vector_ops.cc; do
   o="$work/obj/$(echo "$f" | tr / _).o"
   n=$(aarch64-linux-gnu-nm -C "$o" | grep -c "N_NEON::" || true)
+  m=$(aarch64-linux-gnu-nm -C "$o" | grep -c "N_SCALAR::\|N_EMU128::" || true)
   [ "$n" -gt 0 ] || { echo "no NEON kernels in $f"; exit 1; }
-  echo "$f: $n NEON symbols"
+  [ "$m" -gt 0 ] || { echo "no scalar fallback kernels in $f"; exit 1; }
+  echo "$f: $n NEON symbols, $m scalar-fallback symbols"
 done
 echo "aarch64 (NEON) build of the core: ok"
