@@ -9,7 +9,8 @@
 //     an AND alone (field k scaled by 4^k, one accumulator per k, shifted back exactly)
 //   AVX3 / AVX2: pmaddubsw (u8 x s8 -> i16 pairs, |pair| <= 2*2*128, no saturation),
 //     the four fields summed in i16 (<= 2048), then pmaddwd by 1 -> i32
-//   otherwise (SSE4, NEON, EMU128, ...): portable Highway, codes widened to i16 lanes and
+//   NEON (aarch64): vmlal_s8 (s8 codes x s8 activations -> s16), vpadalq_s16 -> s32
+//   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations (the four columns of a field repeated for every row);
 //     HWY_SCALAR (one lane): plain C
 #if defined(TERNLM_KERNELS_TERNARY_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -144,6 +145,45 @@ void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int
   for (size_t j = 0; j < NX; ++j) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j), acc[j][0]);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j + 8), acc[j][1]);
+  }
+#elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
+  // NEON (aarch64): a q-register of a block holds 4 rows x 4 bytes; field k of every byte
+  // is isolated in u8 (shift, AND: codes <= 2), and vmlal_s8 multiplies 8 codes by 8 s8
+  // activations into s16 (the field's four columns repeated for every row: one 32-bit dup
+  // load). The four fields of a block add at most 4 * 2 * 128 = 1024 to an s16 lane; runs
+  // of 16 blocks stay in s16, then vpadalq_s16 folds byte pairs into s32 lanes, and one
+  // vpaddq_s32 at the end leaves the four rows' sums in order. Rows are done 4 at a time
+  // (the tile's other bytes are read from L1 on the later passes).
+  constexpr size_t kRun = 16;
+  for (size_t g = 0; g < 4; ++g) {
+    int32x4_t lo32[NX], hi32[NX];
+    for (size_t j = 0; j < NX; ++j) lo32[j] = hi32[j] = vdupq_n_s32(0);
+    for (size_t b0 = 0; b0 < nblocks; b0 += kRun) {
+      const size_t b1 = std::min(nblocks, b0 + kRun);
+      int16x8_t lo16[NX], hi16[NX];
+      for (size_t j = 0; j < NX; ++j) lo16[j] = hi16[j] = vdupq_n_s16(0);
+      for (size_t b = b0; b < b1; ++b) {
+        const uint8x16_t w = vld1q_u8(tile + 64 * b + 16 * g);
+        const uint8x16_t three = vdupq_n_u8(3);
+        const int8x16_t f[4] = {vreinterpretq_s8_u8(vandq_u8(w, three)),
+                                vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(w, 2), three)),
+                                vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(w, 4), three)),
+                                vreinterpretq_s8_u8(vshrq_n_u8(w, 6))};
+        for (size_t k = 0; k < 4; ++k)
+          for (size_t j = 0; j < NX; ++j) {
+            int32_t a32;
+            std::memcpy(&a32, x[j] + 16 * b + 4 * k, 4);
+            const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(a32));
+            lo16[j] = vmlal_s8(lo16[j], vget_low_s8(f[k]), vget_low_s8(a));
+            hi16[j] = vmlal_high_s8(hi16[j], f[k], a);
+          }
+      }
+      for (size_t j = 0; j < NX; ++j) {
+        lo32[j] = vpadalq_s16(lo32[j], lo16[j]);
+        hi32[j] = vpadalq_s16(hi32[j], hi16[j]);
+      }
+    }
+    for (size_t j = 0; j < NX; ++j) vst1q_s32(out + 16 * j + 4 * g, vpaddq_s32(lo32[j], hi32[j]));
   }
 #elif HWY_TARGET == HWY_SCALAR
   for (size_t i = 0; i < 16 * NX; ++i) out[i] = 0;
