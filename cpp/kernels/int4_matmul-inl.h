@@ -8,7 +8,8 @@
 //   AVX3_DL: vpdpbusd (u8 codes x s8 activations -> i32), 512-bit
 //   AVX3 / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128; eight of
 //     them summed in i16 <= 30720, no saturation), then pmaddwd by 1 -> i32
-//   otherwise (SSE4, NEON, EMU128, ...): portable Highway, codes widened to i16 lanes and
+//   NEON (aarch64): vmlal_s8 (s8 nibbles x s8 activations -> s16), pairwise adds -> s32
+//   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations; HWY_SCALAR (one lane): plain C
 // With groups of 32 (GGUF Q4_0/Q4_1) AVX3_DL and AVX2 fuse the dots, the scales and the
 // min term of a tile in registers (Int4TileG32) instead.
@@ -139,6 +140,31 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, s
       for (size_t j = 0; j < NX; ++j)
         _mm256_store_si256(reinterpret_cast<__m256i*>(out + (j * nb + b) * 16 + 8 * h),
                            _mm256_madd_epi16(s16[j], ones));
+    }
+  }
+#elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
+  // NEON (aarch64): a q-register of a 64-byte sub-block holds 4 rows x 4 bytes; its low and
+  // high nibbles (<= 15) times the s8 activations of their columns (one 32-bit dup load
+  // each, the same for every row) with vmlal_s8 into s16: a lane's 8 products of a block
+  // sum to at most 8 * 15 * 128 = 15360. vpaddlq_s16 + vpaddq_s32 leave the 4 rows' sums.
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* codes = Int4BlockCodes(tile, b0 + b, group_shift);
+    for (size_t g = 0; g < 4; ++g) {  // rows 4g .. 4g + 3
+      int16x8_t lo16[NX], hi16[NX];
+      for (size_t j = 0; j < NX; ++j) lo16[j] = hi16[j] = vdupq_n_s16(0);
+      for (size_t sb = 0; sb < 4; ++sb) {
+        const uint8x16_t w = vld1q_u8(codes + 64 * sb + 16 * g);
+        const int8x16_t nib[2] = {vreinterpretq_s8_u8(vandq_u8(w, vdupq_n_u8(15))),
+                                  vreinterpretq_s8_u8(vshrq_n_u8(w, 4))};
+        for (size_t j = 0; j < NX; ++j)
+          for (size_t h = 0; h < 2; ++h) {
+            const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(Int4LoadI32(x[j] + 32 * b + 8 * sb + 4 * h)));
+            lo16[j] = vmlal_s8(lo16[j], vget_low_s8(nib[h]), vget_low_s8(a));
+            hi16[j] = vmlal_high_s8(hi16[j], nib[h], a);
+          }
+      }
+      for (size_t j = 0; j < NX; ++j)
+        vst1q_s32(out + (j * nb + b) * 16 + 4 * g, vpaddq_s32(vpaddlq_s16(lo16[j]), vpaddlq_s16(hi16[j])));
     }
   }
 #elif HWY_TARGET == HWY_SCALAR
