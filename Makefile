@@ -11,7 +11,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := libhwy-dev libbenchmark-dev cmake ninja-build g++ python3-venv python3-dev
 DEMO_PROMPT ?= Explain in two sentences why the sky is blue.
 
-.PHONY: demo test setup setup-test apt build bench clean check-arm
+.PHONY: demo test setup setup-test apt build bench clean check-arm test-arm
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -47,6 +47,11 @@ test: setup-test
 check-arm: apt
 	@dpkg -s g++-aarch64-linux-gnu >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y g++-aarch64-linux-gnu; }
 	tests/arm_cross_compile.sh
+
+# The kernel tests on an aarch64 build of the extension, under qemu-user (NEON and the
+# scalar fallback against numpy); downloads arm64 Debian packages and wheels to /tmp.
+test-arm: setup
+	tests/arm_qemu_tests.sh
 
 bench: setup
 	cmake -S . -B build/bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DTERNLM_BUILD_BENCHMARKS=ON -DTERNLM_BUILD_PYTHON=OFF

@@ -56,7 +56,9 @@ PY_EXT=.cpython-311-aarch64-linux-gnu.so   # Debian 12's python3.11
 
 t0=$SECONDS
 say() { printf '[arm-qemu %3ds] %s\n' "$((SECONDS - t0))" "$*"; }
-die() { echo "[arm-qemu] ERROR: $*" >&2; exit 1; }
+# Exit status 3: the emulation environment could not be prepared (nothing was tested);
+# otherwise pytest's status.
+die() { echo "[arm-qemu] ERROR: $*" >&2; exit 3; }
 # logged LOG CMD...: runs CMD with its output appended to $LOGS/LOG; on failure shows its tail.
 logged() {
   local log=$LOGS/$1; shift
@@ -64,7 +66,7 @@ logged() {
   if ! "$@" >>"$log" 2>&1; then
     echo "[arm-qemu] FAILED: $*  (last lines of $log:)" >&2
     tail -n 40 "$log" >&2
-    exit 1
+    exit 3
   fi
 }
 APT_UPDATED=0
