@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Python extension (C++ core + bindings) for aarch64 with the Debian cross
-# compiler and runs the kernel tests (tests/test_matmul.py, tests/test_kernel_targets.py)
+# compiler and runs the kernel tests (tests/test_matmul.py, tests/test_kernel_targets.py) and
+# the engine-on-every-target test (tests/test_engine_targets.py)
 # on it under qemu-aarch64 (user mode), with Debian 12's arm64 python3.11 + numpy.
 # Unlike tests/arm_cross_compile.sh (compile only), this runs the NEON kernels and the
 # portable fallback and checks them against numpy.
@@ -50,7 +51,7 @@ ARM_DEBS=(
 WHEELS=(
   pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.3 pygments==2.21.0
   hypothesis==6.170.15 sortedcontainers==2.4.0
-  tokenizers==0.23.3
+  tokenizers==0.23.3 tqdm==4.70.1
 )
 PY_EXT=.cpython-311-aarch64-linux-gnu.so   # Debian 12's python3.11
 
@@ -192,9 +193,9 @@ export TOKENIZERS_PARALLELISM=false
 ARMPY=("$QEMU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11")
 cd "$ROOT"
 say "Highway targets under qemu: $("${ARMPY[@]}" -c 'from ternlm import _core; print(", ".join(_core.supported_targets()))')"
-say "pytest tests/test_matmul.py tests/test_kernel_targets.py (under $QEMU)"
+say "pytest tests/test_matmul.py tests/test_kernel_targets.py tests/test_engine_targets.py (under $QEMU)"
 rc=0
 "${ARMPY[@]}" -m pytest -p no:cacheprovider --rootdir="$ROOT" \
-  tests/test_matmul.py tests/test_kernel_targets.py "$@" || rc=$?
+  tests/test_matmul.py tests/test_kernel_targets.py tests/test_engine_targets.py "$@" || rc=$?
 say "done (pytest exit status $rc)"
 exit $rc
