@@ -28,6 +28,7 @@
 #include "formats/int4.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
 
@@ -42,7 +43,7 @@ HWY_INLINE int32_t Int4LoadI32(const int8_t* p) {
   return v;
 }
 
-#if HWY_TARGET == HWY_AVX2
+#if TERNLM_PATH_AVX2
 // s16[j] = the i16 pair sums (<= 30720) of rows 8h..8h+7 of a tile with x[j] over
 // activation block b, whose 256 bytes of codes start at codes; pmaddwd by 1 finishes them.
 template <size_t NX>
@@ -63,7 +64,7 @@ HWY_INLINE void Int4HalfBlockDotsAvx2(const uint8_t* HWY_RESTRICT codes, size_t 
 }
 #endif
 
-#if HWY_TARGET == HWY_AVX3_DL
+#if TERNLM_PATH_VNNI
 // dot[j] = the exact integer dots of the tile's 16 rows with x[j] over activation block b,
 // whose 256 bytes of codes (four 64-byte blocks of 8 columns, low and high nibbles)
 // start at codes.
@@ -99,20 +100,20 @@ HWY_INLINE const uint8_t* Int4BlockCodes(const uint8_t* tile, size_t b, size_t g
 // out[(j * nb + b) * 16 + r] = exact dot of row r's codes with x[j] over activation
 // block b0 + b for b < nb; x[j] points at block b0's first column.
 template <size_t NX>
-#if HWY_TARGET == HWY_AVX3_DL
+#if TERNLM_PATH_VNNI
 HWY_NOINLINE TERNLM_VNNI_ATTR  // not inlined: adds avx512vnni (kernels/vnni_attr.h)
 #else
 HWY_INLINE
 #endif
 void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, size_t group_shift,
                        const int8_t* const* x, int32_t* HWY_RESTRICT out) {
-#if HWY_TARGET == HWY_AVX3_DL
+#if TERNLM_PATH_VNNI
   for (size_t b = 0; b < nb; ++b) {
     __m512i dot[NX];
     Int4BlockDotsVnni<NX>(Int4BlockCodes(tile, b0 + b, group_shift), b, x, dot);
     for (size_t j = 0; j < NX; ++j) _mm512_store_si512(out + (j * nb + b) * 16, dot[j]);
   }
-#elif HWY_TARGET == HWY_AVX3
+#elif TERNLM_PATH_AVX3
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   const __m512i ones = _mm512_set1_epi16(1);
   for (size_t b = 0; b < nb; ++b) {
@@ -131,7 +132,7 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, s
     for (size_t j = 0; j < NX; ++j)
       _mm512_store_si512(out + (j * nb + b) * 16, _mm512_madd_epi16(s16[j], ones));
   }
-#elif HWY_TARGET == HWY_AVX2
+#elif TERNLM_PATH_AVX2
   const __m256i ones = _mm256_set1_epi16(1);
   for (size_t b = 0; b < nb; ++b) {
     for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
@@ -142,7 +143,7 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, s
                            _mm256_madd_epi16(s16[j], ones));
     }
   }
-#elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
+#elif TERNLM_PATH_NEON
   // NEON (aarch64): a q-register of a 64-byte sub-block holds 4 rows x 4 bytes; its low and
   // high nibbles (<= 15) times the s8 activations of their columns (one 32-bit dup load
   // each, the same for every row) with vmlal_s8 into s16: a lane's 8 products of a block
@@ -225,7 +226,7 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, s
 #endif
 }
 
-#if HWY_TARGET == HWY_AVX3_DL
+#if TERNLM_PATH_VNNI
 // Groups of 32 (GGUF Q4_0/Q4_1, the default): the integer dots, the scales and the min
 // term of one tile in one pass, all in registers. out[16 j + r] = y of tile row r for
 // activation row j. tile: nb32 groups of 320 bytes (codes, 16 fp16 scales, 16 fp16
@@ -253,7 +254,7 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile,
 }
 #endif
 
-#if HWY_TARGET == HWY_AVX2
+#if TERNLM_PATH_AVX2
 // The same for AVX2: per half tile (8 rows
 // in a 256-bit register) the eight pmaddubsw of a 32-column block are summed in i16
 // (<= 8 * 2 * 15 * 128 = 30720), widened by pmaddwd, then scaled and the min term added
@@ -294,7 +295,7 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int g
   const size_t g = size_t(group), nb32 = padded_cols / 32, gpr = padded_cols / g, per_g = g / 32;
   const size_t group_bytes = Int4GroupBytes(g), tile_bytes = Int4TileBytes(padded_cols, g);
   HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
-#if HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_AVX2
+#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX2
   // Group 32: dots, scales and min term fused (Int4TileG32). (AVX-512 without VNNI keeps
   // the path below: its 512-bit dots beat the 256-bit fused kernel in decode.)
   if (per_g == 1) {

@@ -28,6 +28,7 @@
 #include "formats/ternary.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
 
@@ -45,7 +46,7 @@ HWY_INLINE int32_t LoadI32(const int8_t* p) {
 // out[16 * j + r] = sum_c code[r, c] * x[j][c] over the nblocks blocks (16 columns
 // each; nblocks is even) of one tile, for j < NX.
 template <size_t NX>
-#if HWY_TARGET == HWY_AVX3_DL
+#if TERNLM_PATH_VNNI
 // Not inlined: compiled with avx512vnni added (see kernels/vnni_attr.h for why).
 HWY_NOINLINE TERNLM_VNNI_ATTR
 #else
@@ -53,7 +54,7 @@ HWY_INLINE
 #endif
 void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int8_t* const* x,
                      int32_t* HWY_RESTRICT out) {
-#if HWY_TARGET == HWY_AVX3_DL
+#if TERNLM_PATH_VNNI
   // |code * 4^k| <= 128 and |x| <= 128: one vpdpbusd adds at most 2^16 to a lane, so a
   // run of 2^14 blocks cannot overflow i32; longer rows are summed in runs.
   constexpr size_t kRun = size_t(1) << 14;
@@ -98,7 +99,7 @@ void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int
     }
   }
   for (size_t j = 0; j < NX; ++j) _mm512_storeu_si512(out + 16 * j, total[j]);
-#elif HWY_TARGET == HWY_AVX3
+#elif TERNLM_PATH_AVX3
   const __m512i three = _mm512_set1_epi8(3);
   const __m512i ones = _mm512_set1_epi16(1);
   __m512i acc[NX];
@@ -119,7 +120,7 @@ void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int
     }
   }
   for (size_t j = 0; j < NX; ++j) _mm512_storeu_si512(out + 16 * j, acc[j]);
-#elif HWY_TARGET == HWY_AVX2
+#elif TERNLM_PATH_AVX2
   const __m256i three = _mm256_set1_epi8(3);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[NX][2];
@@ -146,7 +147,7 @@ void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j), acc[j][0]);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j + 8), acc[j][1]);
   }
-#elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
+#elif TERNLM_PATH_NEON
   // NEON (aarch64): a q-register of a block holds 4 rows x 4 bytes; field k of every byte
   // is isolated in u8 (shift, AND: codes <= 2), and vmlal_s8 multiplies 8 codes by 8 s8
   // activations into s16 (the field's four columns repeated for every row: one 32-bit dup
