@@ -46,6 +46,16 @@ def test_generate_streams_the_apis_greedy_text(tiny):
     assert "prompt:" in r.stderr and "tok/s" in r.stderr and "peak memory" in r.stderr
 
 
+def test_generate_with_the_f16_kv_cache(tiny):
+    r = run_cli("generate", "--model", tiny, "--prompt", "Hello world", "--no-chat-template",
+                "--max-new-tokens", "12", "--threads", "1", "--kv-dtype", "f16", "-q")
+    assert r.returncode == 0, r.stderr
+    want = ternlm.load(tiny, progress=False, kv_dtype="f16").generate("Hello world", max_new_tokens=12)
+    assert r.stdout == want + "\n"
+    r = run_cli("generate", "--model", tiny, "--prompt", "x", "--kv-dtype", "int8")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
 def test_generate_applies_the_chat_template_and_samples_reproducibly(tiny):
     args = ["generate", "--model", tiny, "--prompt", "hi", "--max-new-tokens", "10", "--temperature", "0.8",
             "--top-k", "20", "--top-p", "0.9", "--min-p", "0.01", "--repetition-penalty", "1.1", "--seed", "7", "-q"]
