@@ -43,21 +43,6 @@ HWY_INLINE float SumSquaresImpl(const float* HWY_RESTRICT x, size_t n) {
   return sum;
 }
 
-HWY_INLINE float DotImpl(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
-  const DF d;
-  const size_t N = hn::Lanes(d);
-  auto s0 = hn::Zero(d), s1 = hn::Zero(d);
-  size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    s0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), s0);
-    s1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), s1);
-  }
-  for (; i + N <= n; i += N) s0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), s0);
-  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
 HWY_INLINE void AxpyImpl(float a, const float* HWY_RESTRICT x, size_t n, float* HWY_RESTRICT y) {
   const DF d;
   const size_t N = hn::Lanes(d);
@@ -65,30 +50,6 @@ HWY_INLINE void AxpyImpl(float a, const float* HWY_RESTRICT x, size_t n, float* 
   size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, y + i);
   for (; i < n; ++i) y[i] += a * x[i];
-}
-
-HWY_INLINE void SoftmaxImpl(float* HWY_RESTRICT x, size_t n) {
-  const DF d;
-  const size_t N = hn::Lanes(d);
-  float mx = x[0];
-  for (size_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
-  const auto vmax = hn::Set(d, mx);
-  auto vsum = hn::Zero(d);
-  size_t i = 0;
-  for (; i + N <= n; i += N) {
-    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
-    hn::StoreU(e, d, x + i);
-    vsum = hn::Add(vsum, e);
-  }
-  float sum = hn::GetLane(hn::SumOfLanes(d, vsum));
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    sum += x[i];
-  }
-  const float inv = 1.0f / sum;
-  const auto vinv = hn::Set(d, inv);
-  for (i = 0; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, x + i), vinv), d, x + i);
-  for (; i < n; ++i) x[i] *= inv;
 }
 
 void RmsNormTarget(const float* x, const float* w, size_t n, float eps, float* out) {
@@ -123,13 +84,9 @@ void RopeRotateHalfTarget(float* x, const float* cs, const float* sn, size_t hea
   }
 }
 
-float DotTarget(const float* a, const float* b, size_t n) { return DotImpl(a, b, n); }
-
 void AxpyTarget(float a, const float* x, size_t n, float* y) { AxpyImpl(a, x, n, y); }
 
 void AddInPlaceTarget(const float* y, size_t n, float* x) { AxpyImpl(1.0f, y, n, x); }
-
-void SoftmaxTarget(float* x, size_t n) { SoftmaxImpl(x, n); }
 
 // ---- attention (vector_ops.h: AttendPartial)
 

@@ -13,10 +13,8 @@ namespace ternlm {
 
 HWY_EXPORT(RmsNormTarget);
 HWY_EXPORT(RopeRotateHalfTarget);
-HWY_EXPORT(DotTarget);
 HWY_EXPORT(AxpyTarget);
 HWY_EXPORT(AddInPlaceTarget);
-HWY_EXPORT(SoftmaxTarget);
 HWY_EXPORT(AttendPartialTarget);
 HWY_EXPORT(SiluMulTarget);
 HWY_EXPORT(Relu2MulTarget);
@@ -28,10 +26,8 @@ void RmsNorm(const float* x, const float* weight, size_t n, float eps, float* ou
 void RopeRotateHalf(float* x, const float* cos, const float* sin, size_t head_dim) {
   HWY_DYNAMIC_DISPATCH(RopeRotateHalfTarget)(x, cos, sin, head_dim);
 }
-float Dot(const float* a, const float* b, size_t n) { return HWY_DYNAMIC_DISPATCH(DotTarget)(a, b, n); }
 void Axpy(float a, const float* x, size_t n, float* y) { HWY_DYNAMIC_DISPATCH(AxpyTarget)(a, x, n, y); }
 void AddInPlace(const float* y, size_t n, float* x) { HWY_DYNAMIC_DISPATCH(AddInPlaceTarget)(y, n, x); }
-void Softmax(float* x, size_t n) { HWY_DYNAMIC_DISPATCH(SoftmaxTarget)(x, n); }
 void AttendPartial(const AttendArgs& args) { HWY_DYNAMIC_DISPATCH(AttendPartialTarget)(args); }
 void SiluMul(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(SiluMulTarget)(gate, up, n, out);

@@ -19,17 +19,11 @@ void RmsNorm(const float* x, const float* weight, size_t n, float eps, float* ou
 // cos, sin: [head_dim/2] for this position.
 void RopeRotateHalf(float* x, const float* cos, const float* sin, size_t head_dim);
 
-// Σ a[i]·b[i]
-float Dot(const float* a, const float* b, size_t n);
-
 // y[i] += a * x[i]
 void Axpy(float a, const float* x, size_t n, float* y);
 
 // x[i] += y[i]  (residual add)
 void AddInPlace(const float* y, size_t n, float* x);
-
-// In-place softmax over x [n] (max-subtracted, f32).
-void Softmax(float* x, size_t n);
 
 // ---- attention over one KV head's cache (GQA: the `group` query heads that share it)
 //
