@@ -44,15 +44,18 @@ from bench_models import SHAPES, prompt_ids, write_hf_bitnet_folder  # noqa: E40
 # ternlm variants of the bitnet model: key -> (label, weights, head)
 TERNLM_BITNET = {
     "ternary": ("ternary (bf16 head)", "ternary", None),
+    "ternary-bf16chead": ("ternary (bf16c head: the bf16 values in 12 bits)", "ternary", "bf16c"),
     "ternary-int4head": ("ternary (int4 head)", "ternary", "int4"),
     "int4": ("int4 g32 (bf16 head)", "int4", None),
     "bf16": ("bf16", "bf16", None),
+    "bf16c": ("bf16c (the bf16 values in 12 bits)", "bf16c", None),
 }
 GGUF_LABELS = {"TQ2_0": "TQ2_0 (f16 head)", "TQ1_0": "TQ1_0 (f16 head)", "Q4_0": "Q4_0 (f16 head)",
                "F16": "F16", "BF16": "BF16", "Q4_1": "Q4_1 (as shipped, Q8_0 head)"}
 # (ternlm variant, llama.cpp format) pairs whose ratios are printed
-BITNET_PAIRS = [("ternary", "TQ2_0"), ("ternary", "TQ1_0"), ("ternary-int4head", "TQ2_0"),
-                ("int4", "Q4_0"), ("bf16", "F16"), ("bf16", "BF16")]
+BITNET_PAIRS = [("ternary", "TQ2_0"), ("ternary", "TQ1_0"), ("ternary-bf16chead", "TQ2_0"),
+                ("ternary-int4head", "TQ2_0"), ("int4", "Q4_0"), ("bf16", "F16"), ("bf16", "BF16"),
+                ("bf16c", "F16")]
 TERNLM_SMOL = {"int4": ("int4 (Q4_1 imported, bf16 head)", "int4", None),
                "int4-int4head": ("int4 (Q4_1 imported, int4 head)", "int4", "int4"),
                "bf16": ("bf16", "bf16", None)}

@@ -114,7 +114,7 @@ def test_quick_harness_run_writes_complete_json(tmp_path):
     assert result["machine"]["read_bandwidth_gb_s"]["1"] > 0
     (model,) = result["models"]
     assert model["prompt_tokens"] == 32 and model["decode_tokens"] == 8
-    want = {("ternlm", v) for v in ("ternary", "ternary-int4head", "int4", "bf16")}
+    want = {("ternlm", v) for v in ("ternary", "ternary-bf16chead", "ternary-int4head", "int4", "bf16", "bf16c")}
     if HAVE_LLAMA_CPP:
         want |= {("llama.cpp", f) for f in ("TQ2_0", "TQ1_0", "Q4_0", "F16")}
     assert {(r["engine"], r["variant"]) for r in model["rows"]} == want
@@ -126,6 +126,6 @@ def test_quick_harness_run_writes_complete_json(tmp_path):
         assert r["bytes_per_token"] > 0 and r["roofline_tok_s"] > 0 and r["roofline_fraction"] > 0, where
     if HAVE_LLAMA_CPP:
         pairs = {(x["ternlm"], x["llama.cpp"]) for x in model["ratios"]}
-        assert len(pairs) == 5
+        assert len(pairs) == 7
         assert all(x["prefill_ratio"] > 0 and x["decode_ratio"] > 0 for x in model["ratios"])
     assert "prefill t/s" in proc.stdout and "decode t/s" in proc.stdout

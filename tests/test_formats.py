@@ -318,7 +318,7 @@ def test_quantize_rejects_bad_arrays():
         ternlm.quantize(np.zeros(16, np.float32), "ternary")
     with pytest.raises(ValueError, match="quantize: w must be C-contiguous"):
         ternlm.quantize(np.zeros((8, 4), np.float32).T, "ternary")
-    with pytest.raises(ValueError, match="format must be one of 'ternary', 'int4', 'bf16', 'f32', got 'int3'"):
+    with pytest.raises(ValueError, match="format must be one of 'ternary', 'int4', 'bf16', 'bf16c', 'f32', got 'int3'"):
         ternlm.quantize(np.zeros((4, 4), np.float32), "int3")
     with pytest.raises(ValueError, match=r"shape must be non-empty, got \[0, 4\]"):
         ternlm.quantize(np.zeros((0, 4), np.float32), "bf16")

@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "formats/bf16.h"
+#include "formats/bf16c.h"
 #include "formats/int4.h"
 #include "formats/ternary.h"
 #include "formats/weight_arena.h"
@@ -24,6 +25,7 @@ size_t PaddedCols(WeightFormat f, size_t cols) {
     case WeightFormat::kBF16: return BF16PaddedCols(cols);
     case WeightFormat::kInt4: return Int4PaddedCols(cols);
     case WeightFormat::kTernary: return TernaryMatrixPaddedCols(cols);
+    case WeightFormat::kBF16C: return BF16CPaddedCols(cols);
   }
   return cols;
 }
@@ -112,6 +114,144 @@ static void Int4Deinterleave(const QuantizedMatrix& m, uint8_t* q4, uint16_t* sc
     }
 }
 
+// BF16C (bf16c.h) from bf16 bits [rows, cols]: per tile, the 15 most frequent high bytes
+// (ties: the smaller byte) get codes 0..14, code 15 is high byte 0x00; any other weight is
+// an exception. High bytes 0x7F / 0xFF (|w| >= 2^127) never enter a table, so a table
+// never decodes to Inf or NaN (checked by from_buffers).
+static QuantizedMatrix PackBF16C(const uint16_t* bits, size_t rows, size_t cols) {
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kBF16C, rows, cols, 0);
+  const size_t tb = BF16CTileBytes(m.padded_cols()), tiles = (rows + 15) / 16;
+  uint32_t* row_ptr = reinterpret_cast<uint32_t*>(m.mutable_aux0());
+  std::vector<uint32_t> exc_col;
+  std::vector<uint16_t> exc_value;
+  for (size_t t = 0; t < tiles; ++t) {
+    uint8_t* tile = m.mutable_data() + t * tb;
+    const size_t rb = 16 * t, re = std::min(rows, rb + 16);
+    size_t count[256] = {0};
+    for (size_t r = rb; r < re; ++r)
+      for (size_t c = 0; c < cols; ++c) ++count[bits[r * cols + c] >> 8];
+    count[0x00] = count[0x7F] = count[0xFF] = 0;
+    int code_of[256];
+    std::fill(code_of, code_of + 256, -1);
+    code_of[0] = kBF16CZeroCode;
+    for (int k = 0; k < int(kBF16CZeroCode); ++k) {
+      int best = -1;
+      for (int b = 0; b < 256; ++b)
+        if (count[b] > 0 && code_of[b] < 0 && (best < 0 || count[b] > count[best])) best = b;
+      if (best < 0) break;
+      tile[k] = uint8_t(best);
+      code_of[best] = k;
+    }
+    for (size_t r = rb; r < re; ++r) {
+      for (size_t c = 0; c < cols; ++c) {
+        const uint16_t v = bits[r * cols + c];
+        int code = code_of[v >> 8];
+        uint8_t lo = uint8_t(v & 0xFF);
+        if (code < 0) {  // stored as +0.0, kept exactly in the exception list
+          code = kBF16CZeroCode;
+          lo = 0;
+          exc_col.push_back(uint32_t(c));
+          exc_value.push_back(v);
+        }
+        bool high;
+        tile[BF16CLowByte(r - rb, c)] = lo;
+        tile[BF16CCodeByte(r - rb, c, &high)] |= uint8_t(high ? code << 4 : code);
+      }
+      row_ptr[r + 1] = uint32_t(exc_col.size());
+    }
+  }
+  m.AllocateExceptions(exc_col.size());
+  std::memcpy(m.mutable_aux1(), exc_col.data(), exc_col.size() * 4);
+  std::memcpy(m.mutable_aux1() + 4 * exc_col.size(), exc_value.data(), exc_value.size() * 2);
+  return m;
+}
+
+void BF16RowBits(const QuantizedMatrix& m, size_t r, uint16_t* out) {
+  if (r >= m.rows())
+    throw std::out_of_range("bf16_row_bits: row " + std::to_string(r) + " out of range");
+  const size_t cols = m.cols();
+  if (m.format() == WeightFormat::kBF16) {
+    const uint16_t* b = reinterpret_cast<const uint16_t*>(m.data());
+    for (size_t c = 0; c < cols; ++c) out[c] = b[BF16Index(m.padded_cols(), r, c)];
+    return;
+  }
+  if (m.format() != WeightFormat::kBF16C)
+    throw std::invalid_argument(std::string("bf16_row_bits: format is ") + FormatName(m.format()));
+  const uint8_t* tile = m.data() + (r / 16) * BF16CTileBytes(m.padded_cols());
+  for (size_t c = 0; c < cols; ++c) out[c] = BF16CTileBits(tile, r % 16, c);
+  for (uint32_t e = m.exc_row_ptr()[r]; e < m.exc_row_ptr()[r + 1]; ++e) out[m.exc_col()[e]] = m.exc_value()[e];
+}
+
+// from_buffers for bf16c: the exception arrays have a length of their own, and every
+// value is checked (tables free of the Inf/NaN exponent range, exceptions sorted, inside
+// the row, finite, and at positions the tiles store as zero).
+static QuantizedMatrix BF16CFromBuffers(size_t rows, size_t cols, const std::vector<BufferView>& buffers) {
+  const char* names[] = {"layout_version", "tiles", "exc_row_ptr", "exc_col", "exc_value"};
+  const char* dtypes[] = {"uint32", "uint8", "uint32", "uint32", "uint16"};
+  const BufferView* got[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  for (const BufferView& b : buffers) {
+    int k = -1;
+    for (int i = 0; i < 5; ++i)
+      if (b.name == names[i]) k = i;
+    if (k < 0) throw std::invalid_argument("from_buffers: unexpected buffer '" + b.name + "' for format bf16c");
+    if (b.dtype != dtypes[k])
+      throw std::invalid_argument("from_buffers: buffer '" + b.name + "' has dtype " + b.dtype + ", expected " +
+                                  dtypes[k]);
+    got[k] = &b;
+  }
+  for (int i = 0; i < 5; ++i)
+    if (!got[i]) throw std::invalid_argument(std::string("from_buffers: missing buffer '") + names[i] + "'");
+  const auto expect_count = [&](int i, size_t n) {
+    if (got[i]->count != n)
+      throw std::invalid_argument(std::string("from_buffers: buffer '") + names[i] + "' has " +
+                                  Str(got[i]->count) + " elements, expected " + Str(n));
+  };
+  expect_count(0, 1);
+  const uint32_t version = *static_cast<const uint32_t*>(got[0]->data);
+  if (version != kLayoutVersion)
+    throw std::invalid_argument("from_buffers: layout_version is " + std::to_string(version) +
+                                ", expected " + std::to_string(kLayoutVersion) + " for bf16c");
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kBF16C, rows, cols, 0);
+  const size_t tb = BF16CTileBytes(m.padded_cols()), tiles = (rows + 15) / 16;
+  expect_count(1, tiles * tb);
+  std::memcpy(m.mutable_data(), got[1]->data, tiles * tb);
+  for (size_t t = 0; t < tiles; ++t)
+    for (size_t k = 0; k < 16; ++k)
+      if ((m.data()[t * tb + k] & 0x7F) == 0x7F)
+        throw std::invalid_argument("from_buffers: buffer 'tiles': tile " + Str(t) + " table entry " + Str(k) +
+                                    " is " + std::to_string(m.data()[t * tb + k]) +
+                                    " (0x7F / 0xFF may not be table entries)");
+  expect_count(2, rows + 1);
+  const uint32_t* ptr = static_cast<const uint32_t*>(got[2]->data);
+  if (ptr[0] != 0) throw std::invalid_argument("from_buffers: buffer 'exc_row_ptr'[0] is " + Str(ptr[0]) + ", expected 0");
+  for (size_t r = 0; r < rows; ++r)
+    if (ptr[r + 1] < ptr[r])
+      throw std::invalid_argument("from_buffers: buffer 'exc_row_ptr' decreases at row " + Str(r));
+  const size_t n = ptr[rows];
+  expect_count(3, n);
+  expect_count(4, n);
+  const uint32_t* col = static_cast<const uint32_t*>(got[3]->data);
+  const uint16_t* val = static_cast<const uint16_t*>(got[4]->data);
+  for (size_t r = 0; r < rows; ++r) {
+    const uint8_t* tile = m.data() + (r / 16) * tb;
+    for (size_t e = ptr[r]; e < ptr[r + 1]; ++e) {
+      const std::string at = " entry " + Str(e) + " (row " + Str(r) + ")";
+      if (col[e] >= cols || (e > ptr[r] && col[e] <= col[e - 1]))
+        throw std::invalid_argument("from_buffers: buffer 'exc_col'" + at + " is " + Str(col[e]) +
+                                    ": columns must increase within a row and be < " + Str(cols));
+      if ((val[e] & 0x7F80u) == 0x7F80u)
+        throw std::invalid_argument("from_buffers: buffer 'exc_value'" + at + " is Inf or NaN");
+      if ((BF16CTileBits(tile, r % 16, col[e]) & 0x7FFFu) != 0)
+        throw std::invalid_argument("from_buffers: buffer 'tiles' stores a nonzero weight at exception" + at);
+    }
+  }
+  std::memcpy(m.mutable_aux0(), ptr, (rows + 1) * 4);
+  m.AllocateExceptions(n);
+  std::memcpy(m.mutable_aux1(), col, n * 4);
+  std::memcpy(m.mutable_aux1() + 4 * n, val, n * 2);
+  return m;
+}
+
 // ---------------------------------------------------------------- names
 
 const char* FormatName(WeightFormat f) {
@@ -120,6 +260,7 @@ const char* FormatName(WeightFormat f) {
     case WeightFormat::kBF16: return "bf16";
     case WeightFormat::kInt4: return "int4";
     case WeightFormat::kTernary: return "ternary";
+    case WeightFormat::kBF16C: return "bf16c";
   }
   return "?";
 }
@@ -129,7 +270,8 @@ WeightFormat ParseFormat(const std::string& name) {
   if (name == "bf16" || name == "bfloat16") return WeightFormat::kBF16;
   if (name == "int4") return WeightFormat::kInt4;
   if (name == "ternary") return WeightFormat::kTernary;
-  throw std::invalid_argument("format must be one of 'ternary', 'int4', 'bf16', 'f32', got '" +
+  if (name == "bf16c") return WeightFormat::kBF16C;
+  throw std::invalid_argument("format must be one of 'ternary', 'int4', 'bf16', 'bf16c', 'f32', got '" +
                               name + "'");
 }
 
@@ -158,11 +300,12 @@ size_t QuantizedMatrix::row_bytes() const {
     case WeightFormat::kBF16: return padded_cols_ * 2;
     case WeightFormat::kInt4: return padded_cols_ / 2 + groups_per_row() * 4;  // codes, scales, mins
     case WeightFormat::kTernary: return padded_cols_ / 4;
+    case WeightFormat::kBF16C: return padded_cols_ * 3 / 2;  // plus the tile's table
   }
   return 0;
 }
 
-size_t QuantizedMatrix::nbytes() const { return data_.size() + aux0_.size(); }
+size_t QuantizedMatrix::nbytes() const { return data_.size() + aux0_.size() + aux1_.size(); }
 
 double QuantizedMatrix::bits_per_weight() const {
   return double(nbytes()) * 8.0 / (double(rows_) * double(cols_));
@@ -176,7 +319,12 @@ QuantizedMatrix QuantizedMatrix::Allocate(WeightFormat f, size_t rows, size_t co
   m.group_size_ = f == WeightFormat::kInt4 ? group : 0;
   m.padded_cols_ = PaddedCols(f, cols);
   const size_t stored_rows = f == WeightFormat::kF32 ? rows : (rows + 15) / 16 * 16;  // 16-row tiles
-  m.data_ = AlignedBytes(stored_rows * m.row_bytes());
+  if (f == WeightFormat::kBF16C) {
+    m.data_ = AlignedBytes(stored_rows / kBF16CTileRows * BF16CTileBytes(m.padded_cols_));
+    m.aux0_ = AlignedBytes((rows + 1) * 4);  // exc_row_ptr, all 0: no exceptions
+  } else {
+    m.data_ = AlignedBytes(stored_rows * m.row_bytes());
+  }
   if (f == WeightFormat::kTernary) m.aux0_ = AlignedBytes(rows * 4);
   return m;
 }
@@ -209,6 +357,12 @@ std::vector<BufferView> QuantizedMatrix::Buffers() const {
       b.push_back({"packed", "uint8", data_.size(), data_.data()});
       b.push_back({"row_multiplier", "float32", rows_, aux0_.data()});
       break;
+    case WeightFormat::kBF16C:
+      b.push_back({"tiles", "uint8", data_.size(), data_.data()});
+      b.push_back({"exc_row_ptr", "uint32", rows_ + 1, aux0_.data()});
+      b.push_back({"exc_col", "uint32", num_exceptions(), exc_col()});
+      b.push_back({"exc_value", "uint16", num_exceptions(), exc_value()});
+      break;
   }
   return b;
 }
@@ -217,6 +371,7 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
                                              const std::vector<BufferView>& buffers) {
   CheckShape("from_buffers", rows, cols);
   if (f == WeightFormat::kInt4) CheckGroup("from_buffers", cols, group);
+  if (f == WeightFormat::kBF16C) return BF16CFromBuffers(rows, cols, buffers);
   QuantizedMatrix m = Allocate(f, rows, cols, group);
   const std::vector<BufferView> expected = m.Buffers();
   // Layout 1 differs from 2 only in the ternary "packed" buffer (rows in the row codec
@@ -338,6 +493,11 @@ QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat 
   CheckShape("quantize", rows, cols);
   if (f == WeightFormat::kInt4) CheckGroup("quantize", cols, group);
   CheckFinite(w, rows * cols);
+  if (f == WeightFormat::kBF16C) {
+    std::vector<uint16_t> bits(rows * cols);
+    for (size_t i = 0; i < rows * cols; ++i) bits[i] = BF16FromF32(w[i]);
+    return FromBF16C(bits.data(), rows, cols);
+  }
   QuantizedMatrix m = QuantizedMatrix::Allocate(f, rows, cols, group);
   const size_t rb = m.row_bytes();
   switch (f) {
@@ -369,6 +529,8 @@ QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat 
       }
       break;
     }
+    case WeightFormat::kBF16C:
+      break;  // above
     case WeightFormat::kInt4: {
       // GGUF Q4_1 numerics, but q is rounded against the fp16-rounded scale and min
       // that are stored, so dequantize() is what the kernels multiply by.
@@ -428,6 +590,14 @@ QuantizedMatrix FromBF16(const uint16_t* bits, size_t rows, size_t cols) {
   return m;
 }
 
+QuantizedMatrix FromBF16C(const uint16_t* bits, size_t rows, size_t cols) {
+  CheckShape("from_bf16", rows, cols);
+  for (size_t i = 0; i < rows * cols; ++i)
+    if ((bits[i] & 0x7F80u) == 0x7F80u)
+      throw std::invalid_argument("from_bf16: bits hold Inf or NaN at flat index " + Str(i));
+  return PackBF16C(bits, rows, cols);
+}
+
 QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale, const uint16_t* mins,
                          size_t rows, size_t cols, int group) {
   CheckShape("from_int4", rows, cols);
@@ -477,6 +647,7 @@ static void CopyRows(QuantizedMatrix& dst, size_t d0, const QuantizedMatrix& src
         break;
       }
       case WeightFormat::kF32:
+      case WeightFormat::kBF16C:  // whole matrices only: see RepackBF16C
         break;
     }
   }
@@ -484,10 +655,25 @@ static void CopyRows(QuantizedMatrix& dst, size_t d0, const QuantizedMatrix& src
     std::memcpy(dst.mutable_aux0() + d0 * 4, src.row_multiplier() + s0, n * 4);
 }
 
+// bf16c tables belong to tiles, so rows are decoded and packed again (the values are
+// kept bit for bit; tables and exceptions follow the new tiles).
+static QuantizedMatrix RepackBF16C(const std::vector<const QuantizedMatrix*>& parts,
+                                   const std::vector<std::pair<size_t, size_t>>& ranges) {
+  const size_t cols = parts[0]->cols();
+  size_t rows = 0;
+  for (const auto& rg : ranges) rows += rg.second - rg.first;
+  std::vector<uint16_t> bits(rows * cols);
+  size_t o = 0;
+  for (size_t i = 0; i < parts.size(); ++i)
+    for (size_t r = ranges[i].first; r < ranges[i].second; ++r, ++o) BF16RowBits(*parts[i], r, bits.data() + o * cols);
+  return PackBF16C(bits.data(), rows, cols);
+}
+
 QuantizedMatrix SliceRows(const QuantizedMatrix& m, size_t r0, size_t r1) {
   if (r0 >= r1 || r1 > m.rows())
     throw std::invalid_argument("slice_rows: rows [" + Str(r0) + ", " + Str(r1) + ") are not a non-empty "
                                 "range inside [0, " + Str(m.rows()) + ")");
+  if (m.format() == WeightFormat::kBF16C) return RepackBF16C({&m}, {{r0, r1}});
   QuantizedMatrix out = QuantizedMatrix::Allocate(m.format(), r1 - r0, m.cols(), m.group_size());
   CopyRows(out, 0, m, r0, r1 - r0);
   return out;
@@ -506,6 +692,11 @@ QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts) {
           ", expected " + FormatName(a.format()) + " [*, " + Str(a.cols()) + "] group " +
           std::to_string(a.group_size()));
     rows += p.rows();
+  }
+  if (a.format() == WeightFormat::kBF16C) {
+    std::vector<std::pair<size_t, size_t>> ranges;
+    for (const QuantizedMatrix* p : parts) ranges.push_back({0, p->rows()});
+    return RepackBF16C(parts, ranges);
   }
   QuantizedMatrix m = QuantizedMatrix::Allocate(a.format(), rows, a.cols(), a.group_size());
   size_t r0 = 0;
@@ -540,6 +731,13 @@ void DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
         const int v = (tile[(c / 16) * 64 + lane + c % 4] >> (2 * ((c % 16) / 4))) & 3;
         out[c] = float(v - 1) * mult;
       }
+      break;
+    }
+    case WeightFormat::kBF16C: {  // no allocation either
+      const uint8_t* tile = m.data() + (r / 16) * BF16CTileBytes(m.padded_cols());
+      for (size_t c = 0; c < cols; ++c) out[c] = F32FromBF16(BF16CTileBits(tile, r % 16, c));
+      for (uint32_t e = m.exc_row_ptr()[r]; e < m.exc_row_ptr()[r + 1]; ++e)
+        out[m.exc_col()[e]] = F32FromBF16(m.exc_value()[e]);
       break;
     }
     case WeightFormat::kInt4: {  // no allocation: the embedding lookup calls this per token

@@ -4,7 +4,7 @@
 // f32 is plain row-major with rows padded (see below).
 //
 // CONTRACT (shared by kernels/, model/ and python/; keep the names):
-//   WeightFormat           kF32, kBF16, kInt4, kTernary
+//   WeightFormat           kF32, kBF16, kInt4, kTernary, kBF16C
 //   QuantizedMatrix        format(), rows(), cols(), group_size(), nbytes(), bits_per_weight()
 //   Quantize(...)          f32 [rows, cols] -> any format (DESIGN.md §3 numerics)
 //   Dequantize / DequantizeRow
@@ -27,6 +27,12 @@
 //   ternary      "packed"  uint8   [round_up(rows, 16) * padded_cols/4] padded_cols = round_up(cols, 64),
 //                                  16-row tiles, ternary.h
 //                "row_multiplier" float32 [rows]
+//   bf16c        "tiles"   uint8   [round_up(rows, 16) / 16 * BF16CTileBytes(padded_cols)]
+//                                  padded_cols = round_up(cols, 32), bf16c.h: per-tile tables
+//                                  of high bytes, low bytes and 4-bit codes
+//                "exc_row_ptr" uint32 [rows + 1]   exceptions of row r: [ptr[r], ptr[r + 1])
+//                "exc_col"     uint32 [n]          their columns, increasing within a row
+//                "exc_value"   uint16 [n]          their bf16 bits (stored as +0.0 in the tiles)
 // Padding weights are zero, so padded activations (zero) contribute nothing.
 #pragma once
 #include <cstddef>
@@ -38,9 +44,9 @@
 
 namespace ternlm {
 
-enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kInt4 = 2, kTernary = 3 };
+enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kInt4 = 2, kTernary = 3, kBF16C = 4 };
 
-const char* FormatName(WeightFormat f);               // "f32", "bf16", "int4", "ternary"
+const char* FormatName(WeightFormat f);               // "f32", "bf16", "int4", "ternary", "bf16c"
 WeightFormat ParseFormat(const std::string& name);    // throws std::invalid_argument
 
 constexpr uint32_t kLayoutVersion = 2;
@@ -100,6 +106,16 @@ class QuantizedMatrix {
   const uint8_t* data() const { return data_.data(); }
   const float* row_multiplier() const { return reinterpret_cast<const float*>(aux0_.data()); }
   size_t groups_per_row() const { return group_size_ ? padded_cols_ / group_size_ : 0; }
+  // bf16c exceptions (bf16c.h): row r's are entries [exc_row_ptr()[r], exc_row_ptr()[r + 1]).
+  const uint32_t* exc_row_ptr() const { return reinterpret_cast<const uint32_t*>(aux0_.data()); }
+  size_t num_exceptions() const { return format_ == WeightFormat::kBF16C ? exc_row_ptr()[rows_] : 0; }
+  const uint32_t* exc_col() const { return reinterpret_cast<const uint32_t*>(aux1_.data()); }
+  const uint16_t* exc_value() const {
+    return reinterpret_cast<const uint16_t*>(aux1_.data() + 4 * num_exceptions());
+  }
+  // bf16c: allocates the exception arrays for n entries (cols then values, in aux1).
+  void AllocateExceptions(size_t n) { aux1_ = AlignedBytes(6 * n); }
+  uint8_t* mutable_aux1() { return aux1_.data(); }
 
   // Every stored buffer (names/dtypes in the table above), views into this matrix.
   std::vector<BufferView> Buffers() const;
@@ -118,7 +134,8 @@ class QuantizedMatrix {
   size_t rows_ = 0, cols_ = 0, padded_cols_ = 0;
   int group_size_ = 0;
   AlignedBytes data_;  // "weight" / int4 tiles (q4 + scale + min interleaved) / "packed"
-  AlignedBytes aux0_;  // ternary "row_multiplier"
+  AlignedBytes aux0_;  // ternary "row_multiplier"; bf16c "exc_row_ptr"
+  AlignedBytes aux1_;  // bf16c "exc_col" then "exc_value"
 };
 
 // w: f32 [rows, cols]. Ternary: absmean per tensor (DESIGN §3), row_multiplier = 1/s_w.
@@ -141,6 +158,10 @@ QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale_f16, const uint
 // Lossless bf16: bits [rows, cols] (bf16 bit patterns, e.g. a checkpoint's BF16 tensor);
 // throws std::invalid_argument on Inf/NaN.
 QuantizedMatrix FromBF16(const uint16_t* bits, size_t rows, size_t cols);
+// Lossless bf16c (bf16c.h) from bf16 bit patterns [rows, cols]; throws on Inf/NaN.
+QuantizedMatrix FromBF16C(const uint16_t* bits, size_t rows, size_t cols);
+// Row r of a bf16 or bf16c matrix as bf16 bits [cols] (bf16c: exceptions applied).
+void BF16RowBits(const QuantizedMatrix& m, size_t r, uint16_t* out);
 // Stacks matrices of equal cols, format and group row-wise.
 QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts);
 // A copy of rows [r0, r1) of m (throws std::invalid_argument on an empty or outside range).

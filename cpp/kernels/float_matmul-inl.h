@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "formats/bf16.h"
+#include "formats/bf16c.h"
 #include "hwy/highway.h"
 #include "kernels/tiles-inl.h"
 
@@ -168,6 +169,100 @@ HWY_NOINLINE void BF16MatMulRows(const uint8_t* w, size_t padded_cols, const Pre
     WithActivationRows(nx, [&](auto k) HWY_ATTR { BF16TileDots<decltype(k)::value>(tile, padded_cols / 2, xs, d); });
     StoreTileRows(d, t, r1, x0, nx, out.y, out.y_stride);
   });
+}
+
+// BF16C tile (formats/bf16c.h) times NX activation rows: out[16 * j + r]. Per 8 columns,
+// the low bytes (A, B) and the codes (C) of the rows in this vector are loaded, the codes
+// looked up in the tile's table of high bytes, and the bytes interleaved into the same
+// 32-bit words as a BF16 tile (bf16.h); from there as BF16TileDots.
+#if HWY_TARGET == HWY_SCALAR
+template <size_t NX>
+HWY_INLINE void BF16CTileDots(const uint8_t* HWY_RESTRICT tile, size_t padded_cols, const float* const* x,
+                              float* HWY_RESTRICT out) {
+  for (size_t r = 0; r < 16; ++r) {
+    float acc[NX] = {};
+    for (size_t c = 0; c < padded_cols; ++c) {
+      const uint32_t u = uint32_t(BF16CTileBits(tile, r, c)) << 16;
+      float wv;
+      __builtin_memcpy(&wv, &u, 4);
+      for (size_t j = 0; j < NX; ++j) acc[j] += wv * x[j][c];
+    }
+    for (size_t j = 0; j < NX; ++j) out[16 * j + r] = acc[j];
+  }
+}
+#else
+template <size_t NX>
+HWY_INLINE void BF16CTileDots(const uint8_t* HWY_RESTRICT tile, size_t padded_cols, const float* const* x,
+                              float* HWY_RESTRICT out) {
+  const hn::CappedTag<float, 16> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::Repartition<uint8_t, decltype(df)> d8;
+  const hn::Repartition<uint16_t, decltype(df)> d16;
+  const size_t N = hn::Lanes(df);
+  using V = hn::Vec<decltype(df)>;
+  const auto hi_mask = hn::Set(du, 0xFFFF0000u);
+  const auto nibble = hn::Set(d8, 0x0F);
+  const auto table = hn::LoadDup128(d8, tile);
+  const uint8_t* chunks = tile + kBF16CTableBytes;
+  for (size_t r0 = 0; r0 < 16; r0 += N) {
+    V acc[NX][4];
+    for (size_t j = 0; j < NX; ++j)
+      for (size_t k = 0; k < 4; ++k) acc[j][k] = hn::Zero(df);
+    const uint8_t* p = chunks + 4 * r0;  // row group r0 / 4: 16 bytes each in A, B, C
+    for (size_t c = 0; c < padded_cols; c += 8, p += 192) {
+      const auto a = hn::LoadU(d8, p), b = hn::LoadU(d8, p + 64), codes = hn::LoadU(d8, p + 128);
+      const auto ha = hn::TableLookupBytes(table, hn::And(codes, nibble));
+      const auto hb = hn::TableLookupBytes(table, hn::And(hn::BitCast(d8, hn::ShiftRight<4>(hn::BitCast(d16, codes))), nibble));
+      const auto w0 = hn::BitCast(du, hn::InterleaveLower(d8, a, ha));
+      const auto w1 = hn::BitCast(du, hn::InterleaveUpper(d8, a, ha));
+      const auto w2 = hn::BitCast(du, hn::InterleaveLower(d8, b, hb));
+      const auto w3 = hn::BitCast(du, hn::InterleaveUpper(d8, b, hb));
+      const V e0 = hn::BitCast(df, hn::ShiftLeft<16>(w0)), o0 = hn::BitCast(df, hn::And(w0, hi_mask));
+      const V e1 = hn::BitCast(df, hn::ShiftLeft<16>(w1)), o1 = hn::BitCast(df, hn::And(w1, hi_mask));
+      const V e2 = hn::BitCast(df, hn::ShiftLeft<16>(w2)), o2 = hn::BitCast(df, hn::And(w2, hi_mask));
+      const V e3 = hn::BitCast(df, hn::ShiftLeft<16>(w3)), o3 = hn::BitCast(df, hn::And(w3, hi_mask));
+#pragma GCC unroll 4
+      for (size_t j = 0; j < NX; ++j) {
+        const float* xc = x[j] + c;
+        acc[j][0] = hn::MulAdd(e0, hn::Set(df, xc[0]), acc[j][0]);
+        acc[j][1] = hn::MulAdd(o0, hn::Set(df, xc[1]), acc[j][1]);
+        acc[j][2] = hn::MulAdd(e1, hn::Set(df, xc[2]), acc[j][2]);
+        acc[j][3] = hn::MulAdd(o1, hn::Set(df, xc[3]), acc[j][3]);
+        acc[j][0] = hn::MulAdd(e2, hn::Set(df, xc[4]), acc[j][0]);
+        acc[j][1] = hn::MulAdd(o2, hn::Set(df, xc[5]), acc[j][1]);
+        acc[j][2] = hn::MulAdd(e3, hn::Set(df, xc[6]), acc[j][2]);
+        acc[j][3] = hn::MulAdd(o3, hn::Set(df, xc[7]), acc[j][3]);
+      }
+    }
+    for (size_t j = 0; j < NX; ++j)
+      hn::StoreU(hn::Add(hn::Add(acc[j][0], acc[j][1]), hn::Add(acc[j][2], acc[j][3])), df,
+                 out + 16 * j + r0);
+  }
+}
+#endif
+
+// Rows [r0, r1) (r0 a multiple of 16) for every activation row; then each row's
+// exceptions (weights stored as 0 in the tiles) are added.
+HWY_NOINLINE void BF16CMatMulRows(const uint8_t* w, size_t padded_cols, const uint32_t* exc_row_ptr,
+                                  const uint32_t* exc_col, const uint16_t* exc_value,
+                                  const PreparedActivations& a, size_t r0, size_t r1, const MatMulOutput& out) {
+  const size_t tile_bytes = BF16CTileBytes(padded_cols);
+  HWY_ALIGN float d[kMaxActivationRows * kTileRows];
+  ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
+    const float* xs[kMaxActivationRows];
+    for (size_t j = 0; j < nx; ++j) xs[j] = a.xf + (x0 + j) * a.stride;
+    WithActivationRows(nx, [&](auto k) HWY_ATTR {
+      BF16CTileDots<decltype(k)::value>(w + t * tile_bytes, padded_cols, xs, d);
+    });
+    StoreTileRows(d, t, r1, x0, nx, out.y, out.y_stride);
+  });
+  for (size_t r = r0; r < r1; ++r)
+    for (uint32_t e = exc_row_ptr[r]; e < exc_row_ptr[r + 1]; ++e) {
+      const uint32_t u = uint32_t(exc_value[e]) << 16;
+      float v;
+      __builtin_memcpy(&v, &u, 4);
+      for (size_t i = 0; i < a.n; ++i) out.y[i * out.y_stride + r] += v * a.xf[i * a.stride + exc_col[e]];
+    }
 }
 
 HWY_NOINLINE void F32MatMulRows(const uint8_t* w, size_t stride, const PreparedActivations& a,

@@ -45,6 +45,9 @@ void MatMulRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r
     case WeightFormat::kF32:
       F32MatMulRows(w.data(), w.padded_cols(), a, r0, r1, out);
       break;
+    case WeightFormat::kBF16C:
+      BF16CMatMulRows(w.data(), w.padded_cols(), w.exc_row_ptr(), w.exc_col(), w.exc_value(), a, r0, r1, out);
+      break;
   }
 }
 
@@ -132,6 +135,7 @@ PreparedActivations Prepare(const QuantizedMatrix& w, const float* x, size_t n,
       break;
     }
     case WeightFormat::kBF16:
+    case WeightFormat::kBF16C:
     case WeightFormat::kF32:
       s.xf.assign(n * stride, 0.0f);
       for (size_t i = 0; i < n; ++i) std::memcpy(s.xf.data() + i * stride, x + i * cols, cols * 4);

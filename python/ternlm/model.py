@@ -13,10 +13,17 @@ Weight formats at load (`weights=`):
     "bf16"     every matrix bf16.
     "int4"     the layer matrices (q k v o gate up down) int4, group 32.
     "ternary"  the layer matrices ternary (absmean, DESIGN §3).
+    "bf16c"    every matrix with bf16's values, bit for bit, stored in ~12 bits per weight
+               (cpp/formats/bf16c.h: per 16-row tile a table of the 15 most frequent high
+               bytes, a 4-bit code + the low byte per weight, the rare others kept exactly
+               aside): 25% fewer bytes to read per token, logits equal to bf16's up to the
+               f32 summation order.
 Hybrid precision: with "int4" and "ternary" the token embedding and lm_head stay bf16 (they
 are a small share of the weights of a real model but the most sensitive to quantization;
-BitNet checkpoints never quantize lm_head either). `head="f32" | "bf16" | "int4"` overrides
-the format of embed and lm_head for any `weights`.
+BitNet checkpoints never quantize lm_head either). `head="f32" | "bf16" | "bf16c" | "int4"`
+overrides the format of embed and lm_head for any `weights`; "bf16c" keeps the bf16 head's
+values and reads 25% fewer bytes (with a 2B ternary model the head is more than half of
+the bytes decode reads per token).
 
 KV cache (`kv_dtype=`): "f32" (default; attention matches transformers' float32 forward) or
 "f16" (IEEE half, rounded to nearest even, saturated at +-65504, as llama.cpp's default
@@ -54,8 +61,8 @@ import numpy as np
 from .config import Checkpoint, ModelConfig
 from .tokenizer import Tokenizer
 
-WEIGHT_CHOICES = (None, "bf16", "int4", "ternary")
-HEAD_CHOICES = (None, "f32", "bf16", "int4")
+WEIGHT_CHOICES = (None, "bf16", "bf16c", "int4", "ternary")
+HEAD_CHOICES = (None, "f32", "bf16", "bf16c", "int4")
 LAYER_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -66,9 +73,9 @@ def _peak_rss_mb() -> float:
 def target_formats(ckpt: Checkpoint, weights, head) -> dict:
     """canonical matrix name -> format it will have after load (see module docstring)."""
     if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights={weights!r}: choose one of None (as stored), 'bf16', 'int4', 'ternary'")
+        raise ValueError(f"weights={weights!r}: choose one of None (as stored), 'bf16', 'bf16c', 'int4', 'ternary'")
     if head not in HEAD_CHOICES:
-        raise ValueError(f"head={head!r}: choose one of None, 'f32', 'bf16', 'int4'")
+        raise ValueError(f"head={head!r}: choose one of None, 'f32', 'bf16', 'bf16c', 'int4'")
     out = {}
     for name, stored in ckpt.stored.items():
         is_head = name in ("embed", "lm_head")
@@ -77,7 +84,7 @@ def target_formats(ckpt: Checkpoint, weights, head) -> dict:
         elif weights is None:
             out[name] = stored
         elif is_head:
-            out[name] = "bf16"
+            out[name] = "bf16c" if weights == "bf16c" else "bf16"
         else:
             out[name] = weights
     return out
@@ -100,8 +107,8 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
             continue
         want = formats[name]
         if isinstance(value, BF16Tensor):
-            if want == "bf16":                        # bit for bit, no float32 copy
-                out[name] = fm.from_bf16(np.ascontiguousarray(value.bits()))
+            if want in ("bf16", "bf16c"):             # bit for bit, no float32 copy
+                out[name] = fm.from_bf16(np.ascontiguousarray(value.bits()), want)
                 value.release()
                 continue
             value = np.asarray(value)
