@@ -34,6 +34,14 @@ const Shape kShapes[] = {{2560, 2560}, {2560, 640}, {2560, 6912}, {6912, 2560}, 
 // A random matrix built directly in its stored form (a 128256 x 2560 f32 source would
 // need 1.3 GB).
 std::unique_ptr<QuantizedMatrix> RandomMatrix(WeightFormat f, size_t rows, size_t cols, uint64_t seed) {
+  if (f == WeightFormat::kBF16C) {  // the bf16 benchmark's values, packed by FromBF16C
+    std::mt19937_64 rng(seed);
+    std::vector<uint16_t> table(4096), bits(rows * cols);
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    for (uint16_t& b : table) b = BF16FromF32(normal(rng));
+    for (uint16_t& b : bits) b = table[rng() & 4095];
+    return std::unique_ptr<QuantizedMatrix>(new QuantizedMatrix(FromBF16C(bits.data(), rows, cols)));
+  }
   std::unique_ptr<QuantizedMatrix> fresh(new QuantizedMatrix(QuantizedMatrix::Allocate(f, rows, cols, 32)));
   QuantizedMatrix& m = *fresh;
   std::mt19937_64 rng(seed);
@@ -259,6 +267,7 @@ BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime()
 BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMV, WeightFormat::kTernary, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMV, WeightFormat::kInt4, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMV, WeightFormat::kBF16, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, bf16c_GEMV, WeightFormat::kBF16C, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_LayerStack, ternary, WeightFormat::kTernary, 10)->Arg(1)->Arg(2)
     ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_LayerStack, int4, WeightFormat::kInt4, 4)->Arg(1)->Arg(2)
@@ -270,6 +279,7 @@ BENCHMARK(BM_Attend)->ArgsProduct({{512, 3072}, {1, 2}, {0, 1}})->ArgNames({"len
 BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMM64, WeightFormat::kTernary, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMM64, WeightFormat::kInt4, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMM64, WeightFormat::kBF16, 64)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, bf16c_GEMM64, WeightFormat::kBF16C, 64)->Apply(ShapeArgs);
 
 }  // namespace
 }  // namespace ternlm

@@ -113,6 +113,13 @@ def test_buffers_round_trip_and_concat():
     np.testing.assert_array_equal(bits(q2.dequantize()), bits(q.dequantize()))
     both = ternlm.concat_rows([q, q2])
     np.testing.assert_array_equal(bits(both.dequantize()), bits(np.concatenate([q.dequantize()] * 2)))
+    # parts of whole 16-row tiles are copied tile by tile (the tables stay per tile)
+    w32 = awkward_matrix(rng, 32, 100)
+    q32 = ternlm.quantize(w32, "bf16c")
+    fast = ternlm.concat_rows([q32, q32, q])
+    np.testing.assert_array_equal(bits(fast.dequantize()),
+                                  bits(np.concatenate([q32.dequantize(), q32.dequantize(), q.dequantize()])))
+    assert fast.buffers()["exc_col"].size == 2 * q32.buffers()["exc_col"].size + bufs["exc_col"].size
     with pytest.raises(ValueError, match="concat_rows: parts\\[1\\] is bf16 "):
         ternlm.concat_rows([q, ternlm.quantize(w, "bf16")])
 

@@ -82,6 +82,20 @@ def test_convert_then_generate_from_the_converted_folder(tiny, tmp_path, weights
     assert g.returncode == 0 and g.stdout == m_direct.generate("The quick", max_new_tokens=8) + "\n"
 
 
+def test_head_option_in_convert_and_generate(tiny, tmp_path):
+    out = tmp_path / "conv_head"
+    r = run_cli("convert", tiny, out, "--weights", "ternary", "--head", "bf16c")
+    assert r.returncode == 0, r.stderr
+    m_conv = ternlm.load(str(out), progress=False)
+    assert m_conv.formats["embed"] == "bf16c" and m_conv.formats["layers.0.q"] == "ternary"
+    want = ternlm.load(tiny, weights="ternary", head="bf16c", progress=False).generate("The quick", max_new_tokens=8)
+    g = run_cli("generate", "--model", tiny, "--weights", "ternary", "--head", "bf16c", "--prompt", "The quick",
+                "--no-chat-template", "--max-new-tokens", "8", "-q")
+    assert g.returncode == 0 and g.stdout == want + "\n"
+    r = run_cli("generate", "--model", tiny, "--prompt", "x", "--head", "ternary")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
 def test_convert_refuses_a_non_empty_folder(tiny, tmp_path):
     dst = tmp_path / "busy"
     dst.mkdir()

