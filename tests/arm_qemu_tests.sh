@@ -169,6 +169,8 @@ EOF
 BUILD=$ARM_WORK/build
 if cmp -s "$TOOLCHAIN.new" "$TOOLCHAIN"; then rm "$TOOLCHAIN.new"
 else mv "$TOOLCHAIN.new" "$TOOLCHAIN"; rm -rf "$BUILD"; fi   # a new toolchain needs a fresh cache
+# The build is of one source tree: another checkout (a CI clone) configures its own.
+grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT" "$BUILD/CMakeCache.txt" 2>/dev/null || rm -rf "$BUILD"
 if [ ! -f "$BUILD/build.ninja" ]; then
   say "cmake configure ($BUILD)"
   rm -rf "$BUILD"
