@@ -118,6 +118,32 @@ HWY_INLINE void FloatMatMulRowsT(const TW* w, size_t stride, const PreparedActiv
   }
 }
 
+// Two vectors of bf16 word pairs (bf16.h: lane r = row r, low half column col + 2i, high
+// half column col + 2i + 1 for w_i) times the activations of columns col..col+3 of each of
+// the NX rows, into acc[j][0..3] (one chain per column mod 4).
+template <size_t NX, class DF, class VU, class V>
+HWY_INLINE void AddWordPairs(DF df, VU w0, VU w1, const float* const* x, size_t col, V (*acc)[4]) {
+  const hn::RebindToUnsigned<DF> du;
+  const auto hi_mask = hn::Set(du, 0xFFFF0000u);
+  const V e0 = hn::BitCast(df, hn::ShiftLeft<16>(w0)), o0 = hn::BitCast(df, hn::And(w0, hi_mask));
+  const V e1 = hn::BitCast(df, hn::ShiftLeft<16>(w1)), o1 = hn::BitCast(df, hn::And(w1, hi_mask));
+#pragma GCC unroll 4
+  for (size_t j = 0; j < NX; ++j) {
+    const float* xc = x[j] + col;
+    acc[j][0] = hn::MulAdd(e0, hn::Set(df, xc[0]), acc[j][0]);
+    acc[j][1] = hn::MulAdd(o0, hn::Set(df, xc[1]), acc[j][1]);
+    acc[j][2] = hn::MulAdd(e1, hn::Set(df, xc[2]), acc[j][2]);
+    acc[j][3] = hn::MulAdd(o1, hn::Set(df, xc[3]), acc[j][3]);
+  }
+}
+
+// out[16 * j + r0 + lane] = the sum of row j's four chains.
+template <size_t NX, class DF, class V>
+HWY_INLINE void StoreChainSums(DF df, V (*acc)[4], size_t r0, float* HWY_RESTRICT out) {
+  for (size_t j = 0; j < NX; ++j)
+    hn::StoreU(hn::Add(hn::Add(acc[j][0], acc[j][1]), hn::Add(acc[j][2], acc[j][3])), df, out + 16 * j + r0);
+}
+
 // BF16 tile (formats/bf16.h) times NX activation rows: out[16 * j + r] for the tile's
 // 16 rows. Lane r of a vector is row r; a block's word widens to the f32 weight of its
 // even column by a shift and of its odd column by an AND, each multiplied by that
@@ -131,29 +157,14 @@ HWY_INLINE void BF16TileDots(const uint32_t* HWY_RESTRICT tile, size_t nblocks,
   const hn::RebindToUnsigned<decltype(df)> du;
   const size_t N = hn::Lanes(df);
   using V = hn::Vec<decltype(df)>;
-  const auto hi_mask = hn::Set(du, 0xFFFF0000u);
   for (size_t r0 = 0; r0 < 16; r0 += N) {
     V acc[NX][4];
     for (size_t j = 0; j < NX; ++j)
       for (size_t k = 0; k < 4; ++k) acc[j][k] = hn::Zero(df);
     // nblocks = padded_cols / 2 is a multiple of 16: no tail.
-    for (size_t b = 0; b < nblocks; b += 2) {
-      const auto w0 = hn::LoadU(du, tile + 16 * b + r0);
-      const auto w1 = hn::LoadU(du, tile + 16 * (b + 1) + r0);
-      const V e0 = hn::BitCast(df, hn::ShiftLeft<16>(w0)), o0 = hn::BitCast(df, hn::And(w0, hi_mask));
-      const V e1 = hn::BitCast(df, hn::ShiftLeft<16>(w1)), o1 = hn::BitCast(df, hn::And(w1, hi_mask));
-#pragma GCC unroll 4
-      for (size_t j = 0; j < NX; ++j) {
-        const float* xb = x[j] + 2 * b;
-        acc[j][0] = hn::MulAdd(e0, hn::Set(df, xb[0]), acc[j][0]);
-        acc[j][1] = hn::MulAdd(o0, hn::Set(df, xb[1]), acc[j][1]);
-        acc[j][2] = hn::MulAdd(e1, hn::Set(df, xb[2]), acc[j][2]);
-        acc[j][3] = hn::MulAdd(o1, hn::Set(df, xb[3]), acc[j][3]);
-      }
-    }
-    for (size_t j = 0; j < NX; ++j)
-      hn::StoreU(hn::Add(hn::Add(acc[j][0], acc[j][1]), hn::Add(acc[j][2], acc[j][3])), df,
-                 out + 16 * j + r0);
+    for (size_t b = 0; b < nblocks; b += 2)
+      AddWordPairs<NX>(df, hn::LoadU(du, tile + 16 * b + r0), hn::LoadU(du, tile + 16 * (b + 1) + r0), x, 2 * b, acc);
+    StoreChainSums<NX>(df, acc, r0, out);
   }
 }
 
@@ -200,7 +211,6 @@ HWY_INLINE void BF16CTileDots(const uint8_t* HWY_RESTRICT tile, size_t padded_co
   const hn::Repartition<uint16_t, decltype(df)> d16;
   const size_t N = hn::Lanes(df);
   using V = hn::Vec<decltype(df)>;
-  const auto hi_mask = hn::Set(du, 0xFFFF0000u);
   const auto nibble = hn::Set(d8, 0x0F);
   const auto table = hn::LoadDup128(d8, tile);
   const uint8_t* chunks = tile + kBF16CTableBytes;
@@ -213,30 +223,12 @@ HWY_INLINE void BF16CTileDots(const uint8_t* HWY_RESTRICT tile, size_t padded_co
       const auto a = hn::LoadU(d8, p), b = hn::LoadU(d8, p + 64), codes = hn::LoadU(d8, p + 128);
       const auto ha = hn::TableLookupBytes(table, hn::And(codes, nibble));
       const auto hb = hn::TableLookupBytes(table, hn::And(hn::BitCast(d8, hn::ShiftRight<4>(hn::BitCast(d16, codes))), nibble));
-      const auto w0 = hn::BitCast(du, hn::InterleaveLower(d8, a, ha));
-      const auto w1 = hn::BitCast(du, hn::InterleaveUpper(d8, a, ha));
-      const auto w2 = hn::BitCast(du, hn::InterleaveLower(d8, b, hb));
-      const auto w3 = hn::BitCast(du, hn::InterleaveUpper(d8, b, hb));
-      const V e0 = hn::BitCast(df, hn::ShiftLeft<16>(w0)), o0 = hn::BitCast(df, hn::And(w0, hi_mask));
-      const V e1 = hn::BitCast(df, hn::ShiftLeft<16>(w1)), o1 = hn::BitCast(df, hn::And(w1, hi_mask));
-      const V e2 = hn::BitCast(df, hn::ShiftLeft<16>(w2)), o2 = hn::BitCast(df, hn::And(w2, hi_mask));
-      const V e3 = hn::BitCast(df, hn::ShiftLeft<16>(w3)), o3 = hn::BitCast(df, hn::And(w3, hi_mask));
-#pragma GCC unroll 4
-      for (size_t j = 0; j < NX; ++j) {
-        const float* xc = x[j] + c;
-        acc[j][0] = hn::MulAdd(e0, hn::Set(df, xc[0]), acc[j][0]);
-        acc[j][1] = hn::MulAdd(o0, hn::Set(df, xc[1]), acc[j][1]);
-        acc[j][2] = hn::MulAdd(e1, hn::Set(df, xc[2]), acc[j][2]);
-        acc[j][3] = hn::MulAdd(o1, hn::Set(df, xc[3]), acc[j][3]);
-        acc[j][0] = hn::MulAdd(e2, hn::Set(df, xc[4]), acc[j][0]);
-        acc[j][1] = hn::MulAdd(o2, hn::Set(df, xc[5]), acc[j][1]);
-        acc[j][2] = hn::MulAdd(e3, hn::Set(df, xc[6]), acc[j][2]);
-        acc[j][3] = hn::MulAdd(o3, hn::Set(df, xc[7]), acc[j][3]);
-      }
+      AddWordPairs<NX>(df, hn::BitCast(du, hn::InterleaveLower(d8, a, ha)),
+                       hn::BitCast(du, hn::InterleaveUpper(d8, a, ha)), x, c, acc);
+      AddWordPairs<NX>(df, hn::BitCast(du, hn::InterleaveLower(d8, b, hb)),
+                       hn::BitCast(du, hn::InterleaveUpper(d8, b, hb)), x, c + 4, acc);
     }
-    for (size_t j = 0; j < NX; ++j)
-      hn::StoreU(hn::Add(hn::Add(acc[j][0], acc[j][1]), hn::Add(acc[j][2], acc[j][3])), df,
-                 out + 16 * j + r0);
+    StoreChainSums<NX>(df, acc, r0, out);
   }
 }
 #endif
