@@ -139,6 +139,13 @@ def test_bench_on_a_model_folder_with_several_formats(tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [ln.split() for ln in r.stdout.splitlines() if ln.strip().startswith(("as stored", "int4"))]
     assert [ln[-5] for ln in lines] == ["f32", "f16", "f32", "f16"]   # the KV column, per format
+    r = run_cli("bench", "--model", tiny, "--weights", "ternary", "--head", "default,bf16c", "--threads", "1",
+                "--prompt-tokens", "8", "--decode-tokens", "4", "--repeats", "1", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = [ln.split() for ln in r.stdout.splitlines() if ln.strip().startswith("ternary")]
+    assert [ln[1] for ln in rows] == ["default", "bf16c"]
+    r = run_cli("bench", "--model", tiny, "--head", "int2")
+    assert r.returncode == 2 and "--head int2: unknown format 'int2'" in r.stderr
     r = run_cli("bench", "--model", tiny, "--kv-dtype", "f8")
     assert r.returncode == 2 and "--kv-dtype f8: unknown KV-cache type 'f8'" in r.stderr
 

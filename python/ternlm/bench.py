@@ -31,11 +31,11 @@ def _peak_rss_mb() -> float:
 
 
 def measure(model, weights=None, threads=None, prompt_tokens=128, decode_tokens=64, repeats=2,
-            seed=0, kv_dtype="f32") -> dict:
+            seed=0, kv_dtype="f32", head=None) -> dict:
     """One row, in this process."""
     import ternlm
     t0 = time.perf_counter()
-    m = ternlm.load(model, weights=weights, threads=threads,
+    m = ternlm.load(model, weights=weights, threads=threads, head=head,
                     context=prompt_tokens + decode_tokens + 8, progress=False, kv_dtype=kv_dtype)
     load_s = time.perf_counter() - t0
     m.eos_token_ids = []                               # decode exactly decode_tokens tokens
@@ -49,7 +49,8 @@ def measure(model, weights=None, threads=None, prompt_tokens=128, decode_tokens=
         if best is None or s["prompt_s"] + s["decode_s"] < best["prompt_s"] + best["decode_s"]:
             best = s
     kinds = sorted(set(m.formats.values()))
-    return {"model": os.fspath(model), "weights": weights or "as stored", "formats": kinds,
+    return {"model": os.fspath(model), "weights": weights or "as stored", "head": head or "default",
+            "formats": kinds,
             "threads": threads, "kv_dtype": kv_dtype, "load_s": load_s,
             "prompt_tokens": best["prompt_tokens"], "decode_tokens": best["decode_tokens"],
             "prefill_tok_s": best["prompt_tok_s"], "decode_tok_s": best["decode_tok_s"],
@@ -64,14 +65,15 @@ def _child_env() -> dict:
 
 
 def run_bench(model, weights=(None,), threads=(None,), prompt_tokens=128, decode_tokens=64,
-              repeats=2, timeout=3600, log=None, kv_dtypes=("f32",)) -> list:
-    """Measure every (weights, threads, KV dtype) triple in its own process; returns the rows."""
+              repeats=2, timeout=3600, log=None, kv_dtypes=("f32",), heads=(None,)) -> list:
+    """Measure every (weights, head, threads, KV dtype) combination in its own process;
+    returns the rows. heads: formats for embed/lm_head (ternlm.load's head=; None = default)."""
     rows = []
-    for w, t, kv in ((w, t, kv) for w in weights for t in threads for kv in kv_dtypes):
+    for w, h, t, kv in ((w, h, t, kv) for w in weights for h in heads for t in threads for kv in kv_dtypes):
         request = {"model": os.fspath(model), "weights": w, "threads": t, "prompt_tokens": prompt_tokens,
-                   "decode_tokens": decode_tokens, "repeats": repeats, "kv_dtype": kv}
+                   "decode_tokens": decode_tokens, "repeats": repeats, "kv_dtype": kv, "head": h}
         if log:
-            log(f"bench: weights={w or 'as stored'} threads={t or 'all'} kv={kv} ...")
+            log(f"bench: weights={w or 'as stored'} head={h or 'default'} threads={t or 'all'} kv={kv} ...")
         with tempfile.TemporaryDirectory(prefix="ternlm-bench-") as tmp:
             req, res = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.json")
             with open(req, "w") as f:
@@ -108,8 +110,8 @@ def machine_info() -> dict:
 
 
 def format_table(rows) -> str:
-    head = ["weights", "threads", "KV", "load s", "prefill tok/s", "decode tok/s", "peak RSS MB"]
-    body = [[str(r["weights"]), str(r["threads"] or "all"), r.get("kv_dtype", "f32"), f"{r['load_s']:.2f}",
+    head = ["weights", "head", "threads", "KV", "load s", "prefill tok/s", "decode tok/s", "peak RSS MB"]
+    body = [[str(r["weights"]), str(r.get("head", "default")), str(r["threads"] or "all"), r.get("kv_dtype", "f32"), f"{r['load_s']:.2f}",
              f"{r['prefill_tok_s']:.1f}",
              f"{r['decode_tok_s']:.2f}", f"{r['peak_rss_mb']:.0f}"] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]

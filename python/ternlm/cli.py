@@ -228,6 +228,10 @@ def cmd_bench(args) -> int:
     bad = [w for w in weights if w not in (None,) + WEIGHTS]
     if bad:
         raise CliError(f"--weights {args.weights}: unknown format {bad[0]!r} (choose from stored,{','.join(WEIGHTS)})")
+    heads = [None] if not args.head else [None if h == "default" else h for h in args.head.split(",")]
+    bad = [h for h in heads if h not in (None,) + HEADS]
+    if bad:
+        raise CliError(f"--head {args.head}: unknown format {bad[0]!r} (choose from default,{','.join(HEADS)})")
     threads = args.threads or [None]
     log = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
     kv_dtypes = args.kv_dtype.split(",")
@@ -235,7 +239,8 @@ def cmd_bench(args) -> int:
     if bad:
         raise CliError(f"--kv-dtype {args.kv_dtype}: unknown KV-cache type {bad[0]!r} (choose from f32,f16)")
     rows = bench.run_bench(model, weights=weights, threads=threads, prompt_tokens=args.prompt_tokens,
-                           decode_tokens=args.decode_tokens, repeats=args.repeats, log=log, kv_dtypes=kv_dtypes)
+                           decode_tokens=args.decode_tokens, repeats=args.repeats, log=log, kv_dtypes=kv_dtypes,
+                           heads=heads)
     name = f"synthetic {args.synthetic}" if args.synthetic else model
     print(f"model: {name}  (prompt {args.prompt_tokens} tokens, decode {args.decode_tokens} tokens)")
     print(bench.format_table(rows))
@@ -324,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "microsoft/bitnet-b1.58-2B-4T (written once to the cache folder, ~1.2 GB)")
     b.add_argument("--weights", default=None, metavar="LIST",
                    help="comma-separated formats to measure, from stored,bf16,bf16c,int4,ternary (default: stored)")
+    b.add_argument("--head", default=None, metavar="LIST",
+                   help="comma-separated embed/lm_head formats to measure, from default,f32,bf16,bf16c,int4 "
+                        "(default: default, i.e. bf16 for int4/ternary weights)")
     b.add_argument("--threads", type=_int_list, default=None, metavar="LIST",
                    help="comma-separated thread counts, e.g. 1,2 (default: all cores)")
     b.add_argument("--kv-dtype", default="f32", metavar="LIST",
