@@ -103,6 +103,18 @@ def test_threads_and_targets_agree():
         _core.reset_target()
 
 
+def test_large_matrix_packed_in_parallel_parts():
+    # > 8M weights: packed by several threads (one range of tiles each, exceptions merged)
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((4099, 2560)) * 0.02).astype(np.float32)
+    w[::97] *= np.float32(1e-9)           # exception-heavy rows in every part
+    q = ternlm.quantize(w, "bf16c")
+    np.testing.assert_array_equal(bits(q.dequantize()), bits(ternlm.quantize(w, "bf16").dequantize()))
+    bufs = q.buffers()
+    assert bufs["exc_col"].size > 10000
+    ternlm.QuantizedMatrix.from_buffers("bf16c", q.shape, 0, bufs)   # validates every field
+
+
 def test_buffers_round_trip_and_concat():
     rng = np.random.default_rng(4)
     w = awkward_matrix(rng, 37, 100)

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 
 #include "formats/bf16.h"
 #include "formats/bf16c.h"
@@ -114,17 +115,12 @@ static void Int4Deinterleave(const QuantizedMatrix& m, uint8_t* q4, uint16_t* sc
     }
 }
 
-// BF16C (bf16c.h) from bf16 bits [rows, cols]: per tile, the 15 most frequent high bytes
-// (ties: the smaller byte) get codes 0..14, code 15 is high byte 0x00; any other weight is
-// an exception. High bytes 0x7F / 0xFF (|w| >= 2^127) never enter a table, so a table
-// never decodes to Inf or NaN (checked by from_buffers).
-static QuantizedMatrix PackBF16C(const uint16_t* bits, size_t rows, size_t cols) {
-  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kBF16C, rows, cols, 0);
-  const size_t tb = BF16CTileBytes(m.padded_cols()), tiles = (rows + 15) / 16;
-  uint32_t* row_ptr = reinterpret_cast<uint32_t*>(m.mutable_aux0());
-  std::vector<uint32_t> exc_col;
-  std::vector<uint16_t> exc_value;
-  for (size_t t = 0; t < tiles; ++t) {
+// Tiles [t0, t1) of m from bits; their exceptions appended to exc_col / exc_value in row
+// order, counts[r] = row r's number of exceptions.
+static void PackBF16CTiles(QuantizedMatrix& m, const uint16_t* bits, size_t t0, size_t t1,
+                           std::vector<uint32_t>& exc_col, std::vector<uint16_t>& exc_value, uint32_t* counts) {
+  const size_t rows = m.rows(), cols = m.cols(), tb = BF16CTileBytes(m.padded_cols());
+  for (size_t t = t0; t < t1; ++t) {
     uint8_t* tile = m.mutable_data() + t * tb;
     const size_t rb = 16 * t, re = std::min(rows, rb + 16);
     size_t count[256] = {0};
@@ -143,6 +139,7 @@ static QuantizedMatrix PackBF16C(const uint16_t* bits, size_t rows, size_t cols)
       code_of[best] = k;
     }
     for (size_t r = rb; r < re; ++r) {
+      const size_t before = exc_col.size();
       for (size_t c = 0; c < cols; ++c) {
         const uint16_t v = bits[r * cols + c];
         int code = code_of[v >> 8];
@@ -157,12 +154,40 @@ static QuantizedMatrix PackBF16C(const uint16_t* bits, size_t rows, size_t cols)
         tile[BF16CLowByte(r - rb, c)] = lo;
         tile[BF16CCodeByte(r - rb, c, &high)] |= uint8_t(high ? code << 4 : code);
       }
-      row_ptr[r + 1] = uint32_t(exc_col.size());
+      counts[r] = uint32_t(exc_col.size() - before);
     }
   }
-  m.AllocateExceptions(exc_col.size());
-  std::memcpy(m.mutable_aux1(), exc_col.data(), exc_col.size() * 4);
-  std::memcpy(m.mutable_aux1() + 4 * exc_col.size(), exc_value.data(), exc_value.size() * 2);
+}
+
+// BF16C (bf16c.h) from bf16 bits [rows, cols]: per tile, the 15 most frequent high bytes
+// (ties: the smaller byte) get codes 0..14, code 15 is high byte 0x00; any other weight is
+// an exception. High bytes 0x7F / 0xFF (|w| >= 2^127) never enter a table, so a table
+// never decodes to Inf or NaN (checked by from_buffers). Tiles are packed in parallel
+// (up to 8 threads) for large matrices.
+static QuantizedMatrix PackBF16C(const uint16_t* bits, size_t rows, size_t cols) {
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kBF16C, rows, cols, 0);
+  const size_t tiles = (rows + 15) / 16;
+  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const size_t nthreads = std::min<size_t>({hw, 8, std::max<size_t>(1, rows * cols / (1u << 22)), tiles});
+  std::vector<std::vector<uint32_t>> cols_of(nthreads);
+  std::vector<std::vector<uint16_t>> values_of(nthreads);
+  std::vector<uint32_t> counts(rows, 0);
+  const auto part = [&](size_t i) {
+    PackBF16CTiles(m, bits, tiles * i / nthreads, tiles * (i + 1) / nthreads, cols_of[i], values_of[i], counts.data());
+  };
+  std::vector<std::thread> workers;
+  for (size_t i = 1; i < nthreads; ++i) workers.emplace_back(part, i);
+  part(0);
+  for (std::thread& w : workers) w.join();
+  uint32_t* row_ptr = reinterpret_cast<uint32_t*>(m.mutable_aux0());
+  for (size_t r = 0; r < rows; ++r) row_ptr[r + 1] = row_ptr[r] + counts[r];
+  m.AllocateExceptions(row_ptr[rows]);
+  size_t o = 0;
+  for (size_t i = 0; i < nthreads; ++i) {  // parts cover increasing rows
+    std::memcpy(m.mutable_aux1() + 4 * o, cols_of[i].data(), cols_of[i].size() * 4);
+    std::memcpy(m.mutable_aux1() + 4 * size_t(row_ptr[rows]) + 2 * o, values_of[i].data(), values_of[i].size() * 2);
+    o += cols_of[i].size();
+  }
   return m;
 }
 
