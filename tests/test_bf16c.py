@@ -59,6 +59,45 @@ def test_values_equal_bf16_bit_for_bit(rows, cols, seed):
     np.testing.assert_array_equal(bits(ternlm.from_bf16(bf, "bf16c").dequantize()), bits(ref))
 
 
+def decode_tiles(tiles, rows, cols):
+    """The layout of cpp/formats/bf16c.h, written out in numpy: bf16 bits [padded rows,
+    padded cols] before exceptions."""
+    pc = (cols + 31) // 32 * 32
+    nt = (rows + 15) // 16
+    t = tiles.reshape(nt, 64 + 24 * pc)
+    table = t[:, :16]
+    r = np.arange(16)[:, None]
+    c = np.arange(pc)[None, :]
+    p = (c % 8) // 2
+    off = 64 + (c // 8) * 192 + 16 * (r // 4) + (p % 2) * 8 + 2 * (r % 4) + c % 2
+    lo = t[:, off + (p // 2) * 64]
+    code_byte = t[:, off + 128]
+    code = np.where(p >= 2, code_byte >> 4, code_byte & 15)
+    hi = np.take_along_axis(table, code.reshape(nt, -1), axis=1).reshape(code.shape)
+    return ((hi.astype(np.uint16) << 8) | lo).reshape(nt * 16, pc)
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (17, 33), (40, 100), (70, 300)])
+def test_stored_layout_is_the_documented_one_with_zero_padding(rows, cols):
+    w = awkward_matrix(np.random.default_rng(rows), rows, cols)
+    q = ternlm.quantize(w, "bf16c")
+    bufs = q.buffers()
+    got = decode_tiles(bufs["tiles"], rows, cols)
+    ptr, col, val = bufs["exc_row_ptr"], bufs["exc_col"], bufs["exc_value"]
+    for r in range(rows):
+        got[r, col[ptr[r]:ptr[r + 1]]] = val[ptr[r]:ptr[r + 1]]
+    want = (bits(ternlm.quantize(w, "bf16").dequantize()) >> 16).astype(np.uint16)
+    np.testing.assert_array_equal(got[:rows, :cols], want)
+    assert not got[rows:].any() and not got[:, cols:].any()     # padding stores +0
+
+
+def test_shapes_too_large_are_refused():
+    with pytest.raises(ValueError, match="too large"):
+        ternlm.QuantizedMatrix.from_buffers("bf16c", (2**62, 2**30), 0, {})
+    with pytest.raises(ValueError, match="too large"):
+        ternlm.QuantizedMatrix.from_buffers("bf16", (2**40, 2**20), 0, {})
+
+
 def test_size_and_exceptions_of_a_gaussian_matrix():
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((512, 2560)) * 0.02).astype(np.float32)

@@ -11,7 +11,7 @@
 // its value is kept in a per-row exception list that the kernels add afterwards.
 //
 // Rows are padded with zero rows to a multiple of 16, columns with zeros to a multiple of
-// 32. A tile is kBF16CTableBytes of table (bytes 0..15 used, the rest 0) followed by
+// 32 (padding: low byte 0, code 15). A tile is kBF16CTableBytes of table (bytes 0..15 used, the rest 0) followed by
 // padded_cols/8 chunks of 192 bytes; chunk k holds columns 8k..8k+7 of the 16 rows as
 // four column pairs p = 0..3 (columns 8k+2p, 8k+2p+1) in three 64-byte parts:
 //

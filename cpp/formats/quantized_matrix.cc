@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <stdexcept>
 #include <thread>
 
@@ -35,6 +36,16 @@ void CheckShape(const char* fn, size_t rows, size_t cols) {
   if (rows == 0 || cols == 0)
     throw std::invalid_argument(std::string(fn) + ": shape must be non-empty, got [" + Str(rows) +
                                 ", " + Str(cols) + "]");
+  // Every stored size below is then far from overflowing size_t (and the uint32 counts of
+  // bf16c exceptions from overflowing: see PackBF16C).
+  if (rows > (size_t(1) << 31) || cols > (size_t(1) << 31) || rows * cols > (size_t(1) << 40))
+    throw std::invalid_argument(std::string(fn) + ": shape [" + Str(rows) + ", " + Str(cols) +
+                                "] is too large (at most 2^31 rows or columns and 2^40 weights)");
+}
+
+// memcpy that accepts an empty (possibly null) source.
+void CopyBytes(void* dst, const void* src, size_t n) {
+  if (n) std::memcpy(dst, src, n);
 }
 
 void CheckGroup(const char* fn, size_t cols, int group) {
@@ -123,6 +134,8 @@ static void PackBF16CTiles(QuantizedMatrix& m, const uint16_t* bits, size_t t0, 
   for (size_t t = t0; t < t1; ++t) {
     uint8_t* tile = m.mutable_data() + t * tb;
     const size_t rb = 16 * t, re = std::min(rows, rb + 16);
+    for (size_t k = 0; k < m.padded_cols() / 8; ++k)  // all codes 15: padding decodes to +0
+      std::memset(tile + kBF16CTableBytes + 192 * k + 128, 0xFF, 64);
     size_t count[256] = {0};
     for (size_t r = rb; r < re; ++r)
       for (size_t c = 0; c < cols; ++c) ++count[bits[r * cols + c] >> 8];
@@ -151,8 +164,9 @@ static void PackBF16CTiles(QuantizedMatrix& m, const uint16_t* bits, size_t t0, 
           exc_value.push_back(v);
         }
         bool high;
+        const size_t cb = BF16CCodeByte(r - rb, c, &high);
         tile[BF16CLowByte(r - rb, c)] = lo;
-        tile[BF16CCodeByte(r - rb, c, &high)] |= uint8_t(high ? code << 4 : code);
+        tile[cb] = uint8_t(high ? (tile[cb] & 0x0F) | (code << 4) : (tile[cb] & 0xF0) | code);
       }
       counts[r] = uint32_t(exc_col.size() - before);
     }
@@ -172,20 +186,39 @@ static QuantizedMatrix PackBF16C(const uint16_t* bits, size_t rows, size_t cols)
   std::vector<std::vector<uint32_t>> cols_of(nthreads);
   std::vector<std::vector<uint16_t>> values_of(nthreads);
   std::vector<uint32_t> counts(rows, 0);
+  std::vector<std::exception_ptr> errors(nthreads);
   const auto part = [&](size_t i) {
-    PackBF16CTiles(m, bits, tiles * i / nthreads, tiles * (i + 1) / nthreads, cols_of[i], values_of[i], counts.data());
+    try {
+      PackBF16CTiles(m, bits, tiles * i / nthreads, tiles * (i + 1) / nthreads, cols_of[i], values_of[i],
+                     counts.data());
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
   };
   std::vector<std::thread> workers;
-  for (size_t i = 1; i < nthreads; ++i) workers.emplace_back(part, i);
+  size_t inline_from = nthreads;
+  for (size_t i = 1; i < nthreads && inline_from == nthreads; ++i) {
+    try {
+      workers.emplace_back(part, i);
+    } catch (...) {  // no thread: pack the remaining parts here
+      inline_from = i;
+    }
+  }
   part(0);
+  for (size_t i = inline_from; i < nthreads; ++i) part(i);
   for (std::thread& w : workers) w.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  size_t total = 0;
+  for (size_t r = 0; r < rows; ++r) total += counts[r];
+  if (total > UINT32_MAX) throw std::invalid_argument("bf16c: more than 2^32 exceptions; use bf16");
   uint32_t* row_ptr = reinterpret_cast<uint32_t*>(m.mutable_aux0());
   for (size_t r = 0; r < rows; ++r) row_ptr[r + 1] = row_ptr[r] + counts[r];
-  m.AllocateExceptions(row_ptr[rows]);
+  m.AllocateExceptions(total);
   size_t o = 0;
   for (size_t i = 0; i < nthreads; ++i) {  // parts cover increasing rows
-    std::memcpy(m.mutable_aux1() + 4 * o, cols_of[i].data(), cols_of[i].size() * 4);
-    std::memcpy(m.mutable_aux1() + 4 * size_t(row_ptr[rows]) + 2 * o, values_of[i].data(), values_of[i].size() * 2);
+    CopyBytes(m.mutable_aux1() + 4 * o, cols_of[i].data(), cols_of[i].size() * 4);
+    CopyBytes(m.mutable_aux1() + 4 * total + 2 * o, values_of[i].data(), values_of[i].size() * 2);
     o += cols_of[i].size();
   }
   return m;
@@ -272,8 +305,8 @@ static QuantizedMatrix BF16CFromBuffers(size_t rows, size_t cols, const std::vec
   }
   std::memcpy(m.mutable_aux0(), ptr, (rows + 1) * 4);
   m.AllocateExceptions(n);
-  std::memcpy(m.mutable_aux1(), col, n * 4);
-  std::memcpy(m.mutable_aux1() + 4 * n, val, n * 2);
+  CopyBytes(m.mutable_aux1(), col, n * 4);
+  CopyBytes(m.mutable_aux1() + 4 * n, val, n * 2);
   return m;
 }
 
@@ -719,9 +752,10 @@ static QuantizedMatrix RepackBF16C(const std::vector<const QuantizedMatrix*>& pa
       }
       d0 += n;
     }
+    if (exc_col.size() > UINT32_MAX) throw std::invalid_argument("bf16c: more than 2^32 exceptions; use bf16");
     m.AllocateExceptions(exc_col.size());
-    std::memcpy(m.mutable_aux1(), exc_col.data(), exc_col.size() * 4);
-    std::memcpy(m.mutable_aux1() + 4 * exc_col.size(), exc_value.data(), exc_value.size() * 2);
+    CopyBytes(m.mutable_aux1(), exc_col.data(), exc_col.size() * 4);
+    CopyBytes(m.mutable_aux1() + 4 * exc_col.size(), exc_value.data(), exc_value.size() * 2);
     return m;
   }
   std::vector<uint16_t> bits(rows * cols);
