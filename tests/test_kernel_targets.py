@@ -45,6 +45,8 @@ def test_fast_x86_targets_are_compiled_where_the_cpu_has_them():
         assert "AVX3" in TARGETS
     if {"avx512_vnni", "avx512vbmi", "avx512_vbmi2", "vpclmulqdq", "vaes", "avx512_bitalg"} <= flags:
         assert "AVX3_DL" in TARGETS  # vpdpbusd path
+    # Cascade Lake: AVX3 target, ternary kernel with vpdpbusd (test_matmul runs both paths)
+    assert _core.avx3_vnni() == ("avx512_vnni" in flags)
 
 
 def test_set_target_switches_and_reset_restores():

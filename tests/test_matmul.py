@@ -19,11 +19,19 @@ TARGETS = _core.supported_targets()
 EPS32 = 2.0 ** -24
 
 
-@pytest.fixture(params=TARGETS)
+# On an AVX-512 VNNI CPU the AVX3 target's ternary kernel uses vpdpbusd (Cascade Lake);
+# "AVX3-no-VNNI" runs that target with its pmaddubsw kernel, as on Skylake-SP.
+KERNEL_PATHS = TARGETS + (["AVX3-no-VNNI"] if "AVX3" in TARGETS and _core.avx3_vnni() else [])
+
+
+@pytest.fixture(params=KERNEL_PATHS)
 def target(request):
-    _core.set_target(request.param)
-    assert _core.current_target() == request.param
+    name = request.param.replace("-no-VNNI", "")
+    _core.set_target(name)
+    _core.set_avx3_vnni(not request.param.endswith("-no-VNNI"))
+    assert _core.current_target() == name
     yield request.param
+    _core.set_avx3_vnni(True)
     _core.reset_target()
 
 

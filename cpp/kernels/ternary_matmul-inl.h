@@ -6,8 +6,9 @@
 // bytes that a lane's four codes multiply are broadcast to every lane, so no path
 // needs a horizontal sum. Paths:
 //   AVX3_DL: vpdpbusd (u8 codes x s8 activations -> i32), 512-bit, codes isolated by
-//     an AND alone (field k scaled by 4^k, one accumulator per k, shifted back exactly)
-//   AVX3 / AVX2: pmaddubsw (u8 x s8 -> i16 pairs, |pair| <= 2*2*128, no saturation),
+//     an AND alone (field k scaled by 4^k, one accumulator per k, shifted back exactly);
+//     also AVX3 (Skylake-SP .. Cooper Lake) when the CPU has AVX512-VNNI (Cascade Lake)
+//   AVX3 without VNNI / AVX2: pmaddubsw (u8 x s8 -> i16 pairs, |pair| <= 2*2*128, no saturation),
 //     the four fields summed in i16 (<= 2048), then pmaddwd by 1 -> i32
 //   NEON (aarch64): vmlal_s8 (s8 codes x s8 activations -> s16), vpadalq_s16 -> s32
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
@@ -31,6 +32,7 @@
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
+#include "runtime/targets.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ternlm {
@@ -43,18 +45,12 @@ HWY_INLINE int32_t LoadI32(const int8_t* p) {
   return v;
 }
 
-// out[16 * j + r] = sum_c code[r, c] * x[j][c] over the nblocks blocks (16 columns
-// each; nblocks is even) of one tile, for j < NX.
+#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
+// TernaryTileDots with vpdpbusd. Not inlined: compiled with avx512vnni added (see
+// kernels/vnni_attr.h for why); on AVX3 called only where the CPU has VNNI.
 template <size_t NX>
-#if TERNLM_PATH_VNNI
-// Not inlined: compiled with avx512vnni added (see kernels/vnni_attr.h for why).
-HWY_NOINLINE TERNLM_VNNI_ATTR
-#else
-HWY_INLINE
-#endif
-void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int8_t* const* x,
-                     int32_t* HWY_RESTRICT out) {
-#if TERNLM_PATH_VNNI
+HWY_NOINLINE TERNLM_VNNI_ATTR void TernaryTileDotsVnni(const uint8_t* HWY_RESTRICT tile, size_t nblocks,
+                                                      const int8_t* const* x, int32_t* HWY_RESTRICT out) {
   // |code * 4^k| <= 128 and |x| <= 128: one vpdpbusd adds at most 2^16 to a lane, so a
   // run of 2^14 blocks cannot overflow i32; longer rows are summed in runs.
   constexpr size_t kRun = size_t(1) << 14;
@@ -99,7 +95,21 @@ void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int
     }
   }
   for (size_t j = 0; j < NX; ++j) _mm512_storeu_si512(out + 16 * j, total[j]);
+}
+#endif
+
+// out[16 * j + r] = sum_c code[r, c] * x[j][c] over the nblocks blocks (16 columns
+// each; nblocks is even) of one tile, for j < NX.
+template <size_t NX>
+HWY_INLINE void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int8_t* const* x,
+                                int32_t* HWY_RESTRICT out) {
+#if TERNLM_PATH_VNNI
+  TernaryTileDotsVnni<NX>(tile, nblocks, x, out);
 #elif TERNLM_PATH_AVX3
+  if (Avx3VnniEnabled()) {
+    TernaryTileDotsVnni<NX>(tile, nblocks, x, out);
+    return;
+  }
   const __m512i three = _mm512_set1_epi8(3);
   const __m512i ones = _mm512_set1_epi16(1);
   __m512i acc[NX];

@@ -24,6 +24,10 @@ void BindRuntime(py::module_& m) {
   m.def("set_target", &SetTarget, py::arg("name"),
         "Force one supported Highway target (for tests); '' restores normal dispatch.");
   m.def("reset_target", [] { SetTarget(""); });
+  m.def("avx3_vnni", &Avx3VnniEnabled,
+        "Whether the AVX3 target's ternary kernel uses vpdpbusd (the CPU has AVX512-VNNI, not switched off).");
+  m.def("set_avx3_vnni", &SetAvx3Vnni, py::arg("on"),
+        "Allow (default) or forbid vpdpbusd in the AVX3 target's ternary kernel (for tests).");
 }
 
 }  // namespace ternlm

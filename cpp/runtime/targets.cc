@@ -1,5 +1,6 @@
 #include "runtime/targets.h"
 
+#include <atomic>
 #include <stdexcept>
 
 #include "hwy/highway.h"
@@ -8,7 +9,20 @@
 namespace ternlm {
 namespace {
 int64_t g_forced = 0;  // the target SetTarget() forced, 0: none
+std::atomic<bool> g_avx3_vnni_off{false};
+
+bool CpuHasAvx512Vnni() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = __builtin_cpu_supports("avx512vnni");
+  return has;
+#else
+  return false;
+#endif
+}
 }  // namespace
+
+bool Avx3VnniEnabled() { return CpuHasAvx512Vnni() && !g_avx3_vnni_off.load(std::memory_order_relaxed); }
+void SetAvx3Vnni(bool on) { g_avx3_vnni_off.store(!on, std::memory_order_relaxed); }
 
 std::vector<std::string> SupportedTargetNames() {
   // Enumerate without the test mock, then restore it.

@@ -15,4 +15,10 @@ std::string CurrentTargetName();
 // supported ones otherwise. An empty name restores normal dispatch.
 void SetTarget(const std::string& name);
 
+// AVX-512 CPUs without VBMI but with VNNI (Cascade Lake, Cooper Lake) run Highway's AVX3
+// target; its ternary kernel then uses vpdpbusd when this is true: the CPU has
+// AVX512-VNNI and SetAvx3Vnni(false) was not called (tests run both paths that way).
+bool Avx3VnniEnabled();
+void SetAvx3Vnni(bool on);
+
 }  // namespace ternlm
