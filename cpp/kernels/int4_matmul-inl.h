@@ -5,13 +5,14 @@
 // lane's codes broadcast to all lanes: no horizontal sums); a portable epilogue turns
 // them into f32 with scale_g / s_b and adds the min term min_g * sum(q / s_b in g).
 // Paths for the integer dots:
-//   AVX3_DL: vpdpbusd (u8 codes x s8 activations -> i32), 512-bit
-//   AVX3 / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128; eight of
+//   AVX3_DL: vpdpbusd (u8 codes x s8 activations -> i32), 512-bit; also AVX3 when the
+//     CPU has AVX512-VNNI (Cascade Lake: runtime/targets.h Avx3VnniEnabled)
+//   AVX3 without VNNI / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128; eight of
 //     them summed in i16 <= 30720, no saturation), then pmaddwd by 1 -> i32
 //   NEON (aarch64): vmlal_s8 (s8 nibbles x s8 activations -> s16), pairwise adds -> s32
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations; HWY_SCALAR (one lane): plain C
-// With groups of 32 (GGUF Q4_0/Q4_1) AVX3_DL and AVX2 fuse the dots, the scales and the
+// With groups of 32 (GGUF Q4_0/Q4_1) the VNNI kernels and AVX2 fuse the dots, the scales and the
 // min term of a tile in registers (Int4TileG32) instead.
 #if defined(TERNLM_KERNELS_INT4_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_INT4_MATMUL_INL_H_
@@ -31,6 +32,7 @@
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
+#include "runtime/targets.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ternlm {
@@ -64,7 +66,7 @@ HWY_INLINE void Int4HalfBlockDotsAvx2(const uint8_t* HWY_RESTRICT codes, size_t 
 }
 #endif
 
-#if TERNLM_PATH_VNNI
+#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
 // dot[j] = the exact integer dots of the tile's 16 rows with x[j] over activation block b,
 // whose 256 bytes of codes (four 64-byte blocks of 8 columns, low and high nibbles)
 // start at codes.
@@ -97,23 +99,32 @@ HWY_INLINE const uint8_t* Int4BlockCodes(const uint8_t* tile, size_t b, size_t g
   return tile + 256 * b + 64 * (b >> group_shift);
 }
 
-// out[(j * nb + b) * 16 + r] = exact dot of row r's codes with x[j] over activation
-// block b0 + b for b < nb; x[j] points at block b0's first column.
+#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
+// Int4TileBlockDots with vpdpbusd; not inlined: adds avx512vnni (kernels/vnni_attr.h).
 template <size_t NX>
-#if TERNLM_PATH_VNNI
-HWY_NOINLINE TERNLM_VNNI_ATTR  // not inlined: adds avx512vnni (kernels/vnni_attr.h)
-#else
-HWY_INLINE
-#endif
-void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, size_t group_shift,
-                       const int8_t* const* x, int32_t* HWY_RESTRICT out) {
-#if TERNLM_PATH_VNNI
+HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileBlockDotsVnni(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb,
+                                                        size_t group_shift, const int8_t* const* x,
+                                                        int32_t* HWY_RESTRICT out) {
   for (size_t b = 0; b < nb; ++b) {
     __m512i dot[NX];
     Int4BlockDotsVnni<NX>(Int4BlockCodes(tile, b0 + b, group_shift), b, x, dot);
     for (size_t j = 0; j < NX; ++j) _mm512_store_si512(out + (j * nb + b) * 16, dot[j]);
   }
+}
+#endif
+
+// out[(j * nb + b) * 16 + r] = exact dot of row r's codes with x[j] over activation
+// block b0 + b for b < nb; x[j] points at block b0's first column.
+template <size_t NX>
+HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, size_t group_shift,
+                                  const int8_t* const* x, int32_t* HWY_RESTRICT out) {
+#if TERNLM_PATH_VNNI
+  Int4TileBlockDotsVnni<NX>(tile, b0, nb, group_shift, x, out);
 #elif TERNLM_PATH_AVX3
+  if (Avx3VnniEnabled()) {
+    Int4TileBlockDotsVnni<NX>(tile, b0, nb, group_shift, x, out);
+    return;
+  }
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   const __m512i ones = _mm512_set1_epi16(1);
   for (size_t b = 0; b < nb; ++b) {
@@ -226,7 +237,7 @@ void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb, s
 #endif
 }
 
-#if TERNLM_PATH_VNNI
+#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
 // Groups of 32 (GGUF Q4_0/Q4_1, the default): the integer dots, the scales and the min
 // term of one tile in one pass, all in registers. out[16 j + r] = y of tile row r for
 // activation row j. tile: nb32 groups of 320 bytes (codes, 16 fp16 scales, 16 fp16
@@ -295,10 +306,10 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int g
   const size_t g = size_t(group), nb32 = padded_cols / 32, gpr = padded_cols / g, per_g = g / 32;
   const size_t group_bytes = Int4GroupBytes(g), tile_bytes = Int4TileBytes(padded_cols, g);
   HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
-#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX2
+#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX2 || TERNLM_PATH_AVX3
   // Group 32: dots, scales and min term fused (Int4TileG32). (AVX-512 without VNNI keeps
   // the path below: its 512-bit dots beat the 256-bit fused kernel in decode.)
-  if (per_g == 1) {
+  if (per_g == 1 && (!TERNLM_PATH_AVX3 || Avx3VnniEnabled())) {
     ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
       const int8_t* xs[kMaxActivationRows];
       const float* inv[kMaxActivationRows];
