@@ -41,4 +41,9 @@ for f in cpp/kernels/matmul.cc cpp/kernels/vector_ops.cc; do
   [ "$m" -gt 0 ] || { echo "no scalar fallback kernels in $f"; exit 1; }
   echo "$f: $n NEON symbols, $m scalar-fallback symbols"
 done
+o="$work/obj/cpp_kernels_dotprod_aarch64.cc.o"
+for k in TernaryTileDotsDotProd Int4TileBlockDotsDotProd; do
+  aarch64-linux-gnu-nm -C "$o" | grep -q "T ternlm::$k" || { echo "no $k (vdotq_s32) in dotprod_aarch64.cc"; exit 1; }
+done
+echo "cpp/kernels/dotprod_aarch64.cc: the vdotq_s32 ternary and INT4 kernels are built"
 echo "aarch64 (NEON) build of the core: ok"

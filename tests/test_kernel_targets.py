@@ -37,7 +37,9 @@ def test_fast_x86_targets_are_compiled_where_the_cpu_has_them():
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
         # qemu-user passes the host's x86 /proc/cpuinfo to an emulated aarch64 process.
         assert not any(t.startswith(("AVX", "SSE")) for t in TARGETS)
+        assert not _core.avx3_vnni()
         return
+    assert not _core.arm_dotprod()
     flags = cpu_flags()
     if "avx2" in flags and "fma" in flags:
         assert "AVX2" in TARGETS

@@ -19,19 +19,24 @@ TARGETS = _core.supported_targets()
 EPS32 = 2.0 ** -24
 
 
-# On an AVX-512 VNNI CPU the AVX3 target's ternary kernel uses vpdpbusd (Cascade Lake);
-# "AVX3-no-VNNI" runs that target with its pmaddubsw kernel, as on Skylake-SP.
-KERNEL_PATHS = TARGETS + (["AVX3-no-VNNI"] if "AVX3" in TARGETS and _core.avx3_vnni() else [])
+# On an AVX-512 VNNI CPU the AVX3 target's ternary/INT4 kernels use vpdpbusd (Cascade
+# Lake); "AVX3-no-VNNI" runs that target with its pmaddubsw kernels, as on Skylake-SP. On
+# aarch64 with the dot-product extension NEON uses vdotq_s32; "NEON-no-DOTPROD" runs the
+# vmlal_s8 kernels of older cores (Cortex-A53/A72).
+KERNEL_PATHS = (TARGETS + (["AVX3-no-VNNI"] if "AVX3" in TARGETS and _core.avx3_vnni() else [])
+                + (["NEON-no-DOTPROD"] if "NEON" in TARGETS and _core.arm_dotprod() else []))
 
 
 @pytest.fixture(params=KERNEL_PATHS)
 def target(request):
-    name = request.param.replace("-no-VNNI", "")
+    name = request.param.replace("-no-VNNI", "").replace("-no-DOTPROD", "")
     _core.set_target(name)
     _core.set_avx3_vnni(not request.param.endswith("-no-VNNI"))
+    _core.set_arm_dotprod(not request.param.endswith("-no-DOTPROD"))
     assert _core.current_target() == name
     yield request.param
     _core.set_avx3_vnni(True)
+    _core.set_arm_dotprod(True)
     _core.reset_target()
 
 

@@ -9,7 +9,8 @@
 //     CPU has AVX512-VNNI (Cascade Lake: runtime/targets.h Avx3VnniEnabled)
 //   AVX3 without VNNI / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128; eight of
 //     them summed in i16 <= 30720, no saturation), then pmaddwd by 1 -> i32
-//   NEON (aarch64): vmlal_s8 (s8 nibbles x s8 activations -> s16), pairwise adds -> s32
+//   NEON (aarch64) with the dot-product extension: vdotq_s32 (s8 nibbles x s8 -> i32)
+//   NEON without it: vmlal_s8 (s8 nibbles x s8 activations -> s16), pairwise adds -> s32
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations; HWY_SCALAR (one lane): plain C
 // With groups of 32 (GGUF Q4_0/Q4_1) the VNNI kernels and AVX2 fuse the dots, the scales and the
@@ -29,6 +30,7 @@
 #include "formats/int4.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/dotprod_aarch64.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
@@ -155,6 +157,12 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
     }
   }
 #elif TERNLM_PATH_NEON
+#if TERNLM_DOTPROD_KERNELS
+  if (ArmDotProdEnabled()) {  // vdotq_s32 (kernels/dotprod_aarch64.h)
+    Int4TileBlockDotsDotProd(NX, tile, b0, nb, group_shift, x, out);
+    return;
+  }
+#endif
   // NEON (aarch64): a q-register of a 64-byte sub-block holds 4 rows x 4 bytes; its low and
   // high nibbles (<= 15) times the s8 activations of their columns (one 32-bit dup load
   // each, the same for every row) with vmlal_s8 into s16: a lane's 8 products of a block

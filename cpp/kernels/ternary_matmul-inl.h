@@ -10,7 +10,9 @@
 //     also AVX3 (Skylake-SP .. Cooper Lake) when the CPU has AVX512-VNNI (Cascade Lake)
 //   AVX3 without VNNI / AVX2: pmaddubsw (u8 x s8 -> i16 pairs, |pair| <= 2*2*128, no saturation),
 //     the four fields summed in i16 (<= 2048), then pmaddwd by 1 -> i32
-//   NEON (aarch64): vmlal_s8 (s8 codes x s8 activations -> s16), vpadalq_s16 -> s32
+//   NEON (aarch64) with the dot-product extension: vdotq_s32 (s8 codes x s8 activations,
+//     four per 32-bit lane -> i32), fields isolated by an AND (scaled 4^k) as for VNNI
+//   NEON without it: vmlal_s8 (s8 codes x s8 activations -> s16), vpadalq_s16 -> s32
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations (the four columns of a field repeated for every row);
 //     HWY_SCALAR (one lane): plain C
@@ -29,6 +31,7 @@
 #include "formats/ternary.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/dotprod_aarch64.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
@@ -158,6 +161,12 @@ HWY_INLINE void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j + 8), acc[j][1]);
   }
 #elif TERNLM_PATH_NEON
+#if TERNLM_DOTPROD_KERNELS
+  if (ArmDotProdEnabled()) {  // vdotq_s32 (kernels/dotprod_aarch64.h)
+    TernaryTileDotsDotProd(NX, tile, nblocks, x, out);
+    return;
+  }
+#endif
   // NEON (aarch64): a q-register of a block holds 4 rows x 4 bytes; field k of every byte
   // is isolated in u8 (shift, AND: codes <= 2), and vmlal_s8 multiplies 8 codes by 8 s8
   // activations into s16 (the field's four columns repeated for every row: one 32-bit dup

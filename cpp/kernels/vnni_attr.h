@@ -8,3 +8,4 @@
 #pragma once
 #define TERNLM_VNNI_ATTR \
   __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512vnni,avx2,fma,bmi2,f16c")))
+

@@ -27,7 +27,11 @@ void BindRuntime(py::module_& m) {
   m.def("avx3_vnni", &Avx3VnniEnabled,
         "Whether the AVX3 target's ternary kernel uses vpdpbusd (the CPU has AVX512-VNNI, not switched off).");
   m.def("set_avx3_vnni", &SetAvx3Vnni, py::arg("on"),
-        "Allow (default) or forbid vpdpbusd in the AVX3 target's ternary kernel (for tests).");
+        "Allow (default) or forbid vpdpbusd in the AVX3 target's ternary and INT4 kernels (for tests).");
+  m.def("arm_dotprod", &ArmDotProdEnabled,
+        "Whether the NEON ternary and INT4 kernels use vdotq_s32 (the CPU has the dot-product extension).");
+  m.def("set_arm_dotprod", &SetArmDotProd, py::arg("on"),
+        "Allow (default) or forbid vdotq_s32 in the NEON kernels (for tests).");
 }
 
 }  // namespace ternlm

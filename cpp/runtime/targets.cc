@@ -4,7 +4,15 @@
 #include <stdexcept>
 
 #include "hwy/highway.h"
+#include "kernels/dotprod_aarch64.h"
 #include "hwy/targets.h"
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
 
 namespace ternlm {
 namespace {
@@ -19,7 +27,24 @@ bool CpuHasAvx512Vnni() {
   return false;
 #endif
 }
+std::atomic<bool> g_arm_dotprod_off{false};
+
+bool CpuHasArmDotProd() {
+#if !TERNLM_DOTPROD_KERNELS
+  return false;  // not built (see kernels/dotprod_aarch64.h)
+#elif defined(__aarch64__) && defined(__linux__)
+  static const bool has = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+  return has;
+#elif defined(__aarch64__) && defined(__APPLE__)
+  return true;  // every Apple Silicon core has it
+#else
+  return false;
+#endif
+}
 }  // namespace
+
+bool ArmDotProdEnabled() { return CpuHasArmDotProd() && !g_arm_dotprod_off.load(std::memory_order_relaxed); }
+void SetArmDotProd(bool on) { g_arm_dotprod_off.store(!on, std::memory_order_relaxed); }
 
 bool Avx3VnniEnabled() { return CpuHasAvx512Vnni() && !g_avx3_vnni_off.load(std::memory_order_relaxed); }
 void SetAvx3Vnni(bool on) { g_avx3_vnni_off.store(!on, std::memory_order_relaxed); }

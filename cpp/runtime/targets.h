@@ -21,4 +21,10 @@ void SetTarget(const std::string& name);
 bool Avx3VnniEnabled();
 void SetAvx3Vnni(bool on);
 
+// aarch64 CPUs with the dot-product extension (ARMv8.2 SDOT: Apple M1+, Graviton2+,
+// Cortex-A76+, Neoverse) run the NEON ternary and INT4 kernels with vdotq_s32 when this is
+// true: the CPU has it and SetArmDotProd(false) was not called.
+bool ArmDotProdEnabled();
+void SetArmDotProd(bool on);
+
 }  // namespace ternlm

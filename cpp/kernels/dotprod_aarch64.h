@@ -1,0 +1,30 @@
+// Ternary and INT4 tile kernels with the ARMv8.2 dot-product extension (vdotq_s32 / SDOT),
+// for aarch64 CPUs that have it (Apple M1+, Graviton2+, Cortex-A76+, Neoverse). They live
+// in their own translation unit, outside Highway's per-target pragmas, compiled with the
+// extension enabled for these functions only; the NEON paths of ternary_matmul-inl.h and
+// int4_matmul-inl.h call them when ArmDotProdEnabled() (runtime/targets.h), which is
+// false where they are not built (other architectures; clang without a dot-product
+// baseline). Same inputs and outputs as TernaryTileDots / Int4TileBlockDots there; nx 1..4.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace ternlm {
+
+// Whether this build contains the kernels below (aarch64 with GCC, or a compiler whose
+// baseline already has the extension).
+#if defined(__aarch64__) && (defined(__ARM_FEATURE_DOTPROD) || (defined(__GNUC__) && !defined(__clang__)))
+#define TERNLM_DOTPROD_KERNELS 1
+#else
+#define TERNLM_DOTPROD_KERNELS 0
+#endif
+
+// out[16 j + r] = sum_c code[r, c] * x[j][c] over the nblocks 64-byte blocks of a ternary
+// tile (formats/ternary.h), j < nx.
+void TernaryTileDotsDotProd(size_t nx, const uint8_t* tile, size_t nblocks, const int8_t* const* x, int32_t* out);
+// out[(j nb + b) 16 + r] = the integer dots of an INT4 tile's rows (formats/int4.h, in-memory
+// layout) with x[j] over activation blocks b0 + b, b < nb (x[j] at block b0's first column).
+void Int4TileBlockDotsDotProd(size_t nx, const uint8_t* tile, size_t b0, size_t nb, size_t group_shift,
+                              const int8_t* const* x, int32_t* out);
+
+}  // namespace ternlm
