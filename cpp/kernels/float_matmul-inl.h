@@ -1,6 +1,7 @@
-// BF16 and F32 matmul kernels, compiled once per Highway target. F32 weights are
+// BF16, BF16C and F32 matmul kernels, compiled once per Highway target. F32 weights are
 // row-major with rows padded to 16 columns; BF16 weights are in 16-row tiles
-// (formats/bf16.h). Activations are f32 copies padded with zeros, so the inner loops
+// (formats/bf16.h); BF16C tiles (formats/bf16c.h) are rebuilt into BF16 tile words in
+// registers. Activations are f32 copies padded with zeros, so the inner loops
 // have no tail. BF16 weights are widened to f32 (a shift or an AND), f32 accumulation;
 // up to 4 activation rows per pass over the weights so prefill reads each weight once
 // per 4 tokens.
