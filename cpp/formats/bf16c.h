@@ -53,6 +53,12 @@ inline size_t BF16CCodeByte(size_t r, size_t c, bool* high_nibble) {
   *high_nibble = p >= 2;
   return kBF16CTableBytes + (c / 8) * 192 + 128 + 16 * (r / 4) + (p % 2) * 8 + 2 * (r % 4) + c % 2;
 }
+// Sets the 4-bit code of (r, c) of a tile, keeping the other nibble of its byte.
+inline void BF16CSetCode(uint8_t* tile, size_t r, size_t c, unsigned code) {
+  bool high;
+  uint8_t& b = tile[BF16CCodeByte(r, c, &high)];
+  b = uint8_t(high ? (b & 0x0F) | (code << 4) : (b & 0xF0) | code);
+}
 // The stored bf16 bits of (r, c) of a tile (before exceptions).
 inline uint16_t BF16CTileBits(const uint8_t* tile, size_t r, size_t c) {
   bool hi;

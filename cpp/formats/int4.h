@@ -62,6 +62,12 @@ inline size_t Int4ByteIndex(size_t padded_cols, size_t group, size_t r, size_t c
          (c % group / 8) * 64 + 4 * (r % 16) + c % 4;
 }
 // Byte offset of the fp16 scale of (row r, group g); its min is 32 bytes further.
+// The codes of activation block b (32 columns) of a tile in the in-memory layout (3):
+// each group is 2^group_shift blocks of 256 bytes, then 64 bytes of fp16 scales and mins,
+// so block b starts at 256 b plus 64 bytes per group before it.
+inline const uint8_t* Int4TileBlockCodes(const uint8_t* tile, size_t b, size_t group_shift) {
+  return tile + 256 * b + 64 * (b >> group_shift);
+}
 inline size_t Int4ScaleByte(size_t padded_cols, size_t group, size_t r, size_t g) {
   return (r / 16) * Int4TileBytes(padded_cols, group) + g * Int4GroupBytes(group) + 8 * group +
          2 * (r % 16);

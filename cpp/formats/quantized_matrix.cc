@@ -163,10 +163,8 @@ static void PackBF16CTiles(QuantizedMatrix& m, const uint16_t* bits, size_t t0, 
           exc_col.push_back(uint32_t(c));
           exc_value.push_back(v);
         }
-        bool high;
-        const size_t cb = BF16CCodeByte(r - rb, c, &high);
         tile[BF16CLowByte(r - rb, c)] = lo;
-        tile[cb] = uint8_t(high ? (tile[cb] & 0x0F) | (code << 4) : (tile[cb] & 0xF0) | code);
+        BF16CSetCode(tile, r - rb, c, unsigned(code));
       }
       counts[r] = uint32_t(exc_col.size() - before);
     }
@@ -737,11 +735,9 @@ static QuantizedMatrix RepackBF16C(const std::vector<const QuantizedMatrix*>& pa
       std::memcpy(m.mutable_data() + d0 / 16 * tb, p.data() + s0 / 16 * tb, (n + 15) / 16 * tb);
       for (size_t r = n; r % 16 != 0; ++r)  // the tile's rows below the range: zero
         for (size_t c = 0; c < cols; ++c) {
-          bool high;
           uint8_t* tile = m.mutable_data() + (d0 + r) / 16 * tb;
           tile[BF16CLowByte(r % 16, c)] = 0;
-          uint8_t& code = tile[BF16CCodeByte(r % 16, c, &high)];
-          code = uint8_t(high ? (code & 0x0F) | (kBF16CZeroCode << 4) : (code & 0xF0) | kBF16CZeroCode);
+          BF16CSetCode(tile, r % 16, c, kBF16CZeroCode);
         }
       for (size_t r = 0; r < n; ++r) {
         for (uint32_t e = p.exc_row_ptr()[s0 + r]; e < p.exc_row_ptr()[s0 + r + 1]; ++e) {

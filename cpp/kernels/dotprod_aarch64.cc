@@ -63,7 +63,7 @@ TERNLM_DOTPROD_ATTR void Int4Dots(const uint8_t* tile, size_t b0, size_t nb, siz
                                   const int8_t* const* x, int32_t* out) {
   const uint8x16_t m15 = vdupq_n_u8(15);
   for (size_t b = 0; b < nb; ++b) {
-    const uint8_t* codes = tile + 256 * (b0 + b) + 64 * ((b0 + b) >> group_shift);  // int4.h layout 3
+    const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
     for (size_t g = 0; g < 4; ++g) {  // rows 4g .. 4g + 3
       int32x4_t acc[NX];
       for (size_t j = 0; j < NX; ++j) acc[j] = vdupq_n_s32(0);

@@ -94,12 +94,6 @@ __attribute__((always_inline)) inline TERNLM_VNNI_ATTR void Int4BlockDotsVnni(
 }
 #endif
 
-// The codes of activation block b (32 columns) of a tile in the in-memory layout
-// (int4.h, 3): each group is 2^group_shift blocks of 256 bytes, then 64 bytes of fp16
-// scales and mins, so block b starts at 256 b plus 64 bytes per group before it.
-HWY_INLINE const uint8_t* Int4BlockCodes(const uint8_t* tile, size_t b, size_t group_shift) {
-  return tile + 256 * b + 64 * (b >> group_shift);
-}
 
 #if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
 // Int4TileBlockDots with vpdpbusd; not inlined: adds avx512vnni (kernels/vnni_attr.h).
@@ -109,7 +103,7 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileBlockDotsVnni(const uint8_t* HWY_REST
                                                         int32_t* HWY_RESTRICT out) {
   for (size_t b = 0; b < nb; ++b) {
     __m512i dot[NX];
-    Int4BlockDotsVnni<NX>(Int4BlockCodes(tile, b0 + b, group_shift), b, x, dot);
+    Int4BlockDotsVnni<NX>(Int4TileBlockCodes(tile, b0 + b, group_shift), b, x, dot);
     for (size_t j = 0; j < NX; ++j) _mm512_store_si512(out + (j * nb + b) * 16, dot[j]);
   }
 }
@@ -133,7 +127,7 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
     __m512i s16[NX];
     for (size_t j = 0; j < NX; ++j) s16[j] = _mm512_setzero_si512();
     for (size_t s = 0; s < 4; ++s) {
-      const __m512i v = _mm512_load_si512(Int4BlockCodes(tile, b0 + b, group_shift) + 64 * s);
+      const __m512i v = _mm512_load_si512(Int4TileBlockCodes(tile, b0 + b, group_shift) + 64 * s);
       const __m512i lo = _mm512_and_si512(v, m4);
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
       for (size_t j = 0; j < NX; ++j) {
@@ -150,7 +144,7 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
   for (size_t b = 0; b < nb; ++b) {
     for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
       __m256i s16[NX];
-      Int4HalfBlockDotsAvx2<NX>(Int4BlockCodes(tile, b0 + b, group_shift), h, b, x, s16);
+      Int4HalfBlockDotsAvx2<NX>(Int4TileBlockCodes(tile, b0 + b, group_shift), h, b, x, s16);
       for (size_t j = 0; j < NX; ++j)
         _mm256_store_si256(reinterpret_cast<__m256i*>(out + (j * nb + b) * 16 + 8 * h),
                            _mm256_madd_epi16(s16[j], ones));
@@ -168,7 +162,7 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
   // each, the same for every row) with vmlal_s8 into s16: a lane's 8 products of a block
   // sum to at most 8 * 15 * 128 = 15360. vpaddlq_s16 + vpaddq_s32 leave the 4 rows' sums.
   for (size_t b = 0; b < nb; ++b) {
-    const uint8_t* codes = Int4BlockCodes(tile, b0 + b, group_shift);
+    const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
     for (size_t g = 0; g < 4; ++g) {  // rows 4g .. 4g + 3
       int16x8_t lo16[NX], hi16[NX];
       for (size_t j = 0; j < NX; ++j) lo16[j] = hi16[j] = vdupq_n_s16(0);
@@ -189,7 +183,7 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
   }
 #elif HWY_TARGET == HWY_SCALAR
   for (size_t b = 0; b < nb; ++b) {
-    const uint8_t* codes = Int4BlockCodes(tile, b0 + b, group_shift);
+    const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
     for (size_t j = 0; j < NX; ++j) {
       int32_t* o = out + (j * nb + b) * 16;
       for (size_t r = 0; r < 16; ++r) o[r] = 0;
@@ -216,7 +210,7 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
   HWY_ALIGN int16_t lanes[kMaxLanes];
   const auto m15 = hn::Set(d16, 15);
   for (size_t b = 0; b < nb; ++b) {
-    const uint8_t* codes = Int4BlockCodes(tile, b0 + b, group_shift);
+    const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
     for (size_t f = 0; f < 8; ++f)  // sub-block f / 2, nibble f % 2: columns 4f .. 4f + 3
       for (size_t j = 0; j < NX; ++j) {
         const auto rep = hn::BitCast(d8, hn::Set(d32, Int4LoadI32(x[j] + 32 * b + 4 * f)));
