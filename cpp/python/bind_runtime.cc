@@ -25,7 +25,7 @@ void BindRuntime(py::module_& m) {
         "Force one supported Highway target (for tests); '' restores normal dispatch.");
   m.def("reset_target", [] { SetTarget(""); });
   m.def("avx3_vnni", &Avx3VnniEnabled,
-        "Whether the AVX3 target's ternary kernel uses vpdpbusd (the CPU has AVX512-VNNI, not switched off).");
+        "Whether the AVX3 target's ternary and INT4 kernels use vpdpbusd (the CPU has AVX512-VNNI, not switched off).");
   m.def("set_avx3_vnni", &SetAvx3Vnni, py::arg("on"),
         "Allow (default) or forbid vpdpbusd in the AVX3 target's ternary and INT4 kernels (for tests).");
   m.def("arm_dotprod", &ArmDotProdEnabled,

@@ -81,12 +81,12 @@ def run_bench(model, weights=(None,), threads=(None,), prompt_tokens=128, decode
             proc = subprocess.run([sys.executable, "-m", "ternlm.bench", req, res], env=_child_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
             if not os.path.exists(res):
-                raise RuntimeError(f"bench worker for weights={w} threads={t} died "
+                raise RuntimeError(f"bench worker for weights={w} head={h} threads={t} died "
                                    f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}")
             with open(res) as f:
                 result = json.load(f)
         if "error" in result:
-            raise RuntimeError(f"bench weights={w} threads={t}: {result['error']}: {result['message']}")
+            raise RuntimeError(f"bench weights={w} head={h} threads={t}: {result['error']}: {result['message']}")
         rows.append(result["row"])
     return rows
 

@@ -224,20 +224,11 @@ def cmd_bench(args) -> int:
         model = _synthetic_folder(args.synthetic)
     else:
         model = _model_path(args)
-    weights = [None] if not args.weights else [None if w == "stored" else w for w in args.weights.split(",")]
-    bad = [w for w in weights if w not in (None,) + WEIGHTS]
-    if bad:
-        raise CliError(f"--weights {args.weights}: unknown format {bad[0]!r} (choose from stored,{','.join(WEIGHTS)})")
-    heads = [None] if not args.head else [None if h == "default" else h for h in args.head.split(",")]
-    bad = [h for h in heads if h not in (None,) + HEADS]
-    if bad:
-        raise CliError(f"--head {args.head}: unknown format {bad[0]!r} (choose from default,{','.join(HEADS)})")
+    weights = _list_option("--weights", args.weights, WEIGHTS, "format", none_name="stored")
+    heads = _list_option("--head", args.head, HEADS, "format", none_name="default")
+    kv_dtypes = _list_option("--kv-dtype", args.kv_dtype, ("f32", "f16"), "KV-cache type")
     threads = args.threads or [None]
     log = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
-    kv_dtypes = args.kv_dtype.split(",")
-    bad = [k for k in kv_dtypes if k not in ("f32", "f16")]
-    if bad:
-        raise CliError(f"--kv-dtype {args.kv_dtype}: unknown KV-cache type {bad[0]!r} (choose from f32,f16)")
     rows = bench.run_bench(model, weights=weights, threads=threads, prompt_tokens=args.prompt_tokens,
                            decode_tokens=args.decode_tokens, repeats=args.repeats, log=log, kv_dtypes=kv_dtypes,
                            heads=heads)
@@ -251,6 +242,19 @@ def cmd_bench(args) -> int:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
     return 0
+
+
+def _list_option(flag, value, allowed, kind, none_name=None) -> list:
+    """A comma-separated option: its values, none_name read as None (also when the option is
+    absent, if it has a none_name); a CliError naming the first unknown value."""
+    if not value and none_name:
+        return [None]
+    items = [None if none_name and v == none_name else v for v in value.split(",")]
+    bad = [v for v in items if v is not None and v not in allowed]
+    if bad:
+        choices = ([none_name] if none_name else []) + list(allowed)
+        raise CliError(f"{flag} {value}: unknown {kind} {bad[0]!r} (choose from {','.join(choices)})")
+    return items
 
 
 def _synthetic_folder(shape) -> str:
