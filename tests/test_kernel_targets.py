@@ -1,6 +1,7 @@
 """Highway dynamic dispatch: every target this CPU supports is compiled and can be
 forced, and the matmul kernels agree across all of them. The test output names the
 targets that ran (the per-target tests in test_matmul.py carry them in their ids)."""
+import os
 import platform
 
 import numpy as np
@@ -86,3 +87,41 @@ def test_all_targets_agree(fmt):
             np.testing.assert_array_equal(y, base, err_msg=t)
         else:  # only the f32 summation order differs
             np.testing.assert_allclose(y, base, rtol=1e-4, atol=1e-4, err_msg=t)
+
+
+def test_prefetch_default_follows_the_cpu():
+    """4096 bytes ahead on Intel CPUs with AVX-512 (where it was measured to help), 0 on
+    everything else (AMD, ARM, Intel without AVX-512)."""
+    expected = 0
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
+        vendor = ""
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                    break
+        if vendor == "GenuineIntel" and "avx512f" in cpu_flags():
+            expected = 4096
+    assert _core.default_prefetch_distance() == expected
+    if "TERNLM_PREFETCH" not in os.environ:
+        assert _core.prefetch_distance() == expected
+
+
+@pytest.mark.parametrize("value,expected", [("0", 0), ("128", 128), (" 8192 ", 8192), ("", None)])
+def test_prefetch_environment_variable_sets_the_distance(value, expected):
+    from ternlm import _native
+    before = _core.prefetch_distance()
+    try:
+        _native._apply_prefetch_env({"TERNLM_PREFETCH": value})  # what importing ternlm does
+        assert _core.prefetch_distance() == (before if expected is None else expected)
+    finally:
+        _core.set_prefetch_distance(before)
+
+
+@pytest.mark.parametrize("value", ["abc", "100", "-64", "2097152", "1e3"])
+def test_bad_prefetch_environment_variable_is_a_clear_error(value):
+    from ternlm import _native
+    before = _core.prefetch_distance()
+    with pytest.raises(ValueError, match=r"TERNLM_PREFETCH=.*multiple of 64"):
+        _native._apply_prefetch_env({"TERNLM_PREFETCH": value})
+    assert _core.prefetch_distance() == before

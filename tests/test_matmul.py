@@ -245,6 +245,38 @@ def test_float_matmul_matches_f32_product_of_dequantize(target, shape, seed, fmt
     assert np.all(np.abs(ternlm.matmul(x[0], q) - ref[0]) <= bound[0])
 
 
+# ------------------------------------------------------------------ software prefetch
+
+@pytest.mark.parametrize("fmt,group", [("ternary", 0), ("int4", 32), ("int4", 64), ("bf16", 0), ("bf16c", 0)])
+def test_prefetch_distance_changes_no_result(target, fmt, group):
+    """The kernels' software prefetch (on by default on Intel AVX-512 CPUs) only reads ahead:
+    every distance, including ones past the end of the weights, gives identical outputs,
+    for decode (1 activation row) and prefill (7 rows, the 4-row and 3-row passes)."""
+    rng = np.random.default_rng(11)
+    q = ternlm.quantize(random_matrix(rng, 77, 640), fmt, **({"group_size": group} if group else {}))
+    x = random_matrix(rng, 7, 640)
+    before = _core.prefetch_distance()
+    try:
+        _core.set_prefetch_distance(0)
+        ref1, ref7 = ternlm.matmul(x[0], q), ternlm.matmul(x, q)
+        for dist in (64, 4096, 1 << 20):
+            _core.set_prefetch_distance(dist)
+            np.testing.assert_array_equal(ternlm.matmul(x[0], q), ref1)
+            np.testing.assert_array_equal(ternlm.matmul(x, q), ref7)
+    finally:
+        _core.set_prefetch_distance(before)
+
+
+def test_set_prefetch_distance_rejects_bad_values():
+    before = _core.prefetch_distance()
+    for bad in (1, 100, (1 << 20) + 64):
+        with pytest.raises(ValueError, match="multiple of 64 bytes"):
+            _core.set_prefetch_distance(bad)
+    with pytest.raises(TypeError):
+        _core.set_prefetch_distance(-64)
+    assert _core.prefetch_distance() == before
+
+
 # ------------------------------------------------------------------ threads
 
 @pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32"])

@@ -19,6 +19,7 @@
 #include "formats/bf16c.h"
 #include "hwy/highway.h"
 #include "kernels/tiles-inl.h"
+#include "runtime/targets.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ternlm {
@@ -158,13 +159,18 @@ HWY_INLINE void BF16TileDots(const uint32_t* HWY_RESTRICT tile, size_t nblocks,
   const hn::RebindToUnsigned<decltype(df)> du;
   const size_t N = hn::Lanes(df);
   using V = hn::Vec<decltype(df)>;
+  const size_t pf = PrefetchDistance();
   for (size_t r0 = 0; r0 < 16; r0 += N) {
     V acc[NX][4];
     for (size_t j = 0; j < NX; ++j)
       for (size_t k = 0; k < 4; ++k) acc[j][k] = hn::Zero(df);
-    // nblocks = padded_cols / 2 is a multiple of 16: no tail.
-    for (size_t b = 0; b < nblocks; b += 2)
+    // nblocks = padded_cols / 2 is a multiple of 16: no tail. The first pass over the
+    // rows streams the tile from memory (later passes, below 512-bit vectors, hit L2).
+    const size_t pf_pass = r0 == 0 ? pf : 0;
+    for (size_t b = 0; b < nblocks; b += 2) {
+      PrefetchAhead(reinterpret_cast<const uint8_t*>(tile + 16 * b), 128, pf_pass);
       AddWordPairs<NX>(df, hn::LoadU(du, tile + 16 * b + r0), hn::LoadU(du, tile + 16 * (b + 1) + r0), x, 2 * b, acc);
+    }
     StoreChainSums<NX>(df, acc, r0, out);
   }
 }
@@ -215,12 +221,15 @@ HWY_INLINE void BF16CTileDots(const uint8_t* HWY_RESTRICT tile, size_t padded_co
   const auto nibble = hn::Set(d8, 0x0F);
   const auto table = hn::LoadDup128(d8, tile);
   const uint8_t* chunks = tile + kBF16CTableBytes;
+  const size_t pf = PrefetchDistance();
   for (size_t r0 = 0; r0 < 16; r0 += N) {
+    const size_t pf_pass = r0 == 0 ? pf : 0;
     V acc[NX][4];
     for (size_t j = 0; j < NX; ++j)
       for (size_t k = 0; k < 4; ++k) acc[j][k] = hn::Zero(df);
     const uint8_t* p = chunks + 4 * r0;  // row group r0 / 4: 16 bytes each in A, B, C
     for (size_t c = 0; c < padded_cols; c += 8, p += 192) {
+      PrefetchAhead(chunks + 24 * c, 192, pf_pass);
       const auto a = hn::LoadU(d8, p), b = hn::LoadU(d8, p + 64), codes = hn::LoadU(d8, p + 128);
       const auto ha = hn::TableLookupBytes(table, hn::And(codes, nibble));
       const auto hb = hn::TableLookupBytes(table, hn::And(hn::BitCast(d8, hn::ShiftRight<4>(hn::BitCast(d16, codes))), nibble));

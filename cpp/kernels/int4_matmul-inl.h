@@ -101,8 +101,10 @@ template <size_t NX>
 HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileBlockDotsVnni(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb,
                                                         size_t group_shift, const int8_t* const* x,
                                                         int32_t* HWY_RESTRICT out) {
+  const size_t pf = PrefetchDistance();
   for (size_t b = 0; b < nb; ++b) {
     __m512i dot[NX];
+    PrefetchAhead(Int4TileBlockCodes(tile, b0 + b, group_shift), 256, pf);
     Int4BlockDotsVnni<NX>(Int4TileBlockCodes(tile, b0 + b, group_shift), b, x, dot);
     for (size_t j = 0; j < NX; ++j) _mm512_store_si512(out + (j * nb + b) * 16, dot[j]);
   }
@@ -123,7 +125,9 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
   }
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   const __m512i ones = _mm512_set1_epi16(1);
+  const size_t pf = PrefetchDistance();
   for (size_t b = 0; b < nb; ++b) {
+    PrefetchAhead(Int4TileBlockCodes(tile, b0 + b, group_shift), 256, pf);
     __m512i s16[NX];
     for (size_t j = 0; j < NX; ++j) s16[j] = _mm512_setzero_si512();
     for (size_t s = 0; s < 4; ++s) {
@@ -141,7 +145,9 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
   }
 #elif TERNLM_PATH_AVX2
   const __m256i ones = _mm256_set1_epi16(1);
+  const size_t pf = PrefetchDistance();
   for (size_t b = 0; b < nb; ++b) {
+    PrefetchAhead(Int4TileBlockCodes(tile, b0 + b, group_shift), 256, pf);
     for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
       __m256i s16[NX];
       Int4HalfBlockDotsAvx2<NX>(Int4TileBlockCodes(tile, b0 + b, group_shift), h, b, x, s16);
@@ -249,9 +255,11 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile,
                                                const int8_t* const* x, const float* const* inv,
                                                const float* const* gsum, float* HWY_RESTRICT out) {
   __m512 acc[NX], macc[NX];
+  const size_t pf = PrefetchDistance();
   for (size_t j = 0; j < NX; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
   for (size_t b = 0; b < nb32; ++b) {
     const uint8_t* grp = tile + 320 * b;
+    PrefetchAhead(grp, 320, pf);
     __m512i dot[NX];
     Int4BlockDotsVnni<NX>(grp, b, x, dot);
     const __m512 scale = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(grp + 256)));
@@ -276,11 +284,13 @@ template <size_t NX>
 HWY_INLINE void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32, const int8_t* const* x,
                             const float* const* inv, const float* const* gsum, float* HWY_RESTRICT out) {
   const __m256i ones = _mm256_set1_epi16(1);
-  for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
+  const size_t pf = PrefetchDistance();
+  for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15 (the second pass reads L2)
     __m256 acc[NX], macc[NX];
     for (size_t j = 0; j < NX; ++j) acc[j] = macc[j] = _mm256_setzero_ps();
     for (size_t b = 0; b < nb32; ++b) {
       const uint8_t* grp = tile + 320 * b;
+      PrefetchAhead(grp, 320, h == 0 ? pf : 0);
       __m256i s16[NX];
       Int4HalfBlockDotsAvx2<NX>(grp, h, b, x, s16);
       const __m256 scale = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(grp + 256 + 16 * h)));

@@ -13,6 +13,7 @@
 //   NEON (aarch64) with the dot-product extension: vdotq_s32 (s8 codes x s8 activations,
 //     four per 32-bit lane -> i32), fields isolated by an AND (scaled 4^k) as for VNNI
 //   NEON without it: vmlal_s8 (s8 codes x s8 activations -> s16), vpadalq_s16 -> s32
+// The x86 paths prefetch the weight stream where PrefetchDistance() asks (Intel CPUs).
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations (the four columns of a field repeated for every row);
 //     HWY_SCALAR (one lane): plain C
@@ -59,6 +60,7 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void TernaryTileDotsVnni(const uint8_t* HWY_RESTRI
   constexpr size_t kRun = size_t(1) << 14;
   // Two sets of accumulators (even/odd blocks) when NX is small, to hide the latency.
   constexpr size_t kSets = NX <= 2 ? 2 : 1;
+  const size_t pf = PrefetchDistance();
   const __m512i mask[4] = {_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x0C),
                            _mm512_set1_epi8(0x30), _mm512_set1_epi8(char(0xC0))};
   __m512i total[NX];
@@ -75,6 +77,7 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void TernaryTileDotsVnni(const uint8_t* HWY_RESTRI
     for (size_t b = b0; b < b1; b += kSets) {
 #pragma GCC unroll 2
       for (size_t s = 0; s < kSets; ++s) {
+        PrefetchAhead(tile + 64 * (b + s), 64, pf);
         const __m512i packed = _mm512_load_si512(tile + 64 * (b + s));
 #pragma GCC unroll 4
         for (size_t k = 0; k < 4; ++k) {
@@ -115,9 +118,11 @@ HWY_INLINE void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks
   }
   const __m512i three = _mm512_set1_epi8(3);
   const __m512i ones = _mm512_set1_epi16(1);
+  const size_t pf = PrefetchDistance();
   __m512i acc[NX];
   for (size_t j = 0; j < NX; ++j) acc[j] = _mm512_setzero_si512();
   for (size_t b = 0; b < nblocks; ++b) {
+    PrefetchAhead(tile + 64 * b, 64, pf);
     const __m512i packed = _mm512_load_si512(tile + 64 * b);
     const __m512i c[4] = {_mm512_and_si512(packed, three),
                           _mm512_and_si512(_mm512_srli_epi16(packed, 2), three),
@@ -136,9 +141,11 @@ HWY_INLINE void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks
 #elif TERNLM_PATH_AVX2
   const __m256i three = _mm256_set1_epi8(3);
   const __m256i ones = _mm256_set1_epi16(1);
+  const size_t pf = PrefetchDistance();
   __m256i acc[NX][2];
   for (size_t j = 0; j < NX; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_si256();
   for (size_t b = 0; b < nblocks; ++b) {
+    PrefetchAhead(tile + 64 * b, 64, pf);
     for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15 of the tile
       const __m256i packed =
           _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 64 * b + 32 * h));

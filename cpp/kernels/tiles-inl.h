@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <type_traits>
 
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -47,6 +48,14 @@ HWY_INLINE void WithActivationRows(size_t nx, const Fn& fn) {
     case 2: fn(std::integral_constant<size_t, 2>()); break;
     default: fn(std::integral_constant<size_t, 1>()); break;
   }
+}
+
+// Software prefetch of the weight stream (runtime/targets.h, PrefetchDistance()): the
+// `bytes` (a multiple of 64) of weights at p, `dist` bytes ahead. dist 0 (the default
+// except on Intel CPUs) does nothing.
+HWY_INLINE void PrefetchAhead(const uint8_t* p, size_t bytes, size_t dist) {
+  if (dist == 0) return;
+  for (size_t i = 0; i < bytes; i += 64) hwy::Prefetch(p + dist + i);
 }
 
 // y[x0 + j, r] = d[16 j + (r - 16 t)] for the rows of tile t below r1.

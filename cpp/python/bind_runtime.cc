@@ -32,6 +32,13 @@ void BindRuntime(py::module_& m) {
         "Whether the NEON ternary and INT4 kernels use vdotq_s32 (the CPU has the dot-product extension).");
   m.def("set_arm_dotprod", &SetArmDotProd, py::arg("on"),
         "Allow (default) or forbid vdotq_s32 in the NEON kernels (for tests).");
+  m.def("prefetch_distance", &PrefetchDistance,
+        "Bytes ahead of the weight stream that the decode kernels prefetch (0: off); "
+        "default 4096 on Intel CPUs with AVX-512, 0 elsewhere (TERNLM_PREFETCH overrides).");
+  m.def("set_prefetch_distance", &SetPrefetchDistance, py::arg("bytes"),
+        "Set the kernels' software prefetch distance: a multiple of 64 bytes up to 1 MiB, 0 = off.");
+  m.def("default_prefetch_distance", &DefaultPrefetchDistance,
+        "The prefetch distance this CPU gets by default (4096 on Intel with AVX-512, 0 elsewhere).");
 }
 
 }  // namespace ternlm

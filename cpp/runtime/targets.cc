@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <stdexcept>
+#include <string>
 
 #include "hwy/highway.h"
 #include "kernels/dotprod_aarch64.h"
@@ -41,7 +42,40 @@ bool CpuHasArmDotProd() {
   return false;
 #endif
 }
+// Intel with AVX-512: the server cores (Skylake-SP .. Emerald Rapids) where prefetch was
+// measured to help; Intel client cores without AVX-512 keep the hardware prefetchers alone.
+bool CpuIsIntelAvx512() {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  static const bool intel = [] {
+    __builtin_cpu_init();  // may run before libgcc's own constructor has
+    return __builtin_cpu_is("intel") != 0 && __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return intel;
+#else
+  return false;
+#endif
+}
+
+constexpr size_t kPrefetchUnset = ~size_t(0);
+std::atomic<size_t> g_prefetch{kPrefetchUnset};  // resolved on first use
 }  // namespace
+
+size_t DefaultPrefetchDistance() { return CpuIsIntelAvx512() ? kIntelPrefetchBytes : 0; }
+size_t PrefetchDistance() {
+  size_t d = g_prefetch.load(std::memory_order_relaxed);
+  if (d == kPrefetchUnset) {
+    d = DefaultPrefetchDistance();
+    size_t unset = kPrefetchUnset;
+    if (!g_prefetch.compare_exchange_strong(unset, d, std::memory_order_relaxed)) d = unset;
+  }
+  return d;
+}
+void SetPrefetchDistance(size_t bytes) {
+  if (bytes % 64 != 0 || bytes > kMaxPrefetchBytes)
+    throw std::invalid_argument("prefetch distance must be a multiple of 64 bytes in [0, " +
+                                std::to_string(kMaxPrefetchBytes) + "], got " + std::to_string(bytes));
+  g_prefetch.store(bytes, std::memory_order_relaxed);
+}
 
 bool ArmDotProdEnabled() { return CpuHasArmDotProd() && !g_arm_dotprod_off.load(std::memory_order_relaxed); }
 void SetArmDotProd(bool on) { g_arm_dotprod_off.store(!on, std::memory_order_relaxed); }

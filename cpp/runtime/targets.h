@@ -1,6 +1,7 @@
 // The Highway targets this build compiled and this CPU supports, and a switch to
 // force one of them (tests run every kernel on every target this way).
 #pragma once
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -26,5 +27,23 @@ void SetAvx3Vnni(bool on);
 // true: the CPU has it and SetArmDotProd(false) was not called.
 bool ArmDotProdEnabled();
 void SetArmDotProd(bool on);
+
+// Software prefetch of the weight stream in the tile kernels: each loop that loads a
+// 64-byte line of a weight tile also prefetches the line this many bytes ahead (0: off).
+// Intel's server cores stream from DRAM much faster with it: on the lent 16-core Xeon
+// (Emerald Rapids) one core's ternary tile GEMV went from 7.7 to 11-13 GB/s of a 12-13 GB/s
+// probe, and decode of the 2B ternary model from 7.4-7.8 to 8.7-11.4 tok/s at 1 thread,
+// 60-66 to 74-80 at 16. On AMD Zen 5 the hardware prefetchers already keep up and the extra
+// instructions cost a core 10-20% (benchmarks/results/README.md). So the default is
+// kIntelPrefetchBytes on Intel CPUs with AVX-512 (the server line where it was measured)
+// and 0 elsewhere; the TERNLM_PREFETCH environment variable (read by the Python package at
+// import) or SetPrefetchDistance() overrides it.
+constexpr size_t kIntelPrefetchBytes = 4096;
+constexpr size_t kMaxPrefetchBytes = size_t(1) << 20;
+size_t PrefetchDistance();
+// Throws std::invalid_argument if bytes is not a multiple of 64 or above kMaxPrefetchBytes.
+void SetPrefetchDistance(size_t bytes);
+// The per-CPU default described above.
+size_t DefaultPrefetchDistance();
 
 }  // namespace ternlm

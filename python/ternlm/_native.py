@@ -18,3 +18,22 @@ else:
     from . import _core  # noqa: F401
 
 core = sys.modules["ternlm._core"]
+
+
+def _apply_prefetch_env(environ=os.environ):
+    """TERNLM_PREFETCH=<bytes> sets the kernels' software prefetch distance (0: off;
+    default 4096 on Intel CPUs with AVX-512, 0 elsewhere: see cpp/runtime/targets.h)."""
+    value = environ.get("TERNLM_PREFETCH")
+    if value is None or value.strip() == "":
+        return
+    try:
+        n = int(value.strip())
+    except ValueError:
+        n = -1
+    if n < 0 or n % 64 or n > (1 << 20):
+        raise ValueError(f"TERNLM_PREFETCH={value!r}: expected a number of bytes, a multiple of 64 "
+                         f"from 0 (off) to {1 << 20}")
+    core.set_prefetch_distance(n)
+
+
+_apply_prefetch_env()
