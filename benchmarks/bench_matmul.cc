@@ -23,6 +23,7 @@
 #include "kernels/matmul.h"
 #include "kernels/vector_ops.h"
 #include "model/kv_cache.h"
+#include "runtime/targets.h"
 #include "runtime/thread_pool.h"
 
 namespace ternlm {
@@ -134,8 +135,12 @@ uint64_t SumWords(const uint64_t* p, size_t n) {
 // pass, from memory (the stack is far larger than the L3), as in decode; the per-call
 // work (activation quantization, fork/join, the prefetchers' ramp at each new matrix)
 // is included. Compare weight_GB/s with BM_ReadBandwidth at the same thread count.
+// prefetch: the kernels' software prefetch distance in bytes (runtime/targets.h), -1 for
+// this CPU's default; compare prefetch:0 with prefetch:4096 to see whether it helps here.
 void BM_LayerStack(benchmark::State& state, WeightFormat f, size_t layers) {
   const size_t threads = size_t(state.range(0));
+  const size_t prefetch_before = PrefetchDistance();
+  SetPrefetchDistance(state.range(1) < 0 ? DefaultPrefetchDistance() : size_t(state.range(1)));
   static std::map<int, std::vector<std::unique_ptr<QuantizedMatrix>>> stacks;
   static const Shape kLayer[] = {{2560, 3840}, {2560, 2560}, {2560, 13824}, {6912, 2560}};
   auto& stack = stacks[int(f)];
@@ -162,7 +167,9 @@ void BM_LayerStack(benchmark::State& state, WeightFormat f, size_t layers) {
     benchmark::ClobberMemory();
   }
   state.SetLabel(std::string(FormatName(f)) + " " + std::to_string(layers) + " layers, " +
-                 std::to_string(bytes >> 20) + " MiB, t=" + std::to_string(threads));
+                 std::to_string(bytes >> 20) + " MiB, t=" + std::to_string(threads) +
+                 ", prefetch " + std::to_string(PrefetchDistance()));
+  SetPrefetchDistance(prefetch_before);
   state.counters["weight_GB/s"] =
       benchmark::Counter(double(bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
@@ -233,6 +240,11 @@ void BM_Attend(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void StackArgs(benchmark::internal::Benchmark* b) {
+  b->ArgsProduct({{1, 2}, {-1, 0, 4096}})->ArgNames({"threads", "prefetch"})->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+}
+
 void ShapeArgs(benchmark::internal::Benchmark* b) {
   for (int s = 0; s < int(sizeof(kShapes) / sizeof(kShapes[0])); ++s)
     for (int t : {1, 2}) b->Args({s, t});
@@ -268,12 +280,9 @@ BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMV, WeightFormat::kTernary, 1)->Apply(Sha
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMV, WeightFormat::kInt4, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMV, WeightFormat::kBF16, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16c_GEMV, WeightFormat::kBF16C, 1)->Apply(ShapeArgs);
-BENCHMARK_CAPTURE(BM_LayerStack, ternary, WeightFormat::kTernary, 10)->Arg(1)->Arg(2)
-    ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_LayerStack, int4, WeightFormat::kInt4, 4)->Arg(1)->Arg(2)
-    ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_LayerStack, bf16, WeightFormat::kBF16, 2)->Arg(1)->Arg(2)
-    ->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_LayerStack, ternary, WeightFormat::kTernary, 10)->Apply(StackArgs);
+BENCHMARK_CAPTURE(BM_LayerStack, int4, WeightFormat::kInt4, 4)->Apply(StackArgs);
+BENCHMARK_CAPTURE(BM_LayerStack, bf16, WeightFormat::kBF16, 2)->Apply(StackArgs);
 BENCHMARK(BM_Attend)->ArgsProduct({{512, 3072}, {1, 2}, {0, 1}})->ArgNames({"len", "threads", "f16"})
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMM64, WeightFormat::kTernary, 64)->Apply(ShapeArgs);
