@@ -300,7 +300,9 @@ def format_report(result: dict) -> str:
     mbw = ", ".join(f"{t} thr {v:.1f}" for t, v in sorted(m.get("read_bandwidth_median_gb_s", {}).items(),
                                                           key=lambda x: int(x[0])))
     lines.append(f"machine: {m['cpu']} ({m['cpus']} cpus); read bandwidth (best of "
-                 f"{len(next(iter(m['read_bandwidth_samples'].values())))} samples): {bw}; median: {mbw}")
+                 f"{len(next(iter(m['read_bandwidth_samples'].values())))} samples): {bw}; median: {mbw}"
+                 + (f"; ternlm target {m['ternlm_target']}, prefetch {m['ternlm_prefetch_bytes']} B"
+                    if m.get("ternlm_prefetch_bytes") is not None else ""))
     loads = [r["loadavg_1min_before"] for mdl in result["models"] for row in mdl["rows"] for r in row["runs"]
              if r.get("loadavg_1min_before") is not None]
     lines.append(f"llama.cpp: llama-cpp-python {result['settings'].get('llama_cpp_version')}; "
@@ -435,7 +437,8 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpu": tbw.cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "read_bandwidth_gb_s": None, "read_bandwidth_samples": None, "probe": probe,
-                    "ternlm_target": ternlm._core.current_target() if hasattr(ternlm._core, "current_target") else None},
+                    "ternlm_target": ternlm._core.current_target() if hasattr(ternlm._core, "current_target") else None,
+                    "ternlm_prefetch_bytes": ternlm._core.prefetch_distance()},
         "settings": {"reps": args.reps, "threads": args.threads, "prompt": args.prompt, "decode": args.decode,
                      "engines": args.engines, "flash_attn": args.flash_attn, "llama_cpp_version": llama_version,
                      "ternlm_version": ternlm.__version__},
