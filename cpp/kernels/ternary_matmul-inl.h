@@ -13,10 +13,11 @@
 //   NEON (aarch64) with the dot-product extension: vdotq_s32 (s8 codes x s8 activations,
 //     four per 32-bit lane -> i32), fields isolated by an AND (scaled 4^k) as for VNNI
 //   NEON without it: vmlal_s8 (s8 codes x s8 activations -> s16), vpadalq_s16 -> s32
-// The x86 paths prefetch the weight stream where PrefetchDistance() asks (Intel CPUs).
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations (the four columns of a field repeated for every row);
 //     HWY_SCALAR (one lane): plain C
+// The x86 paths also prefetch the weight stream where PrefetchDistance() asks (Intel
+// CPUs with AVX-512: runtime/targets.h).
 #if defined(TERNLM_KERNELS_TERNARY_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_TERNARY_MATMUL_INL_H_
 #undef TERNLM_KERNELS_TERNARY_MATMUL_INL_H_

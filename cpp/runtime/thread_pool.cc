@@ -3,7 +3,10 @@
 // MatMul every few microseconds, so sleeping between them would cost more than the
 // work) and then sleep on a condition variable. Tasks are taken from an atomic
 // counter, so uneven tasks balance themselves. The caller waits for the workers
-// with the same spin-then-sleep scheme.
+// with the same spin-then-sleep scheme. The counters that every task touches (next_task)
+// and that every thread touches once per job (completed, active) live on their own cache
+// lines, away from the read-mostly job state the spinning workers poll: on a 16-core Xeon
+// sharing one line made each Run() of a small matmul cost ~20 us at 4-16 threads.
 #include "runtime/thread_pool.h"
 
 #include <algorithm>
@@ -30,15 +33,15 @@ struct ThreadPool::Impl {
   size_t num_threads = 1;
   std::vector<std::thread> workers;
 
-  // Job state, written by Run() before job_open is set.
-  const std::function<void(size_t, size_t)>* fn = nullptr;
+  // Job state, written by Run() before job_open is set; read by the workers.
+  alignas(64) const std::function<void(size_t, size_t)>* fn = nullptr;
   size_t num_tasks = 0;
-  std::atomic<size_t> next_task{0};
-  std::atomic<size_t> completed{0};     // tasks finished
   std::atomic<bool> job_open{false};    // job state may be read
-  std::atomic<size_t> active{0};        // workers inside a job
   std::atomic<uint64_t> generation{0};  // bumped per job (and on stop)
   std::atomic<bool> stop{false};
+  alignas(64) std::atomic<size_t> next_task{0};
+  alignas(64) std::atomic<size_t> completed{0};  // tasks finished (added once per thread and job)
+  alignas(64) std::atomic<size_t> active{0};     // workers inside a job
 
   std::mutex run_mu;  // one Run() at a time (two Python threads may share a pool)
   std::mutex mu;
@@ -46,14 +49,17 @@ struct ThreadPool::Impl {
   std::condition_variable done;  // caller waits for the last task
 
   void Work(size_t thread) {
+    size_t done_here = 0;
     for (;;) {
-      const size_t task = next_task.fetch_add(1);
-      if (task >= num_tasks) return;
+      const size_t task = next_task.fetch_add(1, std::memory_order_relaxed);
+      if (task >= num_tasks) break;
       (*fn)(task, thread);
-      if (completed.fetch_add(1) + 1 == num_tasks) {
-        std::lock_guard<std::mutex> lock(mu);
-        done.notify_one();
-      }
+      ++done_here;
+    }
+    // One release per thread publishes its tasks' writes; the caller acquires them.
+    if (done_here != 0 && completed.fetch_add(done_here, std::memory_order_acq_rel) + done_here == num_tasks) {
+      std::lock_guard<std::mutex> lock(mu);
+      done.notify_one();
     }
   }
 
