@@ -39,6 +39,7 @@ def test_fast_x86_targets_are_compiled_where_the_cpu_has_them():
         # qemu-user passes the host's x86 /proc/cpuinfo to an emulated aarch64 process.
         assert not any(t.startswith(("AVX", "SSE")) for t in TARGETS)
         assert not _core.avx3_vnni()
+        assert not _core.amx()
         return
     assert not _core.arm_dotprod()
     flags = cpu_flags()
@@ -50,6 +51,9 @@ def test_fast_x86_targets_are_compiled_where_the_cpu_has_them():
         assert "AVX3_DL" in TARGETS  # vpdpbusd path
     # Cascade Lake: AVX3 target, ternary kernel with vpdpbusd (test_matmul runs both paths)
     assert _core.avx3_vnni() == ("avx512_vnni" in flags)
+    # Sapphire Rapids+: AMX tiles for ternary prefill (Linux grants them to every process
+    # that asks since 5.16; test_matmul runs both paths)
+    assert _core.amx() == ({"amx_tile", "amx_int8", "avx512f", "avx512bw"} <= flags)
 
 
 def test_set_target_switches_and_reset_restores():
@@ -125,3 +129,17 @@ def test_bad_prefetch_environment_variable_is_a_clear_error(value):
     with pytest.raises(ValueError, match=r"TERNLM_PREFETCH=.*multiple of 64"):
         _native._apply_prefetch_env({"TERNLM_PREFETCH": value})
     assert _core.prefetch_distance() == before
+
+
+@pytest.mark.parametrize("value", ["0", "1", ""])
+def test_amx_environment_variable(value):
+    from ternlm import _native
+    try:
+        _native._apply_amx_env({"TERNLM_AMX": value})  # what importing ternlm does
+        # "1" allows AMX only where the CPU has it; "" leaves the default (allowed)
+        assert _core.amx() == (value != "0" and ({"amx_tile", "amx_int8", "avx512f", "avx512bw"} <= cpu_flags()
+                                                  and platform.machine().lower() in ("x86_64", "amd64")))
+    finally:
+        _core.set_amx(True)
+    with pytest.raises(ValueError, match="TERNLM_AMX='yes': expected 0"):
+        _native._apply_amx_env({"TERNLM_AMX": "yes"})

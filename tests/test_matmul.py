@@ -23,20 +23,25 @@ EPS32 = 2.0 ** -24
 # Lake); "AVX3-no-VNNI" runs that target with its pmaddubsw kernels, as on Skylake-SP. On
 # aarch64 with the dot-product extension NEON uses vdotq_s32; "NEON-no-DOTPROD" runs the
 # vmlal_s8 kernels of older cores (Cortex-A53/A72).
+# On AMX CPUs (Sapphire Rapids+) the AVX3_DL / AVX3 ternary kernels multiply 16+ activation
+# rows with AMX tiles; "AVX3_DL-no-AMX" runs their vpdpbusd kernel for those too.
 KERNEL_PATHS = (TARGETS + (["AVX3-no-VNNI"] if "AVX3" in TARGETS and _core.avx3_vnni() else [])
-                + (["NEON-no-DOTPROD"] if "NEON" in TARGETS and _core.arm_dotprod() else []))
+                + (["NEON-no-DOTPROD"] if "NEON" in TARGETS and _core.arm_dotprod() else [])
+                + (["AVX3_DL-no-AMX"] if "AVX3_DL" in TARGETS and _core.amx() else []))
 
 
 @pytest.fixture(params=KERNEL_PATHS)
 def target(request):
-    name = request.param.replace("-no-VNNI", "").replace("-no-DOTPROD", "")
+    name = request.param.replace("-no-VNNI", "").replace("-no-DOTPROD", "").replace("-no-AMX", "")
     _core.set_target(name)
     _core.set_avx3_vnni(not request.param.endswith("-no-VNNI"))
     _core.set_arm_dotprod(not request.param.endswith("-no-DOTPROD"))
+    _core.set_amx(not request.param.endswith("-no-AMX"))
     assert _core.current_target() == name
     yield request.param
     _core.set_avx3_vnni(True)
     _core.set_arm_dotprod(True)
+    _core.set_amx(True)
     _core.reset_target()
 
 
@@ -144,6 +149,25 @@ def test_ternary_matmul_matches_numpy_reference(target, shape, seed, one_d):
     assert y.shape == ((rows,) if one_d else (n, rows)) and y.dtype == np.float32
     # Outputs to float rounding: a few ulps of (sum * 1/s_x * multiplier) vs (sum / s_x * multiplier).
     np.testing.assert_allclose(np.atleast_2d(y), y_ref, rtol=4 * 2.0 ** -23, atol=0)
+
+
+@pytest.mark.parametrize("rows,cols,n", [(16, 64, 16), (17, 577, 17), (48, 1100, 33), (300, 2560, 40),
+                                         (33, 64, 64)])
+def test_ternary_prefill_rows_equal_decode_rows_exactly(target, rows, cols, n):
+    """Many activation rows (prefill: the AMX kernel from 16 rows on AMX CPUs, the 4-row
+    passes elsewhere) give bit-identical outputs to one row at a time (decode), odd tile
+    counts and activation-row tails included, and match the numpy reference."""
+    rng = np.random.default_rng(rows * 7 + n)
+    t = rng.integers(-1, 2, (rows, cols)).astype(np.int8)
+    mult = rng.uniform(0.01, 2.0, rows).astype(np.float32)
+    q = ternlm.from_ternary(t, mult)
+    x = random_matrix(rng, n, cols, scale=3.0)
+    x[0, :] = 0.0  # an all-zero row: q = 0, sum q = 0
+    y = ternlm.matmul(x, q)
+    for j in range(n):
+        np.testing.assert_array_equal(y[j], ternlm.matmul(x[j], q))
+    _, y_ref = ternary_matmul_reference(x, t, mult)
+    np.testing.assert_allclose(y, y_ref, rtol=4 * 2.0 ** -23, atol=0)
 
 
 def test_ternary_matmul_with_per_row_multiplier(target):

@@ -16,6 +16,7 @@
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations (the four columns of a field repeated for every row);
 //     HWY_SCALAR (one lane): plain C
+//   AMX (Sapphire Rapids+), 16 or more activation rows: TDPBSUD tiles, kernels/amx_x86.h
 // The x86 paths also prefetch the weight stream where PrefetchDistance() asks (Intel
 // CPUs with AVX-512: runtime/targets.h).
 #if defined(TERNLM_KERNELS_TERNARY_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -33,6 +34,7 @@
 #include "formats/ternary.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/amx_x86.h"
 #include "kernels/dotprod_aarch64.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
@@ -275,6 +277,10 @@ HWY_INLINE void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks
 HWY_NOINLINE void TernaryMatMulRows(const uint8_t* packed, size_t padded_cols, const float* mult,
                                     const PreparedActivations& a, size_t r0, size_t r1,
                                     const MatMulOutput& out) {
+#if (TERNLM_PATH_VNNI || TERNLM_PATH_AVX3) && TERNLM_AMX_KERNELS
+  // Prefill on AMX CPUs (kernels/amx_x86.h): the same exact sums, 256x the work per instruction.
+  if (a.n >= kAmxMinRows && AmxEnabled() && TernaryMatMulRowsAmx(packed, padded_cols, mult, a, r0, r1, out)) return;
+#endif
   const size_t tile_bytes = TernaryTileBytes(padded_cols);
   HWY_ALIGN int32_t d[kMaxActivationRows * kTileRows];
   HWY_ALIGN float y[kMaxActivationRows * kTileRows];

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "hwy/highway.h"
+#include "kernels/amx_x86.h"
 #include "kernels/dotprod_aarch64.h"
 #include "hwy/targets.h"
 
@@ -79,6 +80,10 @@ void SetPrefetchDistance(size_t bytes) {
 
 bool ArmDotProdEnabled() { return CpuHasArmDotProd() && !g_arm_dotprod_off.load(std::memory_order_relaxed); }
 void SetArmDotProd(bool on) { g_arm_dotprod_off.store(!on, std::memory_order_relaxed); }
+
+std::atomic<bool> g_amx_off{false};
+bool AmxEnabled() { return CpuHasAmx() && !g_amx_off.load(std::memory_order_relaxed); }
+void SetAmx(bool on) { g_amx_off.store(!on, std::memory_order_relaxed); }
 
 bool Avx3VnniEnabled() { return CpuHasAvx512Vnni() && !g_avx3_vnni_off.load(std::memory_order_relaxed); }
 void SetAvx3Vnni(bool on) { g_avx3_vnni_off.store(!on, std::memory_order_relaxed); }

@@ -28,6 +28,13 @@ void SetAvx3Vnni(bool on);
 bool ArmDotProdEnabled();
 void SetArmDotProd(bool on);
 
+// Intel AMX (Sapphire Rapids and later Xeons): the ternary kernel of the AVX3_DL / AVX3
+// targets multiplies 16 or more activation rows (prefill) with TDPBSUD
+// (kernels/amx_x86.h) when this is true: the CPU has AMX-INT8, Linux granted the tile
+// state, and SetAmx(false) was not called (tests run both paths that way).
+bool AmxEnabled();
+void SetAmx(bool on);
+
 // Software prefetch of the weight stream in the tile kernels: each loop that loads a
 // 64-byte line of a weight tile also prefetches the line this many bytes ahead (0: off).
 // Intel's server cores stream from DRAM much faster with it: on the lent 16-core Xeon

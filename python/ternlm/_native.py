@@ -36,4 +36,16 @@ def _apply_prefetch_env(environ=os.environ):
     core.set_prefetch_distance(n)
 
 
+def _apply_amx_env(environ=os.environ):
+    """TERNLM_AMX=0 keeps Intel AMX out of the ternary prefill kernel (1, the default where
+    the CPU has it, allows it): for comparisons, see cpp/kernels/amx_x86.h."""
+    value = environ.get("TERNLM_AMX")
+    if value is None or value.strip() == "":
+        return
+    if value.strip() not in ("0", "1"):
+        raise ValueError(f"TERNLM_AMX={value!r}: expected 0 (off) or 1 (on where the CPU has AMX)")
+    core.set_amx(value.strip() == "1")
+
+
 _apply_prefetch_env()
+_apply_amx_env()

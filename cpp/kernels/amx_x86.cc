@@ -1,0 +1,160 @@
+// See amx_x86.h. Tiles: 0, 1 = C (sums for weight tiles t and t + 1, m activation rows x
+// 16 int32), 2 = A (m activation rows x 64 int8 columns), 3, 4 = B (the two weight tiles'
+// codes for those 64 columns, 16 rows of 64 bytes).
+#include "kernels/amx_x86.h"
+
+#if TERNLM_AMX_KERNELS
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+
+#include "formats/ternary.h"
+
+#define TERNLM_AMX_ATTR __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw")))
+
+namespace ternlm {
+namespace {
+
+constexpr long kArchReqXcompPerm = 0x1023;  // linux/arch/x86/include/uapi/asm/prctl.h
+constexpr long kXfeatureXtiledata = 18;
+
+bool DetectAmx() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
+  const bool avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1;
+  if (!(amx_tile && amx_int8 && avx512f && avx512bw)) return false;
+  // Linux hands out the 8 KiB tile state only on request (5.16+); refused: no AMX.
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
+
+TERNLM_AMX_ATTR void Configure(size_t m) {
+  TileConfig cfg;
+  for (int t = 0; t < 5; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = uint8_t(t < 3 ? m : 16);
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// The codes of one weight tile as AMX B rows: for block b, out[256 b + 64 k + byte] =
+// field k of byte `byte` (row byte / 4, column 16 b + 4 k + byte % 4). So the B operand of
+// columns 64 kc .. 64 kc + 63 is the 1 KiB at out + 1024 kc, row g = columns 4g .. 4g + 3.
+TERNLM_AMX_ATTR void Unpack(const uint8_t* tile, size_t nblocks, uint8_t* out) {
+  const __m512i three = _mm512_set1_epi8(3);
+  for (size_t b = 0; b < nblocks; ++b) {
+    const __m512i p = _mm512_load_si512(tile + 64 * b);
+    uint8_t* o = out + 256 * b;
+    _mm512_store_si512(o, _mm512_and_si512(p, three));
+    _mm512_store_si512(o + 64, _mm512_and_si512(_mm512_srli_epi16(p, 2), three));
+    _mm512_store_si512(o + 128, _mm512_and_si512(_mm512_srli_epi16(p, 4), three));
+    _mm512_store_si512(o + 192, _mm512_and_si512(_mm512_srli_epi16(p, 6), three));
+  }
+}
+
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+// Per-thread buffer for two unpacked weight tiles (16 bytes per column each).
+uint8_t* Scratch(size_t bytes) {
+  thread_local std::unique_ptr<uint8_t, FreeDeleter> buf;
+  thread_local size_t size = 0;
+  if (size < bytes) {
+    buf.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+    size = buf ? bytes : 0;
+  }
+  return buf.get();
+}
+
+}  // namespace
+
+bool CpuHasAmx() {
+  static const bool has = DetectAmx();
+  return has;
+}
+
+TERNLM_AMX_ATTR bool TernaryMatMulRowsAmx(const uint8_t* packed, size_t padded_cols, const float* mult,
+                                          const PreparedActivations& a, size_t r0, size_t r1,
+                                          const MatMulOutput& out) {
+  if (padded_cols > kAmxMaxCols) return false;
+  const size_t nblocks = padded_cols / kTernaryBlockCols, nk = padded_cols / 64;
+  const size_t tile_bytes = TernaryTileBytes(padded_cols), unpacked = 16 * padded_cols;
+  uint8_t* b0 = Scratch(2 * unpacked);
+  if (b0 == nullptr) return false;
+  uint8_t* b1 = b0 + unpacked;
+  alignas(64) int32_t c[2][16 * 16];
+  size_t configured = 0;
+  const size_t t0 = r0 / kTernaryTileRows, t1 = (r1 + kTernaryTileRows - 1) / kTernaryTileRows;
+  for (size_t t = t0; t < t1; t += 2) {
+    const size_t ntiles = std::min<size_t>(2, t1 - t);
+    Unpack(packed + t * tile_bytes, nblocks, b0);
+    if (ntiles == 2) Unpack(packed + (t + 1) * tile_bytes, nblocks, b1);
+    for (size_t j0 = 0; j0 < a.n; j0 += 16) {
+      const size_t m = std::min<size_t>(16, a.n - j0);
+      if (m != configured) {
+        Configure(m);
+        configured = m;
+      }
+      const int8_t* x = a.q + j0 * a.stride;
+      _tile_zero(0);
+      _tile_zero(1);
+      if (ntiles == 2) {
+        for (size_t kc = 0; kc < nk; ++kc) {
+          _tile_loadd(2, x + 64 * kc, a.stride);
+          _tile_loadd(3, b0 + 1024 * kc, 64);
+          _tile_loadd(4, b1 + 1024 * kc, 64);
+          _tile_dpbsud(0, 2, 3);
+          _tile_dpbsud(1, 2, 4);
+        }
+        _tile_stored(1, c[1], 64);
+      } else {
+        for (size_t kc = 0; kc < nk; ++kc) {
+          _tile_loadd(2, x + 64 * kc, a.stride);
+          _tile_loadd(3, b0 + 1024 * kc, 64);
+          _tile_dpbsud(0, 2, 3);
+        }
+      }
+      _tile_stored(0, c[0], 64);
+      for (size_t h = 0; h < ntiles; ++h) {  // as TernaryMatMulRows: (sum - sum q) / s_x * multiplier
+        const size_t rb = (t + h) * kTernaryTileRows, re = std::min(r1, rb + kTernaryTileRows);
+        for (size_t j = 0; j < m; ++j) {
+          const int32_t qs = a.q_sum[j0 + j];
+          const float sx = a.inv_scale[j0 + j];
+          float* y = out.y + (j0 + j) * out.y_stride;
+          for (size_t r = rb; r < re; ++r) y[r] = float(c[h][16 * j + (r - rb)] - qs) * sx * mult[r];
+        }
+      }
+    }
+  }
+  _tile_release();
+  return true;
+}
+
+}  // namespace ternlm
+
+#else  // !TERNLM_AMX_KERNELS
+
+namespace ternlm {
+bool CpuHasAmx() { return false; }
+bool TernaryMatMulRowsAmx(const uint8_t*, size_t, const float*, const PreparedActivations&, size_t, size_t,
+                          const MatMulOutput&) {
+  return false;
+}
+}  // namespace ternlm
+
+#endif
