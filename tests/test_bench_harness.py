@@ -129,3 +129,13 @@ def test_quick_harness_run_writes_complete_json(tmp_path):
         assert len(pairs) == 7
         assert all(x["prefill_ratio"] > 0 and x["decode_ratio"] > 0 for x in model["ratios"])
     assert "prefill t/s" in proc.stdout and "decode t/s" in proc.stdout
+
+
+def test_amx_ab_script_compares_or_says_why_not(capsys):
+    import amx_ab
+    assert amx_ab.main(["--threads", "1", "--rows", "16"]) == 0
+    out = capsys.readouterr().out
+    if ternlm._core.amx():
+        assert out.count("with AMX") == 2  # both matrices, outputs asserted identical inside
+    else:
+        assert "no AMX on this CPU" in out
