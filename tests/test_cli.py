@@ -131,6 +131,11 @@ def test_bench_synthetic_tiny_writes_json_and_a_table(tmp_path):
         assert row["formats"] == ["bf16", "ternary"]
     assert "decode tok/s" in r.stdout and "peak RSS MB" in r.stdout
     assert os.path.exists(tmp_path / "home" / "synthetic" / "tiny-seed0" / "config.json")
+    # which kernels ran: the table says so and the JSON records it
+    machine = report["machine"]
+    assert machine["target"] == ternlm._core.current_target() and machine["targets"] == ternlm._core.supported_targets()
+    assert machine["prefetch_bytes"] == ternlm._core.prefetch_distance() and machine["amx"] == ternlm._core.amx()
+    assert f"kernels: {machine['target']}" in r.stdout and "software prefetch" in r.stdout
 
 
 def test_bench_on_a_model_folder_with_several_formats(tiny, tmp_path):

@@ -101,12 +101,26 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    try:
-        import ternlm
-        info["targets"] = list(ternlm._core.targets()) if hasattr(ternlm._core, "targets") else None
-    except Exception:      # informational only
-        pass
+    info.update(kernel_info())
     return info
+
+
+def kernel_info() -> dict:
+    """Which kernel paths this process runs: the Highway target and the run-time choices
+    made for this CPU (runtime/targets.h)."""
+    from ._native import core
+    return {"targets": list(core.supported_targets()), "target": core.current_target(),
+            "avx3_vnni": bool(core.avx3_vnni()), "arm_dotprod": bool(core.arm_dotprod()),
+            "amx": bool(core.amx()), "prefetch_bytes": int(core.prefetch_distance())}
+
+
+def kernel_summary() -> str:
+    k = kernel_info()
+    extras = [name for name, on in (("AVX-512 VNNI on AVX3", k["avx3_vnni"] and k["target"] == "AVX3"),
+                                     ("dot-product", k["arm_dotprod"]), ("AMX prefill", k["amx"])) if on]
+    return (f"kernels: {k['target']}" + (" + " + ", ".join(extras) if extras else "")
+            + f"; software prefetch {k['prefetch_bytes'] or 'off'}"
+            + (" B" if k["prefetch_bytes"] else ""))
 
 
 def format_table(rows) -> str:

@@ -234,6 +234,7 @@ def cmd_bench(args) -> int:
                            heads=heads)
     name = f"synthetic {args.synthetic}" if args.synthetic else model
     print(f"model: {name}  (prompt {args.prompt_tokens} tokens, decode {args.decode_tokens} tokens)")
+    print(bench.kernel_summary())
     print(bench.format_table(rows))
     if args.json:
         report = {"model": name, "path": os.fspath(model), "prompt_tokens": args.prompt_tokens,
