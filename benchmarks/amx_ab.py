@@ -1,8 +1,9 @@
-"""Ternary prefill matmul with and without Intel AMX, interleaved in one process.
+"""Ternary and INT4 prefill matmuls with and without Intel AMX, interleaved in one process.
 
     PYTHONPATH=python python benchmarks/amx_ab.py [--threads 1,16] [--rows 128]
 
-For each 2B-4T-shaped matrix (6912 x 2560, 2560 x 6912) times `--rows` activation rows:
+For each 2B-4T-shaped matrix (6912 x 2560, 2560 x 6912; ternary, and INT4 with groups of
+32) times `--rows` activation rows:
 best of 5 calls per round, 3 rounds alternating _core.set_amx(False / True); asserts the two
 paths' outputs are identical and prints ms and GMAC/s. On a CPU without AMX it says so and
 exits (both settings would run the same vpdpbusd / pmaddubsw kernel).
@@ -26,8 +27,11 @@ def main(argv=None):
         print(f"no AMX on this CPU (target {_core.current_target()}): nothing to compare")
         return 0
     rng = np.random.default_rng(0)
-    for rows, cols in ((6912, 2560), (2560, 6912)):
-        q = ternlm.from_ternary(rng.integers(-1, 2, (rows, cols)).astype(np.int8), np.ones(rows, np.float32))
+    for fmt, rows, cols in (("ternary", 6912, 2560), ("ternary", 2560, 6912), ("int4", 6912, 2560),
+                            ("int4", 2560, 6912)):
+        w = rng.standard_normal((rows, cols)).astype(np.float32)
+        q = ternlm.quantize(w, fmt)
+        del w
         x = rng.standard_normal((args.rows, cols)).astype(np.float32)
         for threads in (int(t) for t in args.threads.split(",")):
             best, out = {False: [], True: []}, {}
@@ -46,7 +50,7 @@ def main(argv=None):
             assert np.array_equal(out[False], out[True]), "AMX and vpdpbusd outputs differ"
             macs = rows * cols * args.rows
             off, on = min(best[False]), min(best[True])
-            print(f"{rows}x{cols} n={args.rows} threads {threads}: without AMX {off * 1e3:.2f} ms "
+            print(f"{fmt} {rows}x{cols} n={args.rows} threads {threads}: without AMX {off * 1e3:.2f} ms "
                   f"({macs / off / 1e9:.0f} GMAC/s), with AMX {on * 1e3:.2f} ms ({macs / on / 1e9:.0f} GMAC/s)",
                   flush=True)
     return 0

@@ -237,6 +237,23 @@ def test_int4_matmul_within_activation_quantization_bound(target, rows, groups, 
     assert np.all(bound <= 0.1 * mag + 1e-6)
 
 
+@pytest.mark.parametrize("group", [32, 64])
+@pytest.mark.parametrize("rows,cols,n", [(16, 64, 16), (17, 96, 17), (48, 1024, 33), (300, 2560, 40)])
+def test_int4_prefill_rows_equal_decode_rows_exactly(target, group, rows, cols, n):
+    """Many activation rows (the AMX kernel from 16 rows on AMX CPUs, group 32; the 4-row
+    passes elsewhere) give bit-identical outputs to one row at a time, odd tile counts and
+    activation-row tails included."""
+    if cols % group:
+        cols = (cols // group + 1) * group
+    rng = np.random.default_rng(rows * 5 + n + group)
+    q = ternlm.quantize(random_matrix(rng, rows, cols), "int4", group_size=group)
+    x = random_matrix(rng, n, cols, scale=3.0)
+    x[0, :] = 0.0
+    y = ternlm.matmul(x, q)
+    for j in range(n):
+        np.testing.assert_array_equal(y[j], ternlm.matmul(x[j], q))
+
+
 def test_int4_matmul_1d_equals_2d(target):
     rng = np.random.default_rng(5)
     q = ternlm.quantize(random_matrix(rng, 33, 576), "int4", group_size=64)

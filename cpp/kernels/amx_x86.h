@@ -1,4 +1,4 @@
-// Ternary prefill with Intel AMX (Advanced Matrix Extensions: Sapphire Rapids and later
+// Ternary and INT4 (group 32) prefill with Intel AMX (Advanced Matrix Extensions: Sapphire Rapids and later
 // Xeons), for many activation rows at once. One TDPBSUD multiplies a tile of 16 activation
 // rows x 64 int8 columns by 64 columns x 16 weight rows of unsigned codes (t + 1) into
 // 16 x 16 int32 sums: 16384 multiply-adds per instruction, against 64 for vpdpbusd.
@@ -46,5 +46,12 @@ bool CpuHasAmx();
 // no memory for its scratch, or not built): the caller then uses its own kernel.
 bool TernaryMatMulRowsAmx(const uint8_t* packed, size_t padded_cols, const float* mult,
                           const PreparedActivations& a, size_t r0, size_t r1, const MatMulOutput& out);
+
+// The same for an INT4 matrix with groups of 32 (formats/int4.h, in-memory layout 3): per
+// 32-column group one TDPBSUD (16 activation rows x 32 columns x 16 weight rows) gives the
+// exact integer dots, then the f32 epilogue of Int4TileG32 (int4_matmul-inl.h) in its order,
+// so outputs equal the vpdpbusd kernel's bit for bit. tiles = QuantizedMatrix::data().
+bool Int4G32MatMulRowsAmx(const uint8_t* tiles, size_t padded_cols, const PreparedActivations& a,
+                          size_t r0, size_t r1, const MatMulOutput& out);
 
 }  // namespace ternlm

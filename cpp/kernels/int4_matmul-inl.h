@@ -14,7 +14,8 @@
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
 //     multiplied by i16 activations; HWY_SCALAR (one lane): plain C
 // With groups of 32 (GGUF Q4_0/Q4_1) the VNNI kernels and AVX2 fuse the dots, the scales and the
-// min term of a tile in registers (Int4TileG32) instead.
+// min term of a tile in registers (Int4TileG32) instead; with 16+ activation rows on AMX
+// CPUs (Sapphire Rapids+) the dots run on AMX tiles (kernels/amx_x86.h).
 #if defined(TERNLM_KERNELS_INT4_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_INT4_MATMUL_INL_H_
 #undef TERNLM_KERNELS_INT4_MATMUL_INL_H_
@@ -30,6 +31,7 @@
 #include "formats/int4.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/amx_x86.h"
 #include "kernels/dotprod_aarch64.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
@@ -322,6 +324,10 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int g
   // Group 32: dots, scales and min term fused (Int4TileG32). (AVX-512 without VNNI keeps
   // the path below: its 512-bit dots beat the 256-bit fused kernel in decode.)
   if (per_g == 1 && (!TERNLM_PATH_AVX3 || Avx3VnniEnabled())) {
+#if (TERNLM_PATH_VNNI || TERNLM_PATH_AVX3) && TERNLM_AMX_KERNELS
+    // Prefill on AMX CPUs (kernels/amx_x86.h): the same dots and epilogue, in AMX tiles.
+    if (a.n >= kAmxMinRows && AmxEnabled() && Int4G32MatMulRowsAmx(tiles, padded_cols, a, r0, r1, out)) return;
+#endif
     ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
       const int8_t* xs[kMaxActivationRows];
       const float* inv[kMaxActivationRows];
