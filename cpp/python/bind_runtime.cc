@@ -33,8 +33,9 @@ void BindRuntime(py::module_& m) {
   m.def("set_arm_dotprod", &SetArmDotProd, py::arg("on"),
         "Allow (default) or forbid vdotq_s32 in the NEON kernels (for tests).");
   m.def("amx", &AmxEnabled,
-        "Whether the ternary kernel multiplies 16+ activation rows with Intel AMX (the CPU has it, not switched off).");
-  m.def("set_amx", &SetAmx, py::arg("on"), "Allow (default) or forbid AMX in the ternary kernel (for tests).");
+        "Whether the ternary and INT4 (group 32) kernels multiply 16+ activation rows with Intel AMX "
+        "(the CPU has it, not switched off).");
+  m.def("set_amx", &SetAmx, py::arg("on"), "Allow (default) or forbid AMX in the ternary and INT4 kernels (for tests).");
   m.def("prefetch_distance", &PrefetchDistance,
         "Bytes ahead of the weight stream that the decode kernels prefetch (0: off); "
         "default 4096 on Intel CPUs with AVX-512, 0 elsewhere (TERNLM_PREFETCH overrides).");

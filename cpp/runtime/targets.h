@@ -28,8 +28,8 @@ void SetAvx3Vnni(bool on);
 bool ArmDotProdEnabled();
 void SetArmDotProd(bool on);
 
-// Intel AMX (Sapphire Rapids and later Xeons): the ternary kernel of the AVX3_DL / AVX3
-// targets multiplies 16 or more activation rows (prefill) with TDPBSUD
+// Intel AMX (Sapphire Rapids and later Xeons): the ternary and INT4 (group 32) kernels of
+// the AVX3_DL / AVX3 targets multiply 16 or more activation rows (prefill) with TDPBSUD
 // (kernels/amx_x86.h) when this is true: the CPU has AMX-INT8, Linux granted the tile
 // state, and SetAmx(false) was not called (tests run both paths that way).
 bool AmxEnabled();

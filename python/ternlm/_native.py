@@ -37,8 +37,8 @@ def _apply_prefetch_env(environ=os.environ):
 
 
 def _apply_amx_env(environ=os.environ):
-    """TERNLM_AMX=0 keeps Intel AMX out of the ternary prefill kernel (1, the default where
-    the CPU has it, allows it): for comparisons, see cpp/kernels/amx_x86.h."""
+    """TERNLM_AMX=0 keeps Intel AMX out of the ternary and INT4 prefill kernels (1, the
+    default where the CPU has it, allows it): for comparisons, see cpp/kernels/amx_x86.h."""
     value = environ.get("TERNLM_AMX")
     if value is None or value.strip() == "":
         return
