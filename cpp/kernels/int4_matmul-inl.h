@@ -106,8 +106,9 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileBlockDotsVnni(const uint8_t* HWY_REST
   const size_t pf = PrefetchDistance();
   for (size_t b = 0; b < nb; ++b) {
     __m512i dot[NX];
-    PrefetchAhead(Int4TileBlockCodes(tile, b0 + b, group_shift), 256, pf);
-    Int4BlockDotsVnni<NX>(Int4TileBlockCodes(tile, b0 + b, group_shift), b, x, dot);
+    const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
+    PrefetchAhead(codes, 256, pf);
+    Int4BlockDotsVnni<NX>(codes, b, x, dot);
     for (size_t j = 0; j < NX; ++j) _mm512_store_si512(out + (j * nb + b) * 16, dot[j]);
   }
 }
@@ -149,10 +150,11 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
   const __m256i ones = _mm256_set1_epi16(1);
   const size_t pf = PrefetchDistance();
   for (size_t b = 0; b < nb; ++b) {
-    PrefetchAhead(Int4TileBlockCodes(tile, b0 + b, group_shift), 256, pf);
+    const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
+    PrefetchAhead(codes, 256, pf);
     for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
       __m256i s16[NX];
-      Int4HalfBlockDotsAvx2<NX>(Int4TileBlockCodes(tile, b0 + b, group_shift), h, b, x, s16);
+      Int4HalfBlockDotsAvx2<NX>(codes, h, b, x, s16);
       for (size_t j = 0; j < NX; ++j)
         _mm256_store_si256(reinterpret_cast<__m256i*>(out + (j * nb + b) * 16 + 8 * h),
                            _mm256_madd_epi16(s16[j], ones));
