@@ -83,7 +83,7 @@ def measure_llamacpp(req: dict) -> dict:
 
 def measure_ternlm(req: dict) -> dict:
     import ternlm
-    from ternlm.compare_worker import weight_accounting
+    from ternlm.compare.worker import weight_accounting
 
     t0 = time.perf_counter()
     m = ternlm.load(req["path"], weights=req.get("weights"), head=req.get("head"), threads=int(req["threads"]),

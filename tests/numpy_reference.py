@@ -96,14 +96,14 @@ def forward(cfg: ModelConfig, w: dict, ids, kv_dtype=None) -> np.ndarray:
 
 def weights_from_checkpoint(ckpt, hf_folder):
     """Reference weights for an HF folder: float tensors as f32; BitNet packed linears as
-    ("ternary", T, multiplier) read by ternlm.hf.read_ternary; online master weights
+    ("ternary", T, multiplier) read by ternlm.io.hf.read_ternary; online master weights
     quantized here with absmean (conftest.absmean_ternary)."""
     import json
     import os
 
     from conftest import absmean_ternary
-    from ternlm.hf import expected_shape, hf_module_name, read_ternary
-    from ternlm.safetensors_io import SafetensorsFolder
+    from ternlm.io.hf import expected_shape, hf_module_name, read_ternary
+    from ternlm.io.safetensors import SafetensorsFolder
     st = SafetensorsFolder(hf_folder)
     quant = json.load(open(os.path.join(hf_folder, "config.json"))).get("quantization_config")
     out = {}

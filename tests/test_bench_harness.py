@@ -48,7 +48,7 @@ def files(tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["TQ2_0", "TQ1_0", "F16", "BF16"])
 def test_gguf_layers_equal_ternlm_hf_folder_exactly(files, fmt):
-    from ternlm.hf import load_hf_folder
+    from ternlm.io.hf import load_hf_folder
     hf, ggufs = files
     ck = load_hf_folder(hf)
     g = gguf_matrices(ggufs[fmt])

@@ -9,7 +9,7 @@ import pytest
 
 import ternlm
 from ternlm.compare import FormatError, main
-from ternlm.compare_table import ComparisonTable
+from ternlm.compare.table import ComparisonTable
 
 TEXT = ("Once upon a time there was a small language model that ran on a CPU. "
         "It read every weight once for each token it wrote, so memory was its limit. ") * 6

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ternlm.compare_table import COLUMNS, ComparisonTable
+from ternlm.compare.table import COLUMNS, ComparisonTable
 
 
 def fake_rows():

@@ -83,7 +83,7 @@ def _chat_ids(tok, prompt):
 def test_every_q4_1_tensor_imports_bit_for_bit(smollm):
     import gguf
 
-    from ternlm.gguf_loader import _canonical_name, load_gguf, unpermute_rows
+    from ternlm.io.gguf import _canonical_name, load_gguf, unpermute_rows
     ck = load_gguf(smollm)
     reader = gguf.GGUFReader(smollm)
     checked = 0

@@ -11,7 +11,7 @@ gguf = pytest.importorskip("gguf")
 
 import ternlm  # noqa: E402
 from gguf_files import gguf_from_hf_folder, llamacpp_permute, write_gguf  # noqa: E402
-from ternlm.gguf_loader import load_gguf, unpermute_rows  # noqa: E402
+from ternlm.io.gguf import load_gguf, unpermute_rows  # noqa: E402
 
 CFG = {"hidden": 256, "ffn": 512, "layers": 1, "heads": 4, "kv_heads": 2, "ctx": 128, "eps": 1e-5, "theta": 10000.0}
 TOK = {"model": "gpt2", "pre": "gpt-2", "tokens": [chr(0x21 + i) for i in range(64)],

@@ -7,7 +7,7 @@ gguf = pytest.importorskip("gguf")
 
 from test_gguf_loader import CFG, TOK, _weights  # noqa: E402
 from gguf_files import write_gguf  # noqa: E402
-from ternlm.gguf_reader import GGUFFile  # noqa: E402
+from ternlm.io.gguf_reader import GGUFFile  # noqa: E402
 
 
 @pytest.fixture(scope="module")

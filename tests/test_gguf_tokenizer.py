@@ -12,8 +12,8 @@ gguf = pytest.importorskip("gguf")
 from conftest import _bytelevel_tokenizer, _metaspace_tokenizer, CHAT_TEMPLATE  # noqa: E402
 from gguf_files import tokenizer_meta_from_fast, write_gguf  # noqa: E402
 from tokenizer_strings import varied_strings  # noqa: E402
-from ternlm.gguf_loader import load_gguf  # noqa: E402
-from ternlm.gguf_tokenizer import merges_from_scores  # noqa: E402
+from ternlm.io.gguf import load_gguf  # noqa: E402
+from ternlm.io.gguf_tokenizer import merges_from_scores  # noqa: E402
 
 CFG = {"hidden": 64, "ffn": 128, "layers": 1, "heads": 4, "kv_heads": 4, "ctx": 64, "eps": 1e-5, "theta": 10000.0}
 STRINGS = varied_strings(300)

@@ -11,8 +11,8 @@ import pytest
 import ternlm
 from conftest import BITNET_LINEARS, absmean_ternary, hf_reference, pack_ternary_rows
 
-from ternlm.hf import config_from_hf, load_hf_folder, read_ternary, unpack_bitnet_weight
-from ternlm.safetensors_io import SafetensorsFolder
+from ternlm.io.hf import config_from_hf, load_hf_folder, read_ternary, unpack_bitnet_weight
+from ternlm.io.safetensors import SafetensorsFolder
 
 TINYLLAMA = {"architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
              "hidden_size": 2048, "intermediate_size": 5632, "max_position_embeddings": 2048,
@@ -159,7 +159,7 @@ def _copy(src, dst):
 
 
 def test_missing_tensor_is_named(llama_folders, tmp_path):
-    from ternlm.safetensors_io import SafetensorsFile, save_safetensors
+    from ternlm.io.safetensors import SafetensorsFile, save_safetensors
     d = _copy(llama_folders["gqa_f32"], tmp_path / "m")
     st = SafetensorsFile(os.path.join(d, "model.safetensors"))
     kept = {k: np.array(st.raw(k)) for k in st.keys() if k != "model.layers.1.mlp.up_proj.weight"}
@@ -190,7 +190,7 @@ def test_packed_weight_without_quantization_config(bitnet_folders, tmp_path):
 
 
 def test_missing_weight_scale_is_named(bitnet_folders, tmp_path):
-    from ternlm.safetensors_io import SafetensorsFile, save_safetensors
+    from ternlm.io.safetensors import SafetensorsFile, save_safetensors
     d = _copy(bitnet_folders["bitlinear"], tmp_path / "b")
     st = SafetensorsFile(os.path.join(d, "model.safetensors"))
     kept = {k: (("BF16", np.array(st.raw(k))) if st.info(k).dtype == "BF16" else np.array(st.raw(k)))
@@ -236,7 +236,7 @@ def test_loaded_ternary_matrix_matches_transformers_layer(bitnet_folders, varian
 def test_bf16_tensors_become_bf16_matrices_from_their_bits(llama_folders):
     # A BF16 checkpoint tensor reaches the bf16 format straight from its bits (no float32
     # copy); np.asarray still gives the exact float32 values.
-    from ternlm.hf import BF16Tensor
+    from ternlm.io.hf import BF16Tensor
     from ternlm.model import convert_checkpoint
     ck = load_hf_folder(llama_folders["tied_bf16"])
     embed = ck.tensors["embed"]

@@ -21,7 +21,7 @@ from numpy_reference import forward as numpy_forward
 from numpy_reference import weights_from_checkpoint
 
 import ternlm
-from ternlm.hf import load_hf_folder
+from ternlm.io.hf import load_hf_folder
 
 
 @pytest.fixture(scope="module", params=list(BITNET_VARIANTS))

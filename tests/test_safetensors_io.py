@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file as ref_load
 from safetensors.torch import save_file as ref_save_torch
 
-from ternlm.safetensors_io import (SafetensorsError, SafetensorsFile, SafetensorsFolder,
+from ternlm.io.safetensors import (SafetensorsError, SafetensorsFile, SafetensorsFolder,
                                    bf16_bits_to_float32, float32_to_bf16_bits, save_safetensors)
 
 

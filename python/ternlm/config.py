@@ -74,7 +74,7 @@ class Checkpoint:
     canonical names, and the tokenizer.
 
     tensors[name] is either a numpy float array (f32/f16/bf16-as-float32, possibly a
-    memmap view) still to be put into a format, a ternlm.hf.BF16Tensor (a checkpoint's
+    memmap view) still to be put into a format, a ternlm.io.hf.BF16Tensor (a checkpoint's
     BF16 tensor, read as float32 by np.asarray or as bits by .bits()), or a
     ternlm.QuantizedMatrix already in one (packed BitNet weights, GGUF Q4_1, ternlm's own
     folder). `stored` maps each

@@ -96,7 +96,7 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
     from tqdm.auto import tqdm
 
     from . import formats as fm
-    from .hf import BF16Tensor
+    from .io.hf import BF16Tensor
     names = ckpt.config.tensor_names()
     out = {}
     bar = tqdm(names, desc="loading weights", unit="tensor", disable=not progress, leave=False)
@@ -389,7 +389,7 @@ class Model:
         """Write this model (converted weights + tokenizer) as a ternlm folder that
         ternlm.load maps back without conversion. Refuses a non-empty folder that is not
         already a ternlm folder."""
-        from .own_format import save_model
+        from .io.own_format import save_model
         save_model(self, folder)
 
 
@@ -400,15 +400,15 @@ def read_checkpoint(path) -> Checkpoint:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
     if os.path.isdir(path):
-        from .own_format import HEADER_FILE, load_own_folder
+        from .io.own_format import HEADER_FILE, load_own_folder
         if os.path.exists(os.path.join(path, HEADER_FILE)):
             return load_own_folder(path)
         if os.path.exists(os.path.join(path, "config.json")):
-            from .hf import load_hf_folder
+            from .io.hf import load_hf_folder
             return load_hf_folder(path)
         raise ValueError(f"{path}: neither a Hugging Face folder (config.json) nor a ternlm folder ({HEADER_FILE})")
     if path.endswith(".gguf"):
-        from .gguf_loader import load_gguf
+        from .io.gguf import load_gguf
         return load_gguf(path)
     raise ValueError(f"{path}: not a folder or a .gguf file")
 

@@ -38,7 +38,7 @@ _VALID_PACKED = np.array([b for b in range(256) if all((b >> (2 * i)) & 3 != 3 f
 def _bf16_random(rng, shape, std, chunk_rows=8192) -> np.ndarray:
     """Normal(0, std) as bf16 bit patterns (uint16), generated a chunk of rows at a time so
     that a 128256 x 2560 embedding never exists in float32."""
-    from .safetensors_io import float32_to_bf16_bits
+    from .io.safetensors import float32_to_bf16_bits
     out = np.empty(shape, dtype=np.uint16)
     flat = out.reshape(shape[0], -1)
     for r in range(0, shape[0], chunk_rows):
@@ -49,7 +49,7 @@ def _bf16_random(rng, shape, std, chunk_rows=8192) -> np.ndarray:
 
 
 def _bf16_const(shape, value) -> np.ndarray:
-    from .safetensors_io import float32_to_bf16_bits
+    from .io.safetensors import float32_to_bf16_bits
     return float32_to_bf16_bits(np.full(shape, value, dtype=np.float32))
 
 
@@ -74,7 +74,7 @@ def _tokenizer(vocab_size: int):
 def write_synthetic_bitnet(folder, shape="tiny", seed=0) -> str:
     """Write a random BitNet checkpoint of `shape` ("bitnet-2b" | "tiny" | a dict like
     SHAPES' values) into `folder` (created; must not contain a config.json). Returns folder."""
-    from .safetensors_io import save_safetensors
+    from .io.safetensors import save_safetensors
     if isinstance(shape, str) and shape not in SHAPES:
         raise ValueError(f"unknown synthetic shape {shape!r}; choose one of {sorted(SHAPES)}")
     dims = SHAPES[shape] if isinstance(shape, str) else dict(shape)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
-from .tokenizer import Tokenizer
+from ..tokenizer import Tokenizer
 
 CONTROL, USER_DEFINED = 3, 4
 
@@ -127,7 +127,7 @@ def merges_from_scores(tokens, scores):
 
 
 def tokenizer_from_gguf(reader, path: str) -> Tokenizer:
-    """Build the Tokenizer of an open ternlm.gguf_reader.GGUFFile (path for messages)."""
+    """Build the Tokenizer of an open ternlm.io.gguf_reader.GGUFFile (path for messages)."""
     kind = _meta(reader, "model")
     tokens = _meta(reader, "tokens")
     if kind is None or tokens is None:

@@ -1,7 +1,7 @@
 """One row of ternlm.compare: load a model in one weight format and measure it.
 
 ternlm.compare runs this in a fresh Python process per format (`python -m
-ternlm.compare_worker REQUEST.json RESULT.json`) so that each format's peak RSS is its
+ternlm.compare.worker REQUEST.json RESULT.json`) so that each format's peak RSS is its
 own and not the high-water mark of the formats before it. `measure_format` can also be
 called directly (in-process; then peak RSS is the process's so far).
 """
@@ -48,7 +48,7 @@ def _folder_bytes(folder: str) -> int:
 def weight_accounting(model) -> dict:
     """Stored sizes of a loaded ternlm.Model: bits per weight of the layer matrices and of
     the whole model, total stored bytes, and the weight bytes one decoded token reads."""
-    from .formats import QuantizedMatrix
+    from ..formats import QuantizedMatrix
     tensors = model._matrices
     if tensors is None:
         raise ValueError("this Model holds no weight objects (built without ternlm.load)")
@@ -82,7 +82,7 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
                    decode_tokens=32, max_tokens_ppl=1024, window=512, stride=256, repeats=3,
                    save_file=True) -> dict:
     """Load `model_path` with weights=fmt and measure one comparison row (see
-    ternlm.compare_table for the keys). `text` is the perplexity text (a str)."""
+    ternlm.compare.table for the keys). `text` is the perplexity text (a str)."""
     import ternlm
 
     context = int(context or max(window, prompt_tokens + decode_tokens + 8))
@@ -130,11 +130,11 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
 
 
 def main(argv=None) -> int:
-    """python -m ternlm.compare_worker REQUEST.json RESULT.json: measure_format(**request);
+    """python -m ternlm.compare.worker REQUEST.json RESULT.json: measure_format(**request);
     writes {"row": {...}} or {"error": type name, "message": ..., "traceback": ...}."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m ternlm.compare_worker REQUEST.json RESULT.json", file=sys.stderr)
+        print("usage: python -m ternlm.compare.worker REQUEST.json RESULT.json", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as f:
         request = json.load(f)

@@ -32,9 +32,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .config import Checkpoint, ModelConfig
-from .safetensors_io import SafetensorsFolder
-from .tokenizer import Tokenizer
+from ..config import Checkpoint, ModelConfig
+from .safetensors import SafetensorsFolder
+from ..tokenizer import Tokenizer
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "BitNetForCausalLM": "bitnet"}
 
@@ -342,7 +342,7 @@ def read_ternary(st, key, scale_key, rows, cols, quant, where):
 
 
 def _ternary_matrix(st, key, scale_key, rows, cols, quant, where):
-    from .formats import from_ternary
+    from ..formats import from_ternary
     t, mult = read_ternary(st, key, scale_key, rows, cols, quant, where)
     m = from_ternary(t, mult)
     st.release(key)                  # packed bytes copied: drop their mapped pages

@@ -8,7 +8,7 @@ memory-bandwidth roofline.
     ternlm compare --model PATH --formats bf16,int4,ternary --text FILE --threads N \
                    --json out.json --plot out.png
 
-Each format is loaded and measured in a fresh Python process (ternlm.compare_worker), so
+Each format is loaded and measured in a fresh Python process (ternlm.compare.worker), so
 its peak RSS is its own. Per format: stored bits per weight (layer matrices and whole
 model), the size of the folder Model.save writes, peak RSS, load time, prefill and decode
 tokens/s (greedy, best of `repeats` after a warm-up, prompt cut from the text), and
@@ -30,7 +30,7 @@ import sys
 import tempfile
 import warnings
 
-from .compare_table import ComparisonTable
+from .table import ComparisonTable
 
 FORMATS = ("bf16", "int4", "ternary")          # the default set
 ACCEPTED = FORMATS + ("bf16c",)                 # bf16c: bf16's values in ~12 bits per weight
@@ -77,7 +77,7 @@ def _run_isolated(request: dict, timeout) -> dict:
         with open(req_path, "w", encoding="utf-8") as f:
             json.dump(request, f)
         try:
-            proc = subprocess.run([sys.executable, "-m", "ternlm.compare_worker", req_path, res_path],
+            proc = subprocess.run([sys.executable, "-m", "ternlm.compare.worker", req_path, res_path],
                                   env=_child_env(), capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise FormatError(f"{request['fmt']}: measuring {request['model_path']} took longer than "
@@ -98,7 +98,7 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
             refresh_bandwidth=False, save_file=True, isolate=True, timeout=None,
             progress=True) -> ComparisonTable:
     """Measure `model` (a path ternlm.load accepts) in each of `formats` and return a
-    ComparisonTable (a list of row dicts; see ternlm.compare_table for the keys).
+    ComparisonTable (a list of row dicts; see ternlm.compare.table for the keys).
 
     text: None (the default prose of ternlm.texts), a str (the text itself), a
     pathlib.Path (a UTF-8 file) or a ternlm.texts.Text. threads: None = all cores.
@@ -109,8 +109,8 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
     """
     from tqdm.auto import tqdm
 
-    from . import bandwidth as bw_mod
-    from .texts import as_text
+    from .. import bandwidth as bw_mod
+    from ..texts import as_text
 
     formats = _check_formats(formats)
     model_path = os.fspath(model)
@@ -139,7 +139,7 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
         if isolate:
             row = _run_isolated(dict(request, fmt=fmt), timeout)
         else:
-            from .compare_worker import measure_format
+            from .worker import measure_format
             try:
                 row = measure_format(fmt=fmt, **request)
             except Exception as e:
@@ -156,7 +156,7 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
                 decode_tokens=decode_tokens, repeats=repeats, bandwidth_gb_s=gbs,
                 isolated=bool(isolate))
     try:
-        from .bandwidth import cpu_model
+        from ..bandwidth import cpu_model
         meta["cpu"] = cpu_model()
     except Exception:   # a name for the table only
         pass
@@ -187,7 +187,7 @@ def build_parser(parser=None) -> argparse.ArgumentParser:
 
 
 def _default_model_path():
-    from . import default_model
+    from .. import default_model
     for name in ("default_model_path", "ensure_default_model", "default_model"):
         fn = getattr(default_model, name, None)
         if callable(fn):

@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from .config import Checkpoint, ModelConfig
+from ..config import Checkpoint, ModelConfig
 
 GROUP = 32          # Q4_0 / Q4_1 / Q8_0 block
 TQ_BLOCK = 256      # TQ1_0 / TQ2_0 block
@@ -137,7 +137,7 @@ def _ternary_tensor(tern, d, name, path):
     llama.cpp's TQ conversion of BitNet checkpoints gives exactly that. Otherwise the
     blocks are kept exactly as INT4 group 32 (q = t + 1, scale = d, min = -d) and a
     warning says so."""
-    from . import formats as fm
+    from .. import formats as fm
     d32 = d.astype(np.float32)
     nz = np.any(tern.reshape(tern.shape[0], d.shape[1], TQ_BLOCK) != 0, axis=2)
     masked = np.where(nz, d32, np.nan)
@@ -160,7 +160,7 @@ def _read_tensor(t, name, path, n_head_perm):
     """One GGUF tensor -> (value, stored format). n_head_perm: heads of a q/k matrix whose
     rows must be un-permuted, else None."""
     import gguf
-    from . import formats as fm
+    from .. import formats as fm
     kind = t.tensor_type.name
     shape = tuple(int(x) for x in reversed(t.shape))        # ggml ne is [cols, rows]
     perm = (lambda a: unpermute_rows(a, n_head_perm)) if n_head_perm else (lambda a: a)

@@ -23,9 +23,9 @@ import shutil
 
 import numpy as np
 
-from .config import Checkpoint, ModelConfig
-from .safetensors_io import SafetensorsFile, float32_to_bf16_bits, save_safetensors  # noqa: F401
-from .tokenizer import Tokenizer
+from ..config import Checkpoint, ModelConfig
+from .safetensors import SafetensorsFile, float32_to_bf16_bits, save_safetensors  # noqa: F401
+from ..tokenizer import Tokenizer
 
 HEADER_FILE = "ternlm.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -95,7 +95,7 @@ def _header_error(path, msg):
 
 
 def load_own_folder(folder) -> Checkpoint:
-    from .formats import QuantizedMatrix
+    from ..formats import QuantizedMatrix
     folder = os.fspath(folder)
     hpath = os.path.join(folder, HEADER_FILE)
     try:
