@@ -1,5 +1,5 @@
 #!/bin/bash
-# vs_llamacpp.py on a bare many-core machine without network (the lent "device" machine).
+# vs_llamacpp.py on a bare many-core machine without network access.
 #
 #   benchmarks/device_bench.sh setup            build the ternlm core (and llama-cpp-python when
 #                                               its source tarball is there) under /tmp
@@ -14,8 +14,8 @@
 #   gguf/, diskcache/                     pure-Python packages the harness / llama_cpp import
 #   llama-cpp-python-*-src.tar.gz         optional: PyPI's source, trimmed (no GPU backends, docs, models)
 # LLAMA_CMAKE_ARGS overrides llama.cpp's CMake options (default -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF).
-# Seen on the lent 16-core Xeon (AMX, 2026-11-22): llama.cpp built natively there crashed
-# (SIGSEGV) while loading a model, right after the vocabulary; cause not established.
+# On a 16-core Xeon with AMX, llama.cpp built natively there crashed (SIGSEGV) while loading
+# a model, right after the vocabulary; cause not established.
 # Output (machine.txt, build logs, log.txt, result.json) goes to $OUT (default ./device-out).
 set -euo pipefail
 OUT=${OUT:-$PWD/device-out}
