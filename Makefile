@@ -1,7 +1,11 @@
 # ternlm: the two commands a fresh Debian machine needs.
 #   make demo   set up, then generate text with the default model
 #   make test   set up (with test extras), then run the whole test suite
-# Both are idempotent: apt packages and the venv are only installed when missing,
+# and for packaging:
+#   make wheel       a manylinux wheel in dist/ that bundles libhwy (auditwheel repair)
+#   make test-wheel  that wheel built from a read-only copy of the tree, installed into a
+#                    fresh venv and smoke-tested with the system libhwy hidden
+# All are idempotent: apt packages and the venv are only installed when missing,
 # and the editable build is incremental.
 
 VENV    ?= .venv
@@ -11,7 +15,11 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := libhwy-dev libbenchmark-dev cmake ninja-build g++ python3-venv python3-dev
 DEMO_PROMPT ?= Explain in two sentences why the sky is blue.
 
-.PHONY: demo test setup setup-test apt build bench clean check-arm test-arm
+# The editable build keeps its CMake folder (pyproject.toml sets none, so that wheels build
+# in a temporary folder and a read-only source tree builds too): rebuilds stay incremental.
+EDITABLE_BUILD_DIR := --config-settings=build-dir=build/{wheel_tag}
+
+.PHONY: demo test setup setup-test apt build bench clean check-arm test-arm wheel test-wheel
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,11 +35,11 @@ $(VENV)/.created: | apt
 # torch==2.13.0 first: it is the CPU build (any other version pulls a CUDA build).
 $(VENV)/.test-deps: $(VENV)/.created pyproject.toml
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]" --no-build-isolation
+	$(PIP) install -e ".[test]" --no-build-isolation $(EDITABLE_BUILD_DIR)
 	touch $@
 
 build: $(VENV)/.created
-	$(PIP) install -e . --no-build-isolation
+	$(PIP) install -e . --no-build-isolation $(EDITABLE_BUILD_DIR)
 
 setup: apt build
 
@@ -42,6 +50,26 @@ demo: setup
 
 test: setup-test
 	$(PY) -m pytest -q tests
+
+# auditwheel (with patchelf) copies libhwy into the wheel (ternlm.libs/) and retags it
+# manylinux: `import ternlm` then needs no system Highway. auditwheel picks the oldest
+# manylinux tag the extension's symbol versions allow (`auditwheel show` names it): built on
+# Debian 12, GCC 12's libstdc++ (GLIBCXX_3.4.30) makes that manylinux_2_35; an older tag
+# needs an older toolchain (a manylinux image). WHEEL_SRC: the source tree to build.
+WHEEL_SRC ?= .
+$(VENV)/.wheel-tools: $(VENV)/.created
+	$(PIP) install "auditwheel>=6.1" "patchelf>=0.17"
+	touch $@
+
+wheel: $(VENV)/.wheel-tools
+	rm -rf build/wheel-raw && mkdir -p dist && rm -f dist/ternlm-*.whl
+	$(PIP) wheel "$(WHEEL_SRC)" --no-deps --no-build-isolation -w build/wheel-raw
+	$(VENV)/bin/auditwheel show build/wheel-raw/ternlm-*.whl
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair -w dist build/wheel-raw/ternlm-*.whl
+	@ls -l dist/ternlm-*.whl
+
+test-wheel: $(VENV)/.wheel-tools
+	tests/wheel_smoke.sh
 
 # The C++ core cross-compiled for aarch64 (compile only): CI's check that ARM still builds.
 check-arm: apt

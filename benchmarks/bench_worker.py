@@ -24,26 +24,29 @@ llama.cpp runs through llama_cpp.Llama (eval + argmax over llama_get_logits_ith(
 """
 from __future__ import annotations
 
+import importlib.util
 import json
-import resource
+import os
 import sys
 import time
 import traceback
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory. Linux: VmHWM, the high-water mark of the
-    current address space. Not ru_maxrss: that survives execve, so a worker started by a
-    big parent reports at least the parent's RSS at fork time."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0          # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+def _memory_module():
+    """ternlm/memory.py (the one peak-RSS rule: Linux VmHWM, which starts afresh at exec,
+    unlike ru_maxrss) loaded without importing the ternlm package, whose import loads the C++
+    core and would add its pages to llama.cpp's peak."""
+    spec = importlib.util.find_spec("ternlm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("bench_worker.py needs ternlm importable (PYTHONPATH=python)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "memory.py")
+    mspec = importlib.util.spec_from_file_location("_ternlm_memory", path)
+    module = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(module)
+    return module
+
+
+peak_rss_mb = _memory_module().peak_rss_mb
 
 
 def measure_llamacpp(req: dict) -> dict:

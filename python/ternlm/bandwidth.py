@@ -12,6 +12,8 @@ The result is cached in `$TERNLM_HOME/bandwidth.json` (default `~/.cache/ternlm/
 by CPU model, thread count and probe size, because a measurement takes a second or two and
 the number belongs to the machine. `refresh=True` measures again (do so when comparing
 against speeds taken now on a busy machine: the figure drifts by ±10% run to run).
+`isolate=True` runs the probe in a child Python process (bandwidth.main), so that
+its 1 GiB buffer never counts toward this process's peak memory (ternlm.compare does so).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -71,6 +74,32 @@ def measure_read_bandwidth(threads=None, nbytes=DEFAULT_BYTES, repeats=DEFAULT_R
     return float(_core.measure_read_bandwidth(resolve_threads(threads), int(nbytes), int(repeats)))
 
 
+def _child_env() -> dict:
+    """This environment with the folder holding this ternlm package first on PYTHONPATH, so
+    a child process imports the same ternlm (and, through TERNLM_CORE_DIR, the same core)."""
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def measure_read_bandwidth_isolated(threads=None, nbytes=DEFAULT_BYTES, repeats=DEFAULT_REPEATS,
+                                    timeout=600) -> float:
+    """measure_read_bandwidth in a fresh Python process: the probe's buffer is allocated
+    and touched there, not in this process (whose peak RSS would otherwise grow by nbytes)."""
+    # -c rather than -m: `import ternlm` already imports this module, and runpy warns then.
+    cmd = [sys.executable, "-c", "import sys; from ternlm.bandwidth import main; sys.exit(main())",
+           str(resolve_threads(threads)), str(int(nbytes)), str(int(repeats))]
+    proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the bandwidth probe process failed (exit code {proc.returncode}):\n"
+                           f"{proc.stderr[-2000:]}")
+    try:
+        return float(json.loads(proc.stdout)["gb_per_s"])
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(f"the bandwidth probe process printed {proc.stdout[-500:]!r}") from None
+
+
 def _cache_key(threads: int, nbytes: int, repeats: int) -> str:
     return f"{cpu_model()} | {os.cpu_count()} cpus | {threads} threads | {nbytes} bytes | best of {repeats}"
 
@@ -98,10 +127,12 @@ def _write_cache(path: str, data: dict) -> None:
         raise
 
 
-def read_bandwidth(threads=None, refresh=False, nbytes=DEFAULT_BYTES, repeats=DEFAULT_REPEATS) -> float:
+def read_bandwidth(threads=None, refresh=False, nbytes=DEFAULT_BYTES, repeats=DEFAULT_REPEATS,
+                   isolate=False) -> float:
     """This machine's streaming read bandwidth in GB/s for `threads` threads (None: all
     cores), from the cache if it was measured before with the same settings, else measured
-    now and cached. refresh=True always measures (and updates the cache)."""
+    now and cached. refresh=True always measures (and updates the cache). isolate=True
+    measures in a child process (see measure_read_bandwidth_isolated)."""
     n = resolve_threads(threads)
     path = os.path.join(cache_dir(), CACHE_FILE)
     key = _cache_key(n, int(nbytes), int(repeats))
@@ -109,7 +140,8 @@ def read_bandwidth(threads=None, refresh=False, nbytes=DEFAULT_BYTES, repeats=DE
         entry = _read_cache(path).get(key)
         if isinstance(entry, dict) and isinstance(entry.get("gb_per_s"), (int, float)) and entry["gb_per_s"] > 0:
             return float(entry["gb_per_s"])
-    gbs = measure_read_bandwidth(n, nbytes, repeats)
+    measure = measure_read_bandwidth_isolated if isolate else measure_read_bandwidth
+    gbs = measure(n, nbytes, repeats)
     data = _read_cache(path)
     data[key] = {"gb_per_s": gbs, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
@@ -119,4 +151,17 @@ def read_bandwidth(threads=None, refresh=False, nbytes=DEFAULT_BYTES, repeats=DE
     return gbs
 
 
-__all__ = ["read_bandwidth", "measure_read_bandwidth", "cpu_model", "cache_dir", "resolve_threads"]
+def main(argv=None) -> int:
+    """main([THREADS, BYTES, REPEATS]) (default: sys.argv[1:]): one uncached measurement,
+    printed as {"gb_per_s": ...}; the child of measure_read_bandwidth_isolated."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3:
+        print("usage: ternlm.bandwidth.main([THREADS, BYTES, REPEATS])", file=sys.stderr)
+        return 2
+    threads, nbytes, repeats = (int(a) for a in argv)
+    print(json.dumps({"gb_per_s": measure_read_bandwidth(threads, nbytes, repeats)}))
+    return 0
+
+
+__all__ = ["read_bandwidth", "measure_read_bandwidth", "measure_read_bandwidth_isolated", "cpu_model",
+           "cache_dir", "resolve_threads"]

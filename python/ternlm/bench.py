@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,10 +23,7 @@ import time
 
 import numpy as np
 
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
+from .memory import peak_rss_mb
 
 
 def measure(model, weights=None, threads=None, prompt_tokens=128, decode_tokens=64, repeats=2,
@@ -54,7 +50,7 @@ def measure(model, weights=None, threads=None, prompt_tokens=128, decode_tokens=
             "threads": threads, "kv_dtype": kv_dtype, "load_s": load_s,
             "prompt_tokens": best["prompt_tokens"], "decode_tokens": best["decode_tokens"],
             "prefill_tok_s": best["prompt_tok_s"], "decode_tok_s": best["decode_tok_s"],
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _child_env() -> dict:

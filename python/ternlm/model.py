@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import secrets
 import time
 from collections.abc import Mapping
@@ -59,15 +58,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from .config import Checkpoint, ModelConfig
+from .memory import peak_rss_mb
 from .tokenizer import Tokenizer
 
 WEIGHT_CHOICES = (None, "bf16", "bf16c", "int4", "ternary")
 HEAD_CHOICES = (None, "f32", "bf16", "bf16c", "int4")
 LAYER_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
 
 
 def target_formats(ckpt: Checkpoint, weights, head) -> dict:
@@ -296,7 +292,7 @@ class Model:
             stats["decode_tokens"] = generated
             stats["decode_s"] = busy
             stats["decode_tok_s"] = (generated - 1) / busy if generated > 1 and busy > 0 else 0.0
-            stats["peak_rss_mb"] = _peak_rss_mb()
+            stats["peak_rss_mb"] = peak_rss_mb()
 
     @staticmethod
     def _recent(recent, penalty):

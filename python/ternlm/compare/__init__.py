@@ -9,7 +9,8 @@ memory-bandwidth roofline.
                    --json out.json --plot out.png
 
 Each format is loaded and measured in a fresh Python process (ternlm.compare.worker), so
-its peak RSS is its own. Per format: stored bits per weight (layer matrices and whole
+its peak RSS is its own (VmHWM on Linux, see ternlm.memory; the bandwidth probe runs in a
+process of its own too). Per format: stored bits per weight (layer matrices and whole
 model), the size of the folder Model.save writes, peak RSS, load time, prefill and decode
 tokens/s (greedy, best of `repeats` after a warm-up, prompt cut from the text), and
 perplexity on the text. Perplexity uses a sliding window: forwards of `window` tokens
@@ -125,7 +126,9 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
         raise ValueError(f"stride ({stride}) must be <= window ({window})")
     doc = as_text(text)
 
-    gbs = float(bandwidth) if bandwidth is not None else bw_mod.read_bandwidth(n_threads, refresh=refresh_bandwidth)
+    # The probe reads a 1 GiB buffer: in its own process, so this one's peak stays its own.
+    gbs = (float(bandwidth) if bandwidth is not None
+           else bw_mod.read_bandwidth(n_threads, refresh=refresh_bandwidth, isolate=True))
     if not gbs > 0:
         raise ValueError(f"bandwidth must be > 0 GB/s, got {bandwidth!r}")
     request = dict(model_path=os.path.abspath(model_path), text=doc.text, threads=n_threads,

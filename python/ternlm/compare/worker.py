@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -18,12 +17,9 @@ import traceback
 
 import numpy as np
 
+from ..memory import peak_rss_mb
+
 HEAD_MATRICES = ("embed", "lm_head")
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0   # bytes / KiB
 
 
 def _current_rss_mb():
@@ -104,7 +100,7 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
         row["prompt_tokens"], row["decode_tokens"] = s["prompt_tokens"], s["decode_tokens"]
     row["prefill_tok_s"] = best_prefill
     row["decode_tok_s"] = best_decode or None      # None: EOS came before a second token
-    row["peak_rss_mb"] = _peak_rss_mb()
+    row["peak_rss_mb"] = peak_rss_mb()
     # After the RSS reading: the engine hands out each matrix as a transient copy.
     row.update(weight_accounting(m))
     row["engine_bytes"] = int(getattr(m, "memory_bytes", 0)) or None
