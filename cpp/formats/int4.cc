@@ -26,7 +26,8 @@ size_t Int4DataBytes(size_t rows, size_t padded_cols, int group) {
 // The 4-bit code of (row r, column c).
 unsigned GetCode(const QuantizedMatrix& m, size_t r, size_t c) {
   unsigned shift;
-  return (m.data()[Int4ByteIndex(m.padded_cols(), size_t(m.group_size()), r, c, &shift)] >> shift) & 15u;
+  const size_t i = Int4ByteIndex(m.padded_cols(), size_t(m.group_size()), r, c, &shift);
+  return (m.data()[i] >> shift) & 15u;
 }
 void SetCode(QuantizedMatrix& m, size_t r, size_t c, unsigned q) {
   unsigned shift;

@@ -54,7 +54,8 @@ inline size_t TernaryByteIndex(size_t padded_cols, size_t r, size_t c, unsigned*
 // The code (t + 1, or the invalid 3) of (row r, column c).
 inline unsigned TernaryCode(const uint8_t* data, size_t padded_cols, size_t r, size_t c) {
   unsigned shift;
-  return (data[TernaryByteIndex(padded_cols, r, c, &shift)] >> shift) & 3u;
+  const size_t i = TernaryByteIndex(padded_cols, r, c, &shift);
+  return (data[i] >> shift) & 3u;
 }
 inline void TernarySetCode(uint8_t* data, size_t padded_cols, size_t r, size_t c, unsigned code) {
   unsigned shift;
