@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "formats/half.h"
 #include "formats/int4.h"
 #include "formats/quantized_matrix.h"
 #include "kernels/matmul.h"
@@ -67,7 +68,7 @@ std::unique_ptr<QuantizedMatrix> RandomMatrix(WeightFormat f, size_t rows, size_
     std::memcpy(d + i, &v, 8);
   }
   if (f == WeightFormat::kTernary) {
-    float* mult = reinterpret_cast<float*>(m.mutable_aux0());
+    float* mult = m.mutable_row_multiplier();
     for (size_t r = 0; r < rows; ++r) mult[r] = 0.01f;
   }
   if (f == WeightFormat::kInt4) {  // fp16 scales/mins inside the tiles (formats/int4.h)

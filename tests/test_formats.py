@@ -46,23 +46,37 @@ def test_ternary_dequantize_error_is_bounded_by_the_clamp():
     np.testing.assert_allclose(err[~inside], np.abs(w[~inside]) - mean, rtol=1e-4)
 
 
+def numpy_pack_ternary(t):
+    """The plain layout of cpp/formats/ternary.h: row-major values, 4 per byte, t + 1 in
+    bits 2k..2k+1 of byte i // 4 for element i (k = i % 4), the last byte padded with 1."""
+    codes = (t.ravel().astype(np.int16) + 1).astype(np.uint8)
+    codes = np.concatenate([codes, np.ones(-codes.size % 4, np.uint8)]).reshape(-1, 4)
+    return (codes[:, 0] | codes[:, 1] << 2 | codes[:, 2] << 4 | codes[:, 3] << 6).astype(np.uint8)
+
+
 @SETTINGS
 @given(shape=st.lists(st.integers(1, 600), min_size=1, max_size=3), seed=st.integers(0, 2**32 - 1))
 def test_pack_unpack_round_trip(shape, seed):
     t = np.random.default_rng(seed).integers(-1, 2, shape).astype(np.int8)
     packed = ternlm.pack_ternary(t)
     assert packed.dtype == np.uint8
-    assert packed.shape == tuple(shape[:-1]) + (round_up(shape[-1], 256) // 4,)
+    assert packed.shape == (-(-t.size // 4),)  # exactly ceil(n / 4) bytes for any shape
+    np.testing.assert_array_equal(packed, numpy_pack_ternary(t))
     np.testing.assert_array_equal(ternlm.unpack_ternary(packed, tuple(shape)), t)
 
 
 def test_pack_layout_is_the_documented_one():
-    # byte j of a 64-byte block holds weights j, j+64, j+128, j+192 as t+1 in bits 2k..2k+1.
-    t = np.zeros(256, np.int8)
-    t[5], t[64 + 5], t[128 + 5], t[192 + 5] = 1, -1, 1, 0
+    # element i: t + 1 in bits 2k..2k+1 (k = i % 4) of byte i // 4; padding fields hold 1.
+    t = np.zeros(10, np.int8)
+    t[4], t[5], t[6], t[7], t[9] = 1, -1, 1, 0, -1
     packed = ternlm.pack_ternary(t)
-    assert packed[5] == (2 << 0) | (0 << 2) | (2 << 4) | (1 << 6)
-    assert all(packed[j] == 0b01010101 for j in range(64) if j != 5)  # zeros stored as 1
+    assert packed.tolist() == [0b01010101, (2 << 0) | (0 << 2) | (2 << 4) | (1 << 6), 1 | (0 << 2) | (1 << 4) | (1 << 6)]
+    # row-major over the whole array, not per row: a [3, 3] array is 9 values in 3 bytes
+    t2 = np.arange(9).reshape(3, 3) % 3 - 1
+    np.testing.assert_array_equal(ternlm.pack_ternary(t2.astype(np.int8)), numpy_pack_ternary(t2))
+    assert ternlm.pack_ternary(t2.astype(np.int8)).shape == (3,)
+    assert ternlm.pack_ternary(np.zeros((0, 5), np.int8)).shape == (0,)
+    assert ternlm.unpack_ternary(np.zeros(0, np.uint8), (0, 5)).shape == (0, 5)
 
 
 def test_ternary_sizes():
@@ -213,7 +227,7 @@ def test_from_buffers_validates_every_buffer():
         ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "q4": b["q4"].view(np.int8)})
     with pytest.raises(ValueError, match="missing buffer 'min'"):
         ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {k: v for k, v in b.items() if k != "min"})
-    with pytest.raises(ValueError, match="layout_version is 3, expected 1 or 2"):
+    with pytest.raises(ValueError, match="layout_version is 3, expected 2"):
         ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "layout_version": np.array([3], np.uint32)})
     with pytest.raises(ValueError, match="unexpected buffer 'extra'"):
         ternlm.QuantizedMatrix.from_buffers("int4", (4, 256), 32, {**b, "extra": b["min"]})
@@ -226,62 +240,18 @@ def test_from_buffers_validates_every_buffer():
         ternlm.QuantizedMatrix.from_buffers("ternary", (4, 256), 0, {**t, "packed": t["packed"][:512]})
 
 
-@pytest.mark.parametrize("rows,cols", [(4, 256), (37, 577), (16, 64)])
-def test_bf16_layout_1_buffers_are_converted(rows, cols):
-    # Layout 1 held bf16 matrices row-major, rows padded to 32 columns.
-    q = ternlm.quantize(rand(rows, cols), "bf16")
-    bits = q.dequantize().view(np.uint32) >> 16
-    padded = np.zeros((rows, (cols + 31) // 32 * 32), np.uint16)
-    padded[:, :cols] = bits
-    v1 = {"layout_version": np.array([1], np.uint32), "weight": padded.ravel()}
-    back = ternlm.QuantizedMatrix.from_buffers("bf16", (rows, cols), 0, v1)
-    np.testing.assert_array_equal(back.dequantize(), q.dequantize())
-    np.testing.assert_array_equal(back.buffers()["weight"], q.buffers()["weight"])
-
-
-@pytest.mark.parametrize("rows,cols,group", [(4, 256, 32), (37, 640, 64), (16, 128, 128)])
-def test_int4_layout_1_buffers_are_converted(rows, cols, group):
-    # Layout 1 held each row in the int4 row codec (int4.h) and scales/mins [rows, groups].
-    rng = np.random.default_rng(rows)
-    q = rng.integers(0, 16, (rows, cols)).astype(np.uint8)
-    ng = cols // group
-    scale = rng.uniform(0.01, 1, (rows, ng)).astype(np.float16).view(np.uint16)
-    mins = rng.uniform(-1, 0, (rows, ng)).astype(np.float16).view(np.uint16)
-    m = ternlm.from_int4(q, scale.view(np.float16), mins.view(np.float16), group)
-    padded = -(-cols // 128) * 128
-    codes = np.zeros((rows, padded), np.uint8)
-    codes[:, :cols] = q
-    blocks = codes.reshape(rows, padded // 128, 2, 64)
-    v1_q4 = (blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).astype(np.uint8).ravel()
-    sc_pad = np.zeros((rows, padded // group), np.uint16)
-    mn_pad = np.zeros((rows, padded // group), np.uint16)
-    sc_pad[:, :ng], mn_pad[:, :ng] = scale, mins
-    v1 = {"layout_version": np.array([1], np.uint32), "q4": v1_q4, "scale": sc_pad.ravel(), "min": mn_pad.ravel()}
-    back = ternlm.QuantizedMatrix.from_buffers("int4", (rows, cols), group, v1)
-    np.testing.assert_array_equal(back.dequantize(), m.dequantize())
-    for k, v in m.buffers().items():
-        np.testing.assert_array_equal(back.buffers()[k], v)
-    with pytest.raises(ValueError, match=r"buffer 'scale' \(layout 1\) has"):
-        ternlm.QuantizedMatrix.from_buffers("int4", (rows, cols), group, {**v1, "scale": v1["scale"][:-1]})
-
-
-@pytest.mark.parametrize("rows,cols", [(4, 256), (37, 577), (16, 64)])
-def test_ternary_layout_1_buffers_are_converted(rows, cols):
-    # Files written before the 16-row tile layout hold each row in the pack_ternary codec.
-    q = ternlm.quantize(rand(rows, cols), "ternary")
-    t = q.ternary_values()
-    v1 = {"layout_version": np.array([1], np.uint32), "packed": ternlm.pack_ternary(t).ravel(),
-          "row_multiplier": q.buffers()["row_multiplier"]}
-    back = ternlm.QuantizedMatrix.from_buffers("ternary", (rows, cols), 0, v1)
-    np.testing.assert_array_equal(back.ternary_values(), t)
-    for k, v in q.buffers().items():
-        np.testing.assert_array_equal(back.buffers()[k], v)
-    bad = v1["packed"].copy()
-    bad[0] |= 3
-    with pytest.raises(ValueError, match="row 0 holds the invalid 2-bit code 3"):
-        ternlm.QuantizedMatrix.from_buffers("ternary", (rows, cols), 0, {**v1, "packed": bad})
-    with pytest.raises(ValueError, match=r"buffer 'packed' \(layout 1\) has"):
-        ternlm.QuantizedMatrix.from_buffers("ternary", (rows, cols), 0, {**v1, "packed": bad[:-1]})
+@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32", "bf16c"])
+def test_layout_version_1_buffers_are_refused_clearly(fmt):
+    # Only layout_version 2 is read; a buffer set of version 1 is refused by name, with
+    # what to do, before any of its buffers is looked at.
+    q = ternlm.quantize(rand(37, 256), fmt)
+    v1 = {**q.buffers(), "layout_version": np.array([1], np.uint32)}
+    with pytest.raises(ValueError, match="from_buffers: layout_version is 1, a layout this ternlm no longer "
+                                         r"reads \(expected 2\); convert the model again"):
+        ternlm.QuantizedMatrix.from_buffers(fmt, q.shape, q.group_size, v1)
+    with pytest.raises(ValueError, match="missing buffer 'layout_version'"):
+        ternlm.QuantizedMatrix.from_buffers(fmt, q.shape, q.group_size,
+                                            {k: v for k, v in q.buffers().items() if k != "layout_version"})
 
 
 def test_repr_and_properties():
@@ -331,10 +301,19 @@ def test_pack_unpack_reject_bad_inputs():
         ternlm.pack_ternary(np.array([0, 1, -1, 2], np.int8))
     with pytest.raises(TypeError, match="pack_ternary: t must have dtype int8, got int64"):
         ternlm.pack_ternary(np.array([0, 1, -1]))
-    with pytest.raises(ValueError, match=r"unpack_ternary: packed has 63 bytes, expected 64"):
-        ternlm.unpack_ternary(np.zeros(63, np.uint8), (10,))
+    with pytest.raises(ValueError, match=r"unpack_ternary: packed has 2 bytes, expected 3"):
+        ternlm.unpack_ternary(np.zeros(2, np.uint8), (10,))
+    with pytest.raises(ValueError, match=r"unpack_ternary: packed has 4 bytes, expected 3"):
+        ternlm.unpack_ternary(np.zeros(4, np.uint8), (2, 5))
     with pytest.raises(ValueError, match="invalid 2-bit code 3"):
-        ternlm.unpack_ternary(np.full(64, 0xFF, np.uint8), (10,))
+        ternlm.unpack_ternary(np.full(3, 0xFF, np.uint8), (10,))
+    packed = ternlm.pack_ternary(np.zeros(10, np.int8))
+    packed[2] |= 3 << 2                                      # element 9
+    with pytest.raises(ValueError, match="unpack_ternary: element 9 holds the invalid 2-bit code 3"):
+        ternlm.unpack_ternary(packed, (10,))
+    packed = ternlm.pack_ternary(np.zeros(10, np.int8))
+    packed[2] |= 3 << 4                                      # a padding field is not read
+    np.testing.assert_array_equal(ternlm.unpack_ternary(packed, (10,)), np.zeros(10, np.int8))
 
 
 def test_from_ternary_and_from_int4_reject_bad_inputs():

@@ -1,7 +1,7 @@
 """ternlm.matmul against numpy, on every Highway target this CPU supports.
 
-Ternary: the numpy implementation of DESIGN.md §3 below; the kernel's int32 sums must be
-equal exactly, its outputs to float rounding. INT4 and BF16: error against the f32 product
+Ternary: the numpy implementation of the numerics in cpp/formats/ternary.h below; the
+kernel's int32 sums must be equal exactly, its outputs to float rounding. INT4 and BF16: error against the f32 product
 of dequantize() within the bounds derived in each test.
 """
 import os
@@ -49,7 +49,7 @@ SETTINGS = settings(max_examples=20, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-# ------------------------------------------------------------------ numpy references (§3)
+# ------------------------------------------------------------------ numpy references (cpp/formats/ternary.h, int4.h)
 
 def ternary_weights_reference(w):
     """s_w = 1 / max(mean|W|, 1e-5); T = clamp(round_half_even(W * s_w), -1, 1)."""

@@ -13,16 +13,29 @@
 // horizontal sums, and one task streams one contiguous run of bytes.
 #pragma once
 #include <cstddef>
+#include <cstdint>
+
+#include "formats/tiles.h"
 
 namespace ternlm {
 
-constexpr size_t kBF16TileRows = 16;
 inline size_t BF16PaddedCols(size_t cols) { return (cols + 31) / 32 * 32; }
 // Bytes of one tile (16 rows) for padded_cols columns.
-inline size_t BF16TileBytes(size_t padded_cols) { return padded_cols * 2 * kBF16TileRows; }
+inline size_t BF16TileBytes(size_t padded_cols) { return padded_cols * 2 * kTileRows; }
 // Index (in uint16 units) of the weight at (r, c).
 inline size_t BF16Index(size_t padded_cols, size_t r, size_t c) {
   return (r / 16) * (padded_cols * 16) + (c / 2) * 32 + (r % 16) * 2 + (c % 2);
 }
+
+// Throws std::invalid_argument "<what> Inf or NaN at flat index i" if one of the n bf16
+// bit patterns is Inf or NaN (bf16 and bf16c hold finite weights only).
+void CheckBF16Finite(const char* what, const uint16_t* bits, size_t n);
+
+class QuantizedMatrix;
+enum class WeightFormat : int;
+// FromBF16 / FromBF16C: checks the shape and bits [rows, cols] (messages start with fn)
+// and returns a zeroed matrix of format f to fill.
+QuantizedMatrix AllocateForBF16Bits(const char* fn, WeightFormat f, const uint16_t* bits, size_t rows,
+                                    size_t cols);
 
 }  // namespace ternlm

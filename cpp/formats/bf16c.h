@@ -11,9 +11,10 @@
 // its value is kept in a per-row exception list that the kernels add afterwards.
 //
 // Rows are padded with zero rows to a multiple of 16, columns with zeros to a multiple of
-// 32 (padding: low byte 0, code 15). A tile is kBF16CTableBytes of table (bytes 0..15 used, the rest 0) followed by
-// padded_cols/8 chunks of 192 bytes; chunk k holds columns 8k..8k+7 of the 16 rows as
-// four column pairs p = 0..3 (columns 8k+2p, 8k+2p+1) in three 64-byte parts:
+// 32 (padding: low byte 0, code 15). A tile is kBF16CTableBytes of table (bytes 0..15
+// used, the rest 0) followed by padded_cols/8 chunks of 192 bytes; chunk k holds columns
+// 8k..8k+7 of the 16 rows as four column pairs p = 0..3 (columns 8k+2p, 8k+2p+1) in three
+// 64-byte parts:
 //
 //   A = bytes   0..63: low bytes of pairs 0 and 1
 //   B = bytes  64..127: low bytes of pairs 2 and 3
@@ -34,9 +35,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "formats/tiles.h"
+
 namespace ternlm {
 
-constexpr size_t kBF16CTileRows = 16;
 constexpr size_t kBF16CTableBytes = 64;  // 16 used; keeps the chunks 64-byte aligned
 constexpr uint8_t kBF16CZeroCode = 15;   // high byte 0x00
 inline size_t BF16CPaddedCols(size_t cols) { return (cols + 31) / 32 * 32; }

@@ -1,26 +1,30 @@
 // QuantizedMatrix: a weight matrix W [rows = out, cols = in] stored in one of
-// ternlm's formats, ready for MatMul (kernels/matmul.h). The packed layout of
-// each format is drawn in its own header under formats/ (ternary.h, int4.h);
-// f32 is plain row-major with rows padded (see below).
+// ternlm's formats, ready for MatMul (kernels/matmul.h). Each format's layout is drawn
+// in its own header under formats/ (ternary.h, int4.h, bf16.h, bf16c.h; f32 is plain
+// row-major with rows padded, see below), and everything format-specific lives in its
+// codec (formats/<format>.cc) behind the table of formats/format_traits.h; this file and
+// quantized_matrix.cc hold only the generic storage.
 //
 // CONTRACT (shared by kernels/, model/ and python/; keep the names):
 //   WeightFormat           kF32, kBF16, kInt4, kTernary, kBF16C
 //   QuantizedMatrix        format(), rows(), cols(), group_size(), nbytes(), bits_per_weight()
-//   Quantize(...)          f32 [rows, cols] -> any format (DESIGN.md §3 numerics)
+//   Quantize(...)          f32 [rows, cols] -> any format (numerics: see Quantize below)
 //   Dequantize / DequantizeRow
 //   FromTernary(...)       int8 {-1,0,1} + per-row output multiplier (already-ternary checkpoints)
 //   FromInt4(...)          q uint8 [rows, cols] in [0,15] + fp16 scale/min per group (GGUF Q4_1, lossless)
-//   ConcatRows(...)        stack matrices with equal cols and format (fused q/k/v, gate/up)
+//   FromBF16 / FromBF16C   bf16 bit patterns [rows, cols] (lossless)
+//   ConcatRows / SliceRows stack matrices with equal cols and format (fused q/k/v, gate/up), cut rows
 //   Buffers()/FromBuffers  the raw arrays, for save/load without conversion
 //
-// Stored buffers (layout version kLayoutVersion = 2; every buffer 64-byte aligned):
-//   all formats  "layout_version" uint32 [1]             = 2 (1 is read too: see ternary.h)
+// Stored buffers (layout version kLayoutVersion = 2, the only one read; every buffer
+// 64-byte aligned; tiles are kTileRows = 16 rows, formats/tiles.h):
+//   all formats  "layout_version" uint32 [1]             = 2
 //   f32          "weight"  float32 [rows * padded_cols]   padded_cols = round_up(cols, 16)
 //   bf16         "weight"  uint16  [round_up(rows, 16) * padded_cols] padded_cols = round_up(cols, 32),
-//                                  bf16 bits in 16-row tiles, bf16.h (layout 1: row-major, converted)
+//                                  bf16 bits in 16-row tiles, bf16.h
 //   int4         "q4"      uint8   [round_up(rows, 16) * padded_cols/2] padded_cols = round_up(cols, 32) = cols,
-//                                  16-row tiles, int4.h (layout 1: the row codec, converted);
-//                                  in memory q4/scale/min are interleaved per group (int4.h, 3)
+//                                  16-row tiles, int4.h (stored layout); in memory q4/scale/min
+//                                  are interleaved per group (int4.h, in-memory layout)
 //                "scale"   uint16  [round_up(rows, 16) * padded_cols/group] fp16 bits, tile order
 //                "min"     uint16  [round_up(rows, 16) * padded_cols/group] fp16 bits, tile order;
 //                                  padding rows and groups are 0
@@ -73,12 +77,21 @@ class AlignedBytes {
 };
 
 // A read-only view of one stored buffer. dtype: "uint8", "uint16", "uint32", "float32".
+// data may be unaligned (a memory-mapped file): read it with memcpy.
 struct BufferView {
   std::string name;
   std::string dtype;
   size_t count = 0;           // elements
   const void* data = nullptr;
   std::shared_ptr<const void> owner;  // set when the view is a converted copy (int4)
+};
+
+// bf16c's exception lists (bf16c.h) in compressed-row form: row r's exceptions are entries
+// [row_ptr[r], row_ptr[r + 1]) of col (increasing within a row) and value (bf16 bits).
+struct BF16CExceptions {
+  AlignedBytes row_ptr;  // uint32 [rows + 1]
+  AlignedBytes col;      // uint32 [n]
+  AlignedBytes value;    // uint16 [n]
 };
 
 class QuantizedMatrix {
@@ -96,26 +109,23 @@ class QuantizedMatrix {
   size_t nbytes() const;                  // all stored bytes incl. scales and padding
   double bits_per_weight() const;         // nbytes*8 / (rows*cols)
 
-  // Columns after padding (see the table above) and bytes per row of data() (ternary, int4
-  // and bf16 rows are interleaved in 16-row tiles: a tile holds 16 * row_bytes(); int4 tiles
-  // hold their scales and mins too, int4.h layout 3).
+  // Columns after padding (see the table above) and bytes per row of data() (tiled
+  // formats interleave 16 rows per tile: a tile holds 16 * row_bytes(), bf16c plus its
+  // table; int4 tiles hold their scales and mins too, int4.h in-memory layout).
   size_t padded_cols() const { return padded_cols_; }
   size_t row_bytes() const;
+  size_t groups_per_row() const { return group_size_ ? padded_cols_ / size_t(group_size_) : 0; }
 
-  // Raw storage for kernels. data(): "weight" / "packed" / int4 tiles with scales and mins.
+  // Raw storage for kernels. data(): "weight" / "packed" / int4 tiles with scales and mins
+  // / bf16c tiles.
   const uint8_t* data() const { return data_.data(); }
-  const float* row_multiplier() const { return reinterpret_cast<const float*>(aux0_.data()); }
-  size_t groups_per_row() const { return group_size_ ? padded_cols_ / group_size_ : 0; }
-  // bf16c exceptions (bf16c.h): row r's are entries [exc_row_ptr()[r], exc_row_ptr()[r + 1]).
-  const uint32_t* exc_row_ptr() const { return reinterpret_cast<const uint32_t*>(aux0_.data()); }
-  size_t num_exceptions() const { return format_ == WeightFormat::kBF16C ? exc_row_ptr()[rows_] : 0; }
-  const uint32_t* exc_col() const { return reinterpret_cast<const uint32_t*>(aux1_.data()); }
-  const uint16_t* exc_value() const {
-    return reinterpret_cast<const uint16_t*>(aux1_.data() + 4 * num_exceptions());
-  }
-  // bf16c: allocates the exception arrays for n entries (cols then values, in aux1).
-  void AllocateExceptions(size_t n) { aux1_ = AlignedBytes(6 * n); }
-  uint8_t* mutable_aux1() { return aux1_.data(); }
+  // ternary: the output multiplier of each row, float32 [rows] (1 / s_w after Quantize).
+  const float* row_multiplier() const { return reinterpret_cast<const float*>(row_multiplier_.data()); }
+  // bf16c: the exception lists (see BF16CExceptions).
+  const uint32_t* exc_row_ptr() const { return reinterpret_cast<const uint32_t*>(exceptions_.row_ptr.data()); }
+  const uint32_t* exc_col() const { return reinterpret_cast<const uint32_t*>(exceptions_.col.data()); }
+  const uint16_t* exc_value() const { return reinterpret_cast<const uint16_t*>(exceptions_.value.data()); }
+  size_t num_exceptions() const { return exceptions_.row_ptr.size() ? exc_row_ptr()[rows_] : 0; }
 
   // Every stored buffer (names/dtypes in the table above), views into this matrix.
   std::vector<BufferView> Buffers() const;
@@ -124,27 +134,38 @@ class QuantizedMatrix {
   static QuantizedMatrix FromBuffers(WeightFormat f, size_t rows, size_t cols, int group_size,
                                      const std::vector<BufferView>& buffers);
 
-  // Empty matrix of the given shape with zeroed storage (used by the constructors).
+  // Empty matrix of the given shape with zeroed storage (used by the constructors): data(),
+  // and the row multipliers (ternary) or exception row pointers (bf16c, no exceptions).
   static QuantizedMatrix Allocate(WeightFormat f, size_t rows, size_t cols, int group_size);
+  // Writable storage, for the codecs (formats/<format>.cc) filling a matrix they allocated.
   uint8_t* mutable_data() { return data_.data(); }
-  uint8_t* mutable_aux0() { return aux0_.data(); }
+  float* mutable_row_multiplier() { return reinterpret_cast<float*>(row_multiplier_.data()); }
+  uint32_t* mutable_exc_row_ptr() { return reinterpret_cast<uint32_t*>(exceptions_.row_ptr.data()); }
+  // bf16c: allocates room for n exceptions (columns and values, zeroed).
+  void AllocateExceptions(size_t n);
+  uint32_t* mutable_exc_col() { return reinterpret_cast<uint32_t*>(exceptions_.col.data()); }
+  uint16_t* mutable_exc_value() { return reinterpret_cast<uint16_t*>(exceptions_.value.data()); }
 
  private:
   WeightFormat format_ = WeightFormat::kF32;
   size_t rows_ = 0, cols_ = 0, padded_cols_ = 0;
   int group_size_ = 0;
-  AlignedBytes data_;  // "weight" / int4 tiles (q4 + scale + min interleaved) / "packed"
-  AlignedBytes aux0_;  // ternary "row_multiplier"; bf16c "exc_row_ptr"
-  AlignedBytes aux1_;  // bf16c "exc_col" then "exc_value"
+  AlignedBytes data_;            // "weight" / int4 tiles (q4 + scale + min interleaved) / "packed" / "tiles"
+  AlignedBytes row_multiplier_;  // ternary "row_multiplier"; empty otherwise
+  BF16CExceptions exceptions_;   // bf16c "exc_row_ptr", "exc_col", "exc_value"; empty otherwise
 };
 
-// w: f32 [rows, cols]. Ternary: absmean per tensor (DESIGN §3), row_multiplier = 1/s_w.
-// INT4: GGUF Q4_1 numerics with fp16 scale/min per group. BF16: round to nearest even.
+// w: f32 [rows, cols].
+//   ternary: absmean per tensor, s_w = 1 / max(mean|W|, 1e-5), T = clamp(round_half_even(W s_w),
+//            -1, 1), row_multiplier = 1/s_w (the matmul numerics: ternary.h).
+//   int4:    GGUF Q4_1 numerics with fp16 scale/min per group (int4.h).
+//   bf16, bf16c: round to nearest even.  f32: exact.
 // Throws std::invalid_argument on NaN/Inf, empty shape, or a group that is not 32/64/128
 // or does not divide cols.
 QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat f,
                          int group_size = 32);
 void Dequantize(const QuantizedMatrix& w, float* out /*rows*cols*/);
+// Allocates nothing (the embedding lookup calls it per token).
 void DequantizeRow(const QuantizedMatrix& w, size_t row, float* out /*cols*/);
 
 // Already-ternary weights: t int8 in {-1,0,1} [rows, cols];
@@ -160,22 +181,9 @@ QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale_f16, const uint
 QuantizedMatrix FromBF16(const uint16_t* bits, size_t rows, size_t cols);
 // Lossless bf16c (bf16c.h) from bf16 bit patterns [rows, cols]; throws on Inf/NaN.
 QuantizedMatrix FromBF16C(const uint16_t* bits, size_t rows, size_t cols);
-// Row r of a bf16 or bf16c matrix as bf16 bits [cols] (bf16c: exceptions applied).
-void BF16RowBits(const QuantizedMatrix& m, size_t r, uint16_t* out);
 // Stacks matrices of equal cols, format and group row-wise.
 QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts);
 // A copy of rows [r0, r1) of m (throws std::invalid_argument on an empty or outside range).
 QuantizedMatrix SliceRows(const QuantizedMatrix& m, size_t r0, size_t r1);
-
-// IEEE half <-> float, round to nearest even (scalar; used off the hot path).
-uint16_t F16FromF32(float f);
-float F32FromF16(uint16_t h);
-uint16_t BF16FromF32(float f);
-inline float F32FromBF16(uint16_t b) {
-  uint32_t u = uint32_t(b) << 16;
-  float f;
-  __builtin_memcpy(&f, &u, 4);
-  return f;
-}
 
 }  // namespace ternlm

@@ -71,7 +71,7 @@ TERNLM_AMX_ATTR void Unpack(const uint8_t* tile, size_t nblocks, uint8_t* out) {
   }
 }
 
-// One INT4 tile's codes (formats/int4.h, in-memory layout 3, group 32) as AMX B rows: for
+// One INT4 tile's codes (formats/int4.h, in-memory layout, group 32) as AMX B rows: for
 // group b, out[512 b + 64 (2 s + h) + byte] = nibble h of byte `byte` of code block s, i.e.
 // row 2s + h of the group's B operand holds columns 8s + 4h .. 8s + 4h + 3 of every row.
 TERNLM_AMX_ATTR void UnpackInt4G32(const uint8_t* tile, size_t nb32, uint8_t* out) {
@@ -120,7 +120,7 @@ TERNLM_AMX_ATTR bool TernaryMatMulRowsAmx(const uint8_t* packed, size_t padded_c
   uint8_t* b1 = b0 + unpacked;
   alignas(64) int32_t c[2][16 * 16];
   size_t configured = 0;
-  const size_t t0 = r0 / kTernaryTileRows, t1 = (r1 + kTernaryTileRows - 1) / kTernaryTileRows;
+  const size_t t0 = r0 / kTileRows, t1 = (r1 + kTileRows - 1) / kTileRows;
   for (size_t t = t0; t < t1; t += 2) {
     const size_t ntiles = std::min<size_t>(2, t1 - t);
     Unpack(packed + t * tile_bytes, nblocks, b0);
@@ -152,7 +152,7 @@ TERNLM_AMX_ATTR bool TernaryMatMulRowsAmx(const uint8_t* packed, size_t padded_c
       }
       _tile_stored(0, c[0], 64);
       for (size_t h = 0; h < ntiles; ++h) {  // as TernaryMatMulRows: (sum - sum q) / s_x * multiplier
-        const size_t rb = (t + h) * kTernaryTileRows, re = std::min(r1, rb + kTernaryTileRows);
+        const size_t rb = (t + h) * kTileRows, re = std::min(r1, rb + kTileRows);
         for (size_t j = 0; j < m; ++j) {
           const int32_t qs = a.q_sum[j0 + j];
           const float sx = a.inv_scale[j0 + j];

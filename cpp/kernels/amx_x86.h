@@ -47,7 +47,7 @@ bool CpuHasAmx();
 bool TernaryMatMulRowsAmx(const uint8_t* packed, size_t padded_cols, const float* mult,
                           const PreparedActivations& a, size_t r0, size_t r1, const MatMulOutput& out);
 
-// The same for an INT4 matrix with groups of 32 (formats/int4.h, in-memory layout 3): per
+// The same for an INT4 matrix with groups of 32 (formats/int4.h, in-memory layout): per
 // 32-column group one TDPBSUD (16 activation rows x 32 columns x 16 weight rows) gives the
 // exact integer dots, then the f32 epilogue of Int4TileG32 (int4_matmul-inl.h) in its order,
 // so outputs equal the vpdpbusd kernel's bit for bit. tiles = QuantizedMatrix::data().

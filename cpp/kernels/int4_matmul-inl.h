@@ -315,7 +315,7 @@ HWY_INLINE void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32, const
 HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int group,
                                  const PreparedActivations& a, size_t r0, size_t r1,
                                  const MatMulOutput& out) {
-  const hn::CappedTag<float, kInt4TileRows> df;
+  const hn::CappedTag<float, kTileRows> df;
   const hn::Rebind<int32_t, decltype(df)> di;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
   const size_t N = hn::Lanes(df);

@@ -1,7 +1,7 @@
 // MatMul: prepares the activations once (kernels/activations.h), splits the output
 // rows into tasks for the thread pool, and runs the best kernel for this CPU
 // (Highway dynamic dispatch over ternary_matmul-inl.h, int4_matmul-inl.h,
-// float_matmul-inl.h).
+// float_matmul-inl.h). What runs for each weight format is one row of kFormatKernels.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -10,8 +10,10 @@
 #include <vector>
 
 #include "formats/bf16.h"
+#include "formats/format_traits.h"
 #include "formats/quantized_matrix.h"
 #include "formats/ternary.h"
+#include "formats/tiles.h"
 #include "kernels/activations.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_testing.h"
@@ -30,25 +32,26 @@ HWY_BEFORE_NAMESPACE();
 namespace ternlm {
 namespace HWY_NAMESPACE {
 
-void MatMulRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
-                const MatMulOutput& out) {
-  switch (w.format()) {
-    case WeightFormat::kTernary:
-      TernaryMatMulRows(w.data(), w.padded_cols(), w.row_multiplier(), a, r0, r1, out);
-      break;
-    case WeightFormat::kInt4:
-      Int4MatMulRows(w.data(), w.padded_cols(), w.group_size(), a, r0, r1, out);
-      break;
-    case WeightFormat::kBF16:
-      BF16MatMulRows(w.data(), w.padded_cols(), a, r0, r1, out);
-      break;
-    case WeightFormat::kF32:
-      F32MatMulRows(w.data(), w.padded_cols(), a, r0, r1, out);
-      break;
-    case WeightFormat::kBF16C:
-      BF16CMatMulRows(w.data(), w.padded_cols(), w.exc_row_ptr(), w.exc_col(), w.exc_value(), a, r0, r1, out);
-      break;
-  }
+// The row kernels, one per format: rows [r0, r1) of w for every activation row.
+void F32Rows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
+             const MatMulOutput& out) {
+  F32MatMulRows(w.data(), w.padded_cols(), a, r0, r1, out);
+}
+void BF16Rows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
+              const MatMulOutput& out) {
+  BF16MatMulRows(w.data(), w.padded_cols(), a, r0, r1, out);
+}
+void Int4Rows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
+              const MatMulOutput& out) {
+  Int4MatMulRows(w.data(), w.padded_cols(), w.group_size(), a, r0, r1, out);
+}
+void TernaryRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
+                 const MatMulOutput& out) {
+  TernaryMatMulRows(w.data(), w.padded_cols(), w.row_multiplier(), a, r0, r1, out);
+}
+void BF16CRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
+               const MatMulOutput& out) {
+  BF16CMatMulRows(w.data(), w.padded_cols(), w.exc_row_ptr(), w.exc_col(), w.exc_value(), a, r0, r1, out);
 }
 
 float QuantizeActivationsInt8Target(const float* x, size_t n, int8_t* q) {
@@ -66,7 +69,11 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace ternlm {
 
-HWY_EXPORT(MatMulRows);
+HWY_EXPORT(F32Rows);
+HWY_EXPORT(BF16Rows);
+HWY_EXPORT(Int4Rows);
+HWY_EXPORT(TernaryRows);
+HWY_EXPORT(BF16CRows);
 HWY_EXPORT(TernaryIntDots);
 HWY_EXPORT(QuantizeActivationsInt8Target);
 
@@ -83,86 +90,114 @@ struct ActivationScratch {
   std::vector<float> inv_scale, group_sum, xf;
 };
 
-PreparedActivations Prepare(const QuantizedMatrix& w, const float* x, size_t n,
-                            ActivationScratch& s) {
-  PreparedActivations a;
-  a.n = n;
-  a.stride = w.padded_cols();
-  const size_t cols = w.cols(), stride = a.stride;
-  switch (w.format()) {
-    case WeightFormat::kTernary:
-      s.q.assign(n * stride, 0);
-      s.q_sum.resize(n);
-      s.inv_scale.resize(n);
-      for (size_t i = 0; i < n; ++i) {
-        int8_t* q = s.q.data() + i * stride;
-        s.inv_scale[i] = QuantizeActivationsInt8(x + i * cols, cols, q);
-        int32_t sum = 0;
-        for (size_t c = 0; c < cols; ++c) sum += q[c];
-        s.q_sum[i] = sum;
-      }
-      a.q = s.q.data();
-      a.q_sum = s.q_sum.data();
-      a.inv_scale = s.inv_scale.data();
-      break;
-    case WeightFormat::kInt4: {
-      const size_t nb = stride / 32, group = size_t(w.group_size()), ng = stride / group;
-      s.q.assign(n * stride, 0);
-      s.inv_scale.assign(n * nb, 0.0f);
-      s.group_sum.assign(n * ng, 0.0f);
-      for (size_t i = 0; i < n; ++i) {
-        const float* xr = x + i * cols;
-        for (size_t b = 0; b < cols / 32; ++b)  // cols is a multiple of the group, so of 32
-          s.inv_scale[i * nb + b] = QuantizeActivationsInt8(xr + 32 * b, 32, s.q.data() + i * stride + 32 * b);
-        // The min term uses the sum of the *dequantized* int8 activations (as GGUF's
-        // Q8_1 does), not of x: then the whole error is sum(w_c * (x̂_c - x_c)) over
-        // centred weights, instead of sum(scale * q_c * (x̂_c - x_c)) over q in 0..15,
-        // whose terms all share a sign and do not cancel (2-3x larger on real models).
-        const int8_t* qr = s.q.data() + i * stride;
-        for (size_t g = 0; g < cols / group; ++g) {
-          float sum = 0;
-          for (size_t b = g * group / 32; b < (g + 1) * group / 32; ++b) {
-            int32_t qs = 0;
-            for (size_t c = 0; c < 32; ++c) qs += qr[32 * b + c];
-            sum += float(qs) * s.inv_scale[i * nb + b];
-          }
-          s.group_sum[i * ng + g] = sum;
-        }
-      }
-      a.q = s.q.data();
-      a.inv_scale = s.inv_scale.data();
-      a.group_sum = s.group_sum.data();
-      break;
-    }
-    case WeightFormat::kBF16:
-    case WeightFormat::kBF16C:
-    case WeightFormat::kF32:
-      s.xf.assign(n * stride, 0.0f);
-      for (size_t i = 0; i < n; ++i) std::memcpy(s.xf.data() + i * stride, x + i * cols, cols * 4);
-      a.xf = s.xf.data();
-      break;
+// ---- activation prepares (a.n and a.stride are set by the caller)
+
+// ternary: int8 per row, with sum(q) and 1/s_x per row.
+void PrepareInt8Rows(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
+  const size_t n = a.n, cols = w.cols(), stride = a.stride;
+  s.q.assign(n * stride, 0);
+  s.q_sum.resize(n);
+  s.inv_scale.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    int8_t* q = s.q.data() + i * stride;
+    s.inv_scale[i] = QuantizeActivationsInt8(x + i * cols, cols, q);
+    int32_t sum = 0;
+    for (size_t c = 0; c < cols; ++c) sum += q[c];
+    s.q_sum[i] = sum;
   }
-  return a;
+  a.q = s.q.data();
+  a.q_sum = s.q_sum.data();
+  a.inv_scale = s.inv_scale.data();
+}
+
+// int4: int8 per block of 32, with 1/s_b per block and the f32 sum per group.
+void PrepareInt8Blocks(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
+  const size_t n = a.n, cols = w.cols(), stride = a.stride;
+  const size_t nb = stride / 32, group = size_t(w.group_size()), ng = stride / group;
+  s.q.assign(n * stride, 0);
+  s.inv_scale.assign(n * nb, 0.0f);
+  s.group_sum.assign(n * ng, 0.0f);
+  for (size_t i = 0; i < n; ++i) {
+    const float* xr = x + i * cols;
+    for (size_t b = 0; b < cols / 32; ++b)  // cols is a multiple of the group, so of 32
+      s.inv_scale[i * nb + b] = QuantizeActivationsInt8(xr + 32 * b, 32, s.q.data() + i * stride + 32 * b);
+    // The min term uses the sum of the *dequantized* int8 activations (as GGUF's
+    // Q8_1 does), not of x: then the whole error is sum(w_c * (x̂_c - x_c)) over
+    // centred weights, instead of sum(scale * q_c * (x̂_c - x_c)) over q in 0..15,
+    // whose terms all share a sign and do not cancel (2-3x larger on real models).
+    const int8_t* qr = s.q.data() + i * stride;
+    for (size_t g = 0; g < cols / group; ++g) {
+      float sum = 0;
+      for (size_t b = g * group / 32; b < (g + 1) * group / 32; ++b) {
+        int32_t qs = 0;
+        for (size_t c = 0; c < 32; ++c) qs += qr[32 * b + c];
+        sum += float(qs) * s.inv_scale[i * nb + b];
+      }
+      s.group_sum[i * ng + g] = sum;
+    }
+  }
+  a.q = s.q.data();
+  a.inv_scale = s.inv_scale.data();
+  a.group_sum = s.group_sum.data();
+}
+
+// f32, bf16, bf16c: x copied to rows of padded_cols floats, zero padded.
+void PrepareFloat(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
+  s.xf.assign(a.n * a.stride, 0.0f);
+  for (size_t i = 0; i < a.n; ++i) std::memcpy(s.xf.data() + i * a.stride, x + i * w.cols(), w.cols() * 4);
+  a.xf = s.xf.data();
+}
+
+using RowKernel = void (*)(const QuantizedMatrix&, const PreparedActivations&, size_t, size_t,
+                           const MatMulOutput&);
+
+// What MatMul runs for one weight format: the activation form its kernel reads, and its
+// row kernel for the target Highway chose for this CPU (looked up once per MatMul).
+struct FormatKernel {
+  WeightFormat format;
+  void (*prepare)(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a);
+  RowKernel (*rows)();
+};
+
+// The kernels' side of the format table (formats/format_traits.h): one row per format.
+// Adding a format adds its row kernel above (exported per target) and its row here.
+const FormatKernel kFormatKernels[] = {
+    {WeightFormat::kTernary, PrepareInt8Rows, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(TernaryRows)); }},
+    {WeightFormat::kInt4, PrepareInt8Blocks, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Int4Rows)); }},
+    {WeightFormat::kBF16, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(BF16Rows)); }},
+    {WeightFormat::kBF16C, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(BF16CRows)); }},
+    {WeightFormat::kF32, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(F32Rows)); }},
+};
+
+const FormatKernel& KernelFor(WeightFormat f) {
+  for (const FormatKernel& k : kFormatKernels)
+    if (k.format == f) return k;
+  throw std::invalid_argument(std::string("matmul: no kernel for format ") + FormatName(f));
 }
 
 }  // namespace
 
 void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, ThreadPool& pool) {
   if (n == 0 || w.rows() == 0) return;
+  const FormatKernel& kernel = KernelFor(w.format());
   thread_local ActivationScratch scratch;
-  const PreparedActivations a = Prepare(w, x, n, scratch);
+  PreparedActivations a;
+  a.n = n;
+  a.stride = w.padded_cols();
+  kernel.prepare(w, x, scratch, a);
+  const RowKernel rows_kernel = kernel.rows();
   const MatMulOutput out{y, w.rows()};
   const size_t rows = w.rows();
   // Enough tasks to balance, each at least 16 rows so the per-task overhead stays small;
-  // tasks start on a 16-row tile (every format but f32).
-  const size_t unit = w.format() == WeightFormat::kF32 ? 1 : 16;  // 16-row tiles
+  // tasks of a tiled format start on a tile.
+  const size_t unit = Traits(w.format()).tiled ? kTileRows : 1;
   const size_t units = (rows + unit - 1) / unit;
   const size_t ntasks = std::max<size_t>(1, std::min(pool.num_threads() * 8, rows / 16));
   const size_t per_task = (units + ntasks - 1) / ntasks * unit;
   pool.Run(ntasks, [&](size_t task, size_t /*thread*/) {
     const size_t r0 = task * per_task, r1 = std::min(rows, r0 + per_task);
     if (r0 >= r1) return;
-    HWY_DYNAMIC_DISPATCH(MatMulRows)(w, a, r0, r1, out);
+    rows_kernel(w, a, r0, r1, out);
   });
 }
 

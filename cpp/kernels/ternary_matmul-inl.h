@@ -306,11 +306,11 @@ HWY_NOINLINE void TernaryMatMulRows(const uint8_t* packed, size_t padded_cols, c
 HWY_NOINLINE void TernaryIntDotsRows(const uint8_t* packed, size_t padded_cols, size_t rows,
                                      const int8_t* q, int32_t q_sum, int32_t* out) {
   const int8_t* xs[1] = {q};
-  HWY_ALIGN int32_t d[kTernaryTileRows];
-  for (size_t rb = 0; rb < rows; rb += kTernaryTileRows) {
-    TernaryTileDots<1>(packed + (rb / kTernaryTileRows) * TernaryTileBytes(padded_cols),
+  HWY_ALIGN int32_t d[kTileRows];
+  for (size_t rb = 0; rb < rows; rb += kTileRows) {
+    TernaryTileDots<1>(packed + (rb / kTileRows) * TernaryTileBytes(padded_cols),
                        padded_cols / kTernaryBlockCols, xs, d);
-    for (size_t r = rb; r < std::min(rows, rb + kTernaryTileRows); ++r) out[r] = d[r - rb] - q_sum;
+    for (size_t r = rb; r < std::min(rows, rb + kTileRows); ++r) out[r] = d[r - rb] - q_sum;
   }
 }
 

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <type_traits>
 
+#include "formats/tiles.h"  // kTileRows
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
@@ -18,7 +19,6 @@ HWY_BEFORE_NAMESPACE();
 namespace ternlm {
 namespace HWY_NAMESPACE {
 
-constexpr size_t kTileRows = 16;
 constexpr size_t kMaxActivationRows = 4;  // activation rows per pass over a tile
 
 // fn(t, x0, nx) for every tile t in [r0 / 16, ceil(r1 / 16)) and every group of

@@ -15,7 +15,7 @@
 
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
-#include "formats/quantized_matrix.h"  // F32FromF16
+#include "formats/half.h"  // F32FromF16
 #include "kernels/vector_ops.h"
 
 HWY_BEFORE_NAMESPACE();

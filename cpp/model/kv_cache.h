@@ -21,7 +21,7 @@
 #include <sys/mman.h>
 #endif
 
-#include "formats/quantized_matrix.h"  // F16FromF32
+#include "formats/half.h"  // F16FromF32
 #include "hwy/aligned_allocator.h"
 #include "kernels/vector_ops.h"
 

@@ -132,45 +132,36 @@ py::array_t<float> MatMulPy(py::handle x_obj, const QuantizedMatrix& q, py::obje
   return y;
 }
 
+// pack_ternary / unpack_ternary: the plain layout of formats/ternary.h (4 values per
+// byte over the flattened array, exactly ceil(n / 4) bytes).
 py::array_t<uint8_t> PackTernaryPy(py::handle t_obj) {
   py::array_t<int8_t> t = Require<int8_t>(t_obj, "pack_ternary: t", "int8");
-  if (t.ndim() < 1) throw py::value_error("pack_ternary: t must have at least 1 dimension");
-  const size_t last = size_t(t.shape(t.ndim() - 1));
-  if (last == 0) throw py::value_error("pack_ternary: t's last dimension is empty");
-  const size_t outer = size_t(t.size()) / last;
+  const size_t n = size_t(t.size());
   const int8_t* tp = t.data();
-  for (size_t i = 0; i < size_t(t.size()); ++i)
+  for (size_t i = 0; i < n; ++i)
     if (tp[i] < -1 || tp[i] > 1)
       throw py::value_error("pack_ternary: t must hold only -1, 0, 1; got " + std::to_string(int(tp[i])) +
                             " at flat index " + std::to_string(i));
-  std::vector<py::ssize_t> shape(t.shape(), t.shape() + t.ndim());
-  shape.back() = py::ssize_t(TernaryPackedBytes(last));
-  py::array_t<uint8_t> out(shape);
-  for (size_t r = 0; r < outer; ++r)
-    PackTernaryRow(tp + r * last, last, out.mutable_data() + r * TernaryPackedBytes(last));
+  py::array_t<uint8_t> out({py::ssize_t(PackedTernaryBytes(n))});
+  PackTernary(tp, n, out.mutable_data());
   return out;
 }
 
 py::array_t<int8_t> UnpackTernaryPy(py::handle p_obj, std::vector<long> shape) {
   py::array_t<uint8_t> p = Require<uint8_t>(p_obj, "unpack_ternary: packed", "uint8");
-  if (shape.empty()) throw py::value_error("unpack_ternary: shape must have at least 1 dimension");
-  size_t outer = 1;
-  for (size_t i = 0; i + 1 < shape.size(); ++i) {
-    if (shape[i] < 0) throw py::value_error("unpack_ternary: shape has a negative dimension");
-    outer *= size_t(shape[i]);
+  size_t n = 1;
+  for (long d : shape) {
+    if (d < 0) throw py::value_error("unpack_ternary: shape has a negative dimension");
+    if (d > 0 && n > (size_t(1) << 48) / size_t(d)) throw py::value_error("unpack_ternary: shape is too large");
+    n *= size_t(d);
   }
-  if (shape.back() <= 0) throw py::value_error("unpack_ternary: shape's last dimension must be positive");
-  const size_t last = size_t(shape.back()), row_bytes = TernaryPackedBytes(last);
-  if (size_t(p.size()) != outer * row_bytes)
-    throw py::value_error("unpack_ternary: packed has " + std::to_string(p.size()) +
-                          " bytes, expected " + std::to_string(outer * row_bytes) +
-                          " (prod(shape[:-1]) * ceil(shape[-1] / 256) * 64)");
-  std::vector<py::ssize_t> s(shape.begin(), shape.end());
-  py::array_t<int8_t> out(s);
-  for (size_t r = 0; r < outer; ++r)
-    if (!UnpackTernaryRow(p.data() + r * row_bytes, last, out.mutable_data() + r * last))
-      throw py::value_error("unpack_ternary: packed row " + std::to_string(r) +
-                            " holds the invalid 2-bit code 3");
+  if (size_t(p.size()) != PackedTernaryBytes(n))
+    throw py::value_error("unpack_ternary: packed has " + std::to_string(p.size()) + " bytes, expected " +
+                          std::to_string(PackedTernaryBytes(n)) + " (ceil(prod(shape) / 4))");
+  py::array_t<int8_t> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  const size_t bad = UnpackTernary(p.data(), n, out.mutable_data());
+  if (bad != n)
+    throw py::value_error("unpack_ternary: element " + std::to_string(bad) + " holds the invalid 2-bit code 3");
   return out;
 }
 
@@ -280,8 +271,13 @@ void BindFormats(py::module_& m) {
     return Quantize(p, rows, cols, f, group_size);
   }, py::arg("w"), py::arg("format"), py::arg("group_size") = 32);
   m.def("matmul", &MatMulPy, py::arg("x"), py::arg("q"), py::arg("threads") = py::none());
-  m.def("pack_ternary", &PackTernaryPy, py::arg("t"));
-  m.def("unpack_ternary", &UnpackTernaryPy, py::arg("packed"), py::arg("shape"));
+  m.def("pack_ternary", &PackTernaryPy, py::arg("t"),
+        "int8 {-1, 0, 1} array of any shape -> uint8 [ceil(t.size / 4)]: the values in row-major "
+        "order, 4 per byte, element i as t + 1 in bits 2k..2k+1 (k = i % 4) of byte i // 4; the "
+        "unused fields of the last byte hold 1 (a zero). Independent of the matrix layout.");
+  m.def("unpack_ternary", &UnpackTernaryPy, py::arg("packed"), py::arg("shape"),
+        "The inverse of pack_ternary: int8 array of the given shape. Raises ValueError unless packed "
+        "holds ceil(prod(shape) / 4) bytes and no value's field holds the invalid code 3.");
   m.def("from_ternary", &FromTernaryPy, py::arg("t"), py::arg("row_multiplier"));
   m.def("from_bf16", &FromBF16Py, py::arg("bits"), py::arg("format") = "bf16",
         "A bf16 (or bf16c: the same values in ~12 bits) QuantizedMatrix from bf16 bit patterns "
@@ -303,7 +299,7 @@ void BindFormats(py::module_& m) {
     py::array_t<int8_t> q({x.shape(0)});
     const float inv = QuantizeActivationsInt8(x.data(), size_t(x.shape(0)), q.mutable_data());
     return py::make_tuple(q, inv);
-  }, py::arg("x"), "(q int8, 1/s_x): the per-row activation quantization of DESIGN §3 (tests).");
+  }, py::arg("x"), "(q int8, 1/s_x): the per-row activation quantization of formats/ternary.h (tests).");
   m.def("ternary_int_dots", [](const QuantizedMatrix& q, py::handle x_obj) {
     py::array_t<int8_t> x = Require<int8_t>(x_obj, "ternary_int_dots: x", "int8");
     if (x.ndim() != 1 || size_t(x.shape(0)) != q.cols())

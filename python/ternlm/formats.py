@@ -1,33 +1,37 @@
-"""Weight formats and the matmul kernels, numpy in and numpy out (DESIGN.md §3, §4).
+"""Weight formats and the matmul kernels, numpy in and numpy out.
 
     q = ternlm.quantize(w, "ternary")        # w: float32/float16 [out, in]
     q = ternlm.quantize(w, "int4", group_size=32)
     q = ternlm.quantize(w, "bf16")            # or "bf16c": the same values in ~12 bits
     y = ternlm.matmul(x, q)                  # x: float32 [in] or [n, in]
 
-Numerics:
+Numerics (each format's header under cpp/formats/ defines them; quantized_matrix.h lists
+what quantize() does):
   ternary  absmean per tensor: s_w = 1/max(mean|W|, 1e-5), T = clamp(round(W s_w), -1, 1);
            activations int8 per row, s_x = 127/max(max|x|, 1e-5); the int32 sums are exact
-           and y = (q . T) / s_x * row_multiplier (row_multiplier = 1/s_w after quantize()).
+           and y = (q . T) / s_x * row_multiplier (row_multiplier = 1/s_w after quantize());
+           cpp/formats/ternary.h.
   int4     group-wise asymmetric w = scale*q + min, q in [0, 15], fp16 scale/min (GGUF Q4_1);
            matmul quantizes activations to int8 per block of 32 inputs (exact integer dots
            per block); the min term uses the sum of those dequantized activations (as
-           GGUF Q8_1), so the error is sum w*(x̂-x) over the real, centred weights.
-  bf16     round to nearest even; f32 activations and accumulation.
+           GGUF Q8_1), so the error is sum w*(x̂-x) over the real, centred weights;
+           cpp/formats/int4.h.
+  bf16     round to nearest even; f32 activations and accumulation (cpp/formats/bf16.h).
   bf16c    bf16's values bit for bit in ~12 bits per weight (cpp/formats/bf16c.h: per 16-row
            tile a table of 15 high bytes, a 4-bit code + the low byte per weight, the rare
            others in an exception list); f32 activations and accumulation, like bf16.
 
-Packed layouts are drawn in cpp/formats/ternary.h and int4.h; ``q.buffers()`` returns the
-stored arrays (layout_version 2: ternary matrices in 16-row tiles, rows padded to 64 weights)
-and ``QuantizedMatrix.from_buffers`` rebuilds a matrix from them without conversion,
-validating every buffer (layout_version 1 buffers, whose ternary rows are in the
-pack_ternary codec, are converted). ``q.ternary_values()`` gives the stored {-1, 0, 1}.
+Packed layouts are drawn in those headers; ``q.buffers()`` returns the stored arrays
+(layout_version 2, the only one read: ternary matrices in 16-row tiles, rows padded to 64
+weights) and ``QuantizedMatrix.from_buffers`` rebuilds a matrix from them without
+conversion, validating every buffer. ``q.ternary_values()`` gives the stored {-1, 0, 1}.
 
-pack_ternary(t) (a row codec, independent of the matrix layout) packs the LAST axis of an int8 {-1,0,1} array of any shape: each run of
-shape[-1] values becomes ceil(shape[-1]/256)*64 bytes (2 bits per weight, t+1 stored; byte j
-of a 64-byte block holds weights j, j+64, j+128, j+192 of its 256). unpack_ternary(packed,
-shape) is the inverse.
+pack_ternary(t) packs an int8 {-1, 0, 1} array of any shape, independent of the matrix
+layout: the values in row-major (C) order, 4 per byte, element i stored as t + 1 in bits
+2k..2k+1 (k = i % 4) of byte i // 4; the unused fields of the last byte hold 1 (a zero
+weight). The result is a 1-D uint8 array of exactly ceil(t.size / 4) bytes.
+unpack_ternary(packed, shape) is the inverse; it raises ValueError when packed does not
+hold ceil(prod(shape) / 4) bytes or a value's field holds the invalid code 3.
 
 Every function raises TypeError (wrong dtype or type) or ValueError (ndim, shape, contiguity,
 values) naming the argument and the expected value.

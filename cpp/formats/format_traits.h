@@ -1,0 +1,62 @@
+// What a weight format provides: one FormatTraits per WeightFormat, defined in the
+// format's codec (formats/<format>.cc, beside the header drawing its layout), and one
+// table (format_traits.cc) that Traits(WeightFormat) looks up. quantized_matrix.cc keeps only the
+// generic storage and calls through this table; the kernels' side is the table of
+// kernels/matmul.cc (activation prepare + row kernel per format).
+//
+// Adding a format (an 8-bit head comes next) touches: its WeightFormat value, its codec
+// file (and layout header), one row of kFormatTraits, and its row of kernels/matmul.cc.
+#pragma once
+#include <cstddef>
+#include <vector>
+
+#include "formats/quantized_matrix.h"
+
+namespace ternlm {
+
+class StoredBuffers;  // formats/codec_util.h
+
+// Rows [r0, r1) of one matrix: a piece of ConcatRows / SliceRows.
+struct RowRange {
+  const QuantizedMatrix* m;
+  size_t r0, r1;
+};
+
+struct FormatTraits {
+  WeightFormat format;
+  const char* name;   // FormatName; ParseFormat accepts it
+  const char* alias;  // a second name ParseFormat accepts, or nullptr
+  bool tiled;         // rows stored in kTileRows-row tiles (formats/tiles.h); f32 is not
+  bool grouped;       // takes a group_size (32, 64 or 128, dividing cols)
+
+  // ---- sizes
+  size_t (*padded_cols)(size_t cols);
+  // Bytes of data() per row (QuantizedMatrix::row_bytes) and for a whole matrix.
+  size_t (*row_bytes)(size_t padded_cols, int group);
+  size_t (*data_bytes)(size_t rows, size_t padded_cols, int group);
+  // Side storage QuantizedMatrix::Allocate adds: float32 row multipliers [rows] (ternary),
+  // exception row pointers [rows + 1] (bf16c).
+  bool has_row_multiplier;
+  bool has_exceptions;
+
+  // ---- codec. m is always of this format; shapes and groups are checked by the caller.
+  // The stored buffers after "layout_version" (views into m, or converted copies).
+  void (*buffers)(const QuantizedMatrix& m, std::vector<BufferView>* out);
+  // Fills m (fresh from Allocate) from stored buffers, taken by name from `in`, and
+  // validates their values; throws std::invalid_argument naming the buffer.
+  void (*from_buffers)(QuantizedMatrix& m, StoredBuffers& in);
+  // Fills m (fresh from Allocate) from finite f32 weights [rows, cols].
+  void (*quantize)(QuantizedMatrix& m, const float* w);
+  // Row r < rows as f32 [cols], exactly as the kernels see it; allocates nothing.
+  void (*dequantize_row)(const QuantizedMatrix& m, size_t r, float* out);
+  // A new matrix holding the given ranges (of matrices of this format, equal cols and
+  // group) one after the other.
+  QuantizedMatrix (*stack_rows)(const std::vector<RowRange>& ranges);
+};
+
+// Throws std::invalid_argument for a value outside WeightFormat.
+const FormatTraits& Traits(WeightFormat f);
+// Every format, in the table's order (the order messages list them).
+const std::vector<const FormatTraits*>& AllFormats();
+
+}  // namespace ternlm
