@@ -240,7 +240,8 @@ def test_logits_match_transformers_gguf_loading(tiny_ggufs, kind):
 def test_dequantized_gguf_weights_in_f32_match_transformers_tightly(tiny_ggufs, kind):
     """The same file with every imported matrix run in f32 (no activation quantization):
     what the loader hands over is exactly what transformers dequantizes."""
-    from ternlm.model import Model, build_engine, read_checkpoint
+    from ternlm.loading import build_engine, read_checkpoint
+    from ternlm.model import Model
     path = tiny_ggufs[kind]
     ck = read_checkpoint(path)
     tensors = {n: (v.dequantize() if isinstance(v, ternlm.QuantizedMatrix) else np.asarray(v, np.float32))

@@ -237,7 +237,7 @@ def test_bf16_tensors_become_bf16_matrices_from_their_bits(llama_folders):
     # A BF16 checkpoint tensor reaches the bf16 format straight from its bits (no float32
     # copy); np.asarray still gives the exact float32 values.
     from ternlm.io.hf import BF16Tensor
-    from ternlm.model import convert_checkpoint
+    from ternlm.loading import convert_checkpoint
     ck = load_hf_folder(llama_folders["tied_bf16"])
     embed = ck.tensors["embed"]
     assert isinstance(embed, BF16Tensor) and embed.shape == (ck.config.vocab_size, ck.config.hidden_size)
