@@ -1,5 +1,6 @@
 """A numpy re-implementation of the Llama / BitNet b1.58 forward pass, written from the
-transformers modeling code and DESIGN.md §3, as an independent reference for tests.
+transformers modeling code and the numerics stated in cpp/kernels/activations.h and
+cpp/formats/quantized_matrix.h, as an independent reference for tests.
 
 weights: canonical name -> float32 array (norms, float matrices) or ("ternary", T int8
 [out, in], row_multiplier f32 [out]) for BitNet linears, whose product is

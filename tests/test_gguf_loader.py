@@ -224,7 +224,7 @@ def test_logits_match_transformers_gguf_loading(tiny_ggufs, kind):
     ref = _transformers_gguf_logits(path, ids)
     got = m.logits(ids)
     # float32 engine vs float32 torch on identical (dequantized) weights. INT4 matmuls quantize
-    # activations to int8 per 32-block (DESIGN §3); in this 64-wide random model that costs
+    # activations to int8 per 32-block (cpp/kernels/activations.h); in this 64-wide random model that costs
     # about 1% of the logits' RMS, with single logits off by up to ~5% of the largest.
     err = got - ref
     rel_rms = np.sqrt(np.mean(err ** 2) / np.mean(ref ** 2))

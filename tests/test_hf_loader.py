@@ -99,7 +99,7 @@ def test_unpack_rejects_bad_codes_and_shapes():
 
 
 def numpy_bitnet_linear(x, t, row_multiplier):
-    """DESIGN §3: q = clamp(round(x * s_x)), y = (q . T^T) / s_x * row_multiplier, f32."""
+    """cpp/kernels/activations.h: q = clamp(round(x * s_x)), y = (q . T^T) / s_x * row_multiplier, f32."""
     x = x.astype(np.float32)
     s_x = np.float32(127.0) / np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-5))
     q = np.clip(np.round(x * s_x), -128, 127).astype(np.int32)

@@ -5,9 +5,13 @@
 namespace ternlm {
 namespace {
 
+// Which configs have a tensor.
+bool Always(const ModelConfig&) { return true; }
 bool BitNetOnly(const ModelConfig& c) { return c.arch == Arch::kBitNet; }
 bool Untied(const ModelConfig& c) { return !c.tie_word_embeddings; }
 
+using Id = TensorId;
+using S = TensorScope;
 using R = TensorRole;
 using D = Dim;
 using F = Fusion;
@@ -16,39 +20,37 @@ using F = Fusion;
 // they stand. Source names: transformers' LlamaForCausalLM / BitNetForCausalLM state
 // dict; llama.cpp's LLM_ARCH_LLAMA / LLM_ARCH_BITNET tensor names.
 constexpr TensorDecl kTensors[] = {
-// id                     name             layer  role          rows          cols           fusion        piece
-//   Hugging Face key                                     GGUF name                     present
-{TensorId::kEmbed,       "embed",          false, R::kEmbedding, D::kVocab,    D::kHidden,    F::kNone,   0,
-   "model.embed_tokens.weight",                        "token_embd.weight",           nullptr},
-{TensorId::kAttnNorm,    "attn_norm",      true,  R::kNorm,     D::kHidden,    D::kNone,      F::kNone,   0,
-   "model.layers.{i}.input_layernorm.weight",          "blk.{i}.attn_norm.weight",    nullptr},
-{TensorId::kQ,           "q",              true,  R::kMatrix,   D::kQDim,      D::kHidden,    F::kQkv,    0,
-   "model.layers.{i}.self_attn.q_proj.weight",         "blk.{i}.attn_q.weight",       nullptr},
-{TensorId::kK,           "k",              true,  R::kMatrix,   D::kKvDim,     D::kHidden,    F::kQkv,    1,
-   "model.layers.{i}.self_attn.k_proj.weight",         "blk.{i}.attn_k.weight",       nullptr},
-{TensorId::kV,           "v",              true,  R::kMatrix,   D::kKvDim,     D::kHidden,    F::kQkv,    2,
-   "model.layers.{i}.self_attn.v_proj.weight",         "blk.{i}.attn_v.weight",       nullptr},
-{TensorId::kAttnSubNorm, "attn_sub_norm",  true,  R::kNorm,     D::kQDim,      D::kNone,      F::kNone,   0,
+// id              name             scope      role           rows              cols              fusion       piece
+//   Hugging Face key                                  GGUF name                       present
+{Id::kEmbed,       "embed",         S::kModel, R::kEmbedding, D::kVocab,        D::kHidden,       F::kNone,    0,
+   "model.embed_tokens.weight",                        "token_embd.weight",            Always},
+{Id::kAttnNorm,    "attn_norm",     S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.input_layernorm.weight",          "blk.{i}.attn_norm.weight",     Always},
+{Id::kQ,           "q",             S::kLayer, R::kMatrix,    D::kQDim,         D::kHidden,       F::kQkv,     0,
+   "model.layers.{i}.self_attn.q_proj.weight",         "blk.{i}.attn_q.weight",        Always},
+{Id::kK,           "k",             S::kLayer, R::kMatrix,    D::kKvDim,        D::kHidden,       F::kQkv,     1,
+   "model.layers.{i}.self_attn.k_proj.weight",         "blk.{i}.attn_k.weight",        Always},
+{Id::kV,           "v",             S::kLayer, R::kMatrix,    D::kKvDim,        D::kHidden,       F::kQkv,     2,
+   "model.layers.{i}.self_attn.v_proj.weight",         "blk.{i}.attn_v.weight",        Always},
+{Id::kAttnSubNorm, "attn_sub_norm", S::kLayer, R::kNorm,      D::kQDim,         D::kNone,         F::kNone,    0,
    "model.layers.{i}.self_attn.attn_sub_norm.weight",  "blk.{i}.attn_sub_norm.weight", BitNetOnly},
-{TensorId::kO,           "o",              true,  R::kMatrix,   D::kHidden,    D::kQDim,      F::kNone,   0,
-   "model.layers.{i}.self_attn.o_proj.weight",         "blk.{i}.attn_output.weight",  nullptr},
-{TensorId::kFfnNorm,     "ffn_norm",       true,  R::kNorm,     D::kHidden,    D::kNone,      F::kNone,   0,
-   "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight",     nullptr},
-{TensorId::kGate,        "gate",           true,  R::kMatrix,   D::kIntermediate, D::kHidden, F::kGateUp, 0,
-   "model.layers.{i}.mlp.gate_proj.weight",            "blk.{i}.ffn_gate.weight",     nullptr},
-{TensorId::kUp,          "up",             true,  R::kMatrix,   D::kIntermediate, D::kHidden, F::kGateUp, 1,
-   "model.layers.{i}.mlp.up_proj.weight",              "blk.{i}.ffn_up.weight",       nullptr},
-{TensorId::kFfnSubNorm,  "ffn_sub_norm",   true,  R::kNorm,     D::kIntermediate, D::kNone,   F::kNone,   0,
-   "model.layers.{i}.mlp.ffn_sub_norm.weight",         "blk.{i}.ffn_sub_norm.weight", BitNetOnly},
-{TensorId::kDown,        "down",           true,  R::kMatrix,   D::kHidden,    D::kIntermediate, F::kNone, 0,
-   "model.layers.{i}.mlp.down_proj.weight",            "blk.{i}.ffn_down.weight",     nullptr},
-{TensorId::kNorm,        "norm",           false, R::kNorm,     D::kHidden,    D::kNone,      F::kNone,   0,
-   "model.norm.weight",                                "output_norm.weight",          nullptr},
-{TensorId::kLmHead,      "lm_head",        false, R::kHead,     D::kVocab,     D::kHidden,    F::kNone,   0,
-   "lm_head.weight",                                   "output.weight",               Untied},
+{Id::kO,           "o",             S::kLayer, R::kMatrix,    D::kHidden,       D::kQDim,         F::kNone,    0,
+   "model.layers.{i}.self_attn.o_proj.weight",         "blk.{i}.attn_output.weight",   Always},
+{Id::kFfnNorm,     "ffn_norm",      S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight",      Always},
+{Id::kGate,        "gate",          S::kLayer, R::kMatrix,    D::kIntermediate, D::kHidden,       F::kGateUp,  0,
+   "model.layers.{i}.mlp.gate_proj.weight",            "blk.{i}.ffn_gate.weight",      Always},
+{Id::kUp,          "up",            S::kLayer, R::kMatrix,    D::kIntermediate, D::kHidden,       F::kGateUp,  1,
+   "model.layers.{i}.mlp.up_proj.weight",              "blk.{i}.ffn_up.weight",        Always},
+{Id::kFfnSubNorm,  "ffn_sub_norm",  S::kLayer, R::kNorm,      D::kIntermediate, D::kNone,         F::kNone,    0,
+   "model.layers.{i}.mlp.ffn_sub_norm.weight",         "blk.{i}.ffn_sub_norm.weight",  BitNetOnly},
+{Id::kDown,        "down",          S::kLayer, R::kMatrix,    D::kHidden,       D::kIntermediate, F::kNone,    0,
+   "model.layers.{i}.mlp.down_proj.weight",            "blk.{i}.ffn_down.weight",      Always},
+{Id::kNorm,        "norm",          S::kModel, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.norm.weight",                                "output_norm.weight",           Always},
+{Id::kLmHead,      "lm_head",       S::kModel, R::kHead,      D::kVocab,        D::kHidden,       F::kNone,    0,
+   "lm_head.weight",                                   "output.weight",                Untied},
 };
-
-bool Present(const TensorDecl& d, const ModelConfig& c) { return !d.present || d.present(c); }
 
 // name with "{i}" replaced by the layer number.
 std::string ForLayer(const char* name, int layer) {
@@ -62,7 +64,7 @@ TensorSpec Resolve(const TensorDecl& d, const ModelConfig& c, int layer) {
   TensorSpec s;
   s.decl = &d;
   s.layer = layer;
-  s.name = d.per_layer ? "layers." + std::to_string(layer) + "." + d.name : d.name;
+  s.name = d.scope == TensorScope::kLayer ? "layers." + std::to_string(layer) + "." + d.name : d.name;
   s.rows = Size(d.rows, c);
   s.cols = Size(d.cols, c);
   s.hf_name = ForLayer(d.hf_name, layer);
@@ -109,16 +111,16 @@ std::vector<TensorSpec> TensorSpecs(const ModelConfig& c) {
   const size_t n = sizeof(kTensors) / sizeof(kTensors[0]);
   for (size_t i = 0; i < n; ++i) {
     const TensorDecl& d = kTensors[i];
-    if (!d.per_layer) {
-      if (Present(d, c)) out.push_back(Resolve(d, c, -1));
+    if (d.scope == TensorScope::kModel) {
+      if (d.present(c)) out.push_back(Resolve(d, c, -1));
       continue;
     }
-    if (i > 0 && kTensors[i - 1].per_layer) continue;  // the run was emitted at its first row
-    size_t end = i;
-    while (end < n && kTensors[end].per_layer) ++end;
+    if (i > 0 && kTensors[i - 1].scope == TensorScope::kLayer) continue;  // emitted with its run
+    size_t end = i;  // the run of per-layer rows [i, end)
+    while (end < n && kTensors[end].scope == TensorScope::kLayer) ++end;
     for (size_t layer = 0; layer < c.num_layers; ++layer)
       for (size_t j = i; j < end; ++j)
-        if (Present(kTensors[j], c)) out.push_back(Resolve(kTensors[j], c, int(layer)));
+        if (kTensors[j].present(c)) out.push_back(Resolve(kTensors[j], c, int(layer)));
   }
   return out;
 }
@@ -132,7 +134,7 @@ const TensorSpec* FindSpec(const std::vector<TensorSpec>& specs, const std::stri
 size_t RowsBeforePiece(const ModelConfig& c, Fusion fusion, size_t piece) {
   size_t rows = 0;
   for (const TensorDecl& d : kTensors)
-    if (d.fusion == fusion && d.piece < piece && Present(d, c)) rows += Size(d.rows, c);
+    if (d.fusion == fusion && d.piece < piece && d.present(c)) rows += Size(d.rows, c);
   return rows;
 }
 

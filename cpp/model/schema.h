@@ -31,6 +31,11 @@ enum class TensorId : uint8_t {
   kFfnNorm, kGate, kUp, kFfnSubNorm, kDown,
 };
 
+enum class TensorScope : uint8_t {
+  kModel,  // one per model
+  kLayer,  // one per layer, named "layers.{i}.<name>"
+};
+
 enum class TensorRole : uint8_t {
   kEmbedding,  // [vocab, hidden] matrix whose rows are looked up
   kHead,       // [vocab, hidden] output projection
@@ -53,14 +58,14 @@ const char* FusionName(Fusion f);  // "", "qkv", "gate_up"
 struct TensorDecl {
   TensorId id;
   const char* name;       // canonical; per-layer tensors: the part after "layers.{i}."
-  bool per_layer;
+  TensorScope scope;
   TensorRole role;
   Dim rows, cols;         // [rows, cols]; a vector has cols == Dim::kNone
   Fusion fusion;
   uint8_t piece;          // index in its fusion group (output-row order)
   const char* hf_name;    // Hugging Face safetensors key
   const char* gguf_name;  // GGUF tensor name (llama.cpp's naming)
-  bool (*present)(const ModelConfig&);  // nullptr: every config has it
+  bool (*present)(const ModelConfig&);  // whether a config has this tensor
 };
 
 // A declaration resolved for one config and layer.
