@@ -11,9 +11,14 @@
 // Everything else reads the schema: the Python loaders (python/ternlm/schema.py, over
 // _core.tensor_schema), the engine's weight assembly and matrix lookup (weights.h).
 //
-// Adding a tensor (a Qwen2 q/k/v bias, a Qwen3 per-head q/k norm, BitLinear's input
-// norm) is one row in kTensors plus its numerics: a TensorId, the member of Weights that
-// holds it (weights.h/.cc) and the code that uses it in the forward pass.
+// One table serves every architecture: Llama-family models differ in which tensors they
+// have, not in the names or shapes of those they share, so a row's presence predicate
+// (on the config: arch, tie_word_embeddings, later flags such as attention_bias) says
+// which models have it. Adding a tensor (a Qwen2 q/k/v bias, a Qwen3 per-head q/k norm,
+// BitLinear's input norm) is one row in kTensors plus its numerics: a TensorId, the
+// member of Weights that holds it (weights.h, its slot in weights.cc) and the code that
+// uses it in the forward pass. An architecture whose checkpoints name a shared tensor
+// differently would get its own row for it, with its own predicate.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -43,8 +48,10 @@ enum class TensorRole : uint8_t {
   kMatrix,     // layer projection [out, in]
 };
 const char* RoleName(TensorRole role);  // "embedding", "head", "norm", "matrix"
-// Stored as a QuantizedMatrix in some weight format (not a float vector).
-inline bool HasFormat(TensorRole role) { return role != TensorRole::kNorm; }
+// Stored as a QuantizedMatrix in some weight format; the other roles are float vectors.
+inline bool HasFormat(TensorRole role) {
+  return role == TensorRole::kEmbedding || role == TensorRole::kHead || role == TensorRole::kMatrix;
+}
 
 // A size in config terms; kNone is the missing second dimension of a vector.
 enum class Dim : uint8_t { kNone, kVocab, kHidden, kQDim, kKvDim, kIntermediate, kHeadDim };

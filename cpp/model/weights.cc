@@ -29,14 +29,14 @@ namespace {
 
 // Where each declared tensor lives in Weights. W is Weights or const Weights.
 template <class W>
-auto& NormOf(W& w, const TensorSpec& s) {
+auto& VectorOf(W& w, const TensorSpec& s) {  // the float vectors: norm weights
   switch (s.id()) {
     case TensorId::kNorm: return w.norm;
     case TensorId::kAttnNorm: return w.layers[s.layer].attn_norm;
     case TensorId::kAttnSubNorm: return w.layers[s.layer].attn_sub_norm;
     case TensorId::kFfnNorm: return w.layers[s.layer].ffn_norm;
     case TensorId::kFfnSubNorm: return w.layers[s.layer].ffn_sub_norm;
-    default: throw std::logic_error("weights: no norm slot for '" + s.name + "'");
+    default: throw std::logic_error("weights: no vector slot for '" + s.name + "'");
   }
 }
 
@@ -76,12 +76,12 @@ void CheckMatrix(const TensorSpec& s, const QuantizedMatrix& m) {
          (m.rows() == 0 ? " (empty: already moved into another Transformer?)" : ""));
 }
 
-std::vector<float> CheckedNorm(const TensorSpec& s, FloatVector v) {
+std::vector<float> CheckedVector(const TensorSpec& s, FloatVector v) {
+  const std::string what = std::string(RoleName(s.role())) + " weight '" + s.name + "'";  // "norm weight 'norm'"
   if (v.shape != std::vector<size_t>{s.rows})
-    Fail("norm weight '" + s.name + "' has shape " + ShapeAsTuple(v.shape) + ", expected " + ShapeAsTuple({s.rows}));
+    Fail(what + " has shape " + ShapeAsTuple(v.shape) + ", expected " + ShapeAsTuple({s.rows}));
   for (size_t i = 0; i < v.values.size(); ++i)
-    if (!std::isfinite(v.values[i]))
-      Fail("norm weight '" + s.name + "' has a non-finite value at index " + std::to_string(i));
+    if (!std::isfinite(v.values[i])) Fail(what + " has a non-finite value at index " + std::to_string(i));
   return std::move(v.values);
 }
 
@@ -121,12 +121,12 @@ Weights AssembleWeights(const ModelConfig& c, TensorSource& source) {
   Weights w;
   w.layers.resize(c.num_layers);
 
-  // 1. Check every tensor; nothing is moved yet. Norms are copied into place.
+  // 1. Check every tensor; nothing is moved yet. Vectors (norms) are copied into place.
   std::set<const QuantizedMatrix*> seen;
   for (const TensorSpec& s : specs) {
     if (!source.Contains(s.name)) Fail("missing tensor '" + s.name + "'");
     if (!HasFormat(s.role())) {
-      NormOf(w, s) = CheckedNorm(s, source.Vector(s.name));
+      VectorOf(w, s) = CheckedVector(s, source.Vector(s.name));
       continue;
     }
     const QuantizedMatrix& m = source.Matrix(s.name);

@@ -119,7 +119,7 @@ std::unique_ptr<PyTransformer> MakeTransformer(const py::dict& config, const py:
   return out;
 }
 
-// [{name, layer, role, shape, fusion, piece, hf_name, gguf_name}, ...] for config.
+// [{name, layer, kind, role, shape, fusion, piece, hf_name, gguf_name}, ...] for config.
 py::list TensorSchema(const py::dict& config) {
   py::list out;
   for (const TensorSpec& s : TensorSpecs(ConfigOf(config))) {

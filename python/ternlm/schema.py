@@ -36,7 +36,7 @@ class TensorSpec:
     @property
     def has_format(self) -> bool:
         """Stored in a weight format (a QuantizedMatrix), not as a float vector."""
-        return self.role != "norm"
+        return self.role in ("embedding", "head", "matrix")
 
     @property
     def is_norm(self) -> bool:

@@ -13,7 +13,8 @@ Tensors, read through the `gguf` package's memory-mapped reader:
                    cannot share one scale, and the tensor becomes INT4 group 32 with
                    scale = d, min = -d, q = t + 1 -- still exact, at 5 bits per weight --
                    with a warning (see _ternary_tensor).
-Anything else raises ValueError naming the file, tensor and type.
+Anything else raises ValueError naming the file, tensor and type. Tensor names
+(blk.N.attn_q.weight -> layers.N.q, ...) and shapes are the tensor schema's (ternlm/schema.py).
 
 Block layouts (ggml, one block = 32 or 256 consecutive weights of a row):
     Q4_0   [d f16][16 bytes]          w = d * (q - 8)
@@ -288,4 +289,5 @@ def _check_shapes(specs, tensors, path):
     for spec in specs:
         shape = tuple(tensors[spec.name].shape)
         if shape != spec.shape:
-            raise ValueError(f"{path}: tensor {spec.name} has shape {list(shape)}, the metadata implies {list(spec.shape)}")
+            raise ValueError(f"{path}: tensor {spec.name} has shape {list(shape)}, "
+                             f"the metadata implies {list(spec.shape)}")
