@@ -25,6 +25,7 @@ with no BOS/EOS, enough for a benchmark that feeds token ids.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -64,30 +65,35 @@ SHAPES = {
     "tiny": Shape("tiny", hidden=256, ffn=512, layers=2, heads=4, kv_heads=2, vocab=1024),
 }
 
-# canonical layer matrix -> (index used in the seed, HF module inside model.layers.{i})
-LAYER_MATRICES = {
-    "q": (0, "self_attn.q_proj"), "k": (1, "self_attn.k_proj"), "v": (2, "self_attn.v_proj"),
-    "o": (3, "self_attn.o_proj"), "gate": (4, "mlp.gate_proj"), "up": (5, "mlp.up_proj"),
-    "down": (6, "mlp.down_proj"),
-}
-LAYER_NORMS = {
-    "attn_norm": "input_layernorm", "attn_sub_norm": "self_attn.attn_sub_norm",
-    "ffn_norm": "post_attention_layernorm", "ffn_sub_norm": "mlp.ffn_sub_norm",
-}
+# canonical layer matrix -> index in the seed of its generator
+MATRIX_SEED_INDEX = {"q": 0, "k": 1, "v": 2, "o": 3, "gate": 4, "up": 5, "down": 6}
 EMBED_SEED_TAG = 1_000_003
 EMBED_STD = 0.02
 
 
+def model_config(shape: Shape):
+    """The ternlm ModelConfig of the benchmark model (BitNet b1.58, tied embedding)."""
+    from ternlm.config import ModelConfig
+    return ModelConfig(arch="bitnet", vocab_size=shape.vocab, hidden_size=shape.hidden,
+                       intermediate_size=shape.ffn, num_layers=shape.layers, num_heads=shape.heads,
+                       num_kv_heads=shape.kv_heads, head_dim=shape.head_dim, rms_norm_eps=shape.rms_eps,
+                       rope_theta=shape.rope_theta, hidden_act="relu2", tie_word_embeddings=True)
+
+
+def tensor_specs(shape: Shape) -> list:
+    """The model's tensors from ternlm's tensor schema (names in HF and GGUF, shapes, roles)."""
+    from ternlm import schema
+    return schema.specs(model_config(shape))
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_shapes(shape: Shape) -> dict:
+    return {s.kind: s.shape for s in tensor_specs(shape.with_layers(1)) if s.layer == 0}
+
+
 def matrix_shape(shape: Shape, name: str) -> tuple:
     """[out, in] of a layer matrix."""
-    h, q, kv, f = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.ffn
-    return {"q": (q, h), "k": (kv, h), "v": (kv, h), "o": (h, q),
-            "gate": (f, h), "up": (f, h), "down": (h, f)}[name]
-
-
-def norm_size(shape: Shape, name: str) -> int:
-    return {"attn_norm": shape.hidden, "attn_sub_norm": shape.heads * shape.head_dim,
-            "ffn_norm": shape.hidden, "ffn_sub_norm": shape.ffn}[name]
+    return _layer_shapes(shape)[name]
 
 
 def round_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -99,7 +105,7 @@ def round_to_bf16(x: np.ndarray) -> np.ndarray:
 
 def ternary_matrix(shape: Shape, seed: int, layer: int, name: str) -> tuple[np.ndarray, float]:
     """(T int8 [out, in] in {-1, 0, 1}, scale s) of one layer matrix; W = s * T."""
-    index = LAYER_MATRICES[name][0]
+    index = MATRIX_SEED_INDEX[name]
     rng = np.random.default_rng([int(seed), int(layer), index])
     out_rows, cols = matrix_shape(shape, name)
     t = rng.integers(-1, 2, size=(out_rows, cols), dtype=np.int8)
@@ -211,26 +217,27 @@ def write_tokenizer_files(folder: str, vocab: int):
 def write_hf_bitnet_folder(folder: str, shape: Shape, seed: int = 0) -> str:
     """Write the model as a Hugging Face BitNet packed folder; returns the folder."""
     os.makedirs(folder, exist_ok=True)
-    specs = [("model.embed_tokens.weight", "BF16", (shape.vocab, shape.hidden))]
-    for i in range(shape.layers):
-        for norm, module in LAYER_NORMS.items():
-            specs.append((f"model.layers.{i}.{module}.weight", "F32", (norm_size(shape, norm),)))
-        for name, (_, module) in LAYER_MATRICES.items():
-            out_rows, cols = matrix_shape(shape, name)
-            specs.append((f"model.layers.{i}.{module}.weight", "U8", ((out_rows + 3) // 4, cols)))
-            specs.append((f"model.layers.{i}.{module}.weight_scale", "BF16", (1,)))
-    specs.append(("model.norm.weight", "F32", (shape.hidden,)))
+    tensors = tensor_specs(shape)
+    specs = []
+    for t in tensors:
+        if t.role == "embedding":
+            specs.append((t.hf_name, "BF16", t.shape))
+        elif t.is_norm:
+            specs.append((t.hf_name, "F32", t.shape))
+        else:
+            specs.append((t.hf_name, "U8", ((t.shape[0] + 3) // 4, t.shape[1])))
+            specs.append((t.hf_name + "_scale", "BF16", (1,)))
     w = StreamingSafetensorsWriter(os.path.join(folder, "model.safetensors"), specs)
     try:
-        w.write(specs[0][0], np.concatenate([float32_to_bf16_bits(b) for b in iter_embedding_blocks(shape, seed)]))
-        for i in range(shape.layers):
-            for norm, module in LAYER_NORMS.items():
-                w.write(f"model.layers.{i}.{module}.weight", np.ones(norm_size(shape, norm), np.float32))
-            for name, (_, module) in LAYER_MATRICES.items():
-                t, s = ternary_matrix(shape, seed, i, name)
-                w.write(f"model.layers.{i}.{module}.weight", pack_bitnet_rows(t))
-                w.write(f"model.layers.{i}.{module}.weight_scale", float32_to_bf16_bits(np.float32([s])))
-        w.write("model.norm.weight", np.ones(shape.hidden, np.float32))
+        for t in tensors:
+            if t.role == "embedding":
+                w.write(t.hf_name, np.concatenate([float32_to_bf16_bits(b) for b in iter_embedding_blocks(shape, seed)]))
+            elif t.is_norm:
+                w.write(t.hf_name, np.ones(t.shape, np.float32))
+            else:
+                tern, s = ternary_matrix(shape, seed, t.layer, t.kind)
+                w.write(t.hf_name, pack_bitnet_rows(tern))
+                w.write(t.hf_name + "_scale", float32_to_bf16_bits(np.float32([s])))
     finally:
         w.close()
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:

@@ -28,16 +28,11 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import quantize, dequantize
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import (SHAPES, LAYER_MATRICES, LAYER_NORMS, Shape, embedding_rows,  # noqa: E402
-                          matrix_shape, norm_size, ternary_matrix)
+from bench_models import SHAPES, Shape, embedding_rows, tensor_specs, ternary_matrix  # noqa: E402
 
 LAYER_FORMATS = {"TQ2_0": QT.TQ2_0, "TQ1_0": QT.TQ1_0, "Q4_0": QT.Q4_0, "F16": QT.F16, "BF16": QT.BF16}
 # llama_ftype numbers for general.file_type (llama.h)
 FILE_TYPES = {"F16": 1, "Q4_0": 2, "BF16": 32, "TQ1_0": 36, "TQ2_0": 37}
-GGUF_MATRIX = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
-               "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
-GGUF_NORM = {"attn_norm": "attn_norm", "attn_sub_norm": "attn_sub_norm",
-             "ffn_norm": "ffn_norm", "ffn_sub_norm": "ffn_sub_norm"}
 
 
 def _encode(arr: np.ndarray, qtype: QT) -> np.ndarray:
@@ -102,13 +97,15 @@ def write_bitnet_gguf(path: str, shape: Shape, fmt: str, seed: int = 0) -> str:
     _add_spm_vocab(w, shape.vocab)
 
     # Declare every tensor first (header + tensor infos), then stream the data in that order.
-    plan = [("token_embd.weight", (shape.vocab, shape.hidden), embed_type, ("embed",))]
-    for i in range(shape.layers):
-        for norm in LAYER_NORMS:
-            plan.append((f"blk.{i}.{GGUF_NORM[norm]}.weight", (norm_size(shape, norm),), QT.F32, ("ones",)))
-        for name in LAYER_MATRICES:
-            plan.append((f"blk.{i}.{GGUF_MATRIX[name]}.weight", matrix_shape(shape, name), qtype, ("matrix", i, name)))
-    plan.append(("output_norm.weight", (shape.hidden,), QT.F32, ("ones",)))
+    # Names and shapes from ternlm's tensor schema (llama.cpp's "bitnet" names).
+    plan = []
+    for t in tensor_specs(shape):
+        if t.role == "embedding":
+            plan.append((t.gguf_name, t.shape, embed_type, ("embed",)))
+        elif t.is_norm:
+            plan.append((t.gguf_name, t.shape, QT.F32, ("ones",)))
+        else:
+            plan.append((t.gguf_name, t.shape, qtype, ("matrix", t.layer, t.kind)))
     for name, shp, qt, _ in plan:
         _tensor_info(w, name, shp, qt)
     w.write_header_to_file()

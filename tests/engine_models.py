@@ -1,5 +1,6 @@
 """Tiny random transformers models built in memory for the engine tests, and their
-state_dict mapped to ternlm's canonical tensor names (python/ternlm/config.py)."""
+state_dict mapped to ternlm's canonical tensor names (ternlm/schema.py), independently
+of the schema's own Hugging Face names."""
 import numpy as np
 
 from ternlm.config import ModelConfig

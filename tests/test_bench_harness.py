@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 import ternlm
+import ternlm.schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 gguf = pytest.importorskip("gguf")
 from bench_models import SHAPES, embedding_rows, ternary_matrix, write_hf_bitnet_folder  # noqa: E402
-from write_gguf import GGUF_MATRIX, write_bitnet_gguf, write_dequantized_gguf  # noqa: E402
+from write_gguf import write_bitnet_gguf, write_dequantized_gguf  # noqa: E402
 
 try:
     import llama_cpp  # noqa: F401
@@ -52,12 +53,12 @@ def test_gguf_layers_equal_ternlm_hf_folder_exactly(files, fmt):
     hf, ggufs = files
     ck = load_hf_folder(hf)
     g = gguf_matrices(ggufs[fmt])
-    for i in range(TINY.layers):
-        for name, gname in GGUF_MATRIX.items():
-            ours = ck.tensors[f"layers.{i}.{name}"]
-            assert ours.format == "ternary"
-            np.testing.assert_array_equal(g[f"blk.{i}.{gname}.weight"], ours.dequantize(),
-                                          err_msg=f"{fmt} layer {i} {name}")
+    layer_matrices = [s for s in ternlm.schema.specs(ck.config) if s.role == "matrix"]
+    assert len(layer_matrices) == 7 * TINY.layers
+    for spec in layer_matrices:
+        ours = ck.tensors[spec.name]
+        assert ours.format == "ternary"
+        np.testing.assert_array_equal(g[spec.gguf_name], ours.dequantize(), err_msg=f"{fmt} {spec.name}")
     np.testing.assert_array_equal(g["token_embd.weight"], ck.tensors["embed"])
     np.testing.assert_array_equal(g["output_norm.weight"], np.ones(TINY.hidden, np.float32))
 

@@ -83,14 +83,16 @@ def _chat_ids(tok, prompt):
 def test_every_q4_1_tensor_imports_bit_for_bit(smollm):
     import gguf
 
-    from ternlm.io.gguf import _canonical_name, load_gguf, unpermute_rows
+    from ternlm import schema
+    from ternlm.io.gguf import load_gguf, unpermute_rows
     ck = load_gguf(smollm)
+    canonical = {s.gguf_name: s.name for s in schema.specs(ck.config)}
     reader = gguf.GGUFReader(smollm)
     checked = 0
     for t in reader.tensors:
         if t.tensor_type.name != "Q4_1":
             continue
-        name = _canonical_name(t.name)
+        name = canonical[t.name]
         ref = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(int(t.shape[1]), int(t.shape[0]))
         if name.endswith(".q"):
             ref = unpermute_rows(ref, ck.config.num_heads)
@@ -132,7 +134,8 @@ def test_tokenization_matches_transformers(smollm, ours):
 def _exact_import_model(path, context=512):
     """The imported weights, each matrix run in f32 (dequantized Q4_1 / Q8_0, nothing rounded
     again): the model exactly as transformers dequantizes it."""
-    from ternlm.model import Model, build_engine, read_checkpoint
+    from ternlm.loading import build_engine, read_checkpoint
+    from ternlm.model import Model
     ck = read_checkpoint(path)
     tensors = {}
     for name, v in ck.tensors.items():

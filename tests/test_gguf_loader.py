@@ -224,7 +224,7 @@ def test_logits_match_transformers_gguf_loading(tiny_ggufs, kind):
     ref = _transformers_gguf_logits(path, ids)
     got = m.logits(ids)
     # float32 engine vs float32 torch on identical (dequantized) weights. INT4 matmuls quantize
-    # activations to int8 per 32-block (DESIGN §3); in this 64-wide random model that costs
+    # activations to int8 per 32-block (cpp/kernels/activations.h); in this 64-wide random model that costs
     # about 1% of the logits' RMS, with single logits off by up to ~5% of the largest.
     err = got - ref
     rel_rms = np.sqrt(np.mean(err ** 2) / np.mean(ref ** 2))
@@ -240,7 +240,8 @@ def test_logits_match_transformers_gguf_loading(tiny_ggufs, kind):
 def test_dequantized_gguf_weights_in_f32_match_transformers_tightly(tiny_ggufs, kind):
     """The same file with every imported matrix run in f32 (no activation quantization):
     what the loader hands over is exactly what transformers dequantizes."""
-    from ternlm.model import Model, build_engine, read_checkpoint
+    from ternlm.loading import build_engine, read_checkpoint
+    from ternlm.model import Model
     path = tiny_ggufs[kind]
     ck = read_checkpoint(path)
     tensors = {n: (v.dequantize() if isinstance(v, ternlm.QuantizedMatrix) else np.asarray(v, np.float32))

@@ -99,7 +99,7 @@ def test_unpack_rejects_bad_codes_and_shapes():
 
 
 def numpy_bitnet_linear(x, t, row_multiplier):
-    """DESIGN §3: q = clamp(round(x * s_x)), y = (q . T^T) / s_x * row_multiplier, f32."""
+    """cpp/kernels/activations.h: q = clamp(round(x * s_x)), y = (q . T^T) / s_x * row_multiplier, f32."""
     x = x.astype(np.float32)
     s_x = np.float32(127.0) / np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-5))
     q = np.clip(np.round(x * s_x), -128, 127).astype(np.int32)
@@ -237,7 +237,7 @@ def test_bf16_tensors_become_bf16_matrices_from_their_bits(llama_folders):
     # A BF16 checkpoint tensor reaches the bf16 format straight from its bits (no float32
     # copy); np.asarray still gives the exact float32 values.
     from ternlm.io.hf import BF16Tensor
-    from ternlm.model import convert_checkpoint
+    from ternlm.loading import convert_checkpoint
     ck = load_hf_folder(llama_folders["tied_bf16"])
     embed = ck.tensors["embed"]
     assert isinstance(embed, BF16Tensor) and embed.shape == (ck.config.vocab_size, ck.config.hidden_size)

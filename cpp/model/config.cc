@@ -5,6 +5,64 @@
 #include <string>
 
 namespace ternlm {
+namespace {
+
+[[noreturn]] void Bad(const std::string& what) { throw std::invalid_argument("model config: " + what); }
+
+size_t Count(const ConfigValues& v, const char* key) {
+  if (!v.Has(key)) Bad(std::string("lacks '") + key + "'");
+  const int64_t n = v.Int(key);
+  if (n < 0) Bad(std::string(key) + " must be > 0, got " + std::to_string(n));
+  return size_t(n);
+}
+
+double Required(const ConfigValues& v, const char* key, const char* where) {
+  if (!v.Has(key)) Bad(std::string(where) + " lacks '" + key + "'");
+  return v.Number(key);
+}
+
+Llama3RopeScaling ParseRopeScaling(const ConfigValues& s) {
+  const std::string type = s.Has("rope_type") ? s.Text("rope_type") : "";
+  if (type != "llama3") Bad("rope_scaling type '" + type + "' is not supported (llama3 only)");
+  Llama3RopeScaling r;
+  r.enabled = true;
+  r.factor = Required(s, "factor", "rope_scaling");
+  r.low_freq_factor = Required(s, "low_freq_factor", "rope_scaling");
+  r.high_freq_factor = Required(s, "high_freq_factor", "rope_scaling");
+  r.original_max_position_embeddings = Required(s, "original_max_position_embeddings", "rope_scaling");
+  return r;
+}
+
+}  // namespace
+
+const char* ArchName(Arch arch) { return arch == Arch::kBitNet ? "bitnet" : "llama"; }
+
+ModelConfig ParseModelConfig(const ConfigValues& v) {
+  ModelConfig c;
+  if (!v.Has("arch")) Bad("lacks 'arch'");
+  const std::string arch = v.Text("arch");
+  if (arch == ArchName(Arch::kLlama)) c.arch = Arch::kLlama;
+  else if (arch == ArchName(Arch::kBitNet)) c.arch = Arch::kBitNet;
+  else Bad("arch '" + arch + "' is not 'llama' or 'bitnet'");
+  c.vocab_size = Count(v, "vocab_size");
+  c.hidden_size = Count(v, "hidden_size");
+  c.intermediate_size = Count(v, "intermediate_size");
+  c.num_layers = Count(v, "num_layers");
+  c.num_heads = Count(v, "num_heads");
+  c.num_kv_heads = Count(v, "num_kv_heads");
+  c.head_dim = Count(v, "head_dim");
+  if (v.Has("rms_norm_eps")) c.rms_norm_eps = float(v.Number("rms_norm_eps"));
+  if (v.Has("rope_theta")) c.rope_theta = v.Number("rope_theta");
+  if (v.Has("rope_scaling")) c.rope_scaling = ParseRopeScaling(*v.Group("rope_scaling"));
+  // Absent: each architecture's own activation.
+  const std::string act = v.Has("hidden_act") ? v.Text("hidden_act") : c.arch == Arch::kLlama ? "silu" : "relu2";
+  if (act == "silu") c.hidden_act = HiddenAct::kSilu;
+  else if (act == "relu2") c.hidden_act = HiddenAct::kRelu2;
+  else Bad("hidden_act '" + act + "' is not 'silu' or 'relu2'");
+  if (v.Has("tie_word_embeddings")) c.tie_word_embeddings = v.Bool("tie_word_embeddings");
+  c.Validate();
+  return c;
+}
 
 void ModelConfig::Validate() const {
   auto need = [](bool ok, const std::string& what) {

@@ -1,13 +1,17 @@
-// ModelConfig: the C++ mirror of python/ternlm/config.py's ModelConfig (built from
-// its to_dict() in bind_model.cc). Shapes of every canonical tensor follow from it.
+// ModelConfig: the C++ mirror of python/ternlm/config.py's ModelConfig, parsed here from
+// its to_dict() (ParseModelConfig over a ConfigValues view of the dict). Shapes of every
+// canonical tensor follow from it (model/schema.h).
 #pragma once
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <string>
 
 namespace ternlm {
 
 enum class Arch { kLlama, kBitNet };
 enum class HiddenAct { kSilu, kRelu2 };
+const char* ArchName(Arch arch);  // "llama", "bitnet": the names of ModelConfig.arch
 
 // Llama 3 frequency-dependent RoPE scaling (transformers' _compute_llama3_parameters).
 struct Llama3RopeScaling {
@@ -41,6 +45,24 @@ struct ModelConfig {
   // model (zero sizes, heads not a multiple of kv heads, odd head_dim, ...).
   void Validate() const;
 };
+
+// A read-only view of key/value pairs (the binding implements it over a Python dict), so
+// the config is parsed here and nowhere else. Absent keys and None values are "not Has".
+class ConfigValues {
+ public:
+  virtual ~ConfigValues() = default;
+  virtual bool Has(const std::string& key) const = 0;
+  virtual int64_t Int(const std::string& key) const = 0;
+  virtual double Number(const std::string& key) const = 0;
+  virtual bool Bool(const std::string& key) const = 0;
+  virtual std::string Text(const std::string& key) const = 0;
+  virtual std::unique_ptr<ConfigValues> Group(const std::string& key) const = 0;  // nested object
+};
+
+// The fields of python/ternlm/config.py's ModelConfig.to_dict() that the engine uses (the
+// rest are ignored); then Validate(). Throws std::invalid_argument naming the field.
+// A new field: its member above, one line in ParseModelConfig, and its check in Validate.
+ModelConfig ParseModelConfig(const ConfigValues& v);
 
 // RoPE inverse frequencies inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2, with
 // Llama 3 scaling applied when enabled; rounded to f32 as transformers stores them.

@@ -21,20 +21,6 @@
 
 namespace ternlm {
 
-size_t FusedProjection::nbytes() const {
-  size_t b = 0;
-  for (const QuantizedMatrix& m : parts) b += m.nbytes();
-  return b;
-}
-
-size_t Weights::nbytes() const {
-  size_t b = embed.nbytes() + lm_head.nbytes() + norm.size() * 4;
-  for (const LayerWeights& l : layers)
-    b += l.qkv.nbytes() + l.o.nbytes() + l.gate_up.nbytes() + l.down.nbytes() +
-         4 * (l.attn_norm.size() + l.attn_sub_norm.size() + l.ffn_norm.size() + l.ffn_sub_norm.size());
-  return b;
-}
-
 namespace {
 
 RunState::Buffer Allocate(size_t count, size_t& total) {
@@ -42,10 +28,31 @@ RunState::Buffer Allocate(size_t count, size_t& total) {
   return hwy::AllocateAligned<float>(std::max<size_t>(count, 1));
 }
 
-size_t MaxPartRows(const FusedProjection& p) {
-  if (p.parts.size() <= 1) return 0;  // fused: MatMul writes straight into the row layout
+// The attention heads' shape, from the config.
+struct HeadShape {
+  size_t dim, heads, kv_heads;
+  size_t group;       // query heads per KV head
+  size_t q_dim;       // floats per token of att (the query heads side by side)
+  size_t qkv_stride;  // floats per token of qkv (q | k | v)
+  float scale;        // 1 / sqrt(dim)
+};
+
+HeadShape HeadShapeOf(const ModelConfig& c) {
+  return {c.head_dim, c.num_heads, c.num_kv_heads, c.num_heads / c.num_kv_heads, c.q_dim(),
+          c.q_dim() + 2 * c.kv_dim(), 1.0f / std::sqrt(float(c.head_dim))};
+}
+
+// How one Attention call is cut into pool tasks: each task is one (block of kAttendTokens
+// query tokens, KV head, part of the cached positions).
+struct AttentionSplit {
+  size_t token_blocks;
+  size_t parts;     // cached positions split into this many parts (1: not split)
+  size_t part_len;  // positions per part
+};
+
+size_t MaxPieceRows(const FusedProjection& p) {  // 0 when fused: MatMul writes the row layout
   size_t r = 0;
-  for (const QuantizedMatrix& m : p.parts) r = std::max(r, m.rows());
+  for (const QuantizedMatrix& m : p.pieces) r = std::max(r, m.rows());
   return r;
 }
 
@@ -60,7 +67,7 @@ Transformer::Transformer(const ModelConfig& config, Weights weights, size_t cont
   const size_t chunk = std::min(kMaxChunk, context);
   size_t proj_cols = c.hidden_size;
   for (const LayerWeights& l : w_.layers)
-    proj_cols = std::max({proj_cols, MaxPartRows(l.qkv), MaxPartRows(l.gate_up)});
+    proj_cols = std::max({proj_cols, MaxPieceRows(l.qkv), MaxPieceRows(l.gate_up)});
   size_t& total = s_.nbytes;
   s_.chunk = chunk;
   s_.x = Allocate(chunk * c.hidden_size, total);
@@ -139,14 +146,14 @@ const float* Transformer::Decode(int32_t token) {
   return s_.logits.get();
 }
 
-// out[n, p.rows] = in[n, cols] · [parts]ᵀ, each part's columns at its offset in a row.
+// out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.
 void Transformer::Project(const FusedProjection& p, const float* in, size_t n, float* out) {
-  if (p.parts.size() == 1) {
-    MatMul(p.parts[0], in, n, out, pool_);
+  if (p.is_fused()) {
+    MatMul(p.fused, in, n, out, pool_);
     return;
   }
   size_t offset = 0;
-  for (const QuantizedMatrix& m : p.parts) {
+  for (const QuantizedMatrix& m : p.pieces) {
     MatMul(m, in, n, s_.proj.get(), pool_);
     for (size_t t = 0; t < n; ++t)
       std::memcpy(out + t * p.rows + offset, s_.proj.get() + t * m.rows(), m.rows() * sizeof(float));
@@ -227,83 +234,80 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
 // (decode), the cached positions are also split into parts, one task each, whose partial
 // softmax sums are combined afterwards (AttendPartial's contract).
 void Transformer::Attention(size_t layer, size_t n) {
-  const ModelConfig& c = config_;
-  struct Plan {
-    size_t layer, n, hd, group, heads, kv_heads, qkv_cols, q_dim, token_blocks, parts, part_len;
-    float scale;
-  } p{layer, n, c.head_dim, c.num_heads / c.num_kv_heads, c.num_heads, c.num_kv_heads,
-      c.q_dim() + 2 * c.kv_dim(), c.q_dim(), (n + kAttendTokens - 1) / kAttendTokens, 1, 0,
-      1.0f / std::sqrt(float(c.head_dim))};
+  const HeadShape shape = HeadShapeOf(config_);
+  AttentionSplit split{(n + kAttendTokens - 1) / kAttendTokens, 1, 0};
   const size_t len = pos_ + n, threads = pool_.num_threads();
   constexpr size_t kMinPartPositions = 8 * kKeyBlock;
-  if (p.token_blocks == 1 && s_.max_parts > 1 && p.kv_heads < 4 * threads) {
-    const size_t want = std::min((4 * threads + p.kv_heads - 1) / p.kv_heads, s_.max_parts);
-    p.parts = std::max<size_t>(1, std::min(want, len / kMinPartPositions));
+  if (split.token_blocks == 1 && s_.max_parts > 1 && shape.kv_heads < 4 * threads) {
+    const size_t want = std::min((4 * threads + shape.kv_heads - 1) / shape.kv_heads, s_.max_parts);
+    split.parts = std::max<size_t>(1, std::min(want, len / kMinPartPositions));
   }
-  p.part_len = AttendScoresStride(0, (len + p.parts - 1) / p.parts);
-  p.parts = (len + p.part_len - 1) / p.part_len;
+  split.part_len = AttendScoresStride(0, (len + split.parts - 1) / split.parts);
+  split.parts = (len + split.part_len - 1) / split.part_len;
 
-  pool_.Run(p.token_blocks * p.kv_heads * p.parts, [this, &p](size_t task, size_t thread) {
-    const size_t part = task % p.parts, kvh = task / p.parts % p.kv_heads, tb = task / p.parts / p.kv_heads;
-    const size_t t0 = tb * kAttendTokens, rows_tokens = std::min(kAttendTokens, p.n - t0);
-    const size_t h0 = kvh * p.group, rows = rows_tokens * p.group;
-    float* stats = s_.row_stats.get() + thread * 2 * kAttendTokens * p.group;
+  const size_t tasks = split.token_blocks * shape.kv_heads * split.parts;
+  pool_.Run(tasks, [this, &shape, &split, layer, n](size_t task, size_t thread) {
+    const size_t part = task % split.parts, kvh = task / split.parts % shape.kv_heads;
+    const size_t tb = task / split.parts / shape.kv_heads;
+    const size_t t0 = tb * kAttendTokens, rows_tokens = std::min(kAttendTokens, n - t0);
+    const size_t h0 = kvh * shape.group, rows = rows_tokens * shape.group;
+    float* stats = s_.row_stats.get() + thread * 2 * kAttendTokens * shape.group;
     AttendArgs a;
-    a.q = s_.qkv.get() + t0 * p.qkv_cols + h0 * p.hd;
-    a.q_stride = p.qkv_cols;
+    a.q = s_.qkv.get() + t0 * shape.qkv_stride + h0 * shape.dim;
+    a.q_stride = shape.qkv_stride;
     a.tokens = rows_tokens;
-    a.group = p.group;
+    a.group = shape.group;
     a.first_len = pos_ + t0 + 1;
-    a.keys = s_.kv.Keys(p.layer, kvh);
-    a.values = s_.kv.Values(p.layer, kvh);
+    a.keys = s_.kv.Keys(layer, kvh);
+    a.values = s_.kv.Values(layer, kvh);
     a.f16 = s_.kv.f16();
-    a.begin = part * p.part_len;
-    a.end = std::min(a.first_len + rows_tokens - 1, a.begin + p.part_len);
-    a.head_dim = p.hd;
-    a.scale = p.scale;
+    a.begin = part * split.part_len;
+    a.end = std::min(a.first_len + rows_tokens - 1, a.begin + split.part_len);
+    a.head_dim = shape.dim;
+    a.scale = shape.scale;
     a.scores = s_.scores.get() + thread * s_.scores_per_thread;
-    a.out_stride = p.q_dim;
+    a.out_stride = shape.q_dim;
     a.row_max = stats;
     a.row_sum = stats + rows;
-    if (p.parts == 1) {
-      a.out = s_.att.get() + t0 * p.q_dim + h0 * p.hd;
+    if (split.parts == 1) {
+      a.out = s_.att.get() + t0 * shape.q_dim + h0 * shape.dim;
       AttendPartial(a);
       for (size_t r = 0; r < rows; ++r) {  // every row sees at least its own position
-        float* o = a.out + (r / p.group) * p.q_dim + (r % p.group) * p.hd;
+        float* o = a.out + (r / shape.group) * shape.q_dim + (r % shape.group) * shape.dim;
         const float inv = 1.0f / a.row_sum[r];
-        for (size_t i = 0; i < p.hd; ++i) o[i] *= inv;
+        for (size_t i = 0; i < shape.dim; ++i) o[i] *= inv;
       }
       return;
     }
-    a.out = s_.parts.get() + part * kAttendTokens * p.q_dim + h0 * p.hd;
+    a.out = s_.parts.get() + part * kAttendTokens * shape.q_dim + h0 * shape.dim;
     AttendPartial(a);
-    float* part_max = s_.part_stats.get() + part * 2 * kAttendTokens * p.heads;
-    float* part_sum = part_max + kAttendTokens * p.heads;
+    float* part_max = s_.part_stats.get() + part * 2 * kAttendTokens * shape.heads;
+    float* part_sum = part_max + kAttendTokens * shape.heads;
     for (size_t r = 0; r < rows; ++r) {
-      const size_t at = (r / p.group) * p.heads + h0 + r % p.group;
+      const size_t at = (r / shape.group) * shape.heads + h0 + r % shape.group;
       part_max[at] = a.row_max[r];
       part_sum[at] = a.row_sum[r];
     }
   });
-  if (p.parts == 1) return;
+  if (split.parts == 1) return;
   // out = sum_j e^(m_j - M) o_j / sum_j e^(m_j - M) s_j over the parts j of each row.
   for (size_t t = 0; t < n; ++t)
-    for (size_t h = 0; h < p.heads; ++h) {
-      const size_t at = t * p.heads + h;
-      auto part_max = [&](size_t j) { return s_.part_stats[j * 2 * kAttendTokens * p.heads + at]; };
-      auto part_sum = [&](size_t j) { return s_.part_stats[(j * 2 + 1) * kAttendTokens * p.heads + at]; };
+    for (size_t h = 0; h < shape.heads; ++h) {
+      const size_t at = t * shape.heads + h;
+      auto part_max = [&](size_t j) { return s_.part_stats[j * 2 * kAttendTokens * shape.heads + at]; };
+      auto part_sum = [&](size_t j) { return s_.part_stats[(j * 2 + 1) * kAttendTokens * shape.heads + at]; };
       float m = -INFINITY, sum = 0.0f;
-      for (size_t j = 0; j < p.parts; ++j) m = std::max(m, part_max(j));
-      float* out = s_.att.get() + t * p.q_dim + h * p.hd;
-      std::fill(out, out + p.hd, 0.0f);
-      for (size_t j = 0; j < p.parts; ++j) {
+      for (size_t j = 0; j < split.parts; ++j) m = std::max(m, part_max(j));
+      float* out = s_.att.get() + t * shape.q_dim + h * shape.dim;
+      std::fill(out, out + shape.dim, 0.0f);
+      for (size_t j = 0; j < split.parts; ++j) {
         if (part_sum(j) == 0.0f) continue;  // no visible position in this part
         const float w = std::exp(part_max(j) - m);
         sum += w * part_sum(j);
-        Axpy(w, s_.parts.get() + j * kAttendTokens * p.q_dim + t * p.q_dim + h * p.hd, p.hd, out);
+        Axpy(w, s_.parts.get() + j * kAttendTokens * shape.q_dim + t * shape.q_dim + h * shape.dim, shape.dim, out);
       }
       const float inv = 1.0f / sum;
-      for (size_t i = 0; i < p.hd; ++i) out[i] *= inv;
+      for (size_t i = 0; i < shape.dim; ++i) out[i] *= inv;
     }
 }
 

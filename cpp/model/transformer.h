@@ -3,7 +3,7 @@
 //
 // Three plain structs hold everything (as llama2.c's run.c):
 //   ModelConfig   (config.h)  shapes and hyper-parameters
-//   Weights                   every matrix and norm weight, owned
+//   Weights       (weights.h) every matrix and norm weight, owned
 //   RunState                  activation buffers for one chunk of up to kMaxChunk tokens,
 //                             the KV cache and the RoPE tables; allocated once in the
 //                             constructor, so Forward allocates nothing.
@@ -18,41 +18,10 @@
 #include "hwy/aligned_allocator.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/weights.h"
 #include "runtime/thread_pool.h"
 
 namespace ternlm {
-
-// Projections of the same input are fused row-wise when their formats agree
-// (ConcatRows), so the activations are prepared once per fused MatMul:
-//   qkv      = [q; k; v]   rows q_dim + 2*kv_dim   -> output row [q | k | v]
-//   gate_up  = [gate; up]  rows 2*intermediate     -> output row [gate | up]
-// When formats differ, `parts` keeps the matrices separate and the outputs are
-// copied into the same row layout.
-struct FusedProjection {
-  std::vector<QuantizedMatrix> parts;  // 1 (fused) or several, in output-row order
-  size_t rows = 0;                     // total output rows
-  size_t nbytes() const;
-};
-
-struct LayerWeights {
-  std::vector<float> attn_norm;      // [hidden]
-  FusedProjection qkv;               // [q_dim + 2*kv_dim, hidden]
-  std::vector<float> attn_sub_norm;  // [q_dim], BitNet only
-  QuantizedMatrix o;                 // [hidden, q_dim]
-  std::vector<float> ffn_norm;       // [hidden]
-  FusedProjection gate_up;           // [2*intermediate, hidden]
-  std::vector<float> ffn_sub_norm;   // [intermediate], BitNet only
-  QuantizedMatrix down;              // [hidden, intermediate]
-};
-
-struct Weights {
-  QuantizedMatrix embed;             // [vocab, hidden]; rows read with DequantizeRow
-  std::vector<LayerWeights> layers;
-  std::vector<float> norm;           // [hidden]
-  QuantizedMatrix lm_head;           // [vocab, hidden]; empty when tied to embed
-  const QuantizedMatrix& head() const { return lm_head.rows() ? lm_head : embed; }
-  size_t nbytes() const;
-};
 
 struct RunState {
   using Buffer = hwy::AlignedFreeUniquePtr<float[]>;
@@ -63,7 +32,7 @@ struct RunState {
   Buffer att;             // [chunk, q_dim]            attention output
   Buffer gate_up;         // [chunk, 2*intermediate]   gate|up rows, then act(gate)*up in gate
   Buffer act;             // [chunk, intermediate]     act(gate)*up, contiguous for down
-  Buffer proj;            // [chunk, max(hidden, max part rows)] o/down output; unfused part output
+  Buffer proj;            // [chunk, max(hidden, max piece rows)] o/down output; unfused piece output
   Buffer scores;          // [threads, scores_per_thread] attention scores per thread
   size_t scores_per_thread = 0;  // kAttendTokens * group * context (rounded up to kKeyBlock)
   Buffer row_stats;       // [threads, 2 * kAttendTokens * group] AttendPartial max / sum per row

@@ -199,7 +199,8 @@ def cmd_chat(args) -> int:
 
 # ---- convert ----------------------------------------------------------------------------------------
 def cmd_convert(args) -> int:
-    from .model import Model, convert_checkpoint, read_checkpoint, target_formats
+    from .loading import convert_checkpoint, read_checkpoint, target_formats
+    from .model import Model
     src, dst = args.src, args.dst
     if not os.path.exists(src):
         raise CliError(f"{src}: no such file or folder")

@@ -1,19 +1,9 @@
 """ModelConfig: the one description of a model's shape that every loader produces
-(Hugging Face folder, GGUF file, ternlm's own folder) and the C++ engine consumes.
+(Hugging Face folder, GGUF file, ternlm's own folder) and the C++ engine consumes
+(cpp/model/config.cc parses its to_dict()). Checkpoint: what a loader returns.
 
-Canonical tensor names (what loaders hand to the engine), shapes in [out, in]:
-    embed                      [vocab, hidden]   token embedding
-    lm_head                    [vocab, hidden]   absent when tie_word_embeddings
-    norm                       [hidden]          final RMSNorm weight
-    layers.{i}.attn_norm       [hidden]
-    layers.{i}.q / .k / .v     [heads*head_dim | kv_heads*head_dim, hidden]
-    layers.{i}.attn_sub_norm   [heads*head_dim]  BitNet only, before o
-    layers.{i}.o               [hidden, heads*head_dim]
-    layers.{i}.ffn_norm        [hidden]
-    layers.{i}.gate / .up      [intermediate, hidden]
-    layers.{i}.ffn_sub_norm    [intermediate]    BitNet only, before down
-    layers.{i}.down            [hidden, intermediate]
-Norm weights are float32 numpy arrays; matrices are ternlm.QuantizedMatrix.
+The tensors a config implies (canonical names, shapes, roles, source names) are declared
+in the tensor schema: python/ternlm/schema.py over cpp/model/schema.h.
 """
 from __future__ import annotations
 
@@ -51,21 +41,27 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def tensor_names(self) -> list[str]:
-        """The canonical names the engine needs, in load order."""
-        names = ["embed"]
-        for i in range(self.num_layers):
-            p = f"layers.{i}."
-            names += [p + "attn_norm", p + "q", p + "k", p + "v"]
-            if self.arch == "bitnet":
-                names.append(p + "attn_sub_norm")
-            names += [p + "o", p + "ffn_norm", p + "gate", p + "up"]
-            if self.arch == "bitnet":
-                names.append(p + "ffn_sub_norm")
-            names.append(p + "down")
-        names.append("norm")
-        if not self.tie_word_embeddings:
-            names.append("lm_head")
-        return names
+        """The canonical names the engine needs, in load order (ternlm.schema)."""
+        from . import schema
+        return [s.name for s in schema.specs(self)]
+
+
+class BF16Bits:
+    """A matrix a checkpoint stores in bf16, not read yet. The converter takes its bits
+    as they are (ternlm.from_bf16: no float32 copy) and then calls release(); anything
+    else reads it as float32 with np.asarray (exact). Loaders subclass it."""
+
+    shape: tuple
+
+    def bits(self):
+        """uint16 [rows, cols]: the bf16 bit patterns."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop what the bits were read from (e.g. a memory map's pages)."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise NotImplementedError
 
 
 @dataclass
@@ -74,12 +70,11 @@ class Checkpoint:
     canonical names, and the tokenizer.
 
     tensors[name] is either a numpy float array (f32/f16/bf16-as-float32, possibly a
-    memmap view) still to be put into a format, a ternlm.io.hf.BF16Tensor (a checkpoint's
-    BF16 tensor, read as float32 by np.asarray or as bits by .bits()), or a
-    ternlm.QuantizedMatrix already in one (packed BitNet weights, GGUF Q4_1, ternlm's own
-    folder). `stored` maps each
-    matrix name to the format it is stored in ("f32", "bf16", "int4", "ternary"): this is
-    what weights=None ("as stored") keeps.
+    memmap view) still to be put into a format, a BF16Bits (a checkpoint's BF16 tensor,
+    read as float32 by np.asarray or as bits by .bits()), or a ternlm.QuantizedMatrix
+    already in one (packed BitNet weights, GGUF Q4_1, ternlm's own folder). `stored` maps
+    each matrix name to the format it is stored in ("f32", "bf16", "int4", "ternary"):
+    this is what weights=None ("as stored") keeps.
     """
     config: ModelConfig
     tensors: dict

@@ -1,4 +1,5 @@
-"""ternlm.load and the Model API (DESIGN.md §4).
+"""The Model API: a loaded model's generation, scoring and saving. ternlm.load
+(loading.py, which documents the weight formats and load options) builds it.
 
     m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32")
     m.generate(prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
@@ -6,30 +7,6 @@
     m.stream(prompt, **same) -> iterator of text pieces;  m.chat(messages, **same) -> str
     m.logits(token_ids) -> float32 [n, vocab];  m.perplexity(text, window=None, stride=None)
     m.tokenizer, m.stats, m.save(folder)
-
-Weight formats at load (`weights=`):
-    None       every matrix as the checkpoint stores it (f32 / bf16 / packed ternary / int4);
-               f16 checkpoints are kept as f32 (exact).
-    "bf16"     every matrix bf16.
-    "int4"     the layer matrices (q k v o gate up down) int4, group 32.
-    "ternary"  the layer matrices ternary (absmean, DESIGN §3).
-    "bf16c"    every matrix with bf16's values, bit for bit, stored in ~12 bits per weight
-               (cpp/formats/bf16c.h: per 16-row tile a table of the 15 most frequent high
-               bytes, a 4-bit code + the low byte per weight, the rare others kept exactly
-               aside): 25% fewer bytes to read per token, logits equal to bf16's up to the
-               f32 summation order.
-Hybrid precision: with "int4" and "ternary" the token embedding and lm_head stay bf16 (they
-are a small share of the weights of a real model but the most sensitive to quantization;
-BitNet checkpoints never quantize lm_head either). `head="f32" | "bf16" | "bf16c" | "int4"`
-overrides the format of embed and lm_head for any `weights`; "bf16c" keeps the bf16 head's
-values and reads 25% fewer bytes (with a 2B ternary model the head is more than half of
-the bytes decode reads per token).
-
-KV cache (`kv_dtype=`): "f32" (default; attention matches transformers' float32 forward) or
-"f16" (IEEE half, rounded to nearest even, saturated at +-65504, as llama.cpp's default
-cache): half the cache memory and half the bytes attention reads per token, which is what
-decode spends beyond the weights at long context; it changes logits by about the f16
-rounding of keys and values (tests/test_engine.py states the bound).
 
 Generation rules:
 - The prompt (after tokenization) must leave room for one new token: len(prompt) < context,
@@ -50,71 +27,14 @@ decode_tok_s ((decode_tokens - 1) / decode_s, each a forward + sample), stop_rea
 from __future__ import annotations
 
 import math
-import os
 import secrets
 import time
-from collections.abc import Mapping
 
 import numpy as np
 
-from .config import Checkpoint, ModelConfig
+from .config import ModelConfig
 from .memory import peak_rss_mb
 from .tokenizer import Tokenizer
-
-WEIGHT_CHOICES = (None, "bf16", "bf16c", "int4", "ternary")
-HEAD_CHOICES = (None, "f32", "bf16", "bf16c", "int4")
-LAYER_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-def target_formats(ckpt: Checkpoint, weights, head) -> dict:
-    """canonical matrix name -> format it will have after load (see module docstring)."""
-    if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights={weights!r}: choose one of None (as stored), 'bf16', 'bf16c', 'int4', 'ternary'")
-    if head not in HEAD_CHOICES:
-        raise ValueError(f"head={head!r}: choose one of None, 'f32', 'bf16', 'bf16c', 'int4'")
-    out = {}
-    for name, stored in ckpt.stored.items():
-        is_head = name in ("embed", "lm_head")
-        if is_head and head is not None:
-            out[name] = head
-        elif weights is None:
-            out[name] = stored
-        elif is_head:
-            out[name] = "bf16c" if weights == "bf16c" else "bf16"
-        else:
-            out[name] = weights
-    return out
-
-
-def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
-    """Canonical name -> QuantizedMatrix in its target format, or float32 norm weights.
-    Tensors are taken one at a time from the (lazy) checkpoint and released after use."""
-    from tqdm.auto import tqdm
-
-    from . import formats as fm
-    from .io.hf import BF16Tensor
-    names = ckpt.config.tensor_names()
-    out = {}
-    bar = tqdm(names, desc="loading weights", unit="tensor", disable=not progress, leave=False)
-    for name in bar:
-        value = ckpt.tensors[name]
-        if name not in formats:                       # norm weights
-            out[name] = np.ascontiguousarray(value, dtype=np.float32)
-            continue
-        want = formats[name]
-        if isinstance(value, BF16Tensor):
-            if want in ("bf16", "bf16c"):             # bit for bit, no float32 copy
-                out[name] = fm.from_bf16(np.ascontiguousarray(value.bits()), want)
-                value.release()
-                continue
-            value = np.asarray(value)
-        if isinstance(value, fm.QuantizedMatrix):
-            if value.format == want:
-                out[name] = value
-                continue
-            value = value.dequantize()
-        out[name] = fm.quantize(np.ascontiguousarray(value, dtype=np.float32), want)
-    return out
 
 
 class Model:
@@ -389,72 +309,7 @@ class Model:
         save_model(self, folder)
 
 
-# ---- load -------------------------------------------------------------------------------------
-def read_checkpoint(path) -> Checkpoint:
-    """Any supported source -> Checkpoint (before format conversion)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    if os.path.isdir(path):
-        from .io.own_format import HEADER_FILE, load_own_folder
-        if os.path.exists(os.path.join(path, HEADER_FILE)):
-            return load_own_folder(path)
-        if os.path.exists(os.path.join(path, "config.json")):
-            from .io.hf import load_hf_folder
-            return load_hf_folder(path)
-        raise ValueError(f"{path}: neither a Hugging Face folder (config.json) nor a ternlm folder ({HEADER_FILE})")
-    if path.endswith(".gguf"):
-        from .io.gguf import load_gguf
-        return load_gguf(path)
-    raise ValueError(f"{path}: not a folder or a .gguf file")
-
-
-def build_engine(config: ModelConfig, tensors: dict, context: int, threads, kv_dtype="f32"):
-    """The C++ Transformer. It moves the storage out of every QuantizedMatrix in `tensors`
-    (the Python objects are left empty), so a loaded model holds its weights once."""
-    from ._native import core
-    return core.Transformer(config.to_dict(), tensors, int(context), threads, kv_dtype)
-
-
-class EngineWeights(Mapping):
-    """name -> weights of a loaded model: a copy of the matrix from the engine (which owns
-    the storage; taken one at a time, e.g. by Model.save) or the float32 norm weights."""
-
-    def __init__(self, engine, config: ModelConfig, norms: dict):
-        self._engine = engine
-        self._names = config.tensor_names()
-        self._norms = norms
-
-    def __getitem__(self, name):
-        if name in self._norms:
-            return self._norms[name]
-        if name not in self._names:
-            raise KeyError(name)
-        return self._engine.matrix(name)
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self):
-        return len(self._names)
-
-
-def load(path, weights=None, threads=None, context=4096, head=None, progress=True,
-         kv_dtype="f32") -> Model:
-    """Load a model from a Hugging Face folder, a GGUF file or a folder written by
-    Model.save, converting its matrices to `weights` (see the module docstring for the
-    formats and the hybrid embed/lm_head policy). threads=None uses all cores; context is
-    the KV-cache length in tokens; kv_dtype "f32" | "f16" the KV cache's element type."""
-    if not isinstance(context, (int, np.integer)) or context < 2:
-        raise ValueError(f"context must be an int >= 2, got {context!r}")
-    if kv_dtype not in ("f32", "f16"):
-        raise ValueError(f"kv_dtype must be 'f32' or 'f16', got {kv_dtype!r}")
-    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
-    ckpt = read_checkpoint(path)
-    formats = target_formats(ckpt, weights, head)
-    tensors = convert_checkpoint(ckpt, formats, progress=progress)
-    engine = build_engine(ckpt.config, tensors, context, threads, kv_dtype)
-    norms = {k: v for k, v in tensors.items() if k not in formats}
-    return Model(engine, ckpt.tokenizer, ckpt.config, formats, context, source=ckpt.source,
-                 matrices=EngineWeights(engine, ckpt.config, norms))
+# The loading pipeline lives in loading.py; ternlm.model.load (and its steps) stay importable here.
+from .loading import (  # noqa: E402,F401
+    HEAD_CHOICES, WEIGHT_CHOICES, build_engine, convert_checkpoint, load, read_checkpoint, target_formats,
+)

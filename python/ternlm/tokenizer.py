@@ -16,6 +16,8 @@ from datetime import datetime
 import tokenizers
 from tokenizers import AddedToken, processors
 
+from .io.jsonfile import id_list, read_json
+
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
                       "cls_token", "mask_token")
 
@@ -25,25 +27,6 @@ def _token_str(value):
     if isinstance(value, dict):
         return value.get("content")
     return value
-
-
-def _read_json(path):
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _as_id_list(v) -> list:
-    if v is None:
-        return []
-    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
 
 
 def _compile_chat_template(source: str):
@@ -176,10 +159,10 @@ class Tokenizer:
                 tok_json = json.load(f)
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise ValueError(f"{tok_json_path}: cannot be read by the tokenizers library ({e})") from e
-        tcfg = _read_json(os.path.join(path, "tokenizer_config.json"))
-        legacy = _read_json(os.path.join(path, "special_tokens_map.json"))
-        gen = _read_json(os.path.join(path, "generation_config.json"))
-        mcfg = _read_json(os.path.join(path, "config.json"))
+        tcfg = read_json(os.path.join(path, "tokenizer_config.json"), missing_ok=True)
+        legacy = read_json(os.path.join(path, "special_tokens_map.json"), missing_ok=True)
+        gen = read_json(os.path.join(path, "generation_config.json"), missing_ok=True)
+        mcfg = read_json(os.path.join(path, "config.json"), missing_ok=True)
 
         special = {}
         for key in SPECIAL_TOKEN_KEYS:
@@ -195,7 +178,7 @@ class Tokenizer:
         if bos_id is None:
             bos_id = gen.get("bos_token_id", mcfg.get("bos_token_id"))
         eos_ids = []
-        for src in (_as_id_list(mcfg.get("eos_token_id")), _as_id_list(gen.get("eos_token_id"))):
+        for src in (id_list(mcfg.get("eos_token_id")), id_list(gen.get("eos_token_id"))):
             eos_ids += [i for i in src if i not in eos_ids]
         if "eos_token" in special:
             i = backend.token_to_id(special["eos_token"])

@@ -13,7 +13,8 @@ Tensors, read through the `gguf` package's memory-mapped reader:
                    cannot share one scale, and the tensor becomes INT4 group 32 with
                    scale = d, min = -d, q = t + 1 -- still exact, at 5 bits per weight --
                    with a warning (see _ternary_tensor).
-Anything else raises ValueError naming the file, tensor and type.
+Anything else raises ValueError naming the file, tensor and type. Tensor names
+(blk.N.attn_q.weight -> layers.N.q, ...) and shapes are the tensor schema's (ternlm/schema.py).
 
 Block layouts (ggml, one block = 32 or 256 consecutive weights of a row):
     Q4_0   [d f16][16 bytes]          w = d * (q - 8)
@@ -35,18 +36,11 @@ import warnings
 
 import numpy as np
 
+from .. import schema
 from ..config import Checkpoint, ModelConfig
 
 GROUP = 32          # Q4_0 / Q4_1 / Q8_0 block
 TQ_BLOCK = 256      # TQ1_0 / TQ2_0 block
-
-_LAYER_NAMES = {    # GGUF blk.N.<x>.weight -> canonical layers.N.<y>
-    "attn_norm": "attn_norm", "attn_q": "q", "attn_k": "k", "attn_v": "v",
-    "attn_output": "o", "ffn_norm": "ffn_norm", "ffn_gate": "gate", "ffn_up": "up",
-    "ffn_down": "down",
-}
-_TOP_NAMES = {"token_embd.weight": "embed", "output_norm.weight": "norm", "output.weight": "lm_head"}
-_NORMS = ("norm", "attn_norm", "ffn_norm")
 
 
 def _open(path):
@@ -60,15 +54,6 @@ def _open(path):
 def field_value(reader, key, default=None):
     """A metadata value as a Python scalar, str or list; default when the key is absent."""
     return reader.fields.get(key, default)
-
-
-def _canonical_name(gguf_name: str):
-    if gguf_name in _TOP_NAMES:
-        return _TOP_NAMES[gguf_name]
-    parts = gguf_name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" and parts[2] in _LAYER_NAMES:
-        return f"layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}"
-    return None
 
 
 def unpermute_rows(a: np.ndarray, n_head: int) -> np.ndarray:
@@ -279,42 +264,30 @@ def load_gguf(path) -> Checkpoint:
     tokenizer = tokenizer_from_gguf(reader, path)
     config = _config(reader, path, by_name, tokenizer)
 
-    wanted = set(config.tensor_names())
+    specs = schema.specs(config)
+    by_gguf_name = {s.gguf_name: s for s in specs}
     tensors, stored = {}, {}
     for t in reader.tensors:
-        name = _canonical_name(t.name)
-        if name is None:
+        spec = by_gguf_name.get(t.name)
+        if spec is None:
             if t.name == "rope_freqs.weight":
                 continue                            # folded into config.rope_scaling
             raise ValueError(f"{path}: tensor {t.name} is not part of a llama model ternlm knows")
-        if name not in wanted:
-            continue
-        base = name.rsplit(".", 1)[-1]
-        n_perm = config.num_heads if base == "q" else config.num_kv_heads if base == "k" else None
-        value, fmt = _read_tensor(t, name, path, n_perm)
-        tensors[name] = value
-        if base not in _NORMS:
-            stored[name] = fmt
-    missing = [n for n in config.tensor_names() if n not in tensors]
+        n_perm = config.num_heads if spec.kind == "q" else config.num_kv_heads if spec.kind == "k" else None
+        value, fmt = _read_tensor(t, spec.name, path, n_perm)
+        tensors[spec.name] = value
+        if spec.has_format:
+            stored[spec.name] = fmt
+    missing = [s.name for s in specs if s.name not in tensors]
     if missing:
         raise ValueError(f"{path}: missing tensors for {missing[:5]} (GGUF names like blk.N.attn_q.weight)")
-    _check_shapes(config, tensors, path)
+    _check_shapes(specs, tensors, path)
     return Checkpoint(config=config, tensors=tensors, stored=stored, tokenizer=tokenizer, source=path)
 
 
-def _check_shapes(c: ModelConfig, tensors, path):
-    q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    want = {"embed": (c.vocab_size, c.hidden_size), "lm_head": (c.vocab_size, c.hidden_size),
-            "norm": (c.hidden_size,)}
-    for i in range(c.num_layers):
-        p = f"layers.{i}."
-        want.update({p + "attn_norm": (c.hidden_size,), p + "ffn_norm": (c.hidden_size,),
-                     p + "q": (q_out, c.hidden_size), p + "k": (kv_out, c.hidden_size),
-                     p + "v": (kv_out, c.hidden_size), p + "o": (c.hidden_size, q_out),
-                     p + "gate": (c.intermediate_size, c.hidden_size),
-                     p + "up": (c.intermediate_size, c.hidden_size),
-                     p + "down": (c.hidden_size, c.intermediate_size)})
-    for name, value in tensors.items():
-        shape = tuple(value.shape)
-        if name in want and shape != want[name]:
-            raise ValueError(f"{path}: tensor {name} has shape {list(shape)}, the metadata implies {list(want[name])}")
+def _check_shapes(specs, tensors, path):
+    for spec in specs:
+        shape = tuple(tensors[spec.name].shape)
+        if shape != spec.shape:
+            raise ValueError(f"{path}: tensor {spec.name} has shape {list(shape)}, "
+                             f"the metadata implies {list(spec.shape)}")

@@ -6,13 +6,15 @@ the checkpoint layout lives in this file (mlx-lm's "sanitize" idea):
 
 - config.json: rope parameters come either as rope_theta + rope_scaling (older files, key
   "type" or "rope_type") or as rope_parameters (transformers >= 5).
-- Tensor names: model.layers.{i}.self_attn.q_proj.weight -> layers.{i}.q, etc. (NAME_MAP).
+- Tensor names: model.layers.{i}.self_attn.q_proj.weight -> layers.{i}.q, etc. (the
+  tensor schema's hf_name, ternlm/schema.py).
 - BitNet (quantization_config.quant_method == "bitnet"): linear weights are either packed
   uint8 [ceil(out/4), in] + weight_scale, or float master weights. Packed row p holds output
   rows p, P+p, 2P+p, 3P+p (P = packed rows) in bit pairs 0-1, 2-3, 4-5, 6-7, as value+1 —
   exactly transformers/integrations/bitnet.py's unpack_weights. What weight_scale means
-  depends on quantization_config (DESIGN.md §3); we turn it into the per-row multiplier of
-  ternlm.formats.from_ternary, whose matmul computes y = int_dot(q, T) / s_x * multiplier:
+  depends on quantization_config; we turn it into the per-row multiplier of
+  ternlm.formats.from_ternary, whose matmul computes y = int_dot(q, T) / s_x * multiplier
+  (cpp/kernels/activations.h defines s_x):
       linear_class "bitlinear"        y = (q . T) / (s_x * weight_scale) -> multiplier 1/weight_scale
       "autobitlinear", mode offline   y = (x_hat . T) * weight_scale     -> multiplier weight_scale
       "autobitlinear", mode online    float master weights, quantized at load with absmean
@@ -24,7 +26,6 @@ checkpoint is never held twice in memory.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -32,74 +33,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..config import Checkpoint, ModelConfig
-from .safetensors import SafetensorsFolder
+from .. import schema
+from ..config import BF16Bits, Checkpoint, ModelConfig
 from ..tokenizer import Tokenizer
+from .jsonfile import id_list, read_json
+from .safetensors import SafetensorsFolder
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "BitNetForCausalLM": "bitnet"}
 
-# canonical suffix -> Hugging Face module path inside model.layers.{i}
-LAYER_NAME_MAP = {
-    "attn_norm": "input_layernorm",
-    "q": "self_attn.q_proj",
-    "k": "self_attn.k_proj",
-    "v": "self_attn.v_proj",
-    "attn_sub_norm": "self_attn.attn_sub_norm",
-    "o": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "gate": "mlp.gate_proj",
-    "up": "mlp.up_proj",
-    "ffn_sub_norm": "mlp.ffn_sub_norm",
-    "down": "mlp.down_proj",
-}
-GLOBAL_NAME_MAP = {"embed": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"}
-NORM_SUFFIXES = ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm")
-LAYER_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-def hf_module_name(canonical: str) -> str:
-    """layers.3.q -> model.layers.3.self_attn.q_proj ; embed -> model.embed_tokens"""
-    if canonical in GLOBAL_NAME_MAP:
-        return GLOBAL_NAME_MAP[canonical]
-    _, i, suffix = canonical.split(".", 2)
-    return f"model.layers.{i}.{LAYER_NAME_MAP[suffix]}"
-
-
-def is_norm(canonical: str) -> bool:
-    return canonical == "norm" or canonical.rsplit(".", 1)[-1] in NORM_SUFFIXES
-
-
-def expected_shape(cfg: ModelConfig, canonical: str) -> tuple:
-    h, q_dim, kv_dim = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    if canonical in ("embed", "lm_head"):
-        return (cfg.vocab_size, h)
-    if canonical == "norm":
-        return (h,)
-    suffix = canonical.rsplit(".", 1)[-1]
-    return {"attn_norm": (h,), "ffn_norm": (h,), "attn_sub_norm": (q_dim,),
-            "ffn_sub_norm": (cfg.intermediate_size,), "q": (q_dim, h), "k": (kv_dim, h),
-            "v": (kv_dim, h), "o": (h, q_dim), "gate": (cfg.intermediate_size, h),
-            "up": (cfg.intermediate_size, h), "down": (h, cfg.intermediate_size)}[suffix]
-
-
 # ---- config.json ---------------------------------------------------------------------------
-def _read_json(path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
-def _ids(v) -> list:
-    if v is None:
-        return []
-    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
-
-
 def _rope(cfg: dict, default_theta: float, where: str):
     """(rope_theta, rope_scaling or None) from either config.json dialect."""
     params = cfg.get("rope_parameters") or {}
@@ -169,7 +111,7 @@ def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json
             raise ValueError(f"{where}: quantization_config.use_rms_norm = true is not supported")
 
     eos = []
-    for v in (_ids(cfg.get("eos_token_id")), _ids(gen.get("eos_token_id"))):
+    for v in (id_list(cfg.get("eos_token_id")), id_list(gen.get("eos_token_id"))):
         eos += [i for i in v if i not in eos]
     bos = cfg.get("bos_token_id", gen.get("bos_token_id"))
     mc = ModelConfig(
@@ -211,9 +153,9 @@ def bitnet_row_multiplier(weight_scale: float, quant: dict) -> float:
 
 
 # ---- the folder -----------------------------------------------------------------------------
-class BF16Tensor:
-    """A BF16 checkpoint tensor not yet read: np.asarray() widens it to float32 (exact);
-    convert_checkpoint turns it into a bf16 QuantizedMatrix straight from its bits
+class BF16Tensor(BF16Bits):
+    """A BF16 safetensors tensor not yet read: np.asarray() widens it to float32 (exact);
+    the converter turns it into a bf16 QuantizedMatrix straight from its bits
     (ternlm.from_bf16), with no float32 copy, and drops its mapped pages afterwards."""
 
     def __init__(self, st, key):
@@ -263,8 +205,8 @@ def load_hf_folder(path) -> Checkpoint:
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model folder)")
     gen_path = os.path.join(path, "generation_config.json")
-    gen = _read_json(gen_path) if os.path.exists(gen_path) else {}
-    config, quant = config_from_hf(_read_json(cfg_path), gen, cfg_path)
+    gen = read_json(gen_path, missing_ok=True)
+    config, quant = config_from_hf(read_json(cfg_path), gen, cfg_path)
     st = SafetensorsFolder(path)
     tok = Tokenizer.from_folder(path)
     if config.bos_token_id is None:
@@ -272,22 +214,20 @@ def load_hf_folder(path) -> Checkpoint:
     config.eos_token_ids += [i for i in tok.eos_token_ids if i not in config.eos_token_ids]
 
     makers, stored = {}, {}
-    for name in config.tensor_names():
-        module = hf_module_name(name)
-        key = module + ".weight"
+    for spec in schema.specs(config):
+        name, key, shape = spec.name, spec.hf_name, spec.shape
+        module = key.removesuffix(".weight")
         if key not in st:
             raise ValueError(f"{path}: tensor {key!r} (ternlm {name!r}) is missing from the checkpoint")
         if module + ".bias" in st:
             raise ValueError(f"{path}: tensor {module + '.bias'!r}: linear biases are not supported")
         info = st.info(key)
-        shape = expected_shape(config, name)
         where = f"{st.file_of(key).path}: tensor {key!r}"
-        if is_norm(name):
+        if spec.is_norm:
             _check_shape(where, info, shape)
             makers[name] = (lambda k=key: np.ascontiguousarray(st.to_float32(k)))
             continue
-        ternary = (quant is not None and name not in ("embed", "lm_head")
-                   and _converted_by_bitnet(module, quant))
+        ternary = quant is not None and spec.role == "matrix" and _converted_by_bitnet(module, quant)
         if not ternary:
             if info.dtype == "U8":
                 raise ValueError(f"{where}: uint8 (packed) weight, but config.json has no BitNet "

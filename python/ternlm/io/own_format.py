@@ -23,6 +23,7 @@ import shutil
 
 import numpy as np
 
+from .. import schema
 from ..config import Checkpoint, ModelConfig
 from .safetensors import SafetensorsFile, float32_to_bf16_bits, save_safetensors  # noqa: F401
 from ..tokenizer import Tokenizer
@@ -54,9 +55,10 @@ def save_model(model, folder):
         raise ValueError("this Model holds no weight objects to save (built without ternlm.load)")
 
     arrays, matrices, norms = {}, {}, []
-    for name in model.config.tensor_names():
+    for spec in schema.specs(model.config):
+        name = spec.name
         value = model._matrices[name]
-        if isinstance(value, np.ndarray):
+        if spec.is_norm:
             arrays[name] = np.ascontiguousarray(value, dtype=np.float32)
             norms.append(name)
             continue
@@ -118,9 +120,10 @@ def load_own_folder(folder) -> Checkpoint:
         raise _header_error(hpath, f"config does not describe a model ({e})") from e
     st = SafetensorsFile(os.path.join(folder, WEIGHTS_FILE))
     tensors, stored = {}, {}
-    matrices, norms = header["matrices"], set(header["norms"])
-    for name in config.tensor_names():
-        if name in norms:
+    matrices = header["matrices"]
+    for spec in schema.specs(config):
+        name = spec.name
+        if spec.is_norm:
             if name not in st:
                 raise _header_error(hpath, f"norm {name!r} is missing from {WEIGHTS_FILE}")
             tensors[name] = st.raw(name)

@@ -1,0 +1,141 @@
+#include "model/schema.h"
+
+#include <stdexcept>
+
+namespace ternlm {
+namespace {
+
+// Which configs have a tensor.
+bool Always(const ModelConfig&) { return true; }
+bool BitNetOnly(const ModelConfig& c) { return c.arch == Arch::kBitNet; }
+bool Untied(const ModelConfig& c) { return !c.tie_word_embeddings; }
+
+using Id = TensorId;
+using S = TensorScope;
+using R = TensorRole;
+using D = Dim;
+using F = Fusion;
+
+// Every tensor, once, in load order; per-layer rows are repeated for each layer where
+// they stand. Source names: transformers' LlamaForCausalLM / BitNetForCausalLM state
+// dict; llama.cpp's LLM_ARCH_LLAMA / LLM_ARCH_BITNET tensor names.
+constexpr TensorDecl kTensors[] = {
+// id              name             scope      role           rows              cols              fusion       piece
+//   Hugging Face key                                  GGUF name                       present
+{Id::kEmbed,       "embed",         S::kModel, R::kEmbedding, D::kVocab,        D::kHidden,       F::kNone,    0,
+   "model.embed_tokens.weight",                        "token_embd.weight",            Always},
+{Id::kAttnNorm,    "attn_norm",     S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.input_layernorm.weight",          "blk.{i}.attn_norm.weight",     Always},
+{Id::kQ,           "q",             S::kLayer, R::kMatrix,    D::kQDim,         D::kHidden,       F::kQkv,     0,
+   "model.layers.{i}.self_attn.q_proj.weight",         "blk.{i}.attn_q.weight",        Always},
+{Id::kK,           "k",             S::kLayer, R::kMatrix,    D::kKvDim,        D::kHidden,       F::kQkv,     1,
+   "model.layers.{i}.self_attn.k_proj.weight",         "blk.{i}.attn_k.weight",        Always},
+{Id::kV,           "v",             S::kLayer, R::kMatrix,    D::kKvDim,        D::kHidden,       F::kQkv,     2,
+   "model.layers.{i}.self_attn.v_proj.weight",         "blk.{i}.attn_v.weight",        Always},
+{Id::kAttnSubNorm, "attn_sub_norm", S::kLayer, R::kNorm,      D::kQDim,         D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.attn_sub_norm.weight",  "blk.{i}.attn_sub_norm.weight", BitNetOnly},
+{Id::kO,           "o",             S::kLayer, R::kMatrix,    D::kHidden,       D::kQDim,         F::kNone,    0,
+   "model.layers.{i}.self_attn.o_proj.weight",         "blk.{i}.attn_output.weight",   Always},
+{Id::kFfnNorm,     "ffn_norm",      S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight",      Always},
+{Id::kGate,        "gate",          S::kLayer, R::kMatrix,    D::kIntermediate, D::kHidden,       F::kGateUp,  0,
+   "model.layers.{i}.mlp.gate_proj.weight",            "blk.{i}.ffn_gate.weight",      Always},
+{Id::kUp,          "up",            S::kLayer, R::kMatrix,    D::kIntermediate, D::kHidden,       F::kGateUp,  1,
+   "model.layers.{i}.mlp.up_proj.weight",              "blk.{i}.ffn_up.weight",        Always},
+{Id::kFfnSubNorm,  "ffn_sub_norm",  S::kLayer, R::kNorm,      D::kIntermediate, D::kNone,         F::kNone,    0,
+   "model.layers.{i}.mlp.ffn_sub_norm.weight",         "blk.{i}.ffn_sub_norm.weight",  BitNetOnly},
+{Id::kDown,        "down",          S::kLayer, R::kMatrix,    D::kHidden,       D::kIntermediate, F::kNone,    0,
+   "model.layers.{i}.mlp.down_proj.weight",            "blk.{i}.ffn_down.weight",      Always},
+{Id::kNorm,        "norm",          S::kModel, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.norm.weight",                                "output_norm.weight",           Always},
+{Id::kLmHead,      "lm_head",       S::kModel, R::kHead,      D::kVocab,        D::kHidden,       F::kNone,    0,
+   "lm_head.weight",                                   "output.weight",                Untied},
+};
+
+// name with "{i}" replaced by the layer number.
+std::string ForLayer(const char* name, int layer) {
+  std::string s = name;
+  const size_t at = s.find("{i}");
+  if (at != std::string::npos) s.replace(at, 3, std::to_string(layer));
+  return s;
+}
+
+TensorSpec Resolve(const TensorDecl& d, const ModelConfig& c, int layer) {
+  TensorSpec s;
+  s.decl = &d;
+  s.layer = layer;
+  s.name = d.scope == TensorScope::kLayer ? "layers." + std::to_string(layer) + "." + d.name : d.name;
+  s.rows = Size(d.rows, c);
+  s.cols = Size(d.cols, c);
+  s.hf_name = ForLayer(d.hf_name, layer);
+  s.gguf_name = ForLayer(d.gguf_name, layer);
+  return s;
+}
+
+}  // namespace
+
+const char* RoleName(TensorRole role) {
+  switch (role) {
+    case TensorRole::kEmbedding: return "embedding";
+    case TensorRole::kHead: return "head";
+    case TensorRole::kNorm: return "norm";
+    case TensorRole::kMatrix: return "matrix";
+  }
+  return "?";
+}
+
+const char* FusionName(Fusion f) {
+  switch (f) {
+    case Fusion::kNone: return "";
+    case Fusion::kQkv: return "qkv";
+    case Fusion::kGateUp: return "gate_up";
+  }
+  return "?";
+}
+
+size_t Size(Dim d, const ModelConfig& c) {
+  switch (d) {
+    case Dim::kNone: return 0;
+    case Dim::kVocab: return c.vocab_size;
+    case Dim::kHidden: return c.hidden_size;
+    case Dim::kQDim: return c.q_dim();
+    case Dim::kKvDim: return c.kv_dim();
+    case Dim::kIntermediate: return c.intermediate_size;
+    case Dim::kHeadDim: return c.head_dim;
+  }
+  throw std::logic_error("Size: unknown Dim");
+}
+
+std::vector<TensorSpec> TensorSpecs(const ModelConfig& c) {
+  std::vector<TensorSpec> out;
+  const size_t n = sizeof(kTensors) / sizeof(kTensors[0]);
+  for (size_t i = 0; i < n; ++i) {
+    const TensorDecl& d = kTensors[i];
+    if (d.scope == TensorScope::kModel) {
+      if (d.present(c)) out.push_back(Resolve(d, c, -1));
+      continue;
+    }
+    if (i > 0 && kTensors[i - 1].scope == TensorScope::kLayer) continue;  // emitted with its run
+    size_t end = i;  // the run of per-layer rows [i, end)
+    while (end < n && kTensors[end].scope == TensorScope::kLayer) ++end;
+    for (size_t layer = 0; layer < c.num_layers; ++layer)
+      for (size_t j = i; j < end; ++j)
+        if (kTensors[j].present(c)) out.push_back(Resolve(kTensors[j], c, int(layer)));
+  }
+  return out;
+}
+
+const TensorSpec* FindSpec(const std::vector<TensorSpec>& specs, const std::string& name) {
+  for (const TensorSpec& s : specs)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+size_t RowsBeforePiece(const ModelConfig& c, Fusion fusion, size_t piece) {
+  size_t rows = 0;
+  for (const TensorDecl& d : kTensors)
+    if (d.fusion == fusion && d.piece < piece && d.present(c)) rows += Size(d.rows, c);
+  return rows;
+}
+
+}  // namespace ternlm

@@ -1,0 +1,64 @@
+"""The tensors of a model: canonical name, role, shape, fusion group and source names,
+each declared once in C++ (cpp/model/schema.{h,cc}, the table the engine assembles its
+weights from) and resolved here for one ModelConfig.
+
+    for spec in schema.specs(config):     # in load order
+        spec.name        "layers.3.q"           what loaders hand to the engine
+        spec.kind        "q"                    the name without the layer
+        spec.layer       3 (None for embed, norm, lm_head)
+        spec.role        "embedding" | "head" | "norm" | "matrix" (a layer projection)
+        spec.shape       (rows, cols) or (n,) for a vector
+        spec.fusion      "qkv" | "gate_up" | None, and spec.piece its index there
+        spec.hf_name     "model.layers.3.self_attn.q_proj.weight"   (Hugging Face key)
+        spec.gguf_name   "blk.3.attn_q.weight"                       (GGUF tensor name)
+
+Norm weights are float32 numpy arrays; every tensor with spec.has_format is a
+ternlm.QuantizedMatrix in the engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    kind: str
+    layer: Optional[int]
+    role: str
+    shape: tuple
+    fusion: Optional[str]
+    piece: int
+    hf_name: str
+    gguf_name: str
+
+    @property
+    def has_format(self) -> bool:
+        """Stored in a weight format (a QuantizedMatrix), not as a float vector."""
+        return self.role in ("embedding", "head", "matrix")
+
+    @property
+    def is_norm(self) -> bool:
+        return self.role == "norm"
+
+
+def specs(config) -> list[TensorSpec]:
+    """Every tensor of a model with this ModelConfig, in load order."""
+    from ._native import core
+    return [TensorSpec(**entry) for entry in core.tensor_schema(config.to_dict())]
+
+
+def by_name(config) -> dict:
+    """canonical name -> TensorSpec"""
+    return {s.name: s for s in specs(config)}
+
+
+def by_hf_name(config) -> dict:
+    """Hugging Face tensor key -> TensorSpec"""
+    return {s.hf_name: s for s in specs(config)}
+
+
+def by_gguf_name(config) -> dict:
+    """GGUF tensor name -> TensorSpec"""
+    return {s.gguf_name: s for s in specs(config)}
