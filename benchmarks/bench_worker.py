@@ -37,9 +37,11 @@ def _memory_module():
     unlike ru_maxrss) loaded without importing the ternlm package, whose import loads the C++
     core and would add its pages to llama.cpp's peak."""
     spec = importlib.util.find_spec("ternlm")
-    if spec is None or not spec.submodule_search_locations:
+    if spec is None or not spec.origin:
         raise ImportError("bench_worker.py needs ternlm importable (PYTHONPATH=python)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "memory.py")
+    # beside __init__.py: an editable install lists its build folder first among the
+    # package's search locations, and that folder holds only the compiled core
+    path = os.path.join(os.path.dirname(spec.origin), "memory.py")
     mspec = importlib.util.spec_from_file_location("_ternlm_memory", path)
     module = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(module)

@@ -103,21 +103,23 @@ def weights_from_checkpoint(ckpt, hf_folder):
     import os
 
     from conftest import absmean_ternary
-    from ternlm.io.hf import expected_shape, hf_module_name, read_ternary
+    from ternlm import schema
+    from ternlm.io.hf import read_ternary
     from ternlm.io.safetensors import SafetensorsFolder
     st = SafetensorsFolder(hf_folder)
     quant = json.load(open(os.path.join(hf_folder, "config.json"))).get("quantization_config")
     out = {}
-    for name in ckpt.config.tensor_names():
+    for spec in schema.specs(ckpt.config):
+        name = spec.name
         if ckpt.stored.get(name) != "ternary":
             out[name] = np.asarray(ckpt.tensors[name], dtype=np.float32)
             continue
-        key = hf_module_name(name) + ".weight"
+        key = spec.hf_name
         if quant["quantization_mode"] == "online":
             t, s_w = absmean_ternary(st.to_float32(key))
             out[name] = ("ternary", t, np.full(t.shape[0], np.float32(1) / s_w, np.float32))
         else:
-            rows, cols = expected_shape(ckpt.config, name)
+            rows, cols = spec.shape
             t, mult = read_ternary(st, key, key + "_scale", rows, cols, quant, key)
             out[name] = ("ternary", t, mult)
     return out
