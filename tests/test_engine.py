@@ -135,7 +135,7 @@ def test_greedy_continuation_equals_transformers_generate(name):
     want = out[0, len(ids):].tolist()
     engine = make_engine(name)
     sampler = core.Sampler(0)
-    tok = int(sampler.sample(engine.forward(ids)))
+    tok = engine.prefill(ids, sampler)                        # prompt forward + greedy pick in C++
     got = [tok]
     while len(got) < 32:
         tok = engine.step(tok, sampler)                       # decode + greedy pick in C++
@@ -146,21 +146,74 @@ def test_greedy_continuation_equals_transformers_generate(name):
 
 
 def test_step_samples_like_forward_then_sample():
-    """step() = decode forward + Sampler.sample, draw for draw, with sampling on."""
+    """prefill() / step() = forward + Sampler.sample, draw for draw, with sampling on: the
+    penalty history the sampler keeps (prompt, then each appended token) is the explicit
+    prompt + output list."""
     ids = prompt(10, seed=7)
     params = (0.9, 20, 0.95, 0.02, 1.2)
     a, b = make_engine("bitnet_untied"), make_engine("bitnet_untied")
-    sa, sb = core.Sampler(5), core.Sampler(5)
-    ta = tb = int(sa.sample(a.forward(ids), *params, ids))
-    assert tb == int(sb.sample(b.forward(ids), *params, ids))
+    sa, sb = core.Sampler(5, *params), core.Sampler(5)
+    ta = a.prefill(ids, sa)
+    tb = int(sb.sample(b.forward(ids), *params, ids))
+    assert ta == tb
     seq_a, seq_b = list(ids), list(ids)
     for _ in range(24):
         seq_a.append(ta)
         seq_b.append(tb)
-        ta = a.step(ta, sa, *params, np.array(seq_a, np.int32))
+        ta = a.step(ta, sa)
         tb = int(sb.sample(b.forward(np.array([tb], np.int32)), *params, np.array(seq_b, np.int32)))
     assert seq_a == seq_b and ta == tb
     assert len(set(seq_a[10:])) > 3                            # it really sampled
+
+
+@pytest.mark.parametrize("name", ["gqa_untied", "bitnet_untied"])
+def test_greedy_with_repetition_penalty_equals_transformers_generate(name):
+    """The history kept in the sampler penalises each distinct id of prompt + output once,
+    as transformers' RepetitionPenaltyLogitsProcessor in generate()."""
+    model, _, _ = hf_and_arrays(name)
+    ids = prompt(12, seed=4)
+    with torch.no_grad():
+        x = torch.tensor([ids.tolist()])
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=24, do_sample=False,
+                             repetition_penalty=1.3, eos_token_id=None, pad_token_id=0)
+    want = out[0, len(ids):].tolist()
+    engine, sampler = make_engine(name), core.Sampler(0, repetition_penalty=1.3)
+    got = [engine.prefill(ids, sampler)]
+    while len(got) < 24:
+        got.append(engine.step(got[-1], sampler))
+    assert got == want
+    plain, greedy = make_engine(name), core.Sampler(0)
+    free = [plain.prefill(ids, greedy)]
+    while len(free) < 24:
+        free.append(plain.step(free[-1], greedy))
+    assert free != got                                         # the penalty did change the output
+
+
+def test_prefill_and_step_reject_bad_input_before_changing_anything():
+    engine = make_engine("gqa_untied", context=8)
+    sampler = core.Sampler(0)
+    with pytest.raises(ValueError, match=f"prefill: token id {VOCAB} at index 2 is outside"):
+        engine.prefill(np.array([1, 2, VOCAB], np.int32), sampler)
+    with pytest.raises(ValueError, match="token id -2147483648"):       # saturated, not wrapped
+        engine.prefill(np.array([-(2**40)], np.int64), sampler)
+    with pytest.raises(ValueError, match="no tokens"):
+        engine.prefill(np.array([], np.int32), sampler)
+    with pytest.raises(ValueError, match="9 tokens at position 0 go past the context of 8"):
+        engine.prefill(np.arange(9, dtype=np.int32), sampler)
+    with pytest.raises(ValueError, match="history is over a vocabulary of 0"):   # never prefilled
+        engine.step(1, sampler)
+    other = core.Sampler(0)
+    other.sample(np.zeros(VOCAB + 1, np.float32))              # a history over another vocabulary
+    with pytest.raises(ValueError, match=f"vocabulary of {VOCAB + 1} tokens, this model's has {VOCAB}"):
+        engine.step(1, other)
+    assert engine.position == 0
+    tok = engine.prefill(np.arange(7, dtype=np.int32), sampler)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.step(2**32 + 1, sampler)                        # would wrap onto id 1
+    tok = engine.step(tok, sampler)                            # fills the context
+    with pytest.raises(ValueError, match="1 tokens at position 8 go past the context of 8"):
+        engine.step(tok, sampler)
+    assert engine.position == 8
 
 
 def test_truncate_reuses_a_cached_prefix():

@@ -130,3 +130,22 @@ def test_large_vocab_filters_follow_transformers(top_p, min_p, top_k):
     assert np.all(want[drawn] > 0), "a token transformers filters out was drawn"
     freq = np.bincount(drawn, minlength=len(lg)) / n
     assert np.all(np.abs(freq - want) <= 5 * np.sqrt(want * (1 - want) / n) + 1e-9)
+
+
+def test_constructor_holds_validated_parameters():
+    """A Sampler built with parameters (the generation path: Transformer.prefill / step use
+    them) checks them once, as sample() does."""
+    for kwargs, match in [(dict(temperature=-1.0), "temperature"), (dict(top_k=-2), "top_k"),
+                          (dict(top_p=0.0), "top_p"), (dict(min_p=2.0), "min_p"),
+                          (dict(repetition_penalty=float("inf")), "repetition_penalty")]:
+        with pytest.raises(ValueError, match=match):
+            core.Sampler(0, **kwargs)
+    with pytest.raises(ValueError, match="seed"):
+        core.Sampler(-1, temperature=1.0)
+
+
+def test_history_ids_are_checked_against_the_logits():
+    with pytest.raises(ValueError, match="token id -1 at index 0"):
+        core.Sampler(0).sample(logits_of(10, 0), recent_tokens=np.array([-1], np.int64))
+    with pytest.raises(ValueError, match="token id 2147483647"):     # saturated, not wrapped onto 1
+        core.Sampler(0).sample(logits_of(10, 0), recent_tokens=np.array([2**32 + 1], np.int64))

@@ -152,3 +152,14 @@ def test_f16_kv_cache_option(folder, m, greedy):
     assert isinstance(h.generate(PROMPT, max_new_tokens=8), str)
     with pytest.raises(ValueError, match="kv_dtype must be 'f32' or 'f16', got 'int8'"):
         ternlm.load(folder, context=64, progress=False, kv_dtype="int8")
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"temperature": 1e300}, "temperature"), ({"top_p": 1e-50}, "top_p"),
+    ({"repetition_penalty": 1e-50}, "repetition_penalty"), ({"temperature": "0.5"}, "temperature"),
+])
+def test_sampling_values_are_checked_as_the_sampler_sees_them(m, kwargs, name):
+    """Values that float32 (the C++ sampler's type) turns into an invalid one are refused by
+    the Model's own check, when stream() is called, not later by the engine."""
+    with pytest.raises(ValueError, match=name):
+        m.stream(PROMPT, **kwargs)

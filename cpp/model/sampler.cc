@@ -13,6 +13,7 @@ void SamplingParams::Validate() const {
   if (!(std::isfinite(temperature) && temperature >= 0))
     throw std::invalid_argument("temperature must be a finite number >= 0 (0 = greedy), got " +
                                 std::to_string(temperature));
+  if (top_k < 0) throw std::invalid_argument("top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
   if (!(top_p > 0 && top_p <= 1))
     throw std::invalid_argument("top_p must be in (0, 1], got " + std::to_string(top_p));
   if (!(min_p >= 0 && min_p <= 1))
@@ -22,29 +23,41 @@ void SamplingParams::Validate() const {
                                 std::to_string(repetition_penalty));
 }
 
+Sampler::Sampler(uint64_t seed, const SamplingParams& params) : rng_(seed) { SetParams(params); }
+
+void Sampler::SetParams(const SamplingParams& params) {
+  params.Validate();
+  params_ = params;
+}
+
+void Sampler::SetHistory(const int32_t* ids, size_t n, size_t vocab) {
+  for (size_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || size_t(ids[i]) >= vocab)
+      throw std::invalid_argument("sample: history token id " + std::to_string(ids[i]) + " at index " +
+                                  std::to_string(i) + " is outside the vocabulary [0, " +
+                                  std::to_string(vocab) + ")");
+  seen_.assign(vocab, 0);
+  distinct_.clear();
+  distinct_.reserve(vocab);  // Append never reallocates
+  for (size_t i = 0; i < n; ++i) Append(ids[i]);
+}
+
 double Sampler::Uniform() { return double(rng_() >> 11) * (1.0 / 9007199254740992.0); }
 
-int32_t Sampler::Sample(const float* logits, size_t vocab, const SamplingParams& p,
-                        const int32_t* recent, size_t num_recent) {
-  p.Validate();
-  if (vocab == 0) throw std::invalid_argument("sample: empty logits");
-  for (size_t i = 0; i < num_recent; ++i)
-    if (recent[i] < 0 || size_t(recent[i]) >= vocab)
-      throw std::invalid_argument("sample: recent token id " + std::to_string(recent[i]) +
-                                  " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+int32_t Sampler::Sample(const float* logits) {
+  const size_t vocab = seen_.size();
+  if (vocab == 0)
+    throw std::invalid_argument("sample: the sampler has no vocabulary yet (set its history first)");
+  const SamplingParams& p = params_;
+  const bool penalise = p.repetition_penalty != 1.0f && !distinct_.empty();
+  if (!penalise && p.temperature == 0.0f) return int32_t(Argmax(logits, vocab));  // greedy: no copy
   work_.assign(logits, logits + vocab);
   float* w = work_.data();
 
-  // Repetition penalty over the distinct recent ids.
-  if (p.repetition_penalty != 1.0f && num_recent > 0) {
-    seen_.assign(vocab, 0);
-    for (size_t i = 0; i < num_recent; ++i) {
-      const int32_t id = recent[i];
-      if (seen_[id]) continue;
-      seen_[id] = 1;
+  // Repetition penalty, once per distinct id of the history.
+  if (penalise)
+    for (const int32_t id : distinct_)
       w[id] = w[id] < 0 ? w[id] * p.repetition_penalty : w[id] / p.repetition_penalty;
-    }
-  }
   if (p.temperature == 0.0f) return int32_t(Argmax(w, vocab));
 
   for (size_t i = 0; i < vocab; ++i) w[i] /= p.temperature;
@@ -63,9 +76,10 @@ int32_t Sampler::Sample(const float* logits, size_t vocab, const SamplingParams&
   size_t n = vocab;
   // top-k keeps every id tied with the k-th value (transformers removes only scores
   // below the k-th largest).
-  if (p.top_k > 0 && p.top_k < vocab) {
-    std::nth_element(order_.begin(), order_.begin() + (p.top_k - 1), order_.end(), better);
-    const double kth = e[order_[p.top_k - 1]];
+  const size_t top_k = size_t(p.top_k);
+  if (top_k > 0 && top_k < vocab) {
+    std::nth_element(order_.begin(), order_.begin() + (top_k - 1), order_.end(), better);
+    const double kth = e[order_[top_k - 1]];
     n = size_t(std::partition(order_.begin(), order_.end(), [e, kth](int32_t id) { return e[id] >= kth; }) -
                order_.begin());
   }

@@ -2,6 +2,17 @@
 // processors: repetition penalty, then (temperature 0: argmax) temperature, top-k,
 // top-p, min-p, and a draw from the softmax of what is left. Reproducible for a
 // seed: std::mt19937_64 and a uniform double built from its 53 high bits.
+//
+// A Sampler holds the sampling parameters and the repetition-penalty history of one
+// generation. transformers' RepetitionPenaltyLogitsProcessor penalises each distinct id
+// of prompt + output once, so the history is kept as marks, updated as tokens come:
+//   seen_      [vocab]   1 for an id already in the history
+//   distinct_  [<= vocab] the marked ids, in first-seen order (capacity reserved once)
+// Append is O(1) and a penalised Sample touches only the distinct ids.
+//
+// Checks: SamplingParams::Validate (ranges) runs when parameters are set, never per
+// token; SetHistory checks its ids. Sample and Append trust their callers for the rest
+// (Transformer::Prefill / Step check the token and the vocabulary size).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -11,8 +22,8 @@
 namespace ternlm {
 
 struct SamplingParams {
-  float temperature = 0.0f;         // 0 = greedy
-  size_t top_k = 0;                 // 0 = off
+  float temperature = 0.0f;         // >= 0; 0 = greedy
+  int64_t top_k = 0;                // >= 0; 0 = off
   float top_p = 1.0f;               // (0, 1]; 1 = off
   float min_p = 0.0f;               // [0, 1]; 0 = off
   float repetition_penalty = 1.0f;  // > 0; 1 = off
@@ -23,21 +34,35 @@ struct SamplingParams {
 
 class Sampler {
  public:
-  explicit Sampler(uint64_t seed) : rng_(seed) {}
+  // Throws std::invalid_argument for parameters out of range (SamplingParams::Validate).
+  explicit Sampler(uint64_t seed, const SamplingParams& params = {});
 
-  // logits [vocab] (not modified); recent: token ids the repetition penalty applies
-  // to (each distinct id once: a positive logit is divided by the penalty, a negative
-  // one multiplied, as transformers' RepetitionPenaltyLogitsProcessor).
-  // Throws std::invalid_argument for a recent id outside [0, vocab).
-  int32_t Sample(const float* logits, size_t vocab, const SamplingParams& p,
-                 const int32_t* recent, size_t num_recent);
+  const SamplingParams& params() const { return params_; }
+  void SetParams(const SamplingParams& params);  // validates, as the constructor
+
+  // Replaces the penalty history with ids [n] over a vocabulary of `vocab` tokens.
+  // Throws std::invalid_argument for an id outside [0, vocab).
+  void SetHistory(const int32_t* ids, size_t n, size_t vocab);
+  // Adds one id to the history; requires 0 <= id < vocab().
+  void Append(int32_t id) {
+    if (seen_[size_t(id)]) return;
+    seen_[size_t(id)] = 1;
+    distinct_.push_back(id);  // never reallocates: capacity vocab() (SetHistory)
+  }
+  size_t vocab() const { return seen_.size(); }  // of the history; 0 before SetHistory
+
+  // Next token id from logits [vocab()] (not modified), with params() and the history.
+  // Throws std::invalid_argument before any SetHistory (vocab() == 0).
+  int32_t Sample(const float* logits);
 
  private:
   double Uniform();  // [0, 1)
 
   std::mt19937_64 rng_;
+  SamplingParams params_;
+  std::vector<uint8_t> seen_;      // [vocab] history marks
+  std::vector<int32_t> distinct_;  // ids marked in seen_
   std::vector<float> work_;        // [vocab] penalised, tempered logits
-  std::vector<uint8_t> seen_;      // [vocab] distinct-recent marks
   std::vector<int32_t> order_;     // candidate ids, best first
   std::vector<double> probs_;      // [vocab] exp(logit - max logit)
 };

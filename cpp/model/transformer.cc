@@ -112,21 +112,25 @@ void Transformer::Truncate(size_t pos) {
   pos_ = pos;
 }
 
-void Transformer::CheckTokens(const int32_t* tokens, size_t n) const {
-  if (n == 0) throw std::invalid_argument("forward: no tokens given");
+void Transformer::CheckTokens(const char* what, const int32_t* tokens, size_t n) const {
+  if (n == 0) throw std::invalid_argument(std::string(what) + ": no tokens given");
   for (size_t i = 0; i < n; ++i)
     if (tokens[i] < 0 || size_t(tokens[i]) >= config_.vocab_size)
-      throw std::invalid_argument("forward: token id " + std::to_string(tokens[i]) + " at index " +
-                                  std::to_string(i) + " is outside the vocabulary [0, " +
+      throw std::invalid_argument(std::string(what) + ": token id " + std::to_string(tokens[i]) +
+                                  " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
                                   std::to_string(config_.vocab_size) + ")");
   if (pos_ + n > context())
-    throw std::invalid_argument("forward: " + std::to_string(n) + " tokens at position " +
+    throw std::invalid_argument(std::string(what) + ": " + std::to_string(n) + " tokens at position " +
                                 std::to_string(pos_) + " go past the context of " +
                                 std::to_string(context()) + " tokens");
 }
 
 void Transformer::Forward(const int32_t* tokens, size_t n, bool all_logits, float* logits) {
-  CheckTokens(tokens, n);
+  CheckTokens("forward", tokens, n);
+  ForwardChunks(tokens, n, all_logits, logits);
+}
+
+void Transformer::ForwardChunks(const int32_t* tokens, size_t n, bool all_logits, float* logits) {
   const size_t vocab = config_.vocab_size;
   for (size_t start = 0; start < n; start += s_.chunk) {
     const size_t len = std::min(s_.chunk, n - start);
@@ -139,11 +143,23 @@ void Transformer::Forward(const int32_t* tokens, size_t n, bool all_logits, floa
   }
 }
 
-const float* Transformer::Decode(int32_t token) {
-  CheckTokens(&token, 1);
+int32_t Transformer::Prefill(const int32_t* tokens, size_t n, Sampler& sampler) {
+  CheckTokens("prefill", tokens, n);
+  ForwardChunks(tokens, n, false, s_.logits.get());
+  sampler.SetHistory(tokens, n, config_.vocab_size);
+  return sampler.Sample(s_.logits.get());
+}
+
+int32_t Transformer::Step(int32_t token, Sampler& sampler) {
+  CheckTokens("step", &token, 1);
+  if (sampler.vocab() != config_.vocab_size)
+    throw std::invalid_argument("step: the sampler's history is over a vocabulary of " +
+                                std::to_string(sampler.vocab()) + " tokens, this model's has " +
+                                std::to_string(config_.vocab_size) + " (prefill sets it)");
+  sampler.Append(token);
   ForwardChunk(&token, 1);
   Logits(0, 1, s_.logits.get());
-  return s_.logits.get();
+  return sampler.Sample(s_.logits.get());
 }
 
 // out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.

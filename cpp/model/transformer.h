@@ -18,6 +18,7 @@
 #include "hwy/aligned_allocator.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/sampler.h"
 #include "model/weights.h"
 #include "runtime/thread_pool.h"
 
@@ -39,7 +40,7 @@ struct RunState {
   Buffer parts;           // [max_parts, kAttendTokens, q_dim] attention of split positions,
   Buffer part_stats;      // [max_parts, 2, kAttendTokens, heads] and its max / sum per row
   size_t max_parts = 1;
-  Buffer logits;          // [vocab]                   decode logits for Step
+  Buffer logits;          // [vocab]                   last-row logits for Prefill / Step
   Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position
   KvCache kv;
   size_t nbytes = 0;      // all of the above
@@ -65,16 +66,25 @@ class Transformer {
   // with all_logits, of every token [n, vocab]. Throws std::invalid_argument for
   // n == 0, a token outside [0, vocab) or position() + n > context().
   void Forward(const int32_t* tokens, size_t n, bool all_logits, float* logits);
-  // Forward of one token; returns its logits [vocab] (RunState buffer, valid until
-  // the next call).
-  const float* Decode(int32_t token);
+
+  // Generation, logits kept in the RunState. Prefill appends the prompt tokens [n] at
+  // position() (from 0 after Reset), sets the sampler's penalty history to them and
+  // returns the first sampled token. Step appends one token (the last sampled one),
+  // adds it to the history and returns the next: the history is always the tokens
+  // appended since Prefill, as transformers' input_ids. Both throw
+  // std::invalid_argument, before anything changes, for what Forward rejects and
+  // (Step) for a sampler whose history is over another vocabulary size.
+  int32_t Prefill(const int32_t* tokens, size_t n, Sampler& sampler);
+  int32_t Step(int32_t token, Sampler& sampler);
 
   void Reset() { pos_ = 0; }
   // Keep the first `pos` cached positions (a shared prompt prefix); pos <= position().
   void Truncate(size_t pos);
 
  private:
-  void CheckTokens(const int32_t* tokens, size_t n) const;
+  // The one check of token ids and context below the Python API; `what` names the call.
+  void CheckTokens(const char* what, const int32_t* tokens, size_t n) const;
+  void ForwardChunks(const int32_t* tokens, size_t n, bool all_logits, float* logits);  // checked tokens
   void ForwardChunk(const int32_t* tokens, size_t n);  // updates x for n <= chunk tokens
   void Attention(size_t layer, size_t n);
   void Project(const FusedProjection& p, const float* in, size_t n, float* out);

@@ -13,6 +13,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -138,7 +139,20 @@ py::list TensorSchema(const py::dict& config) {
   return out;
 }
 
-std::vector<int32_t> TokenIds(py::handle obj, size_t vocab, const char* where) {
+// ---- generation and scoring -----------------------------------------------------------
+// One owner per check:
+//   ternlm.Model (python/ternlm/model.py)  the public API: prompt ids, room in the context,
+//       sampling values, with the caller's values in the messages; nothing below it fires
+//       for a call it accepted.
+//   this file  only what converting needs: an integer 1-D id array, a float logits
+//       array, logits='last'|'all', a seed >= 0.
+//   C++        the invariants, whoever calls: Transformer::CheckTokens (ids, context),
+//       SamplingParams::Validate (ranges, when a Sampler's parameters are set, not per
+//       token) and Sampler::SetHistory (history ids).
+
+// Token ids as int32 for the engine. Values beyond int32 saturate, so they still fail the
+// engine's range check instead of wrapping onto a valid id.
+std::vector<int32_t> TokenIds(py::handle obj, const char* where) {
   py::array a = py::array::ensure(obj);
   if (!a || (a.dtype().kind() != 'i' && a.dtype().kind() != 'u'))
     throw py::type_error(std::string(where) + ": token ids must be an integer array");
@@ -146,42 +160,27 @@ std::vector<int32_t> TokenIds(py::handle obj, size_t vocab, const char* where) {
     throw py::value_error(std::string(where) + ": token ids must be 1-D, got " + std::to_string(a.ndim()) + "-D");
   auto v = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
   std::vector<int32_t> ids(size_t(v.size()));
-  for (size_t i = 0; i < ids.size(); ++i) {
-    const int64_t id = v.data()[i];
-    if (id < 0 || uint64_t(id) >= vocab)
-      throw py::value_error(std::string(where) + ": token id " + std::to_string(id) + " at index " +
-                            std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
-    ids[i] = int32_t(id);
-  }
+  for (size_t i = 0; i < ids.size(); ++i)
+    ids[i] = int32_t(std::clamp<int64_t>(v.data()[i], INT32_MIN, INT32_MAX));
   return ids;
 }
 
-SamplingParams Params(double temperature, long top_k, double top_p, double min_p, double penalty) {
-  if (top_k < 0) throw py::value_error("top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
-  SamplingParams p{float(temperature), size_t(top_k), float(top_p), float(min_p), float(penalty)};
-  p.Validate();
-  return p;
+int32_t TokenId(long long token) { return int32_t(std::clamp<long long>(token, INT32_MIN, INT32_MAX)); }
+
+SamplingParams Params(double temperature, long long top_k, double top_p, double min_p, double penalty) {
+  return SamplingParams{float(temperature), int64_t(top_k), float(top_p), float(min_p), float(penalty)};
 }
 
-int32_t SampleFrom(Sampler& s, const float* logits, size_t vocab, const SamplingParams& p,
-                   const py::object& recent_obj) {
-  std::vector<int32_t> recent;
-  if (!recent_obj.is_none()) recent = TokenIds(recent_obj, vocab, "sample: recent_tokens");
-  py::gil_scoped_release release;
-  return s.Sample(logits, vocab, p, recent.data(), recent.size());
-}
-
-std::unique_ptr<Sampler> MakeSampler(const py::object& seed) {
-  uint64_t s;
+uint64_t Seed(const py::object& seed) {
   if (seed.is_none()) {
     std::random_device rd;
-    s = (uint64_t(rd()) << 32) ^ rd();
-  } else {
-    const long long v = seed.cast<long long>();
-    if (v < 0) throw py::value_error("Sampler: seed must be None or an int >= 0, got " + std::to_string(v));
-    s = uint64_t(v);
+    const uint64_t hi = rd();
+    const uint64_t lo = rd();
+    return (hi << 32) ^ lo;
   }
-  return std::make_unique<Sampler>(s);
+  const long long v = seed.cast<long long>();
+  if (v < 0) throw py::value_error("Sampler: seed must be None or an int >= 0, got " + std::to_string(v));
+  return uint64_t(v);
 }
 
 }  // namespace
@@ -189,21 +188,34 @@ std::unique_ptr<Sampler> MakeSampler(const py::object& seed) {
 void BindModel(py::module_& m) {
   py::class_<Sampler>(m, "Sampler",
                       "Next-token sampler (repetition penalty, temperature, top-k, top-p, min-p), "
-                      "reproducible for a seed (std::mt19937_64).")
-      .def(py::init(&MakeSampler), py::arg("seed") = py::none())
+                      "reproducible for a seed (std::mt19937_64). It holds its parameters and the "
+                      "repetition-penalty history: Transformer.prefill sets the history to the prompt, "
+                      "Transformer.step adds each token it appends.")
+      .def(py::init([](const py::object& seed, double temperature, long long top_k, double top_p, double min_p,
+                       double repetition_penalty) {
+             return std::make_unique<Sampler>(Seed(seed),
+                                              Params(temperature, top_k, top_p, min_p, repetition_penalty));
+           }),
+           py::arg("seed") = py::none(), py::arg("temperature") = 0.0, py::arg("top_k") = 0,
+           py::arg("top_p") = 1.0, py::arg("min_p") = 0.0, py::arg("repetition_penalty") = 1.0)
       .def("sample",
-           [](Sampler& s, py::handle logits_obj, double temperature, long top_k, double top_p, double min_p,
+           [](Sampler& s, py::handle logits_obj, double temperature, long long top_k, double top_p, double min_p,
               double repetition_penalty, const py::object& recent_tokens) {
-             const SamplingParams p = Params(temperature, top_k, top_p, min_p, repetition_penalty);
              py::array a = py::array::ensure(logits_obj);
              if (!a || a.dtype().kind() != 'f' || a.ndim() != 1 || a.size() == 0)
                throw py::value_error("sample: logits must be a non-empty 1-D float array [vocab]");
              auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
-             return SampleFrom(s, f.data(), size_t(f.size()), p, recent_tokens);
+             std::vector<int32_t> recent;
+             if (!recent_tokens.is_none()) recent = TokenIds(recent_tokens, "sample: recent_tokens");
+             s.SetParams(Params(temperature, top_k, top_p, min_p, repetition_penalty));
+             py::gil_scoped_release release;
+             s.SetHistory(recent.data(), recent.size(), size_t(f.size()));
+             return s.Sample(f.data());
            },
            py::arg("logits"), py::arg("temperature") = 0.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0,
            py::arg("min_p") = 0.0, py::arg("repetition_penalty") = 1.0, py::arg("recent_tokens") = py::none(),
-           "Next token id from logits [vocab]; temperature 0 = greedy (after the repetition penalty).");
+           "Standalone draw: sets the parameters and the history (recent_tokens) to these, then returns "
+           "the next token id from logits [vocab]; temperature 0 = greedy (after the repetition penalty).");
 
   py::class_<PyTransformer>(m, "Transformer",
                             "Llama / BitNet decoder with a KV cache. Takes ownership of the "
@@ -216,8 +228,7 @@ void BindModel(py::module_& m) {
                throw py::value_error("forward: logits must be 'last' or 'all', got '" + logits + "'");
              Transformer& t = *self.t;
              const size_t vocab = t.config().vocab_size;
-             const std::vector<int32_t> ids = TokenIds(tokens, vocab, "forward");
-             if (ids.empty()) throw py::value_error("forward: no tokens given");
+             const std::vector<int32_t> ids = TokenIds(tokens, "forward");
              const bool all = logits == "all";
              py::array_t<float> out = all ? py::array_t<float>({py::ssize_t(ids.size()), py::ssize_t(vocab)})
                                           : py::array_t<float>({py::ssize_t(vocab)});
@@ -232,26 +243,26 @@ void BindModel(py::module_& m) {
            py::arg("tokens"), py::arg("logits") = "last",
            "Append tokens (int array [n]) at `position`; logits float32 [vocab] of the last token "
            "('last') or [n, vocab] ('all').")
-      .def("step",
-           [](PyTransformer& self, long token, Sampler& sampler, double temperature, long top_k, double top_p,
-              double min_p, double repetition_penalty, const py::object& recent_tokens) {
-             const SamplingParams p = Params(temperature, top_k, top_p, min_p, repetition_penalty);
-             Transformer& t = *self.t;
-             const size_t vocab = t.config().vocab_size;
-             if (token < 0 || size_t(token) >= vocab)
-               throw py::value_error("step: token id " + std::to_string(token) + " is outside the vocabulary [0, " +
-                                     std::to_string(vocab) + ")");
-             std::vector<int32_t> recent;
-             if (!recent_tokens.is_none()) recent = TokenIds(recent_tokens, vocab, "step: recent_tokens");
+      .def("prefill",
+           [](PyTransformer& self, py::handle tokens, Sampler& sampler) {
+             const std::vector<int32_t> ids = TokenIds(tokens, "prefill");
              py::gil_scoped_release release;
              std::lock_guard<std::mutex> lock(self.mu);
-             const float* logits = t.Decode(int32_t(token));
-             return sampler.Sample(logits, vocab, p, recent.data(), recent.size());
+             return self.t->Prefill(ids.data(), ids.size(), sampler);
            },
-           py::arg("token"), py::arg("sampler"), py::arg("temperature") = 0.0, py::arg("top_k") = 0,
-           py::arg("top_p") = 1.0, py::arg("min_p") = 0.0, py::arg("repetition_penalty") = 1.0,
-           py::arg("recent_tokens") = py::none(),
-           "Decode one token and sample the next from its logits (forward + Sampler.sample in one call).")
+           py::arg("tokens"), py::arg("sampler"),
+           "Append the prompt (int array [n]) at `position`, set the sampler's penalty history to it and "
+           "return the first token sampled from the last row's logits (no logits leave C++).")
+      .def("step",
+           [](PyTransformer& self, long long token, Sampler& sampler) {
+             const int32_t id = TokenId(token);
+             py::gil_scoped_release release;
+             std::lock_guard<std::mutex> lock(self.mu);
+             return self.t->Step(id, sampler);
+           },
+           py::arg("token"), py::arg("sampler"),
+           "Append one token (the last sampled), add it to the sampler's history and return the next "
+           "sampled token.")
       .def_property_readonly("position", [](PyTransformer& self) { return self.t->position(); },
                              "Tokens in the KV cache.")
       .def_property_readonly("context", [](PyTransformer& self) { return self.t->context(); })

@@ -16,7 +16,9 @@ Generation rules:
   or at a `stop` string (the text is cut before it; stop_reason "stop"), or after
   max_new_tokens ("max_new_tokens").
 - An empty prompt starts from BOS when the model has one, else ValueError.
-- Sampling runs in C++: temperature 0 is greedy; seed=None draws a fresh seed.
+- Sampling runs in C++, in the same calls as the forward (Transformer.prefill for the prompt
+  and the first token, Transformer.step for each next one; no logits cross into Python):
+  temperature 0 is greedy; seed=None draws a fresh seed.
 
 m.stats after generate/stream/chat: prompt_tokens, decode_tokens (generated, EOS excluded),
 prompt_s (prefill + choosing the first token: time to first token), prompt_tok_s,
@@ -41,7 +43,7 @@ class Model:
     """A loaded model: tokenizer + C++ transformer (+ sampler). Build it with ternlm.load."""
 
     def __init__(self, engine, tokenizer: Tokenizer, config: ModelConfig, formats: dict,
-                 context: int, source: str = "", matrices: dict | None = None, sampler_factory=None):
+                 context: int, source: str = "", matrices: dict | None = None):
         self._engine = engine
         self.tokenizer = tokenizer
         self.config = config
@@ -49,7 +51,6 @@ class Model:
         self.context = int(context)
         self.source = source
         self._matrices = matrices            # name -> QuantizedMatrix / norms, for save()
-        self._sampler_factory = sampler_factory
         self.stats: dict = {}
         eos = list(config.eos_token_ids)
         eos += [i for i in tokenizer.eos_token_ids if i not in eos]
@@ -72,22 +73,34 @@ class Model:
         return int(getattr(self._engine, "memory_bytes", 0))
 
     # ---- argument checks ----------------------------------------------------------------
+    # The Model methods own the checks of their arguments (types, ranges, prompt ids, room
+    # in the context), with the caller's values in the messages. Below them the binding
+    # only converts, and C++ keeps the invariants that make a direct _core call fail safely
+    # (Transformer::CheckTokens, SamplingParams::Validate, Sampler::SetHistory; the list is
+    # in cpp/python/bind_model.cc): for arguments accepted here those never fire.
     @staticmethod
     def _check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
         def bad(msg):
             raise ValueError(msg)
+        def f32(x):     # the value the C++ sampler computes with (so its own check agrees)
+            if not isinstance(x, (int, float)):
+                return math.nan
+            try:
+                with np.errstate(over="ignore"):
+                    return float(np.float32(x))
+            except OverflowError:                  # an int beyond any float
+                return math.inf
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             bad(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        if not (math.isfinite(f32(temperature)) and f32(temperature) >= 0):
             bad(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
         if not isinstance(top_k, (int, np.integer)) or top_k < 0:
             bad(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
-        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        if not 0 < f32(top_p) <= 1:
             bad(f"top_p must be in (0, 1], got {top_p!r}")
-        if not (isinstance(min_p, (int, float)) and 0 <= min_p <= 1):
+        if not 0 <= f32(min_p) <= 1:
             bad(f"min_p must be in [0, 1], got {min_p!r}")
-        if not (isinstance(repetition_penalty, (int, float)) and math.isfinite(repetition_penalty)
-                and repetition_penalty > 0):
+        if not (math.isfinite(f32(repetition_penalty)) and f32(repetition_penalty) > 0):
             bad(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
         if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
             bad(f"seed must be None or an int >= 0, got {seed!r}")
@@ -120,17 +133,13 @@ class Model:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {v})")
 
     # ---- generation ---------------------------------------------------------------------
-    def _new_sampler(self, seed):
-        if seed is None:
-            seed = secrets.randbits(63)
-        if self._sampler_factory is not None:
-            return self._sampler_factory(int(seed))
+    @staticmethod
+    def _new_sampler(seed, params):
+        """A C++ Sampler holding the sampling parameters and, once prefill sets it, the
+        repetition-penalty history of one generation."""
         from ._native import core
-        return core.Sampler(int(seed))
-
-    def _forward(self, ids, logits="last") -> np.ndarray:
-        out = self._engine.forward(np.asarray(ids, dtype=np.int32), logits=logits)
-        return np.asarray(out, dtype=np.float32)
+        seed = secrets.randbits(63) if seed is None else int(seed) % 2**63   # the binding's range
+        return core.Sampler(seed, *params)
 
     def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True):
@@ -140,17 +149,19 @@ class Model:
         stops = self._check_sampling(max_new_tokens, temperature, top_k, top_p, min_p,
                                      repetition_penalty, seed, stop)
         ids = self._prompt_ids(prompt, _add_special_tokens)
-        return self._generate_pieces(ids, max_new_tokens, float(temperature), int(top_k), float(top_p),
-                                     float(min_p), float(repetition_penalty), seed, stops)
+        # top_k beyond any vocabulary means "off", as does the binding's largest
+        params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
+                  float(repetition_penalty))
+        return self._generate_pieces(ids, max_new_tokens, params, seed, stops)
 
-    def _generate_pieces(self, ids, max_new, temperature, top_k, top_p, min_p, penalty, seed, stops):
+    def _generate_pieces(self, ids, max_new, params, seed, stops):
         stats = {"prompt_tokens": len(ids), "decode_tokens": 0, "prompt_tok_s": 0.0, "decode_tok_s": 0.0,
                  "prompt_s": 0.0, "decode_s": 0.0, "stop_reason": "max_new_tokens", "peak_rss_mb": 0.0}
         self.stats = stats
-        sampler = self._new_sampler(seed)
+        sampler = self._new_sampler(seed, params)
         decoder = self.tokenizer.stream_decoder()
         eos = set(self.eos_token_ids)
-        recent = list(ids)
+        prompt = np.asarray(ids, dtype=np.int32)
         text, emitted = "", 0                   # decoded text so far; how much was yielded
         hold = max((len(s) for s in stops), default=1) - 1
 
@@ -159,11 +170,11 @@ class Model:
         t0 = time.perf_counter()
         self._engine.reset()
         generated, busy, clock = 0, 0.0, None
-        params = (temperature, top_k, top_p, min_p, penalty)
         try:
             if max_new > 0:
-                logits = self._forward(ids, "last")
-                tok = int(sampler.sample(logits.reshape(-1), *params, self._recent(recent, penalty)))
+                # one C++ call: forward of the prompt, the first token sampled from its last row
+                # (the sampler's penalty history is set to the prompt)
+                tok = self._engine.prefill(prompt, sampler)
                 clock = time.perf_counter()
                 stats["prompt_s"] = clock - t0
             while generated < max_new:
@@ -171,7 +182,6 @@ class Model:
                     stats["stop_reason"] = "eos"
                     break
                 generated += 1
-                recent.append(tok)
                 text += decoder.push(tok)
                 cut = self._find_stop(text, stops)
                 if cut is not None:
@@ -193,8 +203,9 @@ class Model:
                 if len(ids) + generated >= self.context:
                     stats["stop_reason"] = "context"
                     break
-                # one C++ call: append tok to the KV cache, forward, sample the next token
-                tok = int(self._engine.step(tok, sampler, *params, self._recent(recent, penalty)))
+                # one C++ call: append tok to the KV cache and the penalty history, forward,
+                # sample the next token
+                tok = self._engine.step(tok, sampler)
             if stats["stop_reason"] != "stop":
                 text += decoder.flush()
                 cut = self._find_stop(text, stops)
@@ -213,11 +224,6 @@ class Model:
             stats["decode_s"] = busy
             stats["decode_tok_s"] = (generated - 1) / busy if generated > 1 and busy > 0 else 0.0
             stats["peak_rss_mb"] = peak_rss_mb()
-
-    @staticmethod
-    def _recent(recent, penalty):
-        """The tokens the repetition penalty looks at (all of prompt + output, as transformers)."""
-        return np.asarray(recent, dtype=np.int32) if penalty != 1.0 else None
 
     @staticmethod
     def _find_stop(text, stops):
@@ -261,8 +267,8 @@ class Model:
         if len(ids) > self.context:
             raise ValueError(f"{len(ids)} tokens do not fit in context {self.context}")
         self._engine.reset()
-        out = self._forward(ids, "all")
-        return out.reshape(len(ids), -1)
+        out = self._engine.forward(np.asarray(ids, dtype=np.int32), logits="all")
+        return np.asarray(out, dtype=np.float32).reshape(len(ids), -1)
 
     def perplexity(self, text, window=None, stride=None) -> float:
         """exp(mean negative log-likelihood) of the tokens of `text` (BOS added if the
