@@ -20,8 +20,8 @@
 
 #include "formats/int4.h"
 #include "formats/quantized_matrix.h"
+#include "kernels/attention.h"
 #include "kernels/matmul.h"
-#include "kernels/vector_ops.h"
 #include "model/kv_cache.h"
 #include "runtime/targets.h"
 #include "runtime/thread_pool.h"
