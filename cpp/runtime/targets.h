@@ -43,9 +43,9 @@ void SetAmx(bool on);
 // 64-byte line of a weight tile also prefetches the line this many bytes ahead (0: off).
 // Intel's AVX-512 server cores need it to stream a core's weights from DRAM near memory
 // speed, while on AMD Zen the hardware prefetchers keep up and it only costs instructions
-// (benchmarks/results/README.md), so the default is kIntelPrefetchBytes on Intel CPUs with
-// AVX-512 and 0 elsewhere; TERNLM_PREFETCH (read by the Python package at import) or
-// SetPrefetchDistance() overrides it.
+// (benchmarks/results/README.md, "Software prefetch"), so the default is
+// kIntelPrefetchBytes on Intel CPUs with AVX-512 and 0 elsewhere; TERNLM_PREFETCH (read by
+// the Python package at import) or SetPrefetchDistance() overrides it.
 constexpr size_t kIntelPrefetchBytes = 4096;
 constexpr size_t kMaxPrefetchBytes = size_t(1) << 20;
 size_t PrefetchDistance();
