@@ -45,10 +45,8 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 #if TERNLM_PATH_AVX2 || TERNLM_PATH_AVX3
-constexpr size_t kPartRows = kVectorBytes / 4;  // tile rows per vector: 8 (AVX2) or 16 (AVX3)
-
 // pmaddubsw at the target's full width (kernels/int8_dots-inl.h): s16[j] = the i16 pair
-// sums of tile rows kPartRows * h .. kPartRows * (h + 1) - 1 with x[j] over activation
+// sums of tile rows kVectorRows * h .. kVectorRows * (h + 1) - 1 with x[j] over activation
 // block b, whose 256 bytes of codes start at codes. Eight pairs of a block sum to <= 8 * 2
 // * 15 * 128 = 30720 (no saturation); SumPairs (pmaddwd by 1) finishes them in i32.
 template <size_t NX>
@@ -77,10 +75,11 @@ HWY_INLINE void Int4TileBlockDotsMaddubs(const uint8_t* HWY_RESTRICT tile, size_
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
     PrefetchAhead(codes, 256, pf);
-    for (size_t h = 0; h < 64 / kVectorBytes; ++h) {
+    for (size_t h = 0; h < kVectorsPerBlock; ++h) {
       hn::Vec<DI16> s16[NX];
       Int4PartBlockDots<NX>(codes, h, b, x, s16);
-      for (size_t j = 0; j < NX; ++j) hn::Store(SumPairs(s16[j]), DI32(), out + (j * nb + b) * 16 + kPartRows * h);
+      for (size_t j = 0; j < NX; ++j)
+        hn::Store(SumPairs(s16[j]), DI32(), out + (j * nb + b) * 16 + kVectorRows * h);
     }
   }
 }

@@ -69,6 +69,8 @@ using DI8 = hn::Repartition<int8_t, DU8>;
 using DI16 = hn::Repartition<int16_t, DU8>;
 using DI32 = hn::Repartition<int32_t, DU8>;
 constexpr size_t kVectorBytes = HWY_LANES(uint8_t);  // 32 (AVX2) or 64 (AVX3)
+constexpr size_t kVectorRows = kVectorBytes / 4;     // tile rows per vector: 8 or 16
+constexpr size_t kVectorsPerBlock = 64 / kVectorBytes;  // per 64-byte tile block: 2 or 1
 
 // p[0..3] in every 32-bit lane.
 HWY_INLINE hn::Vec<DI8> Broadcast4(const int8_t* p) { return hn::BitCast(DI8(), hn::Set(DI32(), LoadI32(p))); }

@@ -104,24 +104,23 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void TernaryTileDotsVnni(const uint8_t* HWY_RESTRI
 
 #if TERNLM_PATH_AVX3 || TERNLM_PATH_AVX2
 // TernaryTileDots with pmaddubsw (AVX3 without VNNI, AVX2), at the target's full width
-// (kernels/int8_dots-inl.h): a 64-byte block is kParts vectors of kPartRows tile rows.
-// Field k of every byte (codes <= 2) times its columns' activations gives i16 pairs
-// |p| <= 2 * 2 * 128; the four fields of a block sum to <= 2048 in i16 (no saturation),
-// then pmaddwd by 1 widens them to i32.
+// (kernels/int8_dots-inl.h): a 64-byte block is kVectorsPerBlock vectors of kVectorRows
+// tile rows. Field k of every byte (codes <= 2) times its columns' activations gives i16
+// pairs |p| <= 2 * 2 * 128; the four fields of a block sum to <= 2048 in i16 (no
+// saturation), then pmaddwd by 1 widens them to i32.
 template <size_t NX>
 HWY_INLINE void TernaryTileDotsMaddubs(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int8_t* const* x,
                                        int32_t* HWY_RESTRICT out) {
-  constexpr size_t kParts = 64 / kVectorBytes, kPartRows = kVectorBytes / 4;
   const DU8 du8;
   const DI32 di32;
   const auto three = hn::Set(du8, 3);
   const size_t pf = PrefetchDistance();
-  hn::Vec<DI32> acc[NX][kParts];
+  hn::Vec<DI32> acc[NX][kVectorsPerBlock];
   for (size_t j = 0; j < NX; ++j)
-    for (size_t h = 0; h < kParts; ++h) acc[j][h] = hn::Zero(di32);
+    for (size_t h = 0; h < kVectorsPerBlock; ++h) acc[j][h] = hn::Zero(di32);
   for (size_t b = 0; b < nblocks; ++b) {
     PrefetchAhead(tile + 64 * b, 64, pf);
-    for (size_t h = 0; h < kParts; ++h) {  // tile rows kPartRows * h ..
+    for (size_t h = 0; h < kVectorsPerBlock; ++h) {  // tile rows kVectorRows * h ..
       const auto packed = hn::Load(du8, tile + 64 * b + kVectorBytes * h);
       const hn::Vec<DU8> c[4] = {hn::And(packed, three), hn::And(ShiftBytes<2>(packed), three),
                                  hn::And(ShiftBytes<4>(packed), three), hn::And(ShiftBytes<6>(packed), three)};
@@ -136,7 +135,8 @@ HWY_INLINE void TernaryTileDotsMaddubs(const uint8_t* HWY_RESTRICT tile, size_t 
     }
   }
   for (size_t j = 0; j < NX; ++j)
-    for (size_t h = 0; h < kParts; ++h) hn::StoreU(acc[j][h], di32, out + 16 * j + kPartRows * h);
+    for (size_t h = 0; h < kVectorsPerBlock; ++h)
+      hn::StoreU(acc[j][h], di32, out + 16 * j + kVectorRows * h);
 }
 #endif
 
