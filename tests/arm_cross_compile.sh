@@ -33,7 +33,7 @@ for f in $sources; do
   fi
 done
 [ $status = 0 ] || exit 1
-for f in cpp/kernels/matmul.cc cpp/kernels/vector_ops.cc; do
+for f in cpp/kernels/matmul.cc cpp/kernels/vector_ops.cc cpp/kernels/attention.cc; do
   o="$work/obj/$(echo "$f" | tr / _).o"
   n=$(aarch64-linux-gnu-nm -C "$o" | grep -c "N_NEON::" || true)
   m=$(aarch64-linux-gnu-nm -C "$o" | grep -c "N_SCALAR::\|N_EMU128::" || true)

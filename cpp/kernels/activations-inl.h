@@ -1,6 +1,7 @@
-// Per-target int8 activation quantization (DESIGN §3), used by the ternary (per row)
-// and int4 (per block of 32) matmuls. Every step is exact or correctly rounded
-// (max of |x|, one f32 multiply, round half to even), so all targets agree bit for bit.
+// Per-target int8 activation quantization (activations.h: QuantizeActivationsInt8), used
+// by the ternary (per row) and int4 (per block of 32) matmuls. Every step is exact or
+// correctly rounded (max of |x|, one f32 multiply, round half to even), so all targets
+// agree bit for bit.
 #if defined(TERNLM_KERNELS_ACTIVATIONS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_ACTIVATIONS_INL_H_
 #undef TERNLM_KERNELS_ACTIVATIONS_INL_H_

@@ -1,5 +1,5 @@
 // Activations prepared once per MatMul call, shared by every row task.
-//   ternary: q int8 [n, padded_cols] per row (DESIGN §3), sum(q) and 1/s_x per row
+//   ternary: q int8 [n, padded_cols] per row (QuantizeActivationsInt8), sum(q) and 1/s_x per row
 //   int4:    q int8 [n, padded_cols] per block of 32, 1/s_b per block, f32 sum of x per group
 //   bf16/f32: x copied to [n, padded_cols] f32 with zero padding
 // Buffers live in thread-local scratch and are reused, so decode allocates nothing.
@@ -25,7 +25,8 @@ struct MatMulOutput {
   size_t y_stride = 0;
 };
 
-// Activation quantization of DESIGN §3: s = 127 / max(max|x|, 1e-5),
+// The int8 activation quantization of the ternary and int4 matmuls, absmax over the n
+// values (a row for ternary, a block of 32 for int4): s = 127 / max(max|x|, 1e-5),
 // q = clamp(round_half_even(x * s), -128, 127). Returns 1/s; writes n values.
 float QuantizeActivationsInt8(const float* x, size_t n, int8_t* q);
 

@@ -8,10 +8,7 @@
 // GCC's _mm512_cvtph_ps / _mm512_cvtepi32_ps start from _mm512_undefined_ps(): a false alarm.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include <cpuid.h>
 #include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -23,19 +20,6 @@
 
 namespace ternlm {
 namespace {
-
-constexpr long kArchReqXcompPerm = 0x1023;  // linux/arch/x86/include/uapi/asm/prctl.h
-constexpr long kXfeatureXtiledata = 18;
-
-bool DetectAmx() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
-  const bool avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1;
-  if (!(amx_tile && amx_int8 && avx512f && avx512bw)) return false;
-  // Linux hands out the 8 KiB tile state only on request (5.16+); refused: no AMX.
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-}
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
@@ -103,11 +87,6 @@ uint8_t* Scratch(size_t bytes) {
 }
 
 }  // namespace
-
-bool CpuHasAmx() {
-  static const bool has = DetectAmx();
-  return has;
-}
 
 TERNLM_AMX_ATTR bool TernaryMatMulRowsAmx(const uint8_t* packed, size_t padded_cols, const float* mult,
                                           const PreparedActivations& a, size_t r0, size_t r1,
@@ -239,7 +218,6 @@ TERNLM_AMX_ATTR bool Int4G32MatMulRowsAmx(const uint8_t* tiles, size_t padded_co
 #else  // !TERNLM_AMX_KERNELS
 
 namespace ternlm {
-bool CpuHasAmx() { return false; }
 bool TernaryMatMulRowsAmx(const uint8_t*, size_t, const float*, const PreparedActivations&, size_t, size_t,
                           const MatMulOutput&) {
   return false;

@@ -15,30 +15,20 @@
 // Highway's per-target pragmas do not add) and is called by the ternary kernel of the
 // AVX3_DL / AVX3 targets when AmxEnabled() (runtime/targets.h) and there are at least
 // kAmxMinRows activation rows. AMX also needs the kernel's permission
-// (arch_prctl(ARCH_REQ_XCOMP_PERM)), requested once.
+// (arch_prctl(ARCH_REQ_XCOMP_PERM)), requested once by runtime/cpu_features.h CpuHasAmx.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
 #include "kernels/activations.h"
+#include "runtime/cpu_features.h"  // TERNLM_AMX_KERNELS: whether this build has them
 
 namespace ternlm {
-
-#if defined(__x86_64__) && (defined(__clang__) ? (__clang_major__ >= 12) : (__GNUC__ >= 11)) && \
-    defined(__linux__)
-#define TERNLM_AMX_KERNELS 1
-#else
-#define TERNLM_AMX_KERNELS 0
-#endif
 
 constexpr size_t kAmxMinRows = 16;
 // The int32 sums stay exact up to 2^31 / (127 * 2) columns; wider rows take the vpdpbusd
 // kernel (which sums in runs).
 constexpr size_t kAmxMaxCols = size_t(1) << 22;
-
-// Whether this CPU has AMX-TILE and AMX-INT8 and Linux granted the tile state (checked
-// and requested once); false where the kernels are not built.
-bool CpuHasAmx();
 
 // Rows [r0, r1) (r0 a multiple of 16) of y = (codes . q - sum q) / s_x * row_multiplier
 // for all a.n activation rows, as TernaryMatMulRows; packed / padded_cols / mult as there.

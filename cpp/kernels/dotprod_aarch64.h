@@ -9,15 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace ternlm {
+#include "runtime/cpu_features.h"  // TERNLM_DOTPROD_KERNELS: whether this build has them
 
-// Whether this build contains the kernels below (aarch64 with GCC, or a compiler whose
-// baseline already has the extension).
-#if defined(__aarch64__) && (defined(__ARM_FEATURE_DOTPROD) || (defined(__GNUC__) && !defined(__clang__)))
-#define TERNLM_DOTPROD_KERNELS 1
-#else
-#define TERNLM_DOTPROD_KERNELS 0
-#endif
+namespace ternlm {
 
 // out[16 j + r] = sum_c code[r, c] * x[j][c] over the nblocks 64-byte blocks of a ternary
 // tile (formats/ternary.h), j < nx.

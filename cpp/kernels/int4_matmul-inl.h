@@ -8,7 +8,8 @@
 //   AVX3_DL: vpdpbusd (u8 codes x s8 activations -> i32), 512-bit; also AVX3 when the
 //     CPU has AVX512-VNNI (Cascade Lake: runtime/targets.h Avx3VnniEnabled)
 //   AVX3 without VNNI / AVX2: pmaddubsw (u8 <= 15 x s8 -> i16 pairs, |pair| <= 2*15*128; eight of
-//     them summed in i16 <= 30720, no saturation), then pmaddwd by 1 -> i32
+//     them summed in i16 <= 30720, no saturation), then pmaddwd by 1 -> i32; one kernel for
+//     both widths (Int4TileBlockDotsMaddubs, kernels/int8_dots-inl.h)
 //   NEON (aarch64) with the dot-product extension: vdotq_s32 (s8 nibbles x s8 -> i32)
 //   NEON without it: vmlal_s8 (s8 nibbles x s8 activations -> s16), pairwise adds -> s32
 //   otherwise (SSE4, EMU128, ...): portable Highway, codes widened to i16 lanes and
@@ -26,13 +27,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
 #include "formats/int4.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
 #include "kernels/amx_x86.h"
 #include "kernels/dotprod_aarch64.h"
+#include "kernels/int8_dots-inl.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
@@ -43,28 +44,42 @@ namespace ternlm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-HWY_INLINE int32_t Int4LoadI32(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
-#if TERNLM_PATH_AVX2
-// s16[j] = the i16 pair sums (<= 30720) of rows 8h..8h+7 of a tile with x[j] over
-// activation block b, whose 256 bytes of codes start at codes; pmaddwd by 1 finishes them.
+#if TERNLM_PATH_AVX2 || TERNLM_PATH_AVX3
+// pmaddubsw at the target's full width (kernels/int8_dots-inl.h): s16[j] = the i16 pair
+// sums of tile rows kVectorRows * h .. kVectorRows * (h + 1) - 1 with x[j] over activation
+// block b, whose 256 bytes of codes start at codes. Eight pairs of a block sum to <= 8 * 2
+// * 15 * 128 = 30720 (no saturation); SumPairs (pmaddwd by 1) finishes them in i32.
 template <size_t NX>
-HWY_INLINE void Int4HalfBlockDotsAvx2(const uint8_t* HWY_RESTRICT codes, size_t h, size_t b,
-                                      const int8_t* const* x, __m256i* s16) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  for (size_t j = 0; j < NX; ++j) s16[j] = _mm256_setzero_si256();
+HWY_INLINE void Int4PartBlockDots(const uint8_t* HWY_RESTRICT codes, size_t h, size_t b, const int8_t* const* x,
+                                  hn::Vec<DI16>* s16) {
+  const DU8 du8;
+  const auto m4 = hn::Set(du8, 0x0F);
+  for (size_t j = 0; j < NX; ++j) s16[j] = hn::Zero(DI16());
   for (size_t s = 0; s < 4; ++s) {
-    const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(codes + 64 * s + 32 * h));
-    const __m256i lo = _mm256_and_si256(v, m4);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    const auto v = hn::Load(du8, codes + 64 * s + kVectorBytes * h);
+    const auto lo = hn::And(v, m4);
+    const auto hi = hn::And(ShiftBytes<4>(v), m4);
     for (size_t j = 0; j < NX; ++j) {
       const int8_t* x8 = x[j] + 32 * b + 8 * s;
-      s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(Int4LoadI32(x8))));
-      s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(Int4LoadI32(x8 + 4))));
+      s16[j] = hn::Add(s16[j], MulBytes(lo, Broadcast4(x8)));
+      s16[j] = hn::Add(s16[j], MulBytes(hi, Broadcast4(x8 + 4)));
+    }
+  }
+}
+
+// Int4TileBlockDots with pmaddubsw (AVX3 without VNNI, AVX2).
+template <size_t NX>
+HWY_INLINE void Int4TileBlockDotsMaddubs(const uint8_t* HWY_RESTRICT tile, size_t b0, size_t nb,
+                                         size_t group_shift, const int8_t* const* x, int32_t* HWY_RESTRICT out) {
+  const size_t pf = PrefetchDistance();
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
+    PrefetchAhead(codes, 256, pf);
+    for (size_t h = 0; h < kVectorsPerBlock; ++h) {
+      hn::Vec<DI16> s16[NX];
+      Int4PartBlockDots<NX>(codes, h, b, x, s16);
+      for (size_t j = 0; j < NX; ++j)
+        hn::Store(SumPairs(s16[j]), DI32(), out + (j * nb + b) * 16 + kVectorRows * h);
     }
   }
 }
@@ -88,8 +103,8 @@ __attribute__((always_inline)) inline TERNLM_VNNI_ATTR void Int4BlockDotsVnni(
 #pragma GCC unroll 4
     for (size_t j = 0; j < NX; ++j) {
       const int8_t* x8 = x[j] + 32 * b + 8 * s;
-      lo_acc[j] = _mm512_dpbusd_epi32(lo_acc[j], lo, _mm512_set1_epi32(Int4LoadI32(x8)));
-      hi_acc[j] = _mm512_dpbusd_epi32(hi_acc[j], hi, _mm512_set1_epi32(Int4LoadI32(x8 + 4)));
+      lo_acc[j] = _mm512_dpbusd_epi32(lo_acc[j], lo, _mm512_set1_epi32(LoadI32(x8)));
+      hi_acc[j] = _mm512_dpbusd_epi32(hi_acc[j], hi, _mm512_set1_epi32(LoadI32(x8 + 4)));
     }
   }
   for (size_t j = 0; j < NX; ++j) dot[j] = _mm512_add_epi32(lo_acc[j], hi_acc[j]);
@@ -126,40 +141,9 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
     Int4TileBlockDotsVnni<NX>(tile, b0, nb, group_shift, x, out);
     return;
   }
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  const __m512i ones = _mm512_set1_epi16(1);
-  const size_t pf = PrefetchDistance();
-  for (size_t b = 0; b < nb; ++b) {
-    PrefetchAhead(Int4TileBlockCodes(tile, b0 + b, group_shift), 256, pf);
-    __m512i s16[NX];
-    for (size_t j = 0; j < NX; ++j) s16[j] = _mm512_setzero_si512();
-    for (size_t s = 0; s < 4; ++s) {
-      const __m512i v = _mm512_load_si512(Int4TileBlockCodes(tile, b0 + b, group_shift) + 64 * s);
-      const __m512i lo = _mm512_and_si512(v, m4);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-      for (size_t j = 0; j < NX; ++j) {
-        const int8_t* x8 = x[j] + 32 * b + 8 * s;
-        s16[j] = _mm512_add_epi16(s16[j], _mm512_maddubs_epi16(lo, _mm512_set1_epi32(Int4LoadI32(x8))));
-        s16[j] = _mm512_add_epi16(s16[j], _mm512_maddubs_epi16(hi, _mm512_set1_epi32(Int4LoadI32(x8 + 4))));
-      }
-    }
-    for (size_t j = 0; j < NX; ++j)
-      _mm512_store_si512(out + (j * nb + b) * 16, _mm512_madd_epi16(s16[j], ones));
-  }
+  Int4TileBlockDotsMaddubs<NX>(tile, b0, nb, group_shift, x, out);
 #elif TERNLM_PATH_AVX2
-  const __m256i ones = _mm256_set1_epi16(1);
-  const size_t pf = PrefetchDistance();
-  for (size_t b = 0; b < nb; ++b) {
-    const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
-    PrefetchAhead(codes, 256, pf);
-    for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15
-      __m256i s16[NX];
-      Int4HalfBlockDotsAvx2<NX>(codes, h, b, x, s16);
-      for (size_t j = 0; j < NX; ++j)
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out + (j * nb + b) * 16 + 8 * h),
-                           _mm256_madd_epi16(s16[j], ones));
-    }
-  }
+  Int4TileBlockDotsMaddubs<NX>(tile, b0, nb, group_shift, x, out);
 #elif TERNLM_PATH_NEON
 #if TERNLM_DOTPROD_KERNELS
   if (ArmDotProdEnabled()) {  // vdotq_s32 (kernels/dotprod_aarch64.h)
@@ -182,7 +166,7 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
                                   vreinterpretq_s8_u8(vshrq_n_u8(w, 4))};
         for (size_t j = 0; j < NX; ++j)
           for (size_t h = 0; h < 2; ++h) {
-            const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(Int4LoadI32(x[j] + 32 * b + 8 * sb + 4 * h)));
+            const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(LoadI32(x[j] + 32 * b + 8 * sb + 4 * h)));
             lo16[j] = vmlal_s8(lo16[j], vget_low_s8(nib[h]), vget_low_s8(a));
             hi16[j] = vmlal_high_s8(hi16[j], nib[h], a);
           }
@@ -210,26 +194,19 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
   // high nibbles times the i16 activations of their columns (the same four for every row).
   // A lane's 8 products of a block sum to at most 8 * 15 * 128 = 15360: i16 holds them;
   // then each row's four lanes are added.
-  const hn::ScalableTag<int16_t> d16;
-  const hn::Rebind<uint8_t, decltype(d16)> du8;
-  const hn::Repartition<int32_t, decltype(d16)> d32;
-  const hn::Repartition<int8_t, decltype(d16)> d8;
+  const DW16 d16;
+  const hn::Rebind<uint8_t, DW16> du8;
   const size_t N16 = hn::Lanes(d16);
-  constexpr size_t kMaxLanes = HWY_MAX_BYTES / 2;
-  HWY_ALIGN int16_t act[8 * NX * kMaxLanes];
-  HWY_ALIGN int16_t lanes[kMaxLanes];
+  HWY_ALIGN int16_t act[8 * NX * kMaxW16Lanes];
   const auto m15 = hn::Set(d16, 15);
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* codes = Int4TileBlockCodes(tile, b0 + b, group_shift);
     for (size_t f = 0; f < 8; ++f)  // sub-block f / 2, nibble f % 2: columns 4f .. 4f + 3
-      for (size_t j = 0; j < NX; ++j) {
-        const auto rep = hn::BitCast(d8, hn::Set(d32, Int4LoadI32(x[j] + 32 * b + 4 * f)));
-        hn::Store(hn::PromoteTo(d16, hn::LowerHalf(rep)), d16, act + (f * NX + j) * N16);
-      }
+      for (size_t j = 0; j < NX; ++j) StoreWidened4(x[j] + 32 * b + 4 * f, act + (f * NX + j) * N16);
     for (size_t j = 0; j < NX; ++j)
       for (size_t r = 0; r < 16; ++r) out[(j * nb + b) * 16 + r] = 0;
     for (size_t c = 0; c < 64; c += N16) {
-      hn::Vec<decltype(d16)> acc[NX];
+      hn::Vec<DW16> acc[NX];
       for (size_t j = 0; j < NX; ++j) acc[j] = hn::Zero(d16);
       for (size_t sb = 0; sb < 4; ++sb) {
         const auto w = hn::PromoteTo(d16, hn::LoadU(du8, codes + 64 * sb + c));
@@ -239,11 +216,7 @@ HWY_INLINE void Int4TileBlockDots(const uint8_t* HWY_RESTRICT tile, size_t b0, s
           acc[j] = hn::Add(acc[j], hn::Mul(hi, hn::Load(d16, act + ((2 * sb + 1) * NX + j) * N16)));
         }
       }
-      for (size_t j = 0; j < NX; ++j) {
-        hn::Store(acc[j], d16, lanes);
-        int32_t* o = out + (j * nb + b) * 16;
-        for (size_t l = 0; l < N16; ++l) o[(c + l) / 4] += lanes[l];
-      }
+      for (size_t j = 0; j < NX; ++j) AddLanesToRows(acc[j], c, out + (j * nb + b) * 16);
     }
   }
 #endif
@@ -280,14 +253,12 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void Int4TileG32(const uint8_t* HWY_RESTRICT tile,
 #endif
 
 #if TERNLM_PATH_AVX2
-// The same for AVX2: per half tile (8 rows
-// in a 256-bit register) the eight pmaddubsw of a 32-column block are summed in i16
+// The same for AVX2: per half tile (8 rows in a 256-bit register) the eight pmaddubsw of a 32-column block are summed in i16
 // (<= 8 * 2 * 15 * 128 = 30720), widened by pmaddwd, then scaled and the min term added
 // in f32 registers; no i32 buffer, no separate epilogue.
 template <size_t NX>
 HWY_INLINE void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32, const int8_t* const* x,
                             const float* const* inv, const float* const* gsum, float* HWY_RESTRICT out) {
-  const __m256i ones = _mm256_set1_epi16(1);
   const size_t pf = PrefetchDistance();
   for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15 (the second pass reads L2)
     __m256 acc[NX], macc[NX];
@@ -295,12 +266,12 @@ HWY_INLINE void Int4TileG32(const uint8_t* HWY_RESTRICT tile, size_t nb32, const
     for (size_t b = 0; b < nb32; ++b) {
       const uint8_t* grp = tile + 320 * b;
       PrefetchAhead(grp, 320, h == 0 ? pf : 0);
-      __m256i s16[NX];
-      Int4HalfBlockDotsAvx2<NX>(grp, h, b, x, s16);
+      hn::Vec<DI16> s16[NX];
+      Int4PartBlockDots<NX>(grp, h, b, x, s16);
       const __m256 scale = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(grp + 256 + 16 * h)));
       const __m256 mins = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(grp + 288 + 16 * h)));
       for (size_t j = 0; j < NX; ++j) {
-        const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[j], ones));
+        const __m256 d = _mm256_cvtepi32_ps(SumPairs(s16[j]).raw);
         acc[j] = _mm256_fmadd_ps(d, _mm256_mul_ps(scale, _mm256_set1_ps(inv[j][b])), acc[j]);
         macc[j] = _mm256_fmadd_ps(mins, _mm256_set1_ps(gsum[j][b]), macc[j]);
       }

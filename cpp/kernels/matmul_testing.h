@@ -7,7 +7,8 @@
 namespace ternlm {
 
 // out[r] = sum_c t[r, c] * q[c] for every row r, computed by the dispatched ternary
-// kernel (the exact int32 sums of DESIGN §3). q: w.cols() int8.
+// kernel (the exact int32 sums of formats/ternary.h). q: w.cols() int8, quantized as
+// kernels/activations.h QuantizeActivationsInt8.
 void TernaryIntDotsForTest(const QuantizedMatrix& w, const int8_t* q, int32_t* out);
 
 }  // namespace ternlm

@@ -9,7 +9,8 @@
 //     an AND alone (field k scaled by 4^k, one accumulator per k, shifted back exactly);
 //     also AVX3 (Skylake-SP .. Cooper Lake) when the CPU has AVX512-VNNI (Cascade Lake)
 //   AVX3 without VNNI / AVX2: pmaddubsw (u8 x s8 -> i16 pairs, |pair| <= 2*2*128, no saturation),
-//     the four fields summed in i16 (<= 2048), then pmaddwd by 1 -> i32
+//     the four fields summed in i16 (<= 2048), then pmaddwd by 1 -> i32; one kernel for
+//     both widths (TernaryTileDotsMaddubs, kernels/int8_dots-inl.h)
 //   NEON (aarch64) with the dot-product extension: vdotq_s32 (s8 codes x s8 activations,
 //     four per 32-bit lane -> i32), fields isolated by an AND (scaled 4^k) as for VNNI
 //   NEON without it: vmlal_s8 (s8 codes x s8 activations -> s16), vpadalq_s16 -> s32
@@ -29,13 +30,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
 #include "formats/ternary.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
 #include "kernels/amx_x86.h"
 #include "kernels/dotprod_aarch64.h"
+#include "kernels/int8_dots-inl.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
 #include "kernels/vnni_attr.h"
@@ -45,12 +46,6 @@ HWY_BEFORE_NAMESPACE();
 namespace ternlm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-HWY_INLINE int32_t LoadI32(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 
 #if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
 // TernaryTileDots with vpdpbusd. Not inlined: compiled with avx512vnni added (see
@@ -107,6 +102,44 @@ HWY_NOINLINE TERNLM_VNNI_ATTR void TernaryTileDotsVnni(const uint8_t* HWY_RESTRI
 }
 #endif
 
+#if TERNLM_PATH_AVX3 || TERNLM_PATH_AVX2
+// TernaryTileDots with pmaddubsw (AVX3 without VNNI, AVX2), at the target's full width
+// (kernels/int8_dots-inl.h): a 64-byte block is kVectorsPerBlock vectors of kVectorRows
+// tile rows. Field k of every byte (codes <= 2) times its columns' activations gives i16
+// pairs |p| <= 2 * 2 * 128; the four fields of a block sum to <= 2048 in i16 (no
+// saturation), then pmaddwd by 1 widens them to i32.
+template <size_t NX>
+HWY_INLINE void TernaryTileDotsMaddubs(const uint8_t* HWY_RESTRICT tile, size_t nblocks, const int8_t* const* x,
+                                       int32_t* HWY_RESTRICT out) {
+  const DU8 du8;
+  const DI32 di32;
+  const auto three = hn::Set(du8, 3);
+  const size_t pf = PrefetchDistance();
+  hn::Vec<DI32> acc[NX][kVectorsPerBlock];
+  for (size_t j = 0; j < NX; ++j)
+    for (size_t h = 0; h < kVectorsPerBlock; ++h) acc[j][h] = hn::Zero(di32);
+  for (size_t b = 0; b < nblocks; ++b) {
+    PrefetchAhead(tile + 64 * b, 64, pf);
+    for (size_t h = 0; h < kVectorsPerBlock; ++h) {  // tile rows kVectorRows * h ..
+      const auto packed = hn::Load(du8, tile + 64 * b + kVectorBytes * h);
+      const hn::Vec<DU8> c[4] = {hn::And(packed, three), hn::And(ShiftBytes<2>(packed), three),
+                                 hn::And(ShiftBytes<4>(packed), three), hn::And(ShiftBytes<6>(packed), three)};
+      for (size_t j = 0; j < NX; ++j) {
+        const int8_t* xb = x[j] + 16 * b;
+        auto s = MulBytes(c[0], Broadcast4(xb));
+        s = hn::Add(s, MulBytes(c[1], Broadcast4(xb + 4)));
+        s = hn::Add(s, MulBytes(c[2], Broadcast4(xb + 8)));
+        s = hn::Add(s, MulBytes(c[3], Broadcast4(xb + 12)));
+        acc[j][h] = hn::Add(acc[j][h], SumPairs(s));
+      }
+    }
+  }
+  for (size_t j = 0; j < NX; ++j)
+    for (size_t h = 0; h < kVectorsPerBlock; ++h)
+      hn::StoreU(acc[j][h], di32, out + 16 * j + kVectorRows * h);
+}
+#endif
+
 // out[16 * j + r] = sum_c code[r, c] * x[j][c] over the nblocks blocks (16 columns
 // each; nblocks is even) of one tile, for j < NX.
 template <size_t NX>
@@ -119,57 +152,9 @@ HWY_INLINE void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks
     TernaryTileDotsVnni<NX>(tile, nblocks, x, out);
     return;
   }
-  const __m512i three = _mm512_set1_epi8(3);
-  const __m512i ones = _mm512_set1_epi16(1);
-  const size_t pf = PrefetchDistance();
-  __m512i acc[NX];
-  for (size_t j = 0; j < NX; ++j) acc[j] = _mm512_setzero_si512();
-  for (size_t b = 0; b < nblocks; ++b) {
-    PrefetchAhead(tile + 64 * b, 64, pf);
-    const __m512i packed = _mm512_load_si512(tile + 64 * b);
-    const __m512i c[4] = {_mm512_and_si512(packed, three),
-                          _mm512_and_si512(_mm512_srli_epi16(packed, 2), three),
-                          _mm512_and_si512(_mm512_srli_epi16(packed, 4), three),
-                          _mm512_and_si512(_mm512_srli_epi16(packed, 6), three)};
-    for (size_t j = 0; j < NX; ++j) {
-      const int8_t* xb = x[j] + 16 * b;
-      __m512i s = _mm512_maddubs_epi16(c[0], _mm512_set1_epi32(LoadI32(xb)));
-      s = _mm512_add_epi16(s, _mm512_maddubs_epi16(c[1], _mm512_set1_epi32(LoadI32(xb + 4))));
-      s = _mm512_add_epi16(s, _mm512_maddubs_epi16(c[2], _mm512_set1_epi32(LoadI32(xb + 8))));
-      s = _mm512_add_epi16(s, _mm512_maddubs_epi16(c[3], _mm512_set1_epi32(LoadI32(xb + 12))));
-      acc[j] = _mm512_add_epi32(acc[j], _mm512_madd_epi16(s, ones));
-    }
-  }
-  for (size_t j = 0; j < NX; ++j) _mm512_storeu_si512(out + 16 * j, acc[j]);
+  TernaryTileDotsMaddubs<NX>(tile, nblocks, x, out);
 #elif TERNLM_PATH_AVX2
-  const __m256i three = _mm256_set1_epi8(3);
-  const __m256i ones = _mm256_set1_epi16(1);
-  const size_t pf = PrefetchDistance();
-  __m256i acc[NX][2];
-  for (size_t j = 0; j < NX; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_si256();
-  for (size_t b = 0; b < nblocks; ++b) {
-    PrefetchAhead(tile + 64 * b, 64, pf);
-    for (size_t h = 0; h < 2; ++h) {  // rows 0-7, rows 8-15 of the tile
-      const __m256i packed =
-          _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 64 * b + 32 * h));
-      const __m256i c[4] = {_mm256_and_si256(packed, three),
-                            _mm256_and_si256(_mm256_srli_epi16(packed, 2), three),
-                            _mm256_and_si256(_mm256_srli_epi16(packed, 4), three),
-                            _mm256_and_si256(_mm256_srli_epi16(packed, 6), three)};
-      for (size_t j = 0; j < NX; ++j) {
-        const int8_t* xb = x[j] + 16 * b;
-        __m256i s = _mm256_maddubs_epi16(c[0], _mm256_set1_epi32(LoadI32(xb)));
-        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[1], _mm256_set1_epi32(LoadI32(xb + 4))));
-        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[2], _mm256_set1_epi32(LoadI32(xb + 8))));
-        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[3], _mm256_set1_epi32(LoadI32(xb + 12))));
-        acc[j][h] = _mm256_add_epi32(acc[j][h], _mm256_madd_epi16(s, ones));
-      }
-    }
-  }
-  for (size_t j = 0; j < NX; ++j) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j), acc[j][0]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * j + 8), acc[j][1]);
-  }
+  TernaryTileDotsMaddubs<NX>(tile, nblocks, x, out);
 #elif TERNLM_PATH_NEON
 #if TERNLM_DOTPROD_KERNELS
   if (ArmDotProdEnabled()) {  // vdotq_s32 (kernels/dotprod_aarch64.h)
@@ -201,9 +186,7 @@ HWY_INLINE void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks
                                 vreinterpretq_s8_u8(vshrq_n_u8(w, 6))};
         for (size_t k = 0; k < 4; ++k)
           for (size_t j = 0; j < NX; ++j) {
-            int32_t a32;
-            std::memcpy(&a32, x[j] + 16 * b + 4 * k, 4);
-            const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(a32));
+            const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(LoadI32(x[j] + 16 * b + 4 * k)));
             lo16[j] = vmlal_s8(lo16[j], vget_low_s8(f[k]), vget_low_s8(a));
             hi16[j] = vmlal_high_s8(hi16[j], f[k], a);
           }
@@ -233,40 +216,32 @@ HWY_INLINE void TernaryTileDots(const uint8_t* HWY_RESTRICT tile, size_t nblocks
   // row, so one activation vector serves the whole chunk. Sums stay in i16 for runs of
   // kRun blocks (|sum| <= kRun * 4 fields * 2 * 128 = 16384), then each row's four lanes
   // are added into out.
-  const hn::ScalableTag<int16_t> d16;
-  const hn::Rebind<uint8_t, decltype(d16)> du8;
-  const hn::Repartition<int32_t, decltype(d16)> d32;
-  const hn::Repartition<int8_t, decltype(d16)> d8;
+  const DW16 d16;
+  const hn::Rebind<uint8_t, DW16> du8;
   const size_t N16 = hn::Lanes(d16);
-  constexpr size_t kRun = 16, kMaxLanes = HWY_MAX_BYTES / 2;
-  HWY_ALIGN int16_t act[kRun * 4 * NX * kMaxLanes];
-  HWY_ALIGN int16_t lanes[kMaxLanes];
+  constexpr size_t kRun = 16;
+  HWY_ALIGN int16_t act[kRun * 4 * NX * kMaxW16Lanes];
   const auto three = hn::Set(d16, 3);
   for (size_t i = 0; i < 16 * NX; ++i) out[i] = 0;
   for (size_t b0 = 0; b0 < nblocks; b0 += kRun) {
     const size_t nb = std::min(kRun, nblocks - b0);
     for (size_t b = 0; b < nb; ++b)  // activations of the run: the 4 columns of field k, repeated
       for (size_t k = 0; k < 4; ++k)
-        for (size_t j = 0; j < NX; ++j) {
-          const auto rep = hn::BitCast(d8, hn::Set(d32, LoadI32(x[j] + 16 * (b0 + b) + 4 * k)));
-          hn::Store(hn::PromoteTo(d16, hn::LowerHalf(rep)), d16, act + ((b * 4 + k) * NX + j) * N16);
-        }
+        for (size_t j = 0; j < NX; ++j)
+          StoreWidened4(x[j] + 16 * (b0 + b) + 4 * k, act + ((b * 4 + k) * NX + j) * N16);
     for (size_t c = 0; c < 64; c += N16) {  // bytes c .. c + N16 of each block: rows c/4 ..
-      hn::Vec<decltype(d16)> acc[NX];
+      hn::Vec<DW16> acc[NX];
       for (size_t j = 0; j < NX; ++j) acc[j] = hn::Zero(d16);
       for (size_t b = 0; b < nb; ++b) {
         const auto w = hn::PromoteTo(d16, hn::LoadU(du8, tile + 64 * (b0 + b) + c));
         const int16_t* a = act + b * 4 * NX * N16;
-        const hn::Vec<decltype(d16)> f[4] = {hn::And(w, three), hn::And(hn::ShiftRight<2>(w), three),
-                                             hn::And(hn::ShiftRight<4>(w), three), hn::ShiftRight<6>(w)};
+        const hn::Vec<DW16> f[4] = {hn::And(w, three), hn::And(hn::ShiftRight<2>(w), three),
+                                    hn::And(hn::ShiftRight<4>(w), three), hn::ShiftRight<6>(w)};
         for (size_t k = 0; k < 4; ++k)
           for (size_t j = 0; j < NX; ++j)
             acc[j] = hn::Add(acc[j], hn::Mul(f[k], hn::Load(d16, a + (k * NX + j) * N16)));
       }
-      for (size_t j = 0; j < NX; ++j) {
-        hn::Store(acc[j], d16, lanes);
-        for (size_t l = 0; l < N16; ++l) out[16 * j + (c + l) / 4] += lanes[l];
-      }
+      for (size_t j = 0; j < NX; ++j) AddLanesToRows(acc[j], c, out + 16 * j);
     }
   }
 #endif

@@ -15,7 +15,6 @@ HWY_EXPORT(RmsNormTarget);
 HWY_EXPORT(RopeRotateHalfTarget);
 HWY_EXPORT(AxpyTarget);
 HWY_EXPORT(AddInPlaceTarget);
-HWY_EXPORT(AttendPartialTarget);
 HWY_EXPORT(SiluMulTarget);
 HWY_EXPORT(Relu2MulTarget);
 HWY_EXPORT(ArgmaxTarget);
@@ -28,7 +27,6 @@ void RopeRotateHalf(float* x, const float* cos, const float* sin, size_t head_di
 }
 void Axpy(float a, const float* x, size_t n, float* y) { HWY_DYNAMIC_DISPATCH(AxpyTarget)(a, x, n, y); }
 void AddInPlace(const float* y, size_t n, float* x) { HWY_DYNAMIC_DISPATCH(AddInPlaceTarget)(y, n, x); }
-void AttendPartial(const AttendArgs& args) { HWY_DYNAMIC_DISPATCH(AttendPartialTarget)(args); }
 void SiluMul(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(SiluMulTarget)(gate, up, n, out);
 }

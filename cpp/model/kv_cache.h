@@ -5,7 +5,7 @@
 // Layout: [layer][kv_head] slabs of `context` positions (rounded up to kKeyBlock), so one
 // KV head's history is contiguous and attention reads it front to back. Within a slab,
 // values are rows [pos][head_dim] and keys are blocks of kKeyBlock positions, each
-// [head_dim][kKeyBlock] (kernels/vector_ops.h: KeyOffset). Storage is allocated once for
+// [head_dim][kKeyBlock] (kernels/attention.h: KeyOffset). Storage is allocated once for
 // `context` positions and left untouched until written (the OS commits pages
 // as positions fill up). Transparent huge pages are declined for it: a slab is
 // context * head_dim * 4 bytes (2 MiB at 4096 x 128 in f32), so with THP the first
@@ -23,7 +23,7 @@
 
 #include "formats/half.h"  // F16FromF32
 #include "hwy/aligned_allocator.h"
-#include "kernels/vector_ops.h"
+#include "kernels/attention.h"
 
 namespace ternlm {
 

@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/vector_ops.h"
 

@@ -1,9 +1,10 @@
-// Threads and Highway targets: set_num_threads, get_num_threads,
-// supported_targets, current_target, set_target, reset_target.
+// Threads, Highway targets and the kernel-path switches of runtime/targets.h:
+// set_num_threads, get_num_threads, supported_targets, current_target, set_target,
+// reset_target, avx3_vnni / arm_dotprod / amx (+ set_), prefetch_distance (+ set_, default_).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <stdexcept>
+#include <string>
 
 #include "runtime/targets.h"
 #include "runtime/thread_pool.h"

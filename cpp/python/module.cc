@@ -2,10 +2,10 @@
 #include <pybind11/pybind11.h>
 
 namespace ternlm {
-void BindRuntime(pybind11::module_& m);  // bind_runtime.cc: threads, Highway targets
-void BindFormats(pybind11::module_& m);  // bind_formats.cc: QuantizedMatrix, quantize, matmul
-void BindModel(pybind11::module_& m);    // bind_model.cc: Transformer, Sampler
-void BindProbe(pybind11::module_& m);    // bind_probe.cc: memory-bandwidth probe
+void BindRuntime(pybind11::module_& m);    // bind_runtime.cc: threads, targets, kernel paths, prefetch
+void BindFormats(pybind11::module_& m);    // bind_formats.cc: QuantizedMatrix, quantize, matmul
+void BindModel(pybind11::module_& m);      // bind_model.cc: Transformer, Sampler
+void BindBandwidth(pybind11::module_& m);  // bind_bandwidth.cc: memory-bandwidth probe
 }  // namespace ternlm
 
 PYBIND11_MODULE(_core, m) {
@@ -13,5 +13,5 @@ PYBIND11_MODULE(_core, m) {
   ternlm::BindRuntime(m);
   ternlm::BindFormats(m);
   ternlm::BindModel(m);
-  ternlm::BindProbe(m);
+  ternlm::BindBandwidth(m);
 }

@@ -5,57 +5,15 @@
 #include <string>
 
 #include "hwy/highway.h"
-#include "kernels/amx_x86.h"
-#include "kernels/dotprod_aarch64.h"
 #include "hwy/targets.h"
-
-#if defined(__aarch64__) && defined(__linux__)
-#include <sys/auxv.h>
-#ifndef HWCAP_ASIMDDP
-#define HWCAP_ASIMDDP (1 << 20)
-#endif
-#endif
+#include "runtime/cpu_features.h"
 
 namespace ternlm {
 namespace {
 int64_t g_forced = 0;  // the target SetTarget() forced, 0: none
 std::atomic<bool> g_avx3_vnni_off{false};
-
-bool CpuHasAvx512Vnni() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool has = __builtin_cpu_supports("avx512vnni");
-  return has;
-#else
-  return false;
-#endif
-}
 std::atomic<bool> g_arm_dotprod_off{false};
-
-bool CpuHasArmDotProd() {
-#if !TERNLM_DOTPROD_KERNELS
-  return false;  // not built (see kernels/dotprod_aarch64.h)
-#elif defined(__aarch64__) && defined(__linux__)
-  static const bool has = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
-  return has;
-#elif defined(__aarch64__) && defined(__APPLE__)
-  return true;  // every Apple Silicon core has it
-#else
-  return false;
-#endif
-}
-// Intel with AVX-512: the server cores (Skylake-SP .. Emerald Rapids) where prefetch was
-// measured to help; Intel client cores without AVX-512 keep the hardware prefetchers alone.
-bool CpuIsIntelAvx512() {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-  static const bool intel = [] {
-    __builtin_cpu_init();  // may run before libgcc's own constructor has
-    return __builtin_cpu_is("intel") != 0 && __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return intel;
-#else
-  return false;
-#endif
-}
+std::atomic<bool> g_amx_off{false};
 
 constexpr size_t kPrefetchUnset = ~size_t(0);
 std::atomic<size_t> g_prefetch{kPrefetchUnset};  // resolved on first use
@@ -78,11 +36,14 @@ void SetPrefetchDistance(size_t bytes) {
   g_prefetch.store(bytes, std::memory_order_relaxed);
 }
 
-bool ArmDotProdEnabled() { return CpuHasArmDotProd() && !g_arm_dotprod_off.load(std::memory_order_relaxed); }
+// The extension kernels run only where they were built (the macros of cpu_features.h);
+// the probes are not even asked otherwise (AMX's asks Linux for the tile state).
+bool ArmDotProdEnabled() {
+  return TERNLM_DOTPROD_KERNELS && CpuHasArmDotProd() && !g_arm_dotprod_off.load(std::memory_order_relaxed);
+}
 void SetArmDotProd(bool on) { g_arm_dotprod_off.store(!on, std::memory_order_relaxed); }
 
-std::atomic<bool> g_amx_off{false};
-bool AmxEnabled() { return CpuHasAmx() && !g_amx_off.load(std::memory_order_relaxed); }
+bool AmxEnabled() { return TERNLM_AMX_KERNELS && CpuHasAmx() && !g_amx_off.load(std::memory_order_relaxed); }
 void SetAmx(bool on) { g_amx_off.store(!on, std::memory_order_relaxed); }
 
 bool Avx3VnniEnabled() { return CpuHasAvx512Vnni() && !g_avx3_vnni_off.load(std::memory_order_relaxed); }

@@ -1,5 +1,7 @@
 // The Highway targets this build compiled and this CPU supports, and a switch to
-// force one of them (tests run every kernel on every target this way).
+// force one of them (tests run every kernel on every target this way); the switches
+// of the kernel paths beyond Highway's targets (VNNI on AVX3, aarch64 dot product, AMX)
+// and of software prefetch. The CPU probes behind them: runtime/cpu_features.h.
 #pragma once
 #include <cstddef>
 #include <string>
@@ -17,34 +19,33 @@ std::string CurrentTargetName();
 void SetTarget(const std::string& name);
 
 // AVX-512 CPUs without VBMI but with VNNI (Cascade Lake, Cooper Lake) run Highway's AVX3
-// target; its ternary kernel then uses vpdpbusd when this is true: the CPU has
+// target; its ternary and INT4 kernels then use vpdpbusd when this is true: the CPU has
 // AVX512-VNNI and SetAvx3Vnni(false) was not called (tests run both paths that way).
 bool Avx3VnniEnabled();
 void SetAvx3Vnni(bool on);
 
 // aarch64 CPUs with the dot-product extension (ARMv8.2 SDOT: Apple M1+, Graviton2+,
 // Cortex-A76+, Neoverse) run the NEON ternary and INT4 kernels with vdotq_s32 when this is
-// true: the CPU has it and SetArmDotProd(false) was not called.
+// true: the CPU has it, this build has those kernels (kernels/dotprod_aarch64.h) and
+// SetArmDotProd(false) was not called.
 bool ArmDotProdEnabled();
 void SetArmDotProd(bool on);
 
 // Intel AMX (Sapphire Rapids and later Xeons): the ternary and INT4 (group 32) kernels of
 // the AVX3_DL / AVX3 targets multiply 16 or more activation rows (prefill) with TDPBSUD
 // (kernels/amx_x86.h) when this is true: the CPU has AMX-INT8, Linux granted the tile
-// state, and SetAmx(false) was not called (tests run both paths that way).
+// state, this build has those kernels, and SetAmx(false) was not called (tests run both
+// paths that way).
 bool AmxEnabled();
 void SetAmx(bool on);
 
 // Software prefetch of the weight stream in the tile kernels: each loop that loads a
 // 64-byte line of a weight tile also prefetches the line this many bytes ahead (0: off).
-// Intel's server cores stream from DRAM much faster with it: on the lent 16-core Xeon
-// (Emerald Rapids) one core's ternary tile GEMV went from 7.7 to 11-13 GB/s of a 12-13 GB/s
-// probe, and decode of the 2B ternary model from 7.4-7.8 to 8.7-11.4 tok/s at 1 thread,
-// 60-66 to 74-80 at 16. On AMD Zen 5 the hardware prefetchers already keep up and the extra
-// instructions cost a core 10-20% (benchmarks/results/README.md). So the default is
-// kIntelPrefetchBytes on Intel CPUs with AVX-512 (the server line where it was measured)
-// and 0 elsewhere; the TERNLM_PREFETCH environment variable (read by the Python package at
-// import) or SetPrefetchDistance() overrides it.
+// Intel's AVX-512 server cores need it to stream a core's weights from DRAM near memory
+// speed, while on AMD Zen the hardware prefetchers keep up and it only costs instructions
+// (benchmarks/results/README.md, "Software prefetch"), so the default is
+// kIntelPrefetchBytes on Intel CPUs with AVX-512 and 0 elsewhere; TERNLM_PREFETCH (read by
+// the Python package at import) or SetPrefetchDistance() overrides it.
 constexpr size_t kIntelPrefetchBytes = 4096;
 constexpr size_t kMaxPrefetchBytes = size_t(1) << 20;
 size_t PrefetchDistance();

@@ -9,7 +9,7 @@ namespace py = pybind11;
 
 namespace ternlm {
 
-void BindProbe(py::module_& m) {
+void BindBandwidth(py::module_& m) {
   m.def(
       "measure_read_bandwidth",
       [](long threads, long long bytes, long repeats) {
