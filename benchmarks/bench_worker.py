@@ -25,30 +25,28 @@ llama.cpp runs through llama_cpp.Llama (eval + argmax over llama_get_logits_ith(
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 import time
-import traceback
 
 
-def _memory_module():
-    """ternlm/memory.py (the one peak-RSS rule: Linux VmHWM, which starts afresh at exec,
-    unlike ru_maxrss) loaded without importing the ternlm package, whose import loads the C++
-    core and would add its pages to llama.cpp's peak."""
+def _pure_module(name: str):
+    """python/ternlm/<name>.py (memory: the one peak-RSS rule; worker_io: the request/result
+    protocol) loaded without importing the ternlm package, whose import loads the C++ core and
+    would add its pages to llama.cpp's peak."""
     spec = importlib.util.find_spec("ternlm")
     if spec is None or not spec.origin:
         raise ImportError("bench_worker.py needs ternlm importable (PYTHONPATH=python)")
     # beside __init__.py: an editable install lists its build folder first among the
     # package's search locations, and that folder holds only the compiled core
-    path = os.path.join(os.path.dirname(spec.origin), "memory.py")
-    mspec = importlib.util.spec_from_file_location("_ternlm_memory", path)
+    path = os.path.join(os.path.dirname(spec.origin), f"{name}.py")
+    mspec = importlib.util.spec_from_file_location(f"_ternlm_{name}", path)
     module = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(module)
     return module
 
 
-peak_rss_mb = _memory_module().peak_rss_mb
+peak_rss_mb = _pure_module("memory").peak_rss_mb
 
 
 def measure_llamacpp(req: dict) -> dict:
@@ -120,30 +118,22 @@ def prepare_ternlm(req: dict) -> dict:
     return {"saved": req["out"], "peak_rss_mb": peak_rss_mb()}
 
 
+def _run(req: dict) -> dict:
+    if req.get("prepare"):
+        result = prepare_ternlm(req)
+    elif req["engine"] == "llama.cpp":
+        result = measure_llamacpp(req)
+    elif req["engine"] == "ternlm":
+        result = measure_ternlm(req)
+    else:
+        raise ValueError(f"engine {req['engine']!r}: choose 'llama.cpp' or 'ternlm'")
+    result.setdefault("peak_rss_mb", peak_rss_mb())
+    return result
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python benchmarks/bench_worker.py REQUEST.json RESULT.json", file=sys.stderr)
-        return 2
-    with open(argv[0], encoding="utf-8") as f:
-        req = json.load(f)
-    try:
-        if req.get("prepare"):
-            result = prepare_ternlm(req)
-        elif req["engine"] == "llama.cpp":
-            result = measure_llamacpp(req)
-        elif req["engine"] == "ternlm":
-            result = measure_ternlm(req)
-        else:
-            raise ValueError(f"engine {req['engine']!r}: choose 'llama.cpp' or 'ternlm'")
-        result.setdefault("peak_rss_mb", peak_rss_mb())
-        code = 0
-    except Exception as e:  # reported to the parent with the run's name
-        result = {"error": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
-        code = 1
-    with open(argv[1], "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    return code
+    return _pure_module("worker_io").run_worker(sys.argv[1:] if argv is None else argv,
+                                                "python benchmarks/bench_worker.py", _run)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ called directly (in-process; then peak RSS is the process's so far).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-import traceback
 
 import numpy as np
 
@@ -127,22 +125,10 @@ def measure_format(model_path, fmt, text, threads=None, context=None, prompt_tok
 
 def main(argv=None) -> int:
     """python -m ternlm.compare.worker REQUEST.json RESULT.json: measure_format(**request);
-    writes {"row": {...}} or {"error": type name, "message": ..., "traceback": ...}."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m ternlm.compare.worker REQUEST.json RESULT.json", file=sys.stderr)
-        return 2
-    with open(argv[0], encoding="utf-8") as f:
-        request = json.load(f)
-    try:
-        result = {"row": measure_format(**request)}
-        code = 0
-    except Exception as e:   # reported to the parent, which raises it with the format's name
-        result = {"error": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
-        code = 1
-    with open(argv[1], "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    return code
+    writes {"row": {...}} or the error (ternlm.worker_io)."""
+    from ..worker_io import run_worker
+    return run_worker(sys.argv[1:] if argv is None else argv, "python -m ternlm.compare.worker",
+                      lambda request: {"row": measure_format(**request)})
 
 
 if __name__ == "__main__":
