@@ -268,7 +268,7 @@ def test_memory_bytes_counts_weights_kv_cache_and_scratch():
 @pytest.mark.parametrize("fmt,tol", [("bf16", 1e-5), ("int4", 1e-1)])
 def test_quantized_formats_match_forward_of_their_dequantized_weights(fmt, tol):
     """bf16 (f32 activations): the numpy f32 forward of the dequantized weights, to float
-    rounding. int4 also quantizes activations to int8 per block of 32 (DESIGN §3), which
+    rounding. int4 also quantizes activations to int8 per block of 32 (cpp/formats/int4.h), which
     the stated tolerance covers."""
     _, mc, arrays = hf_and_arrays("gqa_untied")
     tensors = engine_tensors(arrays, fmt)

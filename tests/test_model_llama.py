@@ -7,7 +7,7 @@ from conftest import LLAMA_VARIANTS, hf_logits, hf_reference
 
 import ternlm
 
-REL_TOL = 1e-4      # DESIGN §3: f32 math (bf16 weights are exact in f32); max|diff| / max|logit|
+REL_TOL = 1e-4      # docs/ARCHITECTURE.md, Numerics: f32 math (bf16 weights are exact in f32); max|diff| / max|logit|
 
 
 @pytest.fixture(scope="module", params=list(LLAMA_VARIANTS))
