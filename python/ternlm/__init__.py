@@ -10,3 +10,4 @@ from .model import Model, load  # noqa: E402,F401
 from . import bandwidth, texts  # noqa: E402,F401
 from .compare import compare  # noqa: E402,F401  (the function; the module is ternlm.compare in sys.modules)
 from .compare.table import ComparisonTable  # noqa: E402,F401
+from .distill import distill  # noqa: E402,F401  (the function; torch is imported only when it runs)

