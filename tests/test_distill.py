@@ -256,3 +256,15 @@ def test_llama_quantization_config_follows_transformers_module_rules(run, tmp_pa
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="layers.1.mlp.gate_proj.*uint8 \\(packed\\)"):
         load_hf_folder(folder)
+
+
+def test_bitnet_teacher_keeps_its_architecture(bitnet_folders, tmp_path):
+    """A BitNet teacher (sub-norms, squared ReLU) gives a BitNet student and a BitNetForCausalLM export."""
+    res = ternlm.distill(bitnet_folders["bitlinear"], tmp_path / "out", steps=3, float_dtype="float32", **FAST)
+    cfg = json.load(open(tmp_path / "out" / "config.json"))
+    assert cfg["architectures"] == ["BitNetForCausalLM"] and cfg["quantization_config"]["linear_class"] == "bitlinear"
+    m = ternlm.load(res.out, context=64, threads=2, progress=False)
+    assert m.config.arch == "bitnet" and m.formats["layers.1.down"] == "ternary"
+    ids = _sequences(m.config.vocab_size, 3, count=1)[0]
+    _compare(m.logits(ids), _student_logits(res.student, ids))
+    _compare(hf_logits(res.out, ids), _student_logits(res.student, ids))

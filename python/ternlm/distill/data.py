@@ -11,7 +11,8 @@ Two sources:
   sequence starts from a prefix (e.g. BOS, or a chat template up to the user's message),
   then a token drawn uniformly from the ordinary vocabulary, then `greedy_tokens` argmax
   tokens (a coherent start), then tokens sampled from the teacher at `temperature`. Sequences
-  are generated `gen_batch` at a time with a KV cache.
+  are generated `gen_batch` at a time with a KV cache (default_gen_batch), one prefix per
+  generation batch, in turn.
 """
 from __future__ import annotations
 
@@ -99,6 +100,19 @@ def _take(buffer, n, rng):
     return np.stack([buffer.pop(i) for i in picks])
 
 
+def default_gen_batch(cfg, seq_len: int, batch_size: int, device) -> int:
+    """Sequences sampled at once: sampling is one forward per token, so on a GPU the batch is
+    as large as a quarter of the free memory allows (KV cache in bf16, the step's logits and
+    probabilities in float32), at most 4096; on the CPU one training batch."""
+    import torch
+    if device.type != "cuda":
+        return batch_size
+    per_seq = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * seq_len * 2 + cfg.vocab_size * 4 * 3
+    free, _ = torch.cuda.mem_get_info(device)
+    n = min(4096, int(free * 0.25) // per_seq)
+    return max(batch_size, n // batch_size * batch_size)
+
+
 class TeacherSamples:
     """Data-free batches: text the teacher writes (see the module docstring).
 
@@ -118,7 +132,9 @@ class TeacherSamples:
         if self.first_ids.numel() == 0:
             raise ValueError("no token ids to start teacher samples from")
         self.device = torch.device(device)
-        self.gen_batch = max(int(gen_batch or batch_size), self.batch_size)
+        if gen_batch is None:
+            gen_batch = default_gen_batch(teacher.config, self.seq_len, self.batch_size, self.device)
+        self.gen_batch = max(int(gen_batch), self.batch_size)
         self.temperature, self.greedy_tokens = float(temperature), int(greedy_tokens)
         self.autocast_dtype = autocast_dtype
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))

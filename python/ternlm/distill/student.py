@@ -23,6 +23,7 @@ layers.{i}.{attn_norm, q, k, v, attn_sub_norm, o, ffn_norm, gate, up, ffn_sub_no
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 LAYER_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
-_SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")   # torch >= 2.5
+_SDPA_GQA = tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) >= (2, 5)   # enable_gqa
 
 
 def ternarize(w: torch.Tensor):

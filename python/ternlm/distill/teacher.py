@@ -4,6 +4,9 @@ float_tensors(ckpt) takes any ternlm Checkpoint (Hugging Face folder, GGUF file,
 folder: ternlm's own readers) and dequantizes each tensor: bf16 widened exactly, int4 as
 scale * q + min, ternary as T * row multiplier.
 
+A teacher stored ternary (a BitNet checkpoint) thus teaches as its dequantized weights with
+float activations (the student then adds the int8 activations back).
+
 gguf_float_tensors(path, config) reads a GGUF file with only numpy and the `gguf` package
 (ternlm's pure-Python GGUF reader, no C++ core), for machines that have torch but not
 ternlm's extension: F32/F16/BF16 as is, Q8_0 / Q4_0 / Q4_1 dequantized, q/k rows put back

@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,6 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0                # steps; 0: only at the end / on interrupt
     log_every: int = 0                       # steps between history entries; 0: ~100 entries
-    extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
         c = TrainConfig(**asdict(self))
