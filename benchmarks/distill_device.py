@@ -11,8 +11,9 @@ ternlm/__init__.py. benchmarks/distill_gpu.py prepares its inputs and assembles 
         (transformers' uint8 layout + s_w) and the norms in two .npz files under 16 MiB, and
         run.json (loss history, sweep, tokens, seconds, held-out perplexities)
 
-setup.json (written by distill_gpu.py prepare): the ModelConfig, the sampling prefixes and
-first-token ids, the held-out text's token ids, and training settings.
+setup.json (written by distill_gpu.py prepare): the ModelConfig, the GGUF tensor names (from
+ternlm.schema, which needs the C++ core), the sampling prefixes and first-token ids, and the
+held-out text's token ids.
 """
 from __future__ import annotations
 
@@ -104,11 +105,12 @@ def cmd_measure(args, setup, cfg):
 def random_tensors(cfg):
     """Weights of the model's shape (matrices ~ N(0, 0.15), norms ~ 1) for speed and smoke runs."""
     import numpy as np
-    from ternlm.io.hf import expected_shape
+    from ternlm.distill.student import Transformer
+    shapes = Transformer(cfg, quantize=False)
     rng = np.random.default_rng(0)
     out = {}
-    for name in cfg.tensor_names():
-        shape = expected_shape(cfg, name)
+    for name in shapes.tensor_names():
+        shape = tuple(shapes.module_for(name).weight.shape)
         a = rng.standard_normal(shape, dtype=np.float32)
         out[name] = a * 0.15 if len(shape) == 2 else 1.0 + 0.1 * a
     return out
@@ -135,7 +137,7 @@ def cmd_train(args, setup, cfg):
     dev = args.device
     torch.backends.cuda.matmul.allow_tf32 = True
     t_start = time.perf_counter()
-    tensors = random_tensors(cfg) if args.random else gguf_float_tensors(args.gguf, cfg)
+    tensors = random_tensors(cfg) if args.random else gguf_float_tensors(args.gguf, cfg, setup["gguf_names"])
     teacher, student = models(cfg, tensors, dev)
     log(f"teacher and student built ({time.perf_counter() - t_start:.1f} s)")
     os.makedirs(args.work, exist_ok=True)

@@ -11,7 +11,7 @@
         the Hugging Face folder from the returned ternary layers and norms + the teacher's
         embedding and tokenizer (ternlm.distill.export.write_hf_folder)
 
-setup.json: the ModelConfig, the sampling prefixes and first-token ids (ternlm.distill.api),
+setup.json: the ModelConfig, the GGUF tensor names, the sampling prefixes and first-token ids (ternlm.distill.api),
 and the first 1024 token ids of the default text (ternlm.texts, the GPL-3) for the
 held-out perplexity the device prints.
 """
@@ -31,14 +31,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def prepare(args):
     from ternlm import texts
     from ternlm.distill.api import default_prefixes, first_token_ids
-    from ternlm.model import read_checkpoint
+    from ternlm.distill.teacher import gguf_names
+    from ternlm.loading import read_checkpoint
     ckpt = read_checkpoint(args.teacher)
     code = os.path.join(args.carry, "code")
     if os.path.exists(args.carry):
         shutil.rmtree(args.carry)
     os.makedirs(code)
     tok = ckpt.tokenizer
-    setup = {"config": ckpt.config.to_dict(), "prefixes": default_prefixes(tok),
+    setup = {"config": ckpt.config.to_dict(), "gguf_names": gguf_names(ckpt.config), "prefixes": default_prefixes(tok),
              "first_ids": first_token_ids(tok, ckpt.config.vocab_size),
              "eval_ids": tok.encode(texts.default_text().text)[:args.eval_tokens]}
     with open(os.path.join(code, "setup.json"), "w") as f:
@@ -69,7 +70,7 @@ def assemble(args):
     from ternlm.distill.export import write_hf_folder, write_ternlm_folder
     from ternlm.distill.teacher import float_tensors
     from ternlm.io.hf import unpack_bitnet_weight
-    from ternlm.model import read_checkpoint
+    from ternlm.loading import read_checkpoint
     ckpt = read_checkpoint(args.teacher)
     cfg = ckpt.config
     teacher = float_tensors(ckpt)

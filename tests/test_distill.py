@@ -134,7 +134,7 @@ def test_bf16_export_matches_rounded_student(run, tmp_path):
 
 def test_gguf_teacher_and_numpy_reader(teacher, tmp_path):
     from ternlm.distill.teacher import float_tensors, gguf_float_tensors
-    from ternlm.model import read_checkpoint
+    from ternlm.loading import read_checkpoint
     path = gguf_from_hf_folder(teacher, tmp_path / "t.gguf", {"embed": "Q8_0", "lm_head": "F16", "matrix": "Q4_1"})
     ckpt = read_checkpoint(path)
     a, b = float_tensors(ckpt), gguf_float_tensors(path, ckpt.config)

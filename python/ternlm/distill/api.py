@@ -185,10 +185,7 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
 
 
 def _read_teacher(teacher):
-    try:
-        from ..loading import read_checkpoint           # where the readers live after the split
-    except ImportError:
-        from ..model import read_checkpoint
+    from ..loading import read_checkpoint
     if not isinstance(teacher, (str, os.PathLike)):
         raise TypeError(f"teacher must be a path (Hugging Face folder, .gguf file or ternlm folder), "
                         f"got {type(teacher).__name__}")

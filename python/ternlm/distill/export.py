@@ -93,18 +93,18 @@ def hf_config(config, source_config: dict | None, float_dtype: str) -> dict:
 
 
 def _tensors(config, ternary: dict, floats: dict, float_dtype: str) -> dict:
-    from ..io.hf import hf_module_name
+    from .. import schema
     from ..io.safetensors import float32_to_bf16_bits
     out = {}
-    for name in config.tensor_names():
-        key = hf_module_name(name)
+    for spec in schema.specs(config):
+        name, key = spec.name, spec.hf_name
         if name in ternary:
             t, s_w = ternary[name]
-            out[key + ".weight"] = pack_ternary_rows(t)
-            out[key + ".weight_scale"] = np.asarray([s_w], dtype=np.float32)
+            out[key] = pack_ternary_rows(t)
+            out[key.removesuffix(".weight") + ".weight_scale"] = np.asarray([s_w], dtype=np.float32)
         else:
             a = np.ascontiguousarray(floats[name], dtype=np.float32)
-            out[key + ".weight"] = ("BF16", float32_to_bf16_bits(a)) if float_dtype == "bfloat16" else a
+            out[key] = ("BF16", float32_to_bf16_bits(a)) if float_dtype == "bfloat16" else a
     return out
 
 
@@ -157,7 +157,8 @@ def write_hf_folder(out, config, ternary: dict, floats: dict, tokenizer, source:
 def write_ternlm_folder(hf_folder, out) -> str:
     """The exported Hugging Face folder converted to ternlm's own folder format (as stored:
     ternary layers, bf16 embedding/head), which ternlm.load maps without conversion."""
-    from ..model import Model, convert_checkpoint, read_checkpoint, target_formats
+    from ..loading import convert_checkpoint, read_checkpoint, target_formats
+    from ..model import Model
     check_output_folder(out, "ternlm_out")
     ckpt = read_checkpoint(hf_folder)
     formats = target_formats(ckpt, None, None)

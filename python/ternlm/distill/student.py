@@ -232,7 +232,16 @@ class Transformer(nn.Module):
         return m
 
     def tensor_names(self) -> list:
-        return list(self.config.tensor_names())
+        """Canonical names of this model's weights, from its own modules (no C++ schema needed)."""
+        names = ["embed"]
+        for i, block in enumerate(self.layers):
+            for part, path in _BLOCK_PATHS.items():
+                m = block
+                for attr in path.split("."):
+                    m = getattr(m, attr)
+                if m is not None:
+                    names.append(f"layers.{i}.{part}")
+        return names + ["norm"] + ([] if self.lm_head is None else ["lm_head"])
 
     def load_tensors(self, tensors) -> None:
         """Copy float32 weights by canonical name (every name of config.tensor_names())."""

@@ -18,13 +18,13 @@ import numpy as np
 
 
 def float_tensors(ckpt) -> dict:
-    from ..io.hf import BF16Tensor
+    from ..config import BF16Bits
     out = {}
     for name in ckpt.config.tensor_names():
         value = ckpt.tensors[name]
         if hasattr(value, "dequantize"):              # ternlm.QuantizedMatrix
             value = value.dequantize()
-        elif isinstance(value, BF16Tensor):
+        elif isinstance(value, BF16Bits):
             value = np.asarray(value)
         out[name] = np.ascontiguousarray(value, dtype=np.float32)
     return out
@@ -57,22 +57,31 @@ def _dequantize(t) -> np.ndarray:
     raise ValueError(f"tensor {t.name}: GGUF type {kind} is not supported here (F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
 
 
-def gguf_float_tensors(path, config) -> dict:
-    """A llama GGUF file -> {canonical name: float32 array} for `config` (a ModelConfig)."""
-    from ..io.gguf import _canonical_name, unpermute_rows
+def gguf_names(config) -> dict:
+    """canonical name -> GGUF tensor name (ternlm.schema, which needs the C++ core; pass its
+    result to gguf_float_tensors where the core is absent)."""
+    from .. import schema
+    return {s.name: s.gguf_name for s in schema.specs(config)}
+
+
+def gguf_float_tensors(path, config, names: dict | None = None) -> dict:
+    """A llama GGUF file -> {canonical name: float32 array} for `config` (a ModelConfig);
+    names: gguf_names(config), computed here when not given."""
+    from ..io.gguf import unpermute_rows
     from ..io.gguf_reader import GGUFFile
-    wanted = set(config.tensor_names())
+    names = names or gguf_names(config)
+    canonical = {g: c for c, g in names.items()}
     out = {}
     for t in GGUFFile(path).tensors:
-        name = _canonical_name(t.name)
-        if name not in wanted:
+        name = canonical.get(t.name)
+        if name is None:
             continue
         a = _dequantize(t)
         part = name.rsplit(".", 1)[-1]
         if name.startswith("layers.") and part in ("q", "k"):
             a = unpermute_rows(a, config.num_heads if part == "q" else config.num_kv_heads)
         out[name] = np.ascontiguousarray(a, dtype=np.float32)
-    missing = sorted(wanted - set(out))
+    missing = sorted(set(names) - set(out))
     if missing:
         raise ValueError(f"{path}: tensors missing for {missing[:4]}")
     return out
