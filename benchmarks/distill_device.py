@@ -238,7 +238,7 @@ def main():
     p.add_argument("--micro-batch", type=int, default=32)
     p.add_argument("--gen-batch", type=int, default=512)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--sweep", type=lambda s: [float(x) for x in s.split(",")], default=None)
     p.add_argument("--sweep-steps", type=int, default=40)
     p.add_argument("--lambda-warmup", type=int, default=None)

@@ -47,7 +47,7 @@ def run(teacher, tmp_path_factory):
     """One data-free distillation, quantized from step 0, exported in float32 + a ternlm folder."""
     d = tmp_path_factory.mktemp("distilled")
     torch.set_num_threads(1)
-    res = ternlm.distill(teacher, d / "hf", steps=40, lambda_warmup=0, float_dtype="float32",
+    res = ternlm.distill(teacher, d / "hf", steps=40, lr=1e-2, lambda_warmup=0, float_dtype="float32",
                          ternlm_out=d / "ternlm", **FAST)
     return res
 

@@ -62,7 +62,7 @@ def first_token_ids(tokenizer, vocab_size: int) -> list:
 
 
 def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, seq_len: int = 256,
-            micro_batch_size: int | None = None, lr: float = 1e-2, warmup_steps: int | None = None,
+            micro_batch_size: int | None = None, lr: float = 3e-3, warmup_steps: int | None = None,
             lambda_warmup: int | None = None, ce_weight: float = 0.0, temperature: float = 1.0,
             train_embeddings: bool = False, sample_temperature: float = 1.0, gen_batch: int | None = None,
             device: str | None = None, compile: bool = False, seed: int = 0, eval_text="default",

@@ -41,7 +41,7 @@ class TrainConfig:
     batch_size: int = 8
     seq_len: int = 256
     micro_batch_size: int | None = None      # None: the whole batch at once
-    lr: float = 1e-2                         # relative (see the module docstring)
+    lr: float = 3e-3                         # relative (see the module docstring)
     min_lr_ratio: float = 0.1
     warmup_steps: int | None = None          # None: 2% of steps
     lambda_warmup: int | None = None         # None: 10% of steps; 0: quantized from step 0
