@@ -40,8 +40,9 @@ def _add_model_args(p, weights=True):
         p.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
         p.add_argument("--head", choices=HEADS, default=None, help=HEAD_HELP)
     _add_threads_arg(p)
-    p.add_argument("--context", type=_positive_int, default=4096, metavar="N",
-                   help="context length in tokens: prompt + generated text (default: 4096)")
+    p.add_argument("--context", type=_positive_int, default=None, metavar="N",
+                   help="context length in tokens: prompt + generated text (default: 4096, or the model's "
+                        "max_position_embeddings if smaller; more than that warns)")
     p.add_argument("--kv-dtype", choices=("f32", "f16"), default="f32",
                    help="KV-cache element type: f32 (exact, default) or f16 (half the cache "
                         "memory and attention bytes; small logit changes)")
@@ -130,7 +131,7 @@ def _load(args, progress=True):
     path = _model_path(args)
     return ternlm.load(path, weights=getattr(args, "weights", None), head=getattr(args, "head", None),
                        threads=_one_thread_count(args),
-                       context=args.context, progress=progress and sys.stderr.isatty(),
+                       context=args.context, progress=progress,
                        kv_dtype=args.kv_dtype)
 
 
