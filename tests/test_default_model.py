@@ -200,3 +200,13 @@ def test_default_model_as_stored_int4(smollm, ours, hf_model):
     text = ours.generate(ids, max_new_tokens=8)
     assert text == ours.tokenizer.decode(greedy)
     assert "Rayleigh" in ours.generate(ids, max_new_tokens=24)
+
+
+def test_a_raw_question_ends_at_once_with_a_hint_and_chat_answers(smollm):
+    """The default model is an instruct model: generate() on a bare question returns '' (EOS
+    first), which ternlm explains with a warning pointing to chat(), which answers."""
+    from ternlm.hints import TernlmWarning
+    m = ternlm.load(smollm, progress=False, context=512)
+    with pytest.warns(TernlmWarning, match=r"ended this raw prompt at once.*m\.chat\("):
+        assert m.generate("Why is the sky blue?") == "" and m.stats["stop_reason"] == "eos"
+    assert "blue" in m.chat([{"role": "user", "content": "Why is the sky blue?"}], max_new_tokens=24)

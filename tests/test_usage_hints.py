@@ -89,3 +89,93 @@ def test_notebook_bars_need_ipywidgets(monkeypatch):
         warnings.simplefilter("error")
         bar = progress.progress_bar(range(3))
     assert type(bar) is text_bar and not bar.disable
+
+
+# ---- generate / stream / chat ----------------------------------------------------------------------------
+PROMPT = "Why is the sky blue?"
+
+
+def test_messages_given_to_generate_name_chat(m):
+    msgs = [{"role": "user", "content": "hi"}]
+    for call in (m.generate, m.stream):
+        with pytest.raises(TypeError, match=r"list of messages .* use m.chat\(messages\)"):
+            call(msgs)
+    assert m.generate([1, 2, 3], max_new_tokens=2) == m.generate((1, 2, 3), max_new_tokens=2)   # ids still work
+
+
+def test_max_tokens_is_an_alias_of_max_new_tokens(m):
+    want = m.generate(PROMPT, max_new_tokens=5)
+    assert m.generate(PROMPT, max_tokens=5) == want and m.stats["decode_tokens"] == 5
+    assert "".join(m.stream(PROMPT, max_tokens=5)) == want
+    assert m.generate(PROMPT, max_new_tokens=5, max_tokens=5) == want
+    msgs = [{"role": "user", "content": "hi"}]
+    assert m.chat(msgs, max_tokens=4) == m.chat(msgs, max_new_tokens=4) and m.stats["decode_tokens"] <= 4
+    with pytest.raises(TypeError, match="same option"):
+        m.generate(PROMPT, max_new_tokens=5, max_tokens=6)
+
+
+def test_an_instruct_model_ending_a_raw_prompt_at_once_points_to_chat(folder):
+    m = ternlm.load(folder, context=64, threads=1, progress=False)
+    first = int(m.logits(m.tokenizer.encode(PROMPT))[-1].argmax())       # the greedy first token
+    m.eos_token_ids = [first]                                            # ... ends the raw prompt at once
+    assert m.tokenizer.chat_template
+    with pytest.warns(TernlmWarning, match=r"ended this raw prompt at once.*m\.chat\("):
+        assert m.generate(PROMPT) == ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert m.generate(PROMPT) == ""                                  # once per model
+        m2 = ternlm.load(folder, context=64, threads=1, progress=False)
+        m2.eos_token_ids = [first]
+        m2.chat([{"role": "user", "content": PROMPT}])                  # chat never warns
+        m2.generate(m2.tokenizer.encode(PROMPT))                         # nor do token ids
+    m3 = ternlm.load(folder, context=64, threads=1, progress=False)
+    m3.eos_token_ids = [first]
+    with pytest.warns(TernlmWarning, match="ended this raw prompt"):
+        assert list(m3.stream(PROMPT)) == []                             # stream warns too
+    m4 = ternlm.load(folder, context=64, threads=1, progress=False)
+    m4.eos_token_ids, m4.tokenizer.chat_template = [first], None        # a base model: nothing to point to
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert m4.generate(PROMPT) == ""
+
+
+def test_chat_passes_tools_and_template_keywords(folder, tmp_path):
+    import shutil
+    d = tmp_path / "tools_model"
+    shutil.copytree(folder, d)
+    (d / "chat_template.jinja").write_text(
+        "{% if tools %}TOOLS {{ tools | tojson }}\n{% endif %}"
+        "{% for x in messages %}{{ x['role'] }}: {{ x['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}{% if enable_thinking is defined %}/think{% endif %}")
+    m = ternlm.load(d, context=128, threads=1, progress=False)
+    msgs = [{"role": "user", "content": "weather?"}]
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    prompt = m.tokenizer.apply_chat_template(msgs, tools=[tool], enable_thinking=False)
+    assert prompt.startswith("TOOLS [{") and prompt.endswith("assistant:/think")
+    ids = m.tokenizer.encode(prompt, add_special_tokens=False)
+    assert m.chat(msgs, max_new_tokens=6, tools=[tool], enable_thinking=False) == m.generate(ids, max_new_tokens=6)
+    with pytest.warns(TernlmWarning, match="temprature is neither a sampling option nor read by"):
+        m.chat(msgs, max_new_tokens=2, temprature=0.7)
+
+
+# ---- perplexity progress ---------------------------------------------------------------------------------
+def test_perplexity_reports_progress_where_watched(m, monkeypatch):
+    text = "the quick brown fox jumps over the lazy dog " * 12
+    n = len(m.tokenizer.encode(text))
+    seen = []
+    real = progress.progress_bar
+
+    def spy(*a, **k):
+        bar = real(*a, **k)
+        seen.append((k, bar, bar.disable))      # close() disables a bar: note it at the start
+        return bar
+    monkeypatch.setattr(progress, "progress_bar", spy)
+    want = m.perplexity(text, window=32, stride=16, progress=False)
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert m.perplexity(text, window=32, stride=16) == want
+    kwargs, bar, disabled = seen[-1]
+    assert kwargs["total"] == n - 1 and not disabled and bar.n == n - 1      # every scored token
+    assert seen[0][2]                                                        # progress=False
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    m.perplexity(text, window=32, stride=16)
+    assert seen[-1][2]                                                       # not a terminal: silent
