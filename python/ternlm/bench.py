@@ -64,6 +64,8 @@ def run_bench(model, weights=(None,), threads=(None,), prompt_tokens=128, decode
               repeats=2, timeout=3600, log=None, kv_dtypes=("f32",), heads=(None,)) -> list:
     """Measure every (weights, head, threads, KV dtype) combination in its own process;
     returns the rows. heads: formats for embed/lm_head (ternlm.load's head=; None = default)."""
+    from .hints import warn_threads
+    warn_threads(list(threads))          # here: the rows' own processes would warn unseen
     rows = []
     for w, h, t, kv in ((w, h, t, kv) for w in weights for h in heads for t in threads for kv in kv_dtypes):
         request = {"model": os.fspath(model), "weights": w, "threads": t, "prompt_tokens": prompt_tokens,

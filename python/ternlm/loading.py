@@ -1,7 +1,7 @@
 """ternlm.load: a checkpoint on disk -> its matrices in the chosen formats -> the C++
 engine -> a Model (model.py).
 
-    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32")
+    m = ternlm.load(path, weights=None, threads=None, context=None, head=None, kv_dtype="f32")
 
 The steps, each usable alone (the CLI's convert and the tests use them):
     read_checkpoint(path)               Hugging Face folder / GGUF file / ternlm folder -> Checkpoint
@@ -76,13 +76,13 @@ def target_formats(ckpt: Checkpoint, weights, head) -> dict:
 
 def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
     """Canonical name -> QuantizedMatrix in its target format, or float32 norm weights.
-    Tensors are taken one at a time from the (lazy) checkpoint and released after use."""
-    from tqdm.auto import tqdm
-
+    Tensors are taken one at a time from the (lazy) checkpoint and released after use.
+    progress: a bar where a person watches (ternlm.progress)."""
     from . import formats as fm
+    from .progress import progress_bar
     names = ckpt.config.tensor_names()
     out = {}
-    bar = tqdm(names, desc="loading weights", unit="tensor", disable=not progress, leave=False)
+    bar = progress_bar(names, enabled=progress, delay=0.5, desc="loading weights", unit="tensor", leave=False)
     for name in bar:
         value = ckpt.tensors[name]
         if name not in formats:                       # norm weights
@@ -106,9 +106,8 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
 
 def read_checkpoint(path) -> Checkpoint:
     """Any supported source -> Checkpoint (before format conversion)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or folder")
+    from .hints import check_model_path
+    path = check_model_path(path)         # names a Hub id as such
     if os.path.isdir(path):
         from .io.own_format import HEADER_FILE, load_own_folder
         if os.path.exists(os.path.join(path, HEADER_FILE)):
@@ -153,19 +152,33 @@ class EngineWeights(Mapping):
         return len(self._names)
 
 
-def load(path, weights=None, threads=None, context=4096, head=None, progress=True,
+DEFAULT_CONTEXT = 4096
+
+
+def load(path, weights=None, threads=None, context=None, head=None, progress=True,
          kv_dtype="f32") -> Model:
     """Load a model from a Hugging Face folder, a GGUF file or a folder written by
     Model.save, converting its matrices to `weights` (see the module docstring for the
-    formats and the hybrid embed/lm_head policy). threads=None uses all cores; context is
-    the KV-cache length in tokens; kv_dtype "f32" | "f16" the KV cache's element type."""
-    if not isinstance(context, (int, np.integer)) or context < 2:
-        raise ValueError(f"context must be an int >= 2, got {context!r}")
+    formats and the hybrid embed/lm_head policy). threads=None uses all cores (more
+    threads than cores is a TernlmWarning: they would share cores and run slower).
+    context: the KV-cache length in tokens; None = DEFAULT_CONTEXT (4096), or the model's
+    max_position_embeddings if that is smaller; a larger context than the model was
+    trained for is allowed with a TernlmWarning. kv_dtype "f32" | "f16": the KV cache's
+    element type. progress: a bar over the tensors where a person watches."""
+    from .hints import warn_context, warn_threads
+    if context is not None and (not isinstance(context, (int, np.integer)) or context < 2):
+        raise ValueError(f"context must be None or an int >= 2, got {context!r}")
     if kv_dtype not in ("f32", "f16"):
         raise ValueError(f"kv_dtype must be 'f32' or 'f16', got {kv_dtype!r}")
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
+    warn_threads(threads)
     ckpt = read_checkpoint(path)
+    trained = int(ckpt.config.max_position_embeddings or 0)
+    if context is None:
+        context = min(DEFAULT_CONTEXT, trained) if trained >= 2 else DEFAULT_CONTEXT
+    else:
+        warn_context(int(context), trained)
     formats = target_formats(ckpt, weights, head)
     tensors = convert_checkpoint(ckpt, formats, progress=progress)
     engine = build_engine(ckpt.config, tensors, context, threads, kv_dtype)

@@ -1,12 +1,19 @@
 """The Model API: a loaded model's generation, scoring and saving. ternlm.load
 (loading.py, which documents the weight formats and load options) builds it.
 
-    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32")
+    m = ternlm.load(path, weights=None, threads=None, context=None, head=None, kv_dtype="f32")
     m.generate(prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None) -> str
-    m.stream(prompt, **same) -> iterator of text pieces;  m.chat(messages, **same) -> str
+    m.stream(prompt, **same) -> iterator of text pieces
+    m.chat(messages, **same, stream=False, tools=None, **template_kwargs) -> str
     m.logits(token_ids) -> float32 [n, vocab];  m.perplexity(text, window=None, stride=None)
     m.tokenizer, m.stats, m.save(folder)
+
+generate / stream continue raw text; chat renders a conversation with the model's chat
+template first. An instruct model expects its template: a bare question given to generate
+may end at once (EOS as the first token, ''), and ternlm then warns once, pointing to
+chat(). max_tokens= is accepted as an alias of max_new_tokens (OpenAI's and
+llama-cpp-python's name).
 
 Generation rules:
 - The prompt (after tokenization) must leave room for one new token: len(prompt) < context,
@@ -31,6 +38,8 @@ from __future__ import annotations
 import math
 import secrets
 import time
+import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -56,6 +65,7 @@ class Model:
         eos += [i for i in tokenizer.eos_token_ids if i not in eos]
         self.eos_token_ids = eos
         self.bos_token_id = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
+        self._hinted_chat = False            # the "use chat()" warning is given once per model
 
     def __repr__(self):
         kinds = sorted(set(self.formats.values()))
@@ -113,6 +123,9 @@ class Model:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         elif isinstance(prompt, (list, tuple, np.ndarray)):
+            if any(isinstance(p, Mapping) for p in prompt if not isinstance(p, (int, np.integer))):
+                raise TypeError("prompt is a list of messages ({'role': ..., 'content': ...}); generate() and "
+                                "stream() take a str or token ids: use m.chat(messages) for a conversation")
             ids = [int(i) for i in prompt]
         else:
             raise TypeError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
@@ -142,17 +155,37 @@ class Model:
         return core.Sampler(seed, *params)
 
     def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-               repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True):
+               repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True, *, max_tokens=None):
         """Yield the generated text in pieces as it is decoded (complete UTF-8 only). A stop
         string is never yielded, not even in part: text that could be the start of one is
-        held back until it is ruled out."""
+        held back until it is ruled out. Raw text, as generate(); max_tokens: alias of
+        max_new_tokens."""
+        max_new_tokens = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new_tokens, temperature, top_k, top_p, min_p,
                                      repetition_penalty, seed, stop)
         ids = self._prompt_ids(prompt, _add_special_tokens)
         # top_k beyond any vocabulary means "off", as does the binding's largest
         params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
                   float(repetition_penalty))
-        return self._generate_pieces(ids, max_new_tokens, params, seed, stops)
+        pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops)
+        # chat() renders its prompt with the template and passes _add_special_tokens=False:
+        # only a raw text prompt can be "the wrong way to ask an instruct model"
+        if _add_special_tokens and isinstance(prompt, str) and self.tokenizer.chat_template and not self._hinted_chat:
+            return self._hint_chat_after(pieces)
+        return pieces
+
+    def _hint_chat_after(self, pieces):
+        """The pieces, then, if the model ended the raw prompt at once, a warning (once per
+        model) that this model has a chat template and m.chat() uses it."""
+        yield from pieces
+        s = self.stats
+        if s.get("stop_reason") == "eos" and s.get("decode_tokens") == 0 and not self._hinted_chat:
+            self._hinted_chat = True
+            from .hints import TernlmWarning
+            warnings.warn("the model ended this raw prompt at once (its first token was end-of-sequence). It has a "
+                          "chat template: instruct models answer questions through it, so use "
+                          "m.chat([{'role': 'user', 'content': prompt}]) (generate/stream continue raw text)",
+                          TernlmWarning, stacklevel=3)
 
     def _generate_pieces(self, ids, max_new, params, seed, stops):
         stats = {"prompt_tokens": len(ids), "decode_tokens": 0, "prompt_tok_s": 0.0, "decode_tok_s": 0.0,
@@ -241,20 +274,37 @@ class Model:
         return 0
 
     def generate(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                 repetition_penalty=1.0, seed=None, stop=None) -> str:
-        """The generated continuation of `prompt` (str or token ids), without the prompt."""
+                 repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None) -> str:
+        """The generated continuation of `prompt` (str or token ids), without the prompt.
+
+        This is the raw language model: the prompt is continued as text, without the chat
+        template. To ask an instruct (chat) model something, use chat(): given a bare
+        question here it may end at once and return '' (ternlm warns once when that
+        happens on a model that has a chat template). max_tokens: alias of max_new_tokens."""
         return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
-                                   repetition_penalty, seed, stop))
+                                   repetition_penalty, seed, stop, max_tokens=max_tokens))
 
     def chat(self, messages, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-             repetition_penalty=1.0, seed=None, stop=None, stream=False):
+             repetition_penalty=1.0, seed=None, stop=None, stream=False, *, max_tokens=None, tools=None,
+             **template_kwargs):
         """Reply to a conversation [{"role", "content"}, ...] rendered with the model's chat
         template. The rendered text is tokenized without adding special tokens (the template
         writes BOS itself), as transformers' apply_chat_template does. stream=True returns
-        the piece iterator instead of a string."""
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        the piece iterator instead of a string. tools (JSON-schema dicts) and any other
+        keyword (e.g. enable_thinking=False) go to the template, as in transformers; one
+        the template never reads is a TernlmWarning (a misspelt sampling option lands
+        there too). max_tokens: alias of max_new_tokens."""
+        if template_kwargs:
+            unread = sorted(set(template_kwargs) - self.tokenizer.chat_template_variables())
+            if unread:
+                from .hints import TernlmWarning
+                warnings.warn(f"chat(): {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} neither a "
+                              f"sampling option nor read by this model's chat template; ignored",
+                              TernlmWarning, stacklevel=2)
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools,
+                                                    **template_kwargs)
         pieces = self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
-                             repetition_penalty, seed, stop, _add_special_tokens=False)
+                             repetition_penalty, seed, stop, _add_special_tokens=False, max_tokens=max_tokens)
         return pieces if stream else "".join(pieces)
 
     # ---- scoring --------------------------------------------------------------------------
@@ -270,7 +320,7 @@ class Model:
         out = self._engine.forward(np.asarray(ids, dtype=np.int32), logits="all")
         return np.asarray(out, dtype=np.float32).reshape(len(ids), -1)
 
-    def perplexity(self, text, window=None, stride=None) -> float:
+    def perplexity(self, text, window=None, stride=None, progress=True) -> float:
         """exp(mean negative log-likelihood) of the tokens of `text` (BOS added if the
         tokenizer adds it; the first token is context only).
 
@@ -278,7 +328,8 @@ class Model:
         `stride` tokens (default: window, i.e. disjoint chunks). In each window only tokens
         not scored by an earlier window count, each predicted from all window tokens before
         it — the transformers perplexity recipe. stride < window gives more left context per
-        scored token, at more compute."""
+        scored token, at more compute. progress: a bar over the scored tokens where a person
+        watches (a terminal or a notebook), shown once the work takes more than a second."""
         ids = self.tokenizer.encode(text) if isinstance(text, str) else [int(i) for i in text]
         if len(ids) < 2:
             raise ValueError(f"perplexity needs at least 2 tokens, the text has {len(ids)}")
@@ -288,6 +339,9 @@ class Model:
             raise ValueError(f"window must be in [2, context={self.context}], got {window}")
         if not 1 <= stride <= window:
             raise ValueError(f"stride must be in [1, window={window}], got {stride}")
+        from .progress import progress_bar
+        bar = progress_bar(total=len(ids) - 1, enabled=progress and len(ids) > window, delay=1.0,
+                           desc="perplexity", unit="token")
         nll, count, scored_to = 0.0, 0, 1        # ids[:scored_to] need no more scoring
         for begin in range(0, len(ids), stride):
             end = min(begin + window, len(ids))
@@ -302,8 +356,10 @@ class Model:
             nll += float(np.sum(logz - rows[np.arange(len(target)), target]))
             count += len(target)
             scored_to = end
+            bar.update(len(target))
             if end == len(ids):
                 break
+        bar.close()
         return float(math.exp(nll / count))
 
     # ---- saving -----------------------------------------------------------------------------
@@ -319,3 +375,14 @@ class Model:
 from .loading import (  # noqa: E402,F401
     HEAD_CHOICES, WEIGHT_CHOICES, build_engine, convert_checkpoint, load, read_checkpoint, target_formats,
 )
+
+
+def _max_new_tokens(max_new_tokens, max_tokens):
+    """max_tokens is max_new_tokens by OpenAI's and llama-cpp-python's name: either may be
+    given; both with different values is a TypeError."""
+    if max_tokens is None:
+        return max_new_tokens
+    if max_new_tokens not in (128, max_tokens):          # 128: the default, i.e. not given
+        raise TypeError(f"max_tokens={max_tokens!r} and max_new_tokens={max_new_tokens!r}: they are the same "
+                        f"option (max_tokens is the alias); give one")
+    return max_tokens

@@ -242,7 +242,14 @@ class Tokenizer:
         return StreamDecoder(self, skip_special_tokens)
 
     # ---- chat ---------------------------------------------------------------------------
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True, **kwargs) -> str:
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tools=None, documents=None,
+                            **kwargs) -> str:
+        """The conversation rendered with the model's chat template, as transformers'
+        apply_chat_template(..., tokenize=False) renders it: the template sees `messages`,
+        `tools` (JSON-schema dicts; Python functions are converted with transformers'
+        get_json_schema when transformers is installed), `documents`,
+        `add_generation_prompt`, the special tokens (bos_token, eos_token, ...) and every
+        other keyword argument (e.g. enable_thinking=False for templates that read it)."""
         if not self.chat_template:
             raise ValueError("this model's tokenizer has no chat_template "
                              "(tokenizer_config.json / chat_template.jinja); use generate() with plain text")
@@ -251,8 +258,42 @@ class Tokenizer:
         if self._compiled_template is None:
             self._compiled_template = _compile_chat_template(self.chat_template)
         context = {**self.special_tokens, **kwargs}
-        return self._compiled_template.render(messages=list(messages), tools=None, documents=None,
-                                              add_generation_prompt=add_generation_prompt, **context)
+        return self._compiled_template.render(messages=list(messages), tools=_tool_schemas(tools),
+                                              documents=documents, add_generation_prompt=add_generation_prompt,
+                                              **context)
+
+    def chat_template_variables(self) -> frozenset:
+        """The top-level names the chat template reads (messages, tools, bos_token, ...)."""
+        if not self.chat_template:
+            return frozenset()
+        import jinja2.meta
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        ast = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(self.chat_template)
+        return frozenset(jinja2.meta.find_undeclared_variables(ast))
+
+
+def _tool_schemas(tools):
+    """tools for a chat template: None, or a list of JSON-schema dicts (functions converted
+    the way transformers converts them)."""
+    if tools is None:
+        return None
+    if isinstance(tools, dict) or not isinstance(tools, (list, tuple)):
+        raise TypeError(f"tools must be a list of JSON-schema dicts (or functions), got {type(tools).__name__}")
+    out = []
+    for tool in tools:
+        if isinstance(tool, dict):
+            out.append(tool)
+        elif callable(tool):
+            try:
+                from transformers.utils import get_json_schema
+            except ImportError:
+                raise TypeError(f"tool {getattr(tool, '__name__', tool)!r} is a function: pass its JSON schema "
+                                "({'type': 'function', 'function': {'name': ..., 'parameters': ...}}), or "
+                                "install transformers to convert functions") from None
+            out.append(get_json_schema(tool))
+        else:
+            raise TypeError(f"each tool must be a JSON-schema dict or a function, got {type(tool).__name__}")
+    return out
 
 
 class StreamDecoder:

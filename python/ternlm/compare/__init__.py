@@ -6,7 +6,7 @@ memory-bandwidth roofline.
     table.to_json("out.json"); table.plot("out.png")
 
     ternlm compare --model PATH --formats bf16,int4,ternary --text FILE --threads N \
-                   --json out.json --plot out.png
+                   --json out.json --plot out.png          (parsed in ternlm.cli)
 
 Each format is loaded and measured in a fresh Python process (ternlm.compare.worker), so
 its peak RSS is its own (VmHWM on Linux, see ternlm.memory; the bandwidth probe runs in a
@@ -19,11 +19,11 @@ context (except in the first window); only the first `max_tokens_ppl` tokens are
 The roofline: a decoded token reads every layer matrix, the output head, the norms and one
 embedding row once (`bytes_per_token`); the machine's streaming read bandwidth (measured by
 ternlm.bandwidth, cached per machine) divided by that is the most tokens/s memory allows,
-and `achieved` is the measured decode speed as a fraction of it.
+and `achieved` is the measured decode speed as a fraction of it (above 100% when the
+weights fit in the CPU caches, which serve reads faster than memory).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -103,21 +103,23 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
 
     text: None (the default prose of ternlm.texts), a str (the text itself), a
     pathlib.Path (a UTF-8 file) or a ternlm.texts.Text. threads: None = all cores.
-    bandwidth: GB/s to use instead of ternlm.bandwidth.read_bandwidth(threads, refresh_bandwidth).
+    bandwidth: GB/s to use instead of ternlm.bandwidth.bandwidth_measurement(threads,
+    refresh_bandwidth) (a cached figure older than 7 days is measured again; the table's
+    caption says how old the figure is). progress: a bar over the formats where a person
+    watches (a terminal or a notebook).
     isolate: measure each format in a fresh process (honest peak RSS); False measures in
     this process (faster to start, RSS is then a running maximum). timeout: seconds per
     format (isolated only). Raises FormatError naming the format the model cannot take.
     """
-    from tqdm.auto import tqdm
-
     from .. import bandwidth as bw_mod
+    from ..hints import check_model_path, warn_threads
+    from ..progress import progress_bar
     from ..texts import as_text
 
     formats = _check_formats(formats)
-    model_path = os.fspath(model)
-    if not os.path.exists(model_path):
-        raise FileNotFoundError(f"{model_path}: no such model file or folder")
+    model_path = check_model_path(model)
     n_threads = bw_mod.resolve_threads(threads)
+    warn_threads(n_threads)
     for name, value, lo in (("prompt_tokens", prompt_tokens, 1), ("decode_tokens", decode_tokens, 1),
                             ("max_tokens_ppl", max_tokens_ppl, 2), ("window", window, 2),
                             ("stride", stride, 1), ("repeats", repeats, 1)):
@@ -127,8 +129,13 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
     doc = as_text(text)
 
     # The probe reads a 1 GiB buffer: in its own process, so this one's peak stays its own.
-    gbs = (float(bandwidth) if bandwidth is not None
-           else bw_mod.read_bandwidth(n_threads, refresh=refresh_bandwidth, isolate=True))
+    if bandwidth is not None:
+        gbs, bw_meta = float(bandwidth), dict(bandwidth_source="given")
+    else:
+        probe = bw_mod.bandwidth_measurement(n_threads, refresh=refresh_bandwidth, isolate=True)
+        gbs = probe.gb_per_s
+        bw_meta = dict(bandwidth_source="cache" if probe.cached else "probe",
+                       bandwidth_measured_at=probe.measured_at_utc, bandwidth_age_s=round(probe.age_s))
     if not gbs > 0:
         raise ValueError(f"bandwidth must be > 0 GB/s, got {bandwidth!r}")
     request = dict(model_path=os.path.abspath(model_path), text=doc.text, threads=n_threads,
@@ -136,7 +143,7 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
                    max_tokens_ppl=max_tokens_ppl, window=window, stride=stride, repeats=repeats,
                    save_file=save_file)
     rows = []
-    bar = tqdm(formats, desc="compare", unit="format", disable=not progress)
+    bar = progress_bar(formats, enabled=progress, desc="compare", unit="format")
     for fmt in bar:
         bar.set_postfix_str(fmt)
         if isolate:
@@ -156,7 +163,7 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
     meta = dict(model=model_path, formats=list(formats), text_name=doc.name, text_source=doc.source,
                 threads=n_threads, window=window, stride=stride, max_tokens_ppl=max_tokens_ppl,
                 ppl_tokens=rows[0].get("ppl_tokens") if rows else None, prompt_tokens=prompt_tokens,
-                decode_tokens=decode_tokens, repeats=repeats, bandwidth_gb_s=gbs,
+                decode_tokens=decode_tokens, repeats=repeats, bandwidth_gb_s=gbs, **bw_meta,
                 isolated=bool(isolate))
     try:
         from ..bandwidth import cpu_model
@@ -166,63 +173,11 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
     return ComparisonTable(rows, meta)
 
 
-# ---- CLI: ternlm compare ------------------------------------------------------------------------------
-def build_parser(parser=None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="ternlm compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="HF folder, GGUF file or ternlm folder (default: the default model)")
-    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated, from bf16,bf16c,int4,ternary (default: bf16,int4,ternary)")
-    p.add_argument("--text", help="UTF-8 text file for perplexity (default: the GNU GPL v3 that Debian's "
-                                  "base-files installs at /usr/share/common-licenses/GPL-3; see ternlm.texts)")
-    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    p.add_argument("--json", dest="json_path", help="write the table as JSON here")
-    p.add_argument("--plot", dest="plot_path", help="write a figure here (PNG/SVG/PDF; needs matplotlib)")
-    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill speed")
-    p.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded for decode speed")
-    p.add_argument("--ppl-tokens", type=int, default=1024, help="score at most this many tokens")
-    p.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
-    p.add_argument("--stride", type=int, default=256, help="perplexity stride (tokens)")
-    p.add_argument("--repeats", type=int, default=3, help="speed runs per format (best is kept)")
-    p.add_argument("--refresh-bandwidth", action="store_true", help="measure the read bandwidth again")
-    p.add_argument("--bandwidth", type=float, default=None,
-                   help="use this read bandwidth (GB/s) instead of measuring it")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    return p
-
-
-def _default_model_path():
-    from .. import default_model
-    for name in ("default_model_path", "ensure_default_model", "default_model"):
-        fn = getattr(default_model, name, None)
-        if callable(fn):
-            return fn()
-    raise RuntimeError("ternlm.default_model has no default_model_path(); pass --model PATH")
-
-
-def run_cli(args) -> int:
-    from pathlib import Path
-    model = args.model or _default_model_path()
-    table = compare(model, formats=args.formats, text=Path(args.text) if args.text else None,
-                    threads=args.threads, prompt_tokens=args.prompt_tokens,
-                    decode_tokens=args.decode_tokens, max_tokens_ppl=args.ppl_tokens,
-                    window=args.window, stride=args.stride, repeats=args.repeats,
-                    bandwidth=args.bandwidth, refresh_bandwidth=args.refresh_bandwidth)
-    print(table.to_markdown() if args.markdown else table)
-    if args.json_path:
-        table.to_json(args.json_path)
-        print(f"wrote {args.json_path}")
-    if args.plot_path:
-        table.plot(args.plot_path)
-        print(f"wrote {args.plot_path}")
-    return 0
-
-
+# ---- CLI: `ternlm compare` is parsed and run by ternlm.cli -------------------------------------------
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run_cli(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-        print(f"ternlm compare: error: {e}", file=sys.stderr)
-        return 2
+    """`ternlm compare ARGS` (ternlm.cli.main(["compare", *argv])); returns the exit status."""
+    from ..cli import main as cli_main
+    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
 
 
 __all__ = ["compare", "main", "FormatError", "FORMATS", "ComparisonTable"]
