@@ -41,9 +41,11 @@ def test_context_beyond_the_trained_positions_warns_and_the_default_stays_within
     with pytest.warns(TernlmWarning, match=rf"context=512 is more than this model's max_position_embeddings=256"):
         m = ternlm.load(folder, context=512, progress=False)
     assert m.context == 512                               # allowed: the caller asked for it
+    with pytest.warns(TernlmWarning, match=r"context=4096 is more than"):
+        assert ternlm.load(folder, progress=False).context == 4096     # the API's default, 4096
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert ternlm.load(folder, progress=False).context == 256      # default: 4096 capped
+        assert ternlm.load(folder, context=None, progress=False).context == 256   # None: 4096 capped
         assert ternlm.load(folder, context=256, progress=False).context == 256
 
 

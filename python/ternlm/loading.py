@@ -1,7 +1,7 @@
 """ternlm.load: a checkpoint on disk -> its matrices in the chosen formats -> the C++
 engine -> a Model (model.py).
 
-    m = ternlm.load(path, weights=None, threads=None, context=None, head=None, kv_dtype="f32")
+    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32")
 
 The steps, each usable alone (the CLI's convert and the tests use them):
     read_checkpoint(path)               Hugging Face folder / GGUF file / ternlm folder -> Checkpoint
@@ -155,13 +155,13 @@ class EngineWeights(Mapping):
 DEFAULT_CONTEXT = 4096
 
 
-def load(path, weights=None, threads=None, context=None, head=None, progress=True,
+def load(path, weights=None, threads=None, context=DEFAULT_CONTEXT, head=None, progress=True,
          kv_dtype="f32") -> Model:
     """Load a model from a Hugging Face folder, a GGUF file or a folder written by
     Model.save, converting its matrices to `weights` (see the module docstring for the
     formats and the hybrid embed/lm_head policy). threads=None uses all cores (more
     threads than cores is a TernlmWarning: they would share cores and run slower).
-    context: the KV-cache length in tokens; None = DEFAULT_CONTEXT (4096), or the model's
+    context: the KV-cache length in tokens (default 4096); None = 4096 or the model's
     max_position_embeddings if that is smaller; a larger context than the model was
     trained for is allowed with a TernlmWarning. kv_dtype "f32" | "f16": the KV cache's
     element type. progress: a bar over the tensors where a person watches."""

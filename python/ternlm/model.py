@@ -1,7 +1,7 @@
 """The Model API: a loaded model's generation, scoring and saving. ternlm.load
 (loading.py, which documents the weight formats and load options) builds it.
 
-    m = ternlm.load(path, weights=None, threads=None, context=None, head=None, kv_dtype="f32")
+    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32")
     m.generate(prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None) -> str
     m.stream(prompt, **same) -> iterator of text pieces
