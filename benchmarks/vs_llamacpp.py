@@ -6,7 +6,7 @@ and each format's decode roofline. See benchmarks/README.md.
         --threads 1,2 --reps 3 --json bench.json
 
 Models:
-  bitnet   random BitNet b1.58 weights of the 2B-4T shape (bench_models.py), written once per
+  bitnet   random BitNet b1.58 weights of the 2B-4T shape (ternlm.synthetic), written once per
            seed into --workdir: an HF BitNet folder (ternlm's input, converted once per ternlm
            format and saved as a ternlm folder) and GGUF files in TQ2_0, TQ1_0, Q4_0, F16
            (write_gguf.py). The same matrices W = s * T in every file.
@@ -39,7 +39,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_models import SHAPES, prompt_ids, write_hf_bitnet_folder  # noqa: E402
+from ternlm.synthetic import SHAPES, model_config, write_synthetic_bitnet  # noqa: E402
 
 # ternlm variants of the bitnet model: key -> (label, weights, head)
 TERNLM_BITNET = {
@@ -60,7 +60,14 @@ TERNLM_SMOL = {"int4": ("int4 (Q4_1 imported, bf16 head)", "int4", None),
                "int4-int4head": ("int4 (Q4_1 imported, int4 head)", "int4", "int4"),
                "bf16": ("bf16", "bf16", None)}
 SMOL_PAIRS = [("int4", "Q4_1"), ("int4-int4head", "Q4_1"), ("bf16", "F16"), ("bf16", "BF16")]
-WORKDIR_VERSION = 1
+WORKDIR_VERSION = 2
+
+
+def prompt_ids(vocab: int, seed: int, n: int) -> list:
+    """n pseudo-random token ids in [3, vocab) (the same for every engine)."""
+    import numpy as np
+    rng = np.random.default_rng([int(seed), 77])
+    return [int(i) for i in rng.integers(3, vocab, size=n)]
 
 
 def log(msg):
@@ -106,13 +113,15 @@ def run_worker(request: dict, timeout: float) -> dict:
         return {"error": "Crash", "message": f"worker exited with {proc.returncode}: {proc.stdout[-2000:]}"}
 
 
-def prepare_bitnet(args, shape) -> dict:
-    """Write (or reuse) the bitnet model files; returns {"hf", "gguf": {fmt: path}, "ternlm": {key: spec}}."""
+def prepare_bitnet(args, shape: dict) -> dict:
+    """Write (or reuse) the bitnet model files of `shape` (a dict like ternlm.synthetic.SHAPES'
+    values); returns {"hf", "gguf": {fmt: path}, "ternlm": {key: spec}}."""
     from write_gguf import write_bitnet_gguf
-    folder = os.path.join(args.workdir, f"bitnet-{shape.name}-{shape.layers}l-seed{args.seed}")
+    layers = shape["num_hidden_layers"]
+    folder = os.path.join(args.workdir, f"{args.shape}-{layers}l-seed{args.seed}")
     os.makedirs(folder, exist_ok=True)
     manifest_path = os.path.join(folder, "manifest.json")
-    manifest = {"version": WORKDIR_VERSION, "shape": shape.to_dict(), "seed": args.seed}
+    manifest = {"version": WORKDIR_VERSION, "shape": shape, "seed": args.seed}
     old = None
     if os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8") as f:
@@ -129,7 +138,7 @@ def prepare_bitnet(args, shape) -> dict:
         log(f"writing {hf}")
         tmp = hf + ".part"
         shutil.rmtree(tmp, ignore_errors=True)
-        write_hf_bitnet_folder(tmp, shape, args.seed)
+        write_synthetic_bitnet(tmp, shape, args.seed)
         os.replace(tmp, hf)
     out["hf"] = hf
     if "llama.cpp" in args.engines:
@@ -353,7 +362,7 @@ def parse_args(argv):
     ap.add_argument("--decode", type=int, default=None, help="decoded tokens (default 64, quick 8)")
     ap.add_argument("--warmup", type=int, default=32, help="prompt tokens of the untimed warm-up run")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 layers, short prompt, 1 rep, small probe")
-    ap.add_argument("--shape", default="2b4t", choices=list(SHAPES), help="bitnet model shape")
+    ap.add_argument("--shape", default="bitnet-2b", choices=list(SHAPES), help="bitnet model shape")
     ap.add_argument("--layers", type=int, default=None, help="override the layer count of --shape")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gguf-formats", default="TQ2_0,TQ1_0,Q4_0,F16", help="llama.cpp formats of the bitnet model")
@@ -407,19 +416,20 @@ def main(argv=None) -> int:
     # Files first (writing them is slow and noisy), then the bandwidth, then the runs.
     work = []          # (name, description, files, ternlm labels, pairs, prompt ids, shape dict)
     if "bitnet" in args.models:
-        shape = SHAPES[args.shape]
+        shape = dict(SHAPES[args.shape])
         if args.layers:
-            shape = shape.with_layers(args.layers)
-        desc = (f"BitNet b1.58 {shape.name} shape, random ternary weights (hidden {shape.hidden}, ffn {shape.ffn}, "
-                f"{shape.layers} layers, {shape.heads}/{shape.kv_heads} heads, vocab {shape.vocab}, tied)")
+            shape["num_hidden_layers"] = args.layers
+        c = model_config(shape)
+        desc = (f"BitNet b1.58 {args.shape} shape, random ternary weights (hidden {c.hidden_size}, "
+                f"ffn {c.intermediate_size}, {c.num_layers} layers, {c.num_heads}/{c.num_kv_heads} heads, "
+                f"vocab {c.vocab_size}, tied)")
         work.append(("bitnet", desc, prepare_bitnet(args, shape), TERNLM_BITNET, BITNET_PAIRS,
-                     prompt_ids(shape, args.seed, args.prompt), shape.to_dict()))
+                     prompt_ids(c.vocab_size, args.seed, args.prompt), dict(shape, name=args.shape)))
     if "smollm2" in args.models:
         import gguf
-        from bench_models import Shape
         files = prepare_smollm2(args)
         vocab = len(gguf.GGUFReader(files["source"]).get_field("tokenizer.ggml.tokens").data)
-        ids = prompt_ids(Shape("smollm2", 0, 0, 0, 1, 1, vocab), args.seed, args.prompt)
+        ids = prompt_ids(vocab, args.seed, args.prompt)
         work.append(("smollm2", f"SmolLM2-135M-Instruct (default model, {os.path.basename(files['source'])})",
                      files, TERNLM_SMOL, SMOL_PAIRS, ids, None))
     if args.prepare_only:

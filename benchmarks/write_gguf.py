@@ -1,15 +1,16 @@
 """GGUF files for the side-by-side benchmark (gguf package; no llama.cpp tools needed).
 
-1. The random BitNet model of bench_models.py, llama.cpp architecture "bitnet", with the
+1. The random BitNet model of ternlm.synthetic, llama.cpp architecture "bitnet", with the
    layer matrices W = s * T in one of TQ2_0, TQ1_0, Q4_0, F16, BF16. The token embedding
    (tied: also the output head) is F16 for every format but BF16 (where it is BF16), the
    same bytes per head row as ternlm's bf16 head. Norms are F32. No `.scale` tensors: the
    per-tensor scale is folded into the weights (a TQ block scale is then exactly s), so
-   llama.cpp multiplies the same matrices as ternlm.
+   llama.cpp multiplies the same matrices as ternlm reads from write_synthetic_bitnet's
+   folder with the same shape and seed.
 2. A dequantized copy of an existing GGUF (e.g. the default SmolLM2 Q4_1 file) with every
    quantized matrix turned into F16 or BF16 and all metadata kept.
 
-    python benchmarks/write_gguf.py bitnet OUT.gguf --format TQ2_0 [--shape 2b4t] [--layers N] [--seed 0]
+    python benchmarks/write_gguf.py bitnet OUT.gguf --format TQ2_0 [--shape bitnet-2b] [--layers N] [--seed 0]
     python benchmarks/write_gguf.py dequantize IN.gguf OUT.gguf --format F16
 
 llama.cpp needs a vocabulary; the bitnet files carry a SentencePiece-style ("llama") one:
@@ -27,8 +28,8 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import quantize, dequantize
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import SHAPES, Shape, embedding_rows, tensor_specs, ternary_matrix  # noqa: E402
+from ternlm import schema
+from ternlm.synthetic import SHAPES, embedding_rows, model_config, ternary_matrix
 
 LAYER_FORMATS = {"TQ2_0": QT.TQ2_0, "TQ1_0": QT.TQ1_0, "Q4_0": QT.Q4_0, "F16": QT.F16, "BF16": QT.BF16}
 # llama_ftype numbers for general.file_type (llama.h)
@@ -74,51 +75,47 @@ def _add_spm_vocab(writer, vocab: int):
     writer.add_add_bos_token(False)
 
 
-def write_bitnet_gguf(path: str, shape: Shape, fmt: str, seed: int = 0) -> str:
-    """The bench_models random BitNet model as one GGUF file with layer matrices in `fmt`."""
+def write_bitnet_gguf(path: str, shape, fmt: str, seed: int = 0) -> str:
+    """The ternlm.synthetic random BitNet model of `shape` (a name in SHAPES or a dict like
+    its values) and `seed` as one GGUF file with layer matrices in `fmt`."""
     if fmt not in LAYER_FORMATS:
         raise ValueError(f"format {fmt!r}: choose one of {', '.join(LAYER_FORMATS)}")
     qtype = LAYER_FORMATS[fmt]
     embed_type = QT.BF16 if fmt == "BF16" else QT.F16
+    cfg = model_config(shape)
     tmp = path + ".part"
     w = gguf.GGUFWriter(tmp, "bitnet")
-    w.add_name(f"ternlm-bench-{shape.name}-{shape.layers}l-seed{seed}-{fmt}")
+    w.add_name(f"ternlm-synthetic-bitnet-h{cfg.hidden_size}-{cfg.num_layers}l-seed{seed}-{fmt}")
     w.add_file_type(FILE_TYPES[fmt])
-    w.add_context_length(4096)
-    w.add_embedding_length(shape.hidden)
-    w.add_block_count(shape.layers)
-    w.add_feed_forward_length(shape.ffn)
-    w.add_head_count(shape.heads)
-    w.add_head_count_kv(shape.kv_heads)
-    w.add_layer_norm_rms_eps(shape.rms_eps)
-    w.add_rope_freq_base(shape.rope_theta)
-    w.add_rope_dimension_count(shape.head_dim)
-    w.add_vocab_size(shape.vocab)
-    _add_spm_vocab(w, shape.vocab)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_heads)
+    w.add_head_count_kv(cfg.num_kv_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_vocab_size(cfg.vocab_size)
+    _add_spm_vocab(w, cfg.vocab_size)
 
     # Declare every tensor first (header + tensor infos), then stream the data in that order.
     # Names and shapes from ternlm's tensor schema (llama.cpp's "bitnet" names).
-    plan = []
-    for t in tensor_specs(shape):
-        if t.role == "embedding":
-            plan.append((t.gguf_name, t.shape, embed_type, ("embed",)))
-        elif t.is_norm:
-            plan.append((t.gguf_name, t.shape, QT.F32, ("ones",)))
-        else:
-            plan.append((t.gguf_name, t.shape, qtype, ("matrix", t.layer, t.kind)))
-    for name, shp, qt, _ in plan:
-        _tensor_info(w, name, shp, qt)
+    plan = [(t, embed_type if t.role == "embedding" else QT.F32 if t.is_norm else qtype)
+            for t in schema.specs(cfg)]
+    for t, qt in plan:
+        _tensor_info(w, t.gguf_name, t.shape, qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for name, shp, qt, src in plan:
-        if src[0] == "embed":
-            data = _encode(embedding_rows(shape, seed, 0, shape.vocab), qt)
-        elif src[0] == "ones":
-            data = np.ones(shp, dtype=np.float32)
+    for t, qt in plan:
+        if t.role == "embedding":
+            data = _encode(embedding_rows(cfg, seed, 0, cfg.vocab_size), qt)
+        elif t.is_norm:
+            data = np.ones(t.shape, dtype=np.float32)
         else:
-            t, s = ternary_matrix(shape, seed, src[1], src[2])
-            data = _encode(t.astype(np.float32) * np.float32(s), qt)
+            tern, s = ternary_matrix(t, seed)
+            data = _encode(tern.astype(np.float32) * np.float32(s), qt)
         w.write_tensor_data(data)
     w.close()
     os.replace(tmp, path)
@@ -173,7 +170,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("bitnet", help="the random BitNet benchmark model")
     b.add_argument("out")
     b.add_argument("--format", default="TQ2_0", choices=list(LAYER_FORMATS))
-    b.add_argument("--shape", default="2b4t", choices=list(SHAPES))
+    b.add_argument("--shape", default="bitnet-2b", choices=list(SHAPES))
     b.add_argument("--layers", type=int, default=None)
     b.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("dequantize", help="a GGUF file with its quantized matrices in F16/BF16")
@@ -182,9 +179,7 @@ def main(argv=None) -> int:
     d.add_argument("--format", default="F16", choices=["F16", "BF16"])
     args = ap.parse_args(argv)
     if args.cmd == "bitnet":
-        shape = SHAPES[args.shape]
-        if args.layers:
-            shape = shape.with_layers(args.layers)
+        shape = dict(SHAPES[args.shape], num_hidden_layers=args.layers) if args.layers else args.shape
         write_bitnet_gguf(args.out, shape, args.format, args.seed)
     else:
         write_dequantized_gguf(args.src, args.out, args.format)

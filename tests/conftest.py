@@ -181,19 +181,6 @@ def llama_folders(tmp_path_factory):
 BITNET_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def pack_ternary_rows(t):
-    """int8 {-1,0,1} [out, in] -> uint8 [ceil(out/4), in]: row i*P + p in bits 2i..2i+1 of
-    packed row p, as value + 1 (transformers/integrations/bitnet.py layout)."""
-    out_rows = t.shape[0]
-    p = (out_rows + 3) // 4
-    padded = np.zeros((4 * p, t.shape[1]), dtype=np.uint8)
-    padded[:out_rows] = (t + 1).astype(np.uint8)
-    packed = np.zeros((p, t.shape[1]), dtype=np.uint8)
-    for i in range(4):
-        packed |= padded[i * p:(i + 1) * p] << (2 * i)
-    return packed
-
-
 def absmean_ternary(w):
     """BitNet weight quantization (transformers' WeightQuant): T and s_w = 1/mean|W|."""
     w = np.asarray(w, dtype=np.float32)
@@ -216,6 +203,7 @@ def write_bitnet(folder, quant, seed=0, tie=False):
     import torch
     from safetensors.torch import save_file
     from transformers import BitNetConfig, BitNetForCausalLM, GenerationConfig
+    from ternlm.io.hf import pack_bitnet_weight
     fast = save_tokenizer(folder, "bytelevel")
     cfg = BitNetConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -230,7 +218,7 @@ def write_bitnet(folder, quant, seed=0, tie=False):
         for key in list(state):
             if key.rsplit(".", 2)[-2] in BITNET_LINEARS:
                 t, s_w = absmean_ternary(state[key].float().numpy())
-                state[key] = torch.from_numpy(pack_ternary_rows(t))
+                state[key] = torch.from_numpy(pack_bitnet_weight(t))
                 ws = s_w if quant["linear_class"] == "bitlinear" else np.float32(1.0) / s_w
                 state[key[:-len("weight")] + "weight_scale"] = torch.tensor([ws], dtype=torch.bfloat16)
     save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})

@@ -16,7 +16,7 @@ import ternlm.schema
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 gguf = pytest.importorskip("gguf")
-from bench_models import SHAPES, embedding_rows, ternary_matrix, write_hf_bitnet_folder  # noqa: E402
+from ternlm.synthetic import embedding_rows, model_config, ternary_matrix, write_synthetic_bitnet  # noqa: E402
 from write_gguf import write_bitnet_gguf, write_dequantized_gguf  # noqa: E402
 
 try:
@@ -25,7 +25,11 @@ try:
 except ImportError:
     HAVE_LLAMA_CPP = False
 
-TINY = SHAPES["tiny"]
+TINY = model_config("tiny")
+
+
+def matrix_spec(name):
+    return ternlm.schema.by_name(TINY)[name]
 
 
 def gguf_matrices(path) -> dict:
@@ -41,8 +45,8 @@ def gguf_matrices(path) -> dict:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    hf = write_hf_bitnet_folder(str(folder / "hf"), TINY, seed=3)
-    ggufs = {fmt: write_bitnet_gguf(str(folder / f"{fmt}.gguf"), TINY, fmt, seed=3)
+    hf = write_synthetic_bitnet(str(folder / "hf"), "tiny", seed=3)
+    ggufs = {fmt: write_bitnet_gguf(str(folder / f"{fmt}.gguf"), "tiny", fmt, seed=3)
              for fmt in ("TQ2_0", "TQ1_0", "Q4_0", "F16", "BF16")}
     return hf, ggufs
 
@@ -54,19 +58,19 @@ def test_gguf_layers_equal_ternlm_hf_folder_exactly(files, fmt):
     ck = load_hf_folder(hf)
     g = gguf_matrices(ggufs[fmt])
     layer_matrices = [s for s in ternlm.schema.specs(ck.config) if s.role == "matrix"]
-    assert len(layer_matrices) == 7 * TINY.layers
+    assert len(layer_matrices) == 7 * TINY.num_layers
     for spec in layer_matrices:
         ours = ck.tensors[spec.name]
         assert ours.format == "ternary"
         np.testing.assert_array_equal(g[spec.gguf_name], ours.dequantize(), err_msg=f"{fmt} {spec.name}")
     np.testing.assert_array_equal(g["token_embd.weight"], ck.tensors["embed"])
-    np.testing.assert_array_equal(g["output_norm.weight"], np.ones(TINY.hidden, np.float32))
+    np.testing.assert_array_equal(g["output_norm.weight"], np.ones(TINY.hidden_size, np.float32))
 
 
 def test_q4_0_gguf_is_the_same_matrices_within_4bit_error(files):
     _, ggufs = files
     g = gguf_matrices(ggufs["Q4_0"])
-    t, s = ternary_matrix(TINY, 3, 1, "gate")
+    t, s = ternary_matrix(matrix_spec("layers.1.gate"), 3)
     w = t.astype(np.float32) * np.float32(s)
     err = np.abs(g["blk.1.ffn_gate.weight"] - w)
     assert err.max() <= s / 8 * 1.01        # 4-bit symmetric blocks: step max|w| / 8
@@ -74,13 +78,14 @@ def test_q4_0_gguf_is_the_same_matrices_within_4bit_error(files):
 
 
 def test_ternary_generator_is_deterministic_and_ternary():
-    t1, s1 = ternary_matrix(TINY, 5, 0, "down")
-    t2, s2 = ternary_matrix(TINY, 5, 0, "down")
-    t3, _ = ternary_matrix(TINY, 6, 0, "down")
+    t1, s1 = ternary_matrix(matrix_spec("layers.0.down"), 5)
+    t2, s2 = ternary_matrix(matrix_spec("layers.0.down"), 5)
+    t3, _ = ternary_matrix(matrix_spec("layers.0.down"), 6)
     np.testing.assert_array_equal(t1, t2)
     assert s1 == s2 and not np.array_equal(t1, t3)
-    assert set(np.unique(t1)) == {-1, 0, 1} and t1.shape == (TINY.hidden, TINY.ffn)
-    np.testing.assert_array_equal(embedding_rows(TINY, 5, 100, 200), embedding_rows(TINY, 5, 0, TINY.vocab)[100:200])
+    assert set(np.unique(t1)) == {-1, 0, 1} and t1.shape == (TINY.hidden_size, TINY.intermediate_size)
+    np.testing.assert_array_equal(embedding_rows(TINY, 5, 100, 200),
+                                  embedding_rows(TINY, 5, 0, TINY.vocab_size)[100:200])
 
 
 def test_dequantized_copy_keeps_metadata_and_dequantizes(files, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ternlm
+import ternlm.schema
 from ternlm.synthetic import SHAPES, write_synthetic_bitnet
 
 
@@ -39,3 +40,16 @@ def test_synthetic_writer_refuses_an_existing_model(tmp_path):
         write_synthetic_bitnet(folder, "tiny")
     with pytest.raises(ValueError, match="unknown synthetic shape"):
         write_synthetic_bitnet(tmp_path / "x", "huge")
+
+
+def test_folder_holds_the_generators_values(tmp_path):
+    from ternlm.io.hf import load_hf_folder
+    from ternlm.synthetic import embedding_rows, model_config, ternary_matrix
+    folder = write_synthetic_bitnet(tmp_path / "tiny", "tiny", seed=4)
+    ck = load_hf_folder(folder)
+    assert ck.config == model_config("tiny")
+    for spec in ternlm.schema.specs(ck.config):
+        if spec.role == "matrix":
+            t, s = ternary_matrix(spec, 4)
+            np.testing.assert_array_equal(ck.tensors[spec.name].dequantize(), t.astype(np.float32) * np.float32(s))
+    np.testing.assert_array_equal(np.asarray(ck.tensors["embed"]), embedding_rows(ck.config, 4, 0, 1024))

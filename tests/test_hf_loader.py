@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import ternlm
-from conftest import BITNET_LINEARS, absmean_ternary, hf_reference, pack_ternary_rows
+from conftest import BITNET_LINEARS, absmean_ternary, hf_reference
 
-from ternlm.io.hf import config_from_hf, load_hf_folder, read_ternary, unpack_bitnet_weight
+from ternlm.io.hf import config_from_hf, load_hf_folder, pack_bitnet_weight, read_ternary, unpack_bitnet_weight
 from ternlm.io.safetensors import SafetensorsFolder
 
 TINYLLAMA = {"architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
@@ -81,13 +81,13 @@ def test_unpack_matches_transformers_unpack_weights():
     for rows in (8, 64, 40):
         t = rng.integers(-1, 2, (rows, 24)).astype(np.int8)
         packed_ref = pack_weights(torch.from_numpy(t.copy()).to(torch.int8)).numpy()
-        packed = pack_ternary_rows(t)
+        packed = pack_bitnet_weight(t)
         np.testing.assert_array_equal(packed, packed_ref)
         ref = unpack_weights(torch.from_numpy(packed), dtype=torch.float32).numpy()
         np.testing.assert_array_equal(unpack_bitnet_weight(packed, rows), ref.astype(np.int8))
     # rows not a multiple of 4: our packer pads, the unpacker trims
     t = rng.integers(-1, 2, (10, 8)).astype(np.int8)
-    np.testing.assert_array_equal(unpack_bitnet_weight(pack_ternary_rows(t), 10), t)
+    np.testing.assert_array_equal(unpack_bitnet_weight(pack_bitnet_weight(t), 10), t)
 
 
 def test_unpack_rejects_bad_codes_and_shapes():

@@ -9,7 +9,8 @@ from safetensors.numpy import load_file as ref_load
 from safetensors.torch import save_file as ref_save_torch
 
 from ternlm.io.safetensors import (SafetensorsError, SafetensorsFile, SafetensorsFolder,
-                                   bf16_bits_to_float32, float32_to_bf16_bits, save_safetensors)
+                                   SafetensorsWriter, bf16_bits_to_float32, float32_to_bf16_bits,
+                                   save_safetensors)
 
 
 def _write_raw(path, header: dict, data: bytes):
@@ -124,3 +125,38 @@ def test_sharded_folder_and_missing_shard(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(SafetensorsError, match="'zz'.*s1.safetensors"):
         SafetensorsFolder(tmp_path)
+
+
+def test_streaming_writer_takes_tensors_whole_or_in_row_blocks(tmp_path):
+    emb = np.arange(40, dtype=np.uint16).reshape(10, 4)
+    p = tmp_path / "s.safetensors"
+    with SafetensorsWriter(p, [("emb", "BF16", (10, 4)), ("w", "U8", (2, 3)), ("none", "F32", (0,))],
+                           metadata={"format": "pt"}) as w:
+        for begin in range(0, 10, 4):                  # blocks of 4, 4, 2 rows
+            w.write("emb", emb[begin:begin + 4])
+        w.write("w", np.ones((2, 3), np.uint8))
+        w.write("none", np.zeros(0, np.float32))
+    f = SafetensorsFile(p)
+    assert f.metadata == {"format": "pt"} and f.keys() == ["emb", "w", "none"]
+    np.testing.assert_array_equal(f.raw("emb"), emb)
+    import torch
+    from safetensors.torch import load_file
+    ref = load_file(str(p))                            # the reference library reads it too
+    np.testing.assert_array_equal(ref["emb"].view(torch.int16).numpy().view(np.uint16), emb)
+    np.testing.assert_array_equal(ref["w"].numpy(), np.ones((2, 3), np.uint8))
+
+
+def test_streaming_writer_refuses_out_of_order_wrong_shape_and_missing_tensors(tmp_path):
+    entries = [("a", "F32", (4, 2)), ("b", "F32", (3,))]
+    with pytest.raises(ValueError, match="expected .* tensor 'a'"):
+        with SafetensorsWriter(tmp_path / "1.safetensors", entries) as w:
+            w.write("b", np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="'a' F32 \\[4, 2\\]"):
+        with SafetensorsWriter(tmp_path / "2.safetensors", entries) as w:
+            w.write("a", np.zeros((2, 3), np.float32))       # not a block of [*, 2] rows
+    with pytest.raises(ValueError, match="'a' F32 \\[4, 2\\]"):
+        with SafetensorsWriter(tmp_path / "3.safetensors", entries) as w:
+            w.write("a", np.zeros((5, 2), np.float32))       # more rows than declared
+    with pytest.raises(ValueError, match="'b' and those after it were declared but not written"):
+        with SafetensorsWriter(tmp_path / "4.safetensors", entries) as w:
+            w.write("a", np.zeros((4, 2), np.float32))

@@ -147,6 +147,24 @@ def unpack_bitnet_weight(packed: np.ndarray, out_rows: int, where: str = "") -> 
     return t
 
 
+def pack_bitnet_weight(t: np.ndarray) -> np.ndarray:
+    """int8 [out_rows, in] in {-1, 0, 1} -> uint8 [ceil(out_rows/4), in], the inverse of
+    unpack_bitnet_weight: row i*P + p goes to bits 2i..2i+1 of packed row p as value + 1;
+    the padding rows past out_rows hold 0 (code 1)."""
+    t = np.asarray(t)
+    if t.ndim != 2 or (t.size and (t.min() < -1 or t.max() > 1)):
+        raise ValueError(f"a BitNet weight to pack must be 2-D and ternary ({{-1, 0, 1}}), "
+                         f"got {t.dtype} {t.shape}")
+    out_rows, cols = t.shape
+    p = (out_rows + 3) // 4
+    codes = np.ones((4 * p, cols), dtype=np.uint8)
+    codes[:out_rows] = t + 1
+    packed = codes[:p].copy()
+    for i in range(1, 4):
+        packed |= codes[i * p:(i + 1) * p] << np.uint8(2 * i)
+    return packed
+
+
 def bitnet_row_multiplier(weight_scale: float, quant: dict) -> float:
     """The float that multiplies int_dot(q, T) / s_x for one matrix (see module docstring)."""
     if quant["linear_class"] == "bitlinear":

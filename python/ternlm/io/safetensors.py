@@ -266,37 +266,95 @@ class SafetensorsFolder:
         return self.file_of(name).to_float32(name)
 
 
+class SafetensorsWriter:
+    """A safetensors file written tensor by tensor, for files larger than memory: the header
+    is fixed up front from (name, dtype, shape) entries, then each tensor's data is appended
+    in that order, whole or as consecutive slices along its first axis (a [vocab, hidden]
+    embedding can come a block of rows at a time). close() checks that every byte came.
+
+        with SafetensorsWriter(path, [("w", "U8", (2, 8)), ("s", "BF16", (1,))]) as w:
+            w.write("w", packed)
+            w.write("s", scale_bits)
+
+    The layout is save_safetensors's: tensors contiguous in declaration order, the header
+    space-padded to a multiple of 8."""
+
+    def __init__(self, path, entries: list, metadata: dict | None = None):
+        self.path = os.fspath(path)
+        header, self._entries, offset = {}, [], 0
+        if metadata:
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+                raise ValueError(f"{self.path}: safetensors metadata must map str to str")
+            header["__metadata__"] = metadata
+        for name, dtype, shape in entries:
+            if dtype not in DTYPES:
+                raise ValueError(f"{self.path}: tensor {name!r}: unknown safetensors dtype {dtype!r}")
+            shape = tuple(int(d) for d in shape)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._entries.append((name, dtype, shape, nbytes))
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)
+        self._next, self._done = 0, 0       # entry being written, its bytes written so far
+        self._f = open(self.path, "wb")
+        self._f.write(struct.pack("<Q", len(blob)))
+        self._f.write(blob)
+
+    def write(self, name: str, arr: np.ndarray) -> None:
+        """Append `arr` (the whole of tensor `name`, or its next slice along axis 0)."""
+        if self._next >= len(self._entries):
+            raise ValueError(f"{self.path}: tensor {name!r} written after all declared tensors")
+        want, dtype, shape, nbytes = self._entries[self._next]
+        arr = np.ascontiguousarray(arr)
+        whole = tuple(arr.shape) == shape
+        piece = len(shape) > 0 and arr.ndim == len(shape) and tuple(arr.shape[1:]) == shape[1:]
+        if (name != want or arr.dtype.itemsize != DTYPES[dtype].itemsize or not (whole or piece)
+                or self._done + arr.nbytes > nbytes):
+            raise ValueError(f"{self.path}: expected (the next rows of) tensor {want!r} {dtype} {list(shape)}, "
+                             f"got {name!r} {arr.dtype} {list(arr.shape)}")
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        self._f.write(memoryview(arr.reshape(-1)).cast("B"))
+        self._done += arr.nbytes
+        if self._done == nbytes:
+            self._next, self._done = self._next + 1, 0
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        self._f.close()
+        if self._next < len(self._entries):
+            raise ValueError(f"{self.path}: tensor {self._entries[self._next][0]!r} and those after it "
+                             f"were declared but not written ({self._next} of {len(self._entries)} complete)")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self._f.close()                 # keep the original error, not the incomplete-file one
+
+
 def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
     """Write tensors to `path`. Values are numpy arrays, or ("BF16", uint16 array) pairs for
     bf16 bit patterns. Tensors are laid out contiguously in the given order, as the
     reference implementation requires; the header is space-padded to a multiple of 8."""
-    entries, arrays, offset = {}, [], 0
+    entries, arrays = [], []
     for name, value in tensors.items():
         if isinstance(value, tuple):
             dtype, arr = value
-            arr = np.ascontiguousarray(arr)
+            arr = np.asarray(arr)
             if DTYPES.get(dtype) is None or arr.dtype.itemsize != DTYPES[dtype].itemsize:
                 raise ValueError(f"{path}: tensor {name!r}: array {arr.dtype} cannot be stored as {dtype}")
         else:
-            arr = np.ascontiguousarray(value)
+            arr = np.asarray(value)
             dtype = _NUMPY_TO_DTYPE.get(arr.dtype)
             if dtype is None:
                 raise ValueError(f"{path}: tensor {name!r}: numpy dtype {arr.dtype} has no safetensors dtype")
-        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-        entries[name] = {"dtype": dtype, "shape": list(arr.shape),
-                         "data_offsets": [offset, offset + arr.nbytes]}
-        arrays.append(arr)
-        offset += arr.nbytes
-    header = {}
-    if metadata:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise ValueError(f"{path}: safetensors metadata must map str to str")
-        header["__metadata__"] = metadata
-    header.update(entries)
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for arr in arrays:
-            f.write(memoryview(arr.reshape(-1)).cast("B"))
+        entries.append((name, dtype, arr.shape))
+        arrays.append((name, arr))
+    with SafetensorsWriter(path, entries, metadata) as w:
+        for name, arr in arrays:
+            w.write(name, arr)
