@@ -4,6 +4,9 @@
 // generic storage and calls through this table; the kernels' side is the table of
 // kernels/matmul.cc (activation prepare + row kernel per format).
 //
+// The codecs' rows (k<Format>Traits at the end of each formats/<format>.cc) look alike by
+// design: one initializer per format, in the field order below.
+//
 // Adding a format (an 8-bit head comes next) touches: its WeightFormat value, its codec
 // file (and layout header), one row of kFormatTraits, and its row of kernels/matmul.cc.
 #pragma once

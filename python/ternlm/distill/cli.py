@@ -6,8 +6,9 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
+
+from ..cli import _positive_int  # one rule for counts in every subcommand
 
 DESCRIPTION = (
     "Make a ternary (BitNet b1.58) model from --teacher by quantization-aware distillation: a student of "
@@ -16,13 +17,6 @@ DESCRIPTION = (
     "samples itself. Writes a Hugging Face folder (the teacher's architecture + quantization_config "
     "bitnet) that transformers and ternlm both load. Needs PyTorch: pip install 'ternlm[train]'. "
     "Runs on CUDA when present (bf16 autocast), else on the CPU.")
-
-
-def _positive_int(s):
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
-    return v
 
 
 def add_parser(sub):

@@ -95,7 +95,10 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(cfg) -> torch.Tensor:
-    """Per-pair rotation frequencies (Hugging Face's default and "llama3" rope types)."""
+    """Per-pair rotation frequencies (Hugging Face's default and "llama3" rope types).
+    Written again here, beside the engine's C++ RopeInverseFrequencies and the tests' numpy
+    reference, because the student must run where neither the core nor the tests are (a
+    torch-only GPU machine)."""
     d = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
     s = cfg.rope_scaling

@@ -142,7 +142,7 @@ class SafetensorsFile:
                 raise SafetensorsError(
                     f"{self.path}: tensors {n0!r} [{b0}, {e0}) and {n1!r} [{b1}, {e1}) overlap")
 
-    # ---- access -------------------------------------------------------------------
+    # ---- access (SafetensorsFolder offers the same names, so readers take either) -----
     def keys(self) -> list:
         return list(self._infos)
 
