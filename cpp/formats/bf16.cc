@@ -29,9 +29,15 @@ void BF16Buffers(const QuantizedMatrix& m, std::vector<BufferView>* out) {
   out->push_back({"weight", "uint16", BF16DataBytes(m.rows(), m.padded_cols(), 0) / 2, m.data()});
 }
 
-void BF16FromBuffers(QuantizedMatrix& m, StoredBuffers& in) {
-  const size_t n = BF16DataBytes(m.rows(), m.padded_cols(), 0) / 2;
-  std::memcpy(m.mutable_data(), in.Take("weight", "uint16", n), n * 2);
+// The same Inf/NaN check as FromBF16, over every stored word (padding included: a NaN
+// there would reach the sums through a zero activation).
+QuantizedMatrix BF16FromBuffers(size_t rows, size_t cols, int, StoredBuffers& in) {
+  const size_t n = BF16DataBytes(rows, BF16PaddedCols(cols), 0) / 2;
+  const void* weight = in.Take("weight", "uint16", n);
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kBF16, rows, cols, 0);
+  std::memcpy(m.mutable_data(), weight, n * 2);
+  CheckBF16Finite("from_buffers: buffer 'weight' holds", Words(m), n);
+  return m;
 }
 
 void BF16Quantize(QuantizedMatrix& m, const float* w) {

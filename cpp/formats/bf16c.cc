@@ -139,16 +139,21 @@ void BF16CBuffers(const QuantizedMatrix& m, std::vector<BufferView>* out) {
 
 // Every value is checked: tables free of the Inf/NaN exponent range, exception lists
 // sorted, inside their row, finite, and at positions the tiles store as zero.
-void BF16CFromBuffers(QuantizedMatrix& m, StoredBuffers& in) {
-  const size_t rows = m.rows(), cols = m.cols(), tb = BF16CTileBytes(m.padded_cols()), tiles = TileCount(rows);
-  std::memcpy(m.mutable_data(), in.Take("tiles", "uint8", tiles * tb), tiles * tb);
+// The tiles and row pointers are taken (counts checked) before the matrix is allocated;
+// the exception lists are taken, at the count the row pointers give, before theirs are.
+QuantizedMatrix BF16CFromBuffers(size_t rows, size_t cols, int, StoredBuffers& in) {
+  const size_t tb = BF16CTileBytes(BF16CPaddedCols(cols)), tiles = TileCount(rows);
+  const void* tile_data = in.Take("tiles", "uint8", tiles * tb);
+  const void* row_ptr_data = in.Take("exc_row_ptr", "uint32", rows + 1);
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kBF16C, rows, cols, 0);
+  std::memcpy(m.mutable_data(), tile_data, tiles * tb);
   for (size_t t = 0; t < tiles; ++t)
     for (size_t k = 0; k < 16; ++k)
       if ((m.data()[t * tb + k] & 0x7F) == 0x7F)
         throw std::invalid_argument("from_buffers: buffer 'tiles': tile " + std::to_string(t) + " table entry " +
                                     std::to_string(k) + " is " + std::to_string(m.data()[t * tb + k]) +
                                     " (0x7F / 0xFF may not be table entries)");
-  std::memcpy(m.mutable_exc_row_ptr(), in.Take("exc_row_ptr", "uint32", rows + 1), (rows + 1) * 4);
+  std::memcpy(m.mutable_exc_row_ptr(), row_ptr_data, (rows + 1) * 4);
   const uint32_t* ptr = m.exc_row_ptr();
   if (ptr[0] != 0)
     throw std::invalid_argument("from_buffers: buffer 'exc_row_ptr'[0] is " + std::to_string(ptr[0]) + ", expected 0");
@@ -175,6 +180,7 @@ void BF16CFromBuffers(QuantizedMatrix& m, StoredBuffers& in) {
         throw std::invalid_argument("from_buffers: buffer 'tiles' stores a nonzero weight at exception" + at);
     }
   }
+  return m;
 }
 
 void BF16CQuantize(QuantizedMatrix& m, const float* w) {

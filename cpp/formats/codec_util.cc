@@ -33,6 +33,22 @@ void CheckFinite(const float* w, size_t n) {
   }
 }
 
+void CheckFiniteValues(const std::string& what, const float* v, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i]))
+      throw std::invalid_argument(what + "[" + std::to_string(i) + "] is not finite (" + std::to_string(v[i]) + ")");
+}
+
+void CheckHalvesFinite(const std::string& what, const void* halves, size_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(halves);
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, p + 2 * i, 2);
+    if ((h & 0x7C00u) == 0x7C00u)  // all exponent bits set: Inf or NaN
+      throw std::invalid_argument(what + "[" + std::to_string(i) + "] is not finite");
+  }
+}
+
 void CheckCount(const char* name, size_t got, size_t expected) {
   if (got != expected)
     throw std::invalid_argument(std::string("from_buffers: buffer '") + name + "' has " + std::to_string(got) +

@@ -21,6 +21,11 @@ void CheckShape(const char* fn, size_t rows, size_t cols);
 void CheckGroup(const char* fn, size_t cols, int group);
 // "quantize: w has a non-finite value (...) at flat index i".
 void CheckFinite(const float* w, size_t n);
+// "<what>[i] is not finite (...)": float32 values (row multipliers, stored weights).
+void CheckFiniteValues(const std::string& what, const float* v, size_t n);
+// "<what>[i] is not finite": fp16 bit patterns (int4 scales and mins), read with memcpy
+// so that `halves` may be unaligned (a memory-mapped buffer).
+void CheckHalvesFinite(const std::string& what, const void* halves, size_t n);
 
 // memcpy that accepts an empty (possibly null) source.
 inline void CopyBytes(void* dst, const void* src, size_t n) {

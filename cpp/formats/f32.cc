@@ -17,10 +17,13 @@ void F32Buffers(const QuantizedMatrix& m, std::vector<BufferView>* out) {
   out->push_back({"weight", "float32", m.rows() * m.padded_cols(), m.data()});
 }
 
-void F32FromBuffers(QuantizedMatrix& m, StoredBuffers& in) {
-  const size_t n = m.rows() * m.padded_cols();
-  std::memcpy(m.mutable_data(), in.Take("weight", "float32", n), n * 4);
-  CheckFinite(reinterpret_cast<const float*>(m.data()), n);
+QuantizedMatrix F32FromBuffers(size_t rows, size_t cols, int, StoredBuffers& in) {
+  const size_t n = rows * F32PaddedCols(cols);
+  const void* weight = in.Take("weight", "float32", n);
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kF32, rows, cols, 0);
+  std::memcpy(m.mutable_data(), weight, n * 4);
+  CheckFiniteValues("from_buffers: buffer 'weight'", reinterpret_cast<const float*>(m.data()), n);
+  return m;
 }
 
 void F32Quantize(QuantizedMatrix& m, const float* w) {

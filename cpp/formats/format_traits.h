@@ -45,9 +45,12 @@ struct FormatTraits {
   // ---- codec. m is always of this format; shapes and groups are checked by the caller.
   // The stored buffers after "layout_version" (views into m, or converted copies).
   void (*buffers)(const QuantizedMatrix& m, std::vector<BufferView>* out);
-  // Fills m (fresh from Allocate) from stored buffers, taken by name from `in`, and
-  // validates their values; throws std::invalid_argument naming the buffer.
-  void (*from_buffers)(QuantizedMatrix& m, StoredBuffers& in);
+  // A matrix [rows, cols] (shape and group checked by the caller) from stored buffers,
+  // taken by name from `in`. Every buffer is taken, its element count checked against the
+  // shape, before the matrix is allocated, so an edited shape that the buffers do not back
+  // never allocates; values are then validated with the checks the format's constructors
+  // (FromInt4, FromBF16, ...) share. Throws std::invalid_argument naming the buffer.
+  QuantizedMatrix (*from_buffers)(size_t rows, size_t cols, int group, StoredBuffers& in);
   // Fills m (fresh from Allocate) from finite f32 weights [rows, cols].
   void (*quantize)(QuantizedMatrix& m, const float* w);
   // Row r < rows as f32 [cols], exactly as the kernels see it; allocates nothing.

@@ -79,18 +79,24 @@ void Int4Buffers(const QuantizedMatrix& m, std::vector<BufferView>* out) {
   out->push_back({"min", "uint16", ns, mn->data(), mn});
 }
 
-void Int4FromBuffers(QuantizedMatrix& m, StoredBuffers& in) {
-  const size_t nq = NumCodeBytes(m), ns = NumScales(m);
+// The same scale/min check as FromInt4, over every stored value (padding included).
+QuantizedMatrix Int4FromBuffers(size_t rows, size_t cols, int group, StoredBuffers& in) {
+  const size_t pc = Int4PaddedCols(cols), nq = TileCount(rows) * Int4CodeTileBytes(pc);
+  const size_t ns = TileCount(rows) * kTileRows * (pc / size_t(group));
   const uint8_t* q4 = static_cast<const uint8_t*>(in.Take("q4", "uint8", nq));
   const uint8_t* scales = static_cast<const uint8_t*>(in.Take("scale", "uint16", ns));
   const uint8_t* mins = static_cast<const uint8_t*>(in.Take("min", "uint16", ns));
-  const size_t code_bytes = 8 * size_t(m.group_size());
+  CheckHalvesFinite("from_buffers: buffer 'scale'", scales, ns);
+  CheckHalvesFinite("from_buffers: buffer 'min'", mins, ns);
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kInt4, rows, cols, group);
+  const size_t code_bytes = 8 * size_t(group);
   uint8_t* d = m.mutable_data();
   ForEachStoredGroup(m, [&](size_t at, size_t codes, size_t values) {
     std::memcpy(d + at, q4 + codes, code_bytes);
     std::memcpy(d + at + code_bytes, scales + values, 32);
     std::memcpy(d + at + code_bytes + 32, mins + values, 32);
   });
+  return m;
 }
 
 // GGUF Q4_1 numerics, but q is rounded against the fp16-rounded scale and min that are
@@ -163,9 +169,8 @@ QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale, const uint16_t
       throw std::invalid_argument("from_int4: q must be in [0, 15]; got " + std::to_string(q[i]) +
                                   " at flat index " + std::to_string(i));
   const size_t ng = cols / size_t(group);
-  for (size_t i = 0; i < rows * ng; ++i)
-    if (!std::isfinite(F32FromF16(scale[i])) || !std::isfinite(F32FromF16(mins[i])))
-      throw std::invalid_argument("from_int4: scale/min at flat index " + std::to_string(i) + " is not finite");
+  CheckHalvesFinite("from_int4: scale", scale, rows * ng);
+  CheckHalvesFinite("from_int4: min", mins, rows * ng);
   QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kInt4, rows, cols, group);
   for (size_t r = 0; r < rows; ++r) SetInt4Row(m, r, q + r * cols, scale + r * ng, mins + r * ng);
   return m;

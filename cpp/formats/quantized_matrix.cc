@@ -99,8 +99,7 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
   if (version != kLayoutVersion)
     throw std::invalid_argument("from_buffers: layout_version is " + std::to_string(version) + ", expected " +
                                 std::to_string(kLayoutVersion));
-  QuantizedMatrix m = Allocate(f, rows, cols, group);
-  t.from_buffers(m, in);
+  QuantizedMatrix m = t.from_buffers(rows, cols, t.grouped ? group : 0, in);
   in.RejectUnknown();
   return m;
 }

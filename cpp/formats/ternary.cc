@@ -59,10 +59,13 @@ void TernaryBuffers(const QuantizedMatrix& m, std::vector<BufferView>* out) {
   out->push_back({"row_multiplier", "float32", m.rows(), m.row_multiplier()});
 }
 
-void TernaryFromBuffers(QuantizedMatrix& m, StoredBuffers& in) {
-  const size_t rows = m.rows(), n = TernaryDataBytes(rows, m.padded_cols(), 0);
-  std::memcpy(m.mutable_data(), in.Take("packed", "uint8", n), n);
-  std::memcpy(m.mutable_row_multiplier(), in.Take("row_multiplier", "float32", rows), rows * 4);
+QuantizedMatrix TernaryFromBuffers(size_t rows, size_t cols, int, StoredBuffers& in) {
+  const size_t n = TernaryDataBytes(rows, TernaryPaddedCols(cols), 0);
+  const void* packed = in.Take("packed", "uint8", n);
+  const void* mult = in.Take("row_multiplier", "float32", rows);
+  QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kTernary, rows, cols, 0);
+  std::memcpy(m.mutable_data(), packed, n);
+  std::memcpy(m.mutable_row_multiplier(), mult, rows * 4);
   // One pass over the bytes finds any 2-bit field 3 (both bits set); only then are rows
   // decoded, to name the first bad one. Padding bytes are 0.
   uint8_t bad = 0;
@@ -74,7 +77,8 @@ void TernaryFromBuffers(QuantizedMatrix& m, StoredBuffers& in) {
         throw std::invalid_argument("from_buffers: buffer 'packed' row " + std::to_string(r) +
                                     " holds the invalid 2-bit code 3");
   }
-  CheckFinite(m.row_multiplier(), rows);
+  CheckFiniteValues("from_buffers: buffer 'row_multiplier'", m.row_multiplier(), rows);
+  return m;
 }
 
 void TernaryQuantize(QuantizedMatrix& m, const float* w) {
@@ -128,9 +132,7 @@ QuantizedMatrix FromTernary(const int8_t* t, size_t rows, size_t cols, const flo
     if (t[i] < -1 || t[i] > 1)
       throw std::invalid_argument("from_ternary: t must hold only -1, 0, 1; got " + std::to_string(int(t[i])) +
                                   " at flat index " + std::to_string(i));
-  for (size_t r = 0; r < rows; ++r)
-    if (!std::isfinite(mult[r]))
-      throw std::invalid_argument("from_ternary: row_multiplier[" + std::to_string(r) + "] is not finite");
+  CheckFiniteValues("from_ternary: row_multiplier", mult, rows);
   QuantizedMatrix m = QuantizedMatrix::Allocate(WeightFormat::kTernary, rows, cols, 0);
   for (size_t r = 0; r < rows; ++r) TernarySetRow(m.mutable_data(), m.padded_cols(), r, t + r * cols, cols);
   std::memcpy(m.mutable_row_multiplier(), mult, rows * 4);

@@ -90,7 +90,25 @@ py::dict BuffersDict(const QuantizedMatrix& q) {
 QuantizedMatrix FromBuffersPy(const std::string& format, py::tuple shape, int group_size,
                               py::dict buffers) {
   if (shape.size() != 2) throw py::value_error("from_buffers: shape must be (rows, cols)");
-  const long rows = shape[0].cast<long>(), cols = shape[1].cast<long>();
+  long long dims[2];
+  for (size_t i = 0; i < 2; ++i) {
+    // Python ints and numpy integers (anything with __index__), never floats or strings;
+    // a value beyond long long is "too large" like any other shape CheckShape refuses.
+    py::handle d = shape[i];
+    PyObject* index = py::isinstance<py::bool_>(d) ? nullptr : PyNumber_Index(d.ptr());
+    if (!index) {
+      PyErr_Clear();
+      throw py::type_error("from_buffers: shape[" + std::to_string(i) + "] must be an int, got " +
+                           std::string(py::str(py::repr(d))));
+    }
+    int overflow = 0;
+    dims[i] = PyLong_AsLongLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (overflow > 0)
+      throw py::value_error("from_buffers: shape " + std::string(py::str(shape)) + " is too large");
+    if (overflow < 0) dims[i] = -1;
+  }
+  const long long rows = dims[0], cols = dims[1];
   if (rows <= 0 || cols <= 0) throw py::value_error("from_buffers: shape must be positive");
   std::vector<BufferView> views;
   std::vector<py::array> keep;
