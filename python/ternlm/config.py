@@ -7,8 +7,41 @@ in the tensor schema: python/ternlm/schema.py over cpp/model/schema.h.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
+
+# No tensor of a real model has a dimension near this; anything larger in a config is a
+# damaged or hostile file (and would overflow the C++ engine's size arithmetic).
+MAX_DIM = 1 << 31
+
+
+def config_int(value, field: str, where: str, minimum: int = 1) -> int:
+    """An integer config field: an int, or a float with an integral value (some writers
+    emit 4096.0); bools, strings, NaN/Inf and values outside [minimum, MAX_DIM] are a
+    ValueError naming the file and field."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        value, ok = int(value), True
+    if not ok or not minimum <= value <= MAX_DIM:
+        raise ValueError(f"{where}: {field} must be an integer in [{minimum}, {MAX_DIM}], got {value!r}")
+    return value
+
+
+def config_float(value, field: str, where: str, positive: bool = True) -> float:
+    """A finite number (> 0 when positive); anything else is a ValueError naming the field."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        raise ValueError(f"{where}: {field} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    return float(value)
+
+
+def token_ids(value, field: str, where: str) -> list:
+    """A token id field (None, an int or a list of ints) as a list of ints >= 0."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [config_int(i, field, where, minimum=0) for i in items]
 
 
 @dataclass
@@ -31,6 +64,41 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     bos_token_id: Optional[int] = None
     eos_token_ids: list = field(default_factory=list)
+
+    def validate(self, where: str) -> "ModelConfig":
+        """Check every field (the C++ engine's checks, cpp/model/config.cc, plus types)
+        with messages naming `where`, so a bad file fails here, before any tensor is read
+        or any per-layer list is built. Returns self."""
+        if self.arch not in ("llama", "bitnet"):
+            raise ValueError(f"{where}: arch {self.arch!r} is not 'llama' or 'bitnet'")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            setattr(self, name, config_int(getattr(self, name), name, where))
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{where}: num_heads {self.num_heads} is not a multiple of "
+                             f"num_kv_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"{where}: head_dim must be even (rotate-half RoPE), got {self.head_dim}")
+        self.rms_norm_eps = config_float(self.rms_norm_eps, "rms_norm_eps", where)
+        self.rope_theta = config_float(self.rope_theta, "rope_theta", where)
+        if self.rope_scaling is not None:
+            s = self.rope_scaling
+            if not isinstance(s, dict) or s.get("rope_type") != "llama3":
+                raise ValueError(f"{where}: rope_scaling must be null or a llama3 rope_scaling object, got {s!r:.200}")
+            for key in ("factor", "low_freq_factor", "high_freq_factor"):
+                s[key] = config_float(s.get(key), f"rope_scaling.{key}", where)
+            key = "original_max_position_embeddings"
+            s[key] = config_int(s.get(key), f"rope_scaling.{key}", where)
+            if not s["high_freq_factor"] > s["low_freq_factor"]:
+                raise ValueError(f"{where}: rope_scaling.high_freq_factor must be > low_freq_factor")
+        if self.hidden_act not in ("silu", "relu2"):
+            raise ValueError(f"{where}: hidden_act {self.hidden_act!r} is not 'silu' or 'relu2'")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"{where}: tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
+        if self.bos_token_id is not None:
+            self.bos_token_id = config_int(self.bos_token_id, "bos_token_id", where, minimum=0)
+        self.eos_token_ids = token_ids(self.eos_token_ids, "eos_token_ids", where)
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)

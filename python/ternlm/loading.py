@@ -84,24 +84,34 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
     out = {}
     bar = progress_bar(names, enabled=progress, delay=0.5, desc="loading weights", unit="tensor", leave=False)
     for name in bar:
-        value = ckpt.tensors[name]
-        if name not in formats:                       # norm weights
-            out[name] = np.ascontiguousarray(value, dtype=np.float32)
-            continue
-        want = formats[name]
-        if isinstance(value, BF16Bits):
-            if want in ("bf16", "bf16c"):             # bit for bit, no float32 copy
-                out[name] = fm.from_bf16(np.ascontiguousarray(value.bits()), want)
-                value.release()
-                continue
-            value = np.asarray(value)
-        if isinstance(value, fm.QuantizedMatrix):
-            if value.format == want:
-                out[name] = value
-                continue
-            value = value.dequantize()
-        out[name] = fm.quantize(np.ascontiguousarray(value, dtype=np.float32), want)
+        try:
+            out[name] = _convert_one(ckpt.tensors[name], formats.get(name), fm)
+        except ValueError as e:
+            # the codecs' value checks (NaN / Inf weights, scales, multipliers) name the
+            # argument; say which file and tensor it came from
+            msg = str(e)
+            where = f"{ckpt.source}: " if ckpt.source and not msg.startswith(ckpt.source) else ""
+            raise ValueError(f"{where}tensor {name!r}: {msg}") from e
     return out
+
+
+def _convert_one(value, want, fm):
+    if want is None:                                  # norm weights
+        value = np.ascontiguousarray(value, dtype=np.float32)
+        if not np.all(np.isfinite(value)):
+            raise ValueError("norm weight has a non-finite value (Inf or NaN)")
+        return value
+    if isinstance(value, BF16Bits):
+        if want in ("bf16", "bf16c"):                 # bit for bit, no float32 copy
+            out = fm.from_bf16(np.ascontiguousarray(value.bits()), want)
+            value.release()
+            return out
+        value = np.asarray(value)
+    if isinstance(value, fm.QuantizedMatrix):
+        if value.format == want:
+            return value
+        value = value.dequantize()
+    return fm.quantize(np.ascontiguousarray(value, dtype=np.float32), want)
 
 
 def read_checkpoint(path) -> Checkpoint:

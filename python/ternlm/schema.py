@@ -49,6 +49,19 @@ def specs(config) -> list[TensorSpec]:
     return [TensorSpec(**entry) for entry in core.tensor_schema(config.to_dict())]
 
 
+def check_layer_count(config, present: int, where: str, field: str = "num_layers") -> None:
+    """Refuse a layer count that the `present` tensors of a checkpoint cannot cover, before
+    anything per layer is built: every layer needs its own tensors (9 for Llama), so a
+    file claiming 10^9 layers fails here in microseconds instead of building a
+    billion-entry name list first. Loaders call it right after reading the config."""
+    import dataclasses
+    one_layer = [s for s in specs(dataclasses.replace(config, num_layers=1)) if s.layer is not None]
+    need = config.num_layers * len(one_layer)
+    if need > present:
+        raise ValueError(f"{where}: {field} = {config.num_layers} needs at least {need} tensors "
+                         f"({len(one_layer)} per layer), but the checkpoint holds {present}")
+
+
 def by_name(config) -> dict:
     """canonical name -> TensorSpec"""
     return {s.name: s for s in specs(config)}

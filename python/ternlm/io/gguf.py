@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 
 from .. import schema
-from ..config import Checkpoint, ModelConfig
+from ..config import Checkpoint, ModelConfig, config_float, config_int
 
 GROUP = 32          # Q4_0 / Q4_1 / Q8_0 block
 TQ_BLOCK = 256      # TQ1_0 / TQ2_0 block
@@ -114,6 +114,16 @@ def decode_tq(t, kind: str):
 
 
 # ---- per-tensor conversion ---------------------------------------------------------------------
+def _check_block_scales(d, name, path, what="block scale"):
+    """Every block's fp16 scale must be finite: a NaN scale would otherwise vanish (an
+    all-NaN row of TQ scales reads as an all-zero row) or poison every logit."""
+    bad = ~np.isfinite(d.astype(np.float32))
+    if bad.any():
+        r, b = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: tensor {name}: {int(bad.sum())} {what}(s) are Inf or NaN "
+                         f"(first: row {r}, block {b})")
+
+
 def _ternary_tensor(tern, d, name, path):
     """Ternary codes + per-block scales -> a ternlm matrix.
 
@@ -160,6 +170,10 @@ def _read_tensor(t, name, path, n_head_perm):
     if kind in ("Q4_0", "Q4_1"):
         if len(shape) != 2:
             raise ValueError(f"{path}: tensor {t.name}: {kind} with shape {shape}, expected 2-D")
+        _check_block_scales(_blocks(t, 20 if kind == "Q4_1" else 18)[..., 0:2].copy().view(np.float16)[..., 0],
+                            t.name, path)
+        if kind == "Q4_1":
+            _check_block_scales(_blocks(t, 20)[..., 2:4].copy().view(np.float16)[..., 0], t.name, path, "block min")
         parts = decode_q4(t, kind)
         if parts is None:
             return perm(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)), "f32"
@@ -169,6 +183,7 @@ def _read_tensor(t, name, path, n_head_perm):
         if len(shape) != 2:
             raise ValueError(f"{path}: tensor {t.name}: {kind} with shape {shape}, expected 2-D")
         tern, d = decode_tq(t, kind)
+        _check_block_scales(d, t.name, path)
         return _ternary_tensor(perm(tern), perm(d), t.name, path)
     raise ValueError(f"{path}: tensor {t.name} has GGUF type {kind}, which ternlm cannot import "
                      f"(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, TQ1_0, TQ2_0)")
@@ -178,46 +193,51 @@ def _read_tensor(t, name, path, n_head_perm):
 def _config(reader, path, tensors_by_name, tokenizer) -> ModelConfig:
     arch = field_value(reader, "general.architecture")
     if arch != "llama":
-        raise ValueError(f"{path}: general.architecture is {arch!r}; ternlm imports GGUF files of "
+        raise ValueError(f"{path}: general.architecture is {arch!r:.100}; ternlm imports GGUF files of "
                          f"architecture 'llama' only (convert other models from their Hugging Face folder)")
 
-    def need(key):
-        v = field_value(reader, f"llama.{key}")
+    def count(key, default=None, minimum=1):
+        v = field_value(reader, f"llama.{key}", default)
         if v is None:
             raise ValueError(f"{path}: metadata key llama.{key} is missing")
-        return v
+        return config_int(v, f"metadata key llama.{key}", path, minimum)
 
-    hidden = int(need("embedding_length"))
-    heads = int(need("attention.head_count"))
-    kv_heads = int(field_value(reader, "llama.attention.head_count_kv", heads))
-    head_dim = int(field_value(reader, "llama.attention.key_length", 0) or
-                   field_value(reader, "llama.rope.dimension_count", 0) or hidden // heads)
+    def number(key, default):
+        return config_float(field_value(reader, f"llama.{key}", default), f"metadata key llama.{key}", path)
+
+    hidden = count("embedding_length")
+    heads = count("attention.head_count")
+    kv_heads = count("attention.head_count_kv", heads)
+    head_dim = (count("attention.key_length", 0, minimum=0) or count("rope.dimension_count", 0, minimum=0)
+                or hidden // heads)
     embd = tensors_by_name.get("token_embd.weight")
     vocab = field_value(reader, "llama.vocab_size")
     if vocab is None:
-        vocab = int(embd.shape[1]) if embd is not None else tokenizer.vocab_size
+        vocab = int(embd.shape[1]) if embd is not None and len(embd.shape) > 1 else tokenizer.vocab_size
     rope_scaling = None
     stype = field_value(reader, "llama.rope.scaling.type")
     if stype not in (None, "none"):
-        raise ValueError(f"{path}: llama.rope.scaling.type {stype!r} is not supported by ternlm")
+        raise ValueError(f"{path}: llama.rope.scaling.type {stype!r:.100} is not supported by ternlm")
     if "rope_freqs.weight" in tensors_by_name:
         rope_scaling = _llama3_scaling_from_freqs(reader, tensors_by_name["rope_freqs.weight"], head_dim, path)
 
     eos = [tokenizer.eos_token_ids[0]] if tokenizer.eos_token_ids else []
     for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
         v = field_value(reader, key)
-        if v is not None and int(v) not in eos:
-            eos.append(int(v))
+        if v is not None:
+            v = config_int(v, f"metadata key {key}", path, minimum=0)
+            if v not in eos:
+                eos.append(v)
     return ModelConfig(
-        arch="llama", vocab_size=int(vocab), hidden_size=hidden,
-        intermediate_size=int(need("feed_forward_length")), num_layers=int(need("block_count")),
+        arch="llama", vocab_size=config_int(vocab, "metadata key llama.vocab_size", path), hidden_size=hidden,
+        intermediate_size=count("feed_forward_length"), num_layers=count("block_count"),
         num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        rms_norm_eps=float(field_value(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(field_value(reader, "llama.rope.freq_base", 10000.0)),
+        rms_norm_eps=number("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=number("rope.freq_base", 10000.0),
         rope_scaling=rope_scaling,
-        max_position_embeddings=int(field_value(reader, "llama.context_length", 4096)),
+        max_position_embeddings=count("context_length", 4096),
         hidden_act="silu", tie_word_embeddings="output.weight" not in tensors_by_name,
-        bos_token_id=tokenizer.bos_token_id, eos_token_ids=eos)
+        bos_token_id=tokenizer.bos_token_id, eos_token_ids=eos).validate(path)
 
 
 def _llama3_scaling_from_freqs(reader, t, head_dim, path):
@@ -227,16 +247,20 @@ def _llama3_scaling_from_freqs(reader, t, head_dim, path):
     s is linear in inv_freq, so two points in the smooth band give a = old_ctx/(hf - lf) and
     b = lf/(hf - lf); every (old_ctx, lf, hf) with those a, b yields the same frequencies, so
     old_ctx is taken from the metadata (or 8192) and lf, hf follow."""
+    if t.tensor_type.name not in ("F32", "F16") or t.data.size != (head_dim + 1) // 2:
+        raise ValueError(f"{path}: rope_freqs is {t.tensor_type.name} with {t.data.size} entries "
+                         f"(expected F32 or F16 with {(head_dim + 1) // 2}: one per rotary frequency)")
     f = np.asarray(t.data, dtype=np.float64).reshape(-1)
-    theta = float(field_value(reader, "llama.rope.freq_base", 10000.0))
+    theta = config_float(field_value(reader, "llama.rope.freq_base", 10000.0), "metadata key llama.rope.freq_base", path)
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    if f.shape[0] != inv_freq.shape[0] or not np.all(f >= 1 - 1e-6):
-        raise ValueError(f"{path}: rope_freqs has {f.shape[0]} entries (expected {inv_freq.shape[0]}, all >= 1)")
+    if not np.all(np.isfinite(f) & (f >= 1 - 1e-6)):
+        raise ValueError(f"{path}: rope_freqs entries must be finite and >= 1")
     factor = float(f.max())
     if factor <= 1 + 1e-6:
         return None
     smooth_band = (f > 1 + 1e-4) & (f < factor - 1e-4)
-    old_ctx = float(field_value(reader, "llama.rope.scaling.original_context_length", 8192))
+    old_ctx = float(config_int(field_value(reader, "llama.rope.scaling.original_context_length", 8192),
+                               "metadata key llama.rope.scaling.original_context_length", path))
     if smooth_band.sum() >= 2:
         s = (1 / f[smooth_band] - 1 / factor) / (1 - 1 / factor)
         wl_inv = inv_freq[smooth_band] / (2 * np.pi)          # 1 / wavelen
@@ -263,6 +287,7 @@ def load_gguf(path) -> Checkpoint:
     by_name = {t.name: t for t in reader.tensors}
     tokenizer = tokenizer_from_gguf(reader, path)
     config = _config(reader, path, by_name, tokenizer)
+    schema.check_layer_count(config, len(reader.tensors), path, "llama.block_count")
 
     specs = schema.specs(config)
     by_gguf_name = {s.gguf_name: s for s in specs}

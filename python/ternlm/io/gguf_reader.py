@@ -16,6 +16,7 @@ Layout (little-endian, GGUF v2/v3):
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _NP = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
        7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 STRING, ARRAY = 8, 9
+MAX_ARRAY_NESTING = 8        # llama.cpp writes flat arrays; deeper nesting is a damaged file
+MAX_TENSOR_ELEMENTS = 1 << 48
 
 
 @dataclass
@@ -70,9 +73,9 @@ class GGUFFile:
             ne = tuple(self._scalar(10) for _ in range(n_dims))
             ttype, offset = self._scalar(4), self._scalar(10)
             infos.append((name, ne, ttype, offset))
-        align = int(self.fields.get("general.alignment", 32))
-        if align <= 0 or align & (align - 1):
-            raise ValueError(f"{self.path}: general.alignment {align} is not a power of two")
+        align = self.fields.get("general.alignment", 32)
+        if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
+            raise ValueError(f"{self.path}: general.alignment {align!r:.100} is not a power of two")
         data_start = (self._pos + align - 1) // align * align
         self.tensors, seen = [], set()
         for name, ne, ttype, offset in infos:
@@ -84,10 +87,13 @@ class GGUFFile:
             except ValueError:
                 raise ValueError(f"{self.path}: tensor {name} has unknown GGML type id {ttype}") from None
             block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+            if 0 in ne or math.prod(ne) > MAX_TENSOR_ELEMENTS:
+                raise ValueError(f"{self.path}: tensor {name} has shape {list(ne)} (every dimension must be "
+                                 f"at least 1, at most 2^48 elements)")
             if ne[0] % block:
                 raise ValueError(f"{self.path}: tensor {name}: row length {ne[0]} is not a multiple of "
                                  f"the {qtype.name} block size {block}")
-            rows = int(np.prod(ne[1:], dtype=np.int64)) if len(ne) > 1 else 1
+            rows = math.prod(ne[1:])
             row_bytes = ne[0] // block * block_bytes
             start, nbytes = data_start + offset, rows * row_bytes
             if offset % align or start + nbytes > size:
@@ -120,12 +126,15 @@ class GGUFFile:
         except UnicodeDecodeError as e:
             raise ValueError(f"{self.path}: metadata string at offset {self._pos - n} is not UTF-8 ({e})") from e
 
-    def _value(self, vtype, key):
+    def _value(self, vtype, key, depth=0):
         if vtype in _SCALARS:
             return self._scalar(vtype)
         if vtype == STRING:
             return self._string()
         if vtype == ARRAY:
+            if depth >= MAX_ARRAY_NESTING:
+                raise ValueError(f"{self.path}: metadata {key!r}: arrays nested more than "
+                                 f"{MAX_ARRAY_NESTING} deep")
             etype, count = self._scalar(4), self._scalar(10)
             if etype in _NP:
                 item = np.dtype(_NP[etype]).itemsize
@@ -134,5 +143,6 @@ class GGUFFile:
             if etype == STRING:
                 return [self._string() for _ in range(count)]
             if etype == ARRAY:
-                return [self._value(ARRAY, key) for _ in range(count)]
-        raise ValueError(f"{self.path}: metadata {key!r} has unknown value type {vtype}")
+                return [self._value(ARRAY, key, depth + 1) for _ in range(count)]
+            vtype = etype
+        raise ValueError(f"{self.path}: metadata {key!r:.100} has unknown value type {vtype}")

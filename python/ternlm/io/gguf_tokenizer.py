@@ -126,16 +126,47 @@ def merges_from_scores(tokens, scores):
     return [(m[5], m[6]) for m in merges]
 
 
+def _checked(reader, key, path, ok, what):
+    """tokenizer.ggml.<key> (None when absent), or a ValueError naming the key when present
+    with the wrong type."""
+    v = _meta(reader, key)
+    if v is not None and not ok(v):
+        raise ValueError(f"{path}: metadata key tokenizer.ggml.{key} must be {what}, got {v!r:.100}")
+    return v
+
+
+def _list_of(*types):
+    return lambda v: isinstance(v, list) and all(isinstance(x, types) and not isinstance(x, bool) for x in v)
+
+
+def _token_id(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def tokenizer_from_gguf(reader, path: str) -> Tokenizer:
     """Build the Tokenizer of an open ternlm.io.gguf_reader.GGUFFile (path for messages)."""
-    kind = _meta(reader, "model")
-    tokens = _meta(reader, "tokens")
-    if kind is None or tokens is None:
+    kind = _checked(reader, "model", path, lambda v: isinstance(v, str), "a string")
+    tokens = _checked(reader, "tokens", path, _list_of(str), "a list of strings")
+    if kind is None or not tokens:
         raise ValueError(f"{path}: no tokenizer in the GGUF metadata (tokenizer.ggml.model / tokens missing)")
-    types = _meta(reader, "token_type") or [1] * len(tokens)
-    merges = _meta(reader, "merges")
-    bos_id, eos_id = _meta(reader, "bos_token_id"), _meta(reader, "eos_token_id")
-    unk_id, pad_id = _meta(reader, "unknown_token_id"), _meta(reader, "padding_token_id")
+    types = _checked(reader, "token_type", path, _list_of(int), "a list of ints") or [1] * len(tokens)
+    merges = _checked(reader, "merges", path, _list_of(str), "a list of strings")
+    if merges is not None and not all(" " in m for m in merges):
+        raise ValueError(f"{path}: metadata key tokenizer.ggml.merges holds an entry without a space "
+                         "(each merge is 'left right')")
+    _checked(reader, "scores", path, _list_of(int, float), "a list of numbers")
+    ids = [_checked(reader, key, path, _token_id, "a token id (an int >= 0)")
+           for key in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id")]
+    bos_id, eos_id, unk_id, pad_id = ids
+    try:
+        return _build(reader, path, kind, tokens, types, merges, bos_id, eos_id, unk_id, pad_id)
+    except Exception as e:  # the tokenizers library raises a bare Exception on inconsistent input
+        if isinstance(e, ValueError) and str(e).startswith(path):
+            raise
+        raise ValueError(f"{path}: the tokenizer.ggml.* metadata does not make a tokenizer ({e})") from e
+
+
+def _build(reader, path, kind, tokens, types, merges, bos_id, eos_id, unk_id, pad_id):
 
     if kind == "gpt2":
         model, alphabet = _byte_level_model(tokens, merges, path)
@@ -176,10 +207,13 @@ def tokenizer_from_gguf(reader, path: str) -> Tokenizer:
     add_bos = _meta(reader, "add_bos_token")
     add_eos = _meta(reader, "add_eos_token")
     tpl = reader.fields.get("tokenizer.chat_template")
+    if tpl is not None and not isinstance(tpl, str):
+        raise ValueError(f"{path}: metadata key tokenizer.chat_template must be a string, got {type(tpl).__name__}")
     return Tokenizer(backend,
                      bos_token_id=None if bos_id is None else int(bos_id),
                      eos_token_ids=eos_ids,
                      chat_template=tpl,
                      add_bos_token=bool(add_bos_default if add_bos is None else add_bos),
                      add_eos_token=bool(add_eos) if add_eos is not None else False,
-                     special_tokens=named)
+                     special_tokens=named,
+                     chat_template_source=f"{path}: metadata key tokenizer.chat_template")

@@ -30,25 +30,41 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 
 import numpy as np
 
 from .. import schema
-from ..config import BF16Bits, Checkpoint, ModelConfig
+from ..config import BF16Bits, Checkpoint, ModelConfig, config_float, config_int
 from ..tokenizer import Tokenizer
 from .jsonfile import id_list, read_json
+from .module_names import ModulePatterns
 from .safetensors import SafetensorsFolder
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "BitNetForCausalLM": "bitnet"}
 
 # ---- config.json ---------------------------------------------------------------------------
+def _get(d: dict, key, default):
+    """d[key], or default when the key is absent or null."""
+    v = d.get(key)
+    return default if v is None else v
+
+
+def _object(d: dict, key, where) -> dict:
+    """A field that must be a JSON object (or absent / null: {})."""
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError(f"{where}: {key} must be an object or null, got {v!r:.200}")
+    return v
+
+
 def _rope(cfg: dict, default_theta: float, where: str):
     """(rope_theta, rope_scaling or None) from either config.json dialect."""
-    params = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta", cfg.get("rope_theta", default_theta)))
+    params = _object(cfg, "rope_parameters", where)
+    scaling = _object(cfg, "rope_scaling", where)
+    theta = config_float(_get(params, "rope_theta", _get(cfg, "rope_theta", default_theta)), "rope_theta", where)
     src = params if params.get("rope_type") else scaling
     rtype = src.get("rope_type") or src.get("type") or "default"
     if rtype == "default":
@@ -58,22 +74,55 @@ def _rope(cfg: dict, default_theta: float, where: str):
         missing = [k for k in keys if k not in src]
         if missing:
             raise ValueError(f"{where}: rope scaling 'llama3' lacks {', '.join(missing)}")
-        out = {"rope_type": "llama3", **{k: float(src[k]) for k in keys}}
-        out["original_max_position_embeddings"] = int(src["original_max_position_embeddings"])
+        out = {"rope_type": "llama3", **{k: config_float(src[k], f"rope_scaling.{k}", where) for k in keys[:3]}}
+        out[keys[3]] = config_int(src[keys[3]], f"rope_scaling.{keys[3]}", where)
         return theta, out
-    raise ValueError(f"{where}: rope scaling type {rtype!r} is not supported (supported: default, llama3)")
+    raise ValueError(f"{where}: rope scaling type {rtype!r:.100} is not supported (supported: default, llama3)")
 
 
-def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json"):
-    """config.json (+ generation_config.json) -> (ModelConfig, BitNet quantization dict or None)."""
+def _quantization(quant, arch_name: str, where: str):
+    """config.json's quantization_config -> the BitNet dict load_hf_folder uses, or None."""
+    if quant is None:
+        return None
+    if not isinstance(quant, dict):
+        raise ValueError(f"{where}: quantization_config must be an object, got {quant!r:.200}")
+    method = quant.get("quant_method")
+    if method != "bitnet":            # on Llama too: a Llama whose linears are BitLinear
+        raise ValueError(f"{where}: quantization_config quant_method {method!r:.100} is not supported "
+                         f"for {arch_name} (ternlm reads BitNet's 'bitnet' method)")
+    skip = quant.get("modules_to_not_convert") or []
+    if not isinstance(skip, list) or not all(isinstance(k, str) for k in skip):
+        raise ValueError(f"{where}: quantization_config.modules_to_not_convert must be a list of "
+                         f"module names, got {skip!r:.200}")
+    quant = {"linear_class": quant.get("linear_class", "bitlinear"),
+             "quantization_mode": quant.get("quantization_mode", "offline"),
+             "modules_to_not_convert": skip,
+             "not_converted": ModulePatterns(skip, where),
+             "use_rms_norm": bool(quant.get("use_rms_norm", False))}
+    if quant["linear_class"] not in ("bitlinear", "autobitlinear"):
+        raise ValueError(f"{where}: quantization_config.linear_class {quant['linear_class']!r:.100} is unknown")
+    if quant["quantization_mode"] not in ("online", "offline"):
+        raise ValueError(f"{where}: quantization_mode {quant['quantization_mode']!r:.100} is unknown")
+    if quant["use_rms_norm"]:
+        raise ValueError(f"{where}: quantization_config.use_rms_norm = true is not supported")
+    return quant
+
+
+def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json",
+                   gen_where: str = "generation_config.json"):
+    """config.json (+ generation_config.json) -> (ModelConfig, BitNet quantization dict or None).
+    Every field is type- and range-checked (ModelConfig.validate): a bad value is a
+    ValueError naming the file and the field."""
     gen = gen or {}
     archs = cfg.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ValueError(f"{where}: architectures must be a list of names, got {archs!r:.200}")
     arch_name = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch_name is None:
         model_type = cfg.get("model_type")
         by_type = {"llama": "LlamaForCausalLM", "bitnet": "BitNetForCausalLM"}
-        if archs or model_type not in by_type:
-            raise ValueError(f"{where}: architecture {archs or model_type!r} is not supported "
+        if archs or not isinstance(model_type, str) or model_type not in by_type:
+            raise ValueError(f"{where}: architecture {archs or model_type!r:.200} is not supported "
                              f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
         arch_name = by_type[model_type]
     arch = SUPPORTED_ARCHITECTURES[arch_name]
@@ -81,51 +130,36 @@ def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json
     def need(key):
         if key not in cfg or cfg[key] is None:
             raise ValueError(f"{where}: missing required field {key!r} for {arch_name}")
-        return cfg[key]
+        return config_int(cfg[key], key, where)
 
-    hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    hidden, heads = need("hidden_size"), need("num_attention_heads")
+    kv_heads = config_int(_get(cfg, "num_key_value_heads", heads), "num_key_value_heads", where)
+    head_dim = config_int(_get(cfg, "head_dim", hidden // heads), "head_dim", where)
     if heads % kv_heads:
         raise ValueError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ValueError(f"{where}: attention_bias / mlp_bias = true is not supported")
     act = cfg.get("hidden_act", "silu" if arch == "llama" else "relu2")
     if act != ("silu" if arch == "llama" else "relu2"):
-        raise ValueError(f"{where}: hidden_act {act!r} is not supported for {arch_name}")
+        raise ValueError(f"{where}: hidden_act {act!r:.100} is not supported for {arch_name}")
     theta, scaling = _rope(cfg, 10000.0 if arch == "llama" else 500000.0, where)
-
-    quant = cfg.get("quantization_config")
-    if quant is not None:
-        method = quant.get("quant_method")
-        if method != "bitnet":        # on Llama too: a Llama whose linears are BitLinear
-            raise ValueError(f"{where}: quantization_config quant_method {method!r} is not supported "
-                             f"for {arch_name} (ternlm reads BitNet's 'bitnet' method)")
-        quant = {"linear_class": quant.get("linear_class", "bitlinear"),
-                 "quantization_mode": quant.get("quantization_mode", "offline"),
-                 "modules_to_not_convert": quant.get("modules_to_not_convert") or [],
-                 "use_rms_norm": bool(quant.get("use_rms_norm", False))}
-        if quant["linear_class"] not in ("bitlinear", "autobitlinear"):
-            raise ValueError(f"{where}: quantization_config.linear_class {quant['linear_class']!r} is unknown")
-        if quant["quantization_mode"] not in ("online", "offline"):
-            raise ValueError(f"{where}: quantization_mode {quant['quantization_mode']!r} is unknown")
-        if quant["use_rms_norm"]:
-            raise ValueError(f"{where}: quantization_config.use_rms_norm = true is not supported")
+    quant = _quantization(cfg.get("quantization_config"), arch_name, where)
 
     eos = []
-    for v in (id_list(cfg.get("eos_token_id")), id_list(gen.get("eos_token_id"))):
+    for v in (id_list(cfg.get("eos_token_id"), "eos_token_id", where),
+              id_list(gen.get("eos_token_id"), "eos_token_id", gen_where)):
         eos += [i for i in v if i not in eos]
     bos = cfg.get("bos_token_id", gen.get("bos_token_id"))
     mc = ModelConfig(
-        arch=arch, vocab_size=int(need("vocab_size")), hidden_size=hidden,
-        intermediate_size=int(need("intermediate_size")), num_layers=int(need("num_hidden_layers")),
+        arch=arch, vocab_size=need("vocab_size"), hidden_size=hidden,
+        intermediate_size=need("intermediate_size"), num_layers=need("num_hidden_layers"),
         num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6 if arch == "llama" else 1e-5)),
+        rms_norm_eps=config_float(_get(cfg, "rms_norm_eps", 1e-6 if arch == "llama" else 1e-5), "rms_norm_eps", where),
         rope_theta=theta, rope_scaling=scaling,
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+        max_position_embeddings=config_int(_get(cfg, "max_position_embeddings", 4096), "max_position_embeddings", where),
         hidden_act=act, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bos_token_id=None if bos is None else int(bos), eos_token_ids=eos)
-    return mc, quant
+        bos_token_id=None if bos is None else config_int(bos, "bos_token_id", where, minimum=0), eos_token_ids=eos)
+    return mc.validate(where), quant
 
 
 # ---- BitNet packed weights ------------------------------------------------------------------
@@ -211,12 +245,10 @@ class LazyTensors(Mapping):
 
 
 def _converted_by_bitnet(module: str, quant: dict) -> bool:
-    """transformers' should_convert_module, over modules_to_not_convert (lm_head never converted)."""
-    if module == "lm_head":
-        return False
-    boundary = r"(?:(?<=\.)|(?=\.|$))"
-    return not any(re.match(rf"(?:{k}){boundary}", module) or module.endswith(k)
-                   for k in quant["modules_to_not_convert"])
+    """transformers' should_convert_module over modules_to_not_convert (io/module_names.py);
+    lm_head is never converted."""
+    patterns = quant.get("not_converted") or ModulePatterns(quant["modules_to_not_convert"], "config.json")
+    return module != "lm_head" and not patterns.matches(module)
 
 
 def load_hf_folder(path) -> Checkpoint:
@@ -226,8 +258,9 @@ def load_hf_folder(path) -> Checkpoint:
         raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model folder)")
     gen_path = os.path.join(path, "generation_config.json")
     gen = read_json(gen_path, missing_ok=True)
-    config, quant = config_from_hf(read_json(cfg_path), gen, cfg_path)
+    config, quant = config_from_hf(read_json(cfg_path), gen, cfg_path, gen_path)
     st = SafetensorsFolder(path)
+    schema.check_layer_count(config, len(st.keys()), cfg_path, "num_hidden_layers")
     tok = Tokenizer.from_folder(path)
     if config.bos_token_id is None:
         config.bos_token_id = tok.bos_token_id

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import schema
 from ..config import Checkpoint, ModelConfig
+from .jsonfile import parse_json
 from .safetensors import SafetensorsFile, float32_to_bf16_bits, save_safetensors  # noqa: F401
 from ..tokenizer import Tokenizer
 
@@ -96,29 +97,52 @@ def _header_error(path, msg):
     return ValueError(f"{path}: {msg}")
 
 
+def _matrix_entry(entry, name, hpath):
+    """One "matrices" entry -> (format, (rows, cols), group_size, {buffer key: tensor name}),
+    every field type-checked: a damaged ternlm.json gets a ValueError naming the field."""
+    def bad(what):
+        return _header_error(hpath, f"matrix {name!r}: {what}")
+    if not isinstance(entry, dict):
+        raise bad(f"entry must be an object, got {type(entry).__name__}")
+    fmt, shape, bufs = entry.get("format"), entry.get("shape"), entry.get("buffers")
+    group = entry.get("group_size") or 0
+    if not isinstance(fmt, str):
+        raise bad(f"format must be a string, got {fmt!r:.100}")
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise bad(f"shape must be [rows, cols] of positive ints, got {shape!r:.100}")
+    if not isinstance(group, int) or isinstance(group, bool) or not 0 <= group <= 1 << 16:
+        raise bad(f"group_size must be a small int, got {group!r:.100}")
+    if not isinstance(bufs, dict) or not all(isinstance(v, str) for v in bufs.values()):
+        raise bad(f"buffers must map buffer names to tensor names, got {bufs!r:.200}")
+    return fmt, tuple(shape), group, bufs
+
+
 def load_own_folder(folder) -> Checkpoint:
     from ..formats import QuantizedMatrix
     folder = os.fspath(folder)
     hpath = os.path.join(folder, HEADER_FILE)
-    try:
-        with open(hpath, encoding="utf-8") as f:
-            header = json.load(f)
-    except json.JSONDecodeError as e:
-        raise _header_error(hpath, f"invalid JSON ({e})") from e
+    with open(hpath, "rb") as f:
+        header = parse_json(f.read(), hpath)
     if not isinstance(header, dict) or header.get("format") != "ternlm":
         raise _header_error(hpath, "not a ternlm header (missing \"format\": \"ternlm\")")
     version = header.get("format_version")
     if version != FORMAT_VERSION:
-        raise _header_error(hpath, f"format_version {version!r} is not supported by this ternlm "
+        raise _header_error(hpath, f"format_version {version!r:.100} is not supported by this ternlm "
                                    f"(reads version {FORMAT_VERSION})")
-    for key in ("config", "matrices", "norms"):
+    for key, kind in (("config", dict), ("matrices", dict), ("norms", list)):
         if key not in header:
             raise _header_error(hpath, f"missing field {key!r}")
+        if not isinstance(header[key], kind):
+            raise _header_error(hpath, f"field {key!r} must be a JSON {'object' if kind is dict else 'array'}, "
+                                       f"got {type(header[key]).__name__}")
     try:
         config = ModelConfig(**header["config"])
     except TypeError as e:
         raise _header_error(hpath, f"config does not describe a model ({e})") from e
+    config.validate(f"{hpath}: config")
     st = SafetensorsFile(os.path.join(folder, WEIGHTS_FILE))
+    schema.check_layer_count(config, len(st.keys()), hpath, "config.num_layers")
     tensors, stored = {}, {}
     matrices = header["matrices"]
     for spec in schema.specs(config):
@@ -128,18 +152,17 @@ def load_own_folder(folder) -> Checkpoint:
                 raise _header_error(hpath, f"norm {name!r} is missing from {WEIGHTS_FILE}")
             tensors[name] = st.raw(name)
             continue
-        entry = matrices.get(name)
-        if entry is None:
+        if name not in matrices:
             raise _header_error(hpath, f"matrix {name!r} is missing")
+        fmt, shape, group, names = _matrix_entry(matrices[name], name, hpath)
         try:
-            bufs = {key: st.raw(tname) for key, tname in entry["buffers"].items()}
-            tensors[name] = QuantizedMatrix.from_buffers(entry["format"], tuple(entry["shape"]),
-                                                         int(entry.get("group_size") or 0), bufs)
+            bufs = {key: st.raw(tname) for key, tname in names.items()}
+            tensors[name] = QuantizedMatrix.from_buffers(fmt, shape, group, bufs)
             del bufs
-            for tname in entry["buffers"].values():  # copied: drop the mapped pages from RSS
+            for tname in names.values():  # copied: drop the mapped pages from RSS
                 st.release(tname)
         except (KeyError, TypeError, ValueError) as e:
             raise _header_error(hpath, f"matrix {name!r}: {e}") from e
-        stored[name] = entry["format"]
+        stored[name] = fmt
     tok = Tokenizer.from_folder(folder)
     return Checkpoint(config=config, tensors=tensors, stored=stored, tokenizer=tok, source=folder)

@@ -19,12 +19,15 @@ the tensor.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
 from dataclasses import dataclass
 
 import numpy as np
+
+from .jsonfile import parse_json
 
 # safetensors dtype string -> numpy dtype of the stored bytes (BF16 kept as raw u16 bits).
 DTYPES = {
@@ -49,6 +52,7 @@ _NUMPY_TO_DTYPE = {
     np.dtype("uint32"): "U32", np.dtype("uint64"): "U64", np.dtype("bool"): "BOOL",
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024   # same bound as the reference implementation
+MAX_DIMS = 32                           # numpy's limit on an array's dimensions
 
 
 class SafetensorsError(ValueError):
@@ -102,7 +106,9 @@ class SafetensorsFile:
         self._data_size = size - 8 - n
         try:
             header = json.loads(raw_header.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except RecursionError:
+            raise SafetensorsError(f"{self.path}: header JSON is nested too deeply to parse") from None
+        except ValueError as e:     # JSONDecodeError, UnicodeDecodeError, int digit limit
             raise SafetensorsError(f"{self.path}: header is not valid UTF-8 JSON ({e})") from e
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: header is a JSON {type(header).__name__}, expected an object")
@@ -116,16 +122,19 @@ class SafetensorsFile:
     def _check_entry(self, name, entry) -> TensorInfo:
         where = f"{self.path}: tensor {name!r}"
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise SafetensorsError(f"{where}: entry needs dtype, shape and data_offsets, got {entry!r}")
+            raise SafetensorsError(f"{where}: entry needs dtype, shape and data_offsets, got {entry!r:.200}")
         dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
-            raise SafetensorsError(f"{where}: unsupported dtype {dtype!r} (known: {', '.join(DTYPES)})")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise SafetensorsError(f"{where}: shape {shape!r} is not a list of non-negative ints")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise SafetensorsError(f"{where}: unsupported dtype {dtype!r:.100} (known: {', '.join(DTYPES)})")
+        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise SafetensorsError(f"{where}: shape {shape!r:.200} is not a list of at most {MAX_DIMS} "
+                                   "non-negative ints")
         if (not isinstance(offs, list) or len(offs) != 2
                 or not all(isinstance(o, int) for o in offs) or not 0 <= offs[0] <= offs[1]):
-            raise SafetensorsError(f"{where}: data_offsets {offs!r} must be [begin, end] with 0 <= begin <= end")
-        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+            raise SafetensorsError(f"{where}: data_offsets {offs!r:.200} must be [begin, end] with 0 <= begin <= end")
+        # Python ints: a shape like [2**64] must not overflow, it must fail the size check.
+        expected = math.prod(shape) * DTYPES[dtype].itemsize
         if offs[1] - offs[0] != expected:
             raise SafetensorsError(
                 f"{where}: {dtype} {shape} needs {expected} bytes but data_offsets {offs} span {offs[1] - offs[0]}")
@@ -195,6 +204,32 @@ class SafetensorsFile:
         raise SafetensorsError(f"{self.path}: tensor {name!r} is {i.dtype}, expected a float dtype")
 
 
+def _within(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def shard_path(folder: str, name: str, where: str) -> str:
+    """folder/name for a weights file the folder names (an index's weight_map entry, or a
+    *.safetensors file listed in it), refused unless it is a relative path that stays inside
+    the folder and, symlinks resolved, still lies inside it: an index naming /etc/passwd or
+    ../../secret, or a shard symlinked out of the folder, is an error before the file is
+    opened, so no message can show a foreign file's bytes. One exception keeps the Hugging
+    Face hub cache working: its snapshot folders (<repo>/snapshots/<revision>/) hold
+    symlinks into the same repository's <repo>/blobs/, which are followed."""
+    if (not name or "\0" in name or os.path.isabs(name)
+            or os.pardir in os.path.normpath(name).split(os.sep)):
+        raise SafetensorsError(f"{where}: shard {name!r:.200} is not a file name inside {folder}")
+    path = os.path.join(folder, name)
+    root, real = os.path.realpath(folder), os.path.realpath(path)
+    parent = os.path.dirname(root)
+    blobs = (os.path.join(os.path.dirname(parent), "blobs")
+             if os.path.basename(parent) == "snapshots" else None)
+    if not (_within(real, root) or (blobs is not None and _within(real, blobs))):
+        raise SafetensorsError(f"{where}: shard {name!r:.200} resolves to {real}, outside the model "
+                               f"folder {root}; refusing to read it")
+    return path
+
+
 class SafetensorsFolder:
     """All tensors of a checkpoint folder: model.safetensors, or the shards named in
     model.safetensors.index.json (its weight_map says which file holds which tensor)."""
@@ -206,16 +241,16 @@ class SafetensorsFolder:
         index_path = os.path.join(self.folder, self.INDEX)
         self._where: dict[str, SafetensorsFile] = {}
         if os.path.exists(index_path):
-            try:
-                with open(index_path, encoding="utf-8") as f:
-                    weight_map = json.load(f)["weight_map"]
-                assert isinstance(weight_map, dict)
-            except (json.JSONDecodeError, KeyError, AssertionError, TypeError) as e:
-                raise SafetensorsError(f"{index_path}: not a safetensors index with a weight_map ({e})") from e
+            with open(index_path, "rb") as f:
+                index = parse_json(f.read(), index_path)
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise SafetensorsError(f"{index_path}: not a safetensors index with a weight_map "
+                                       "(an object of tensor name -> shard file name)")
             files = {}
             for name, fname in weight_map.items():
                 if fname not in files:
-                    p = os.path.join(self.folder, fname)
+                    p = shard_path(self.folder, fname, index_path)
                     if not os.path.exists(p):
                         raise FileNotFoundError(f"{index_path}: shard {fname!r} (holding {name!r}) is missing")
                     files[fname] = SafetensorsFile(p)
@@ -225,9 +260,9 @@ class SafetensorsFolder:
         else:
             single = os.path.join(self.folder, "model.safetensors")
             if os.path.exists(single):
-                paths = [single]
+                paths = [shard_path(self.folder, "model.safetensors", self.folder)]
             else:
-                paths = sorted(os.path.join(self.folder, p) for p in os.listdir(self.folder)
+                paths = sorted(shard_path(self.folder, p, self.folder) for p in os.listdir(self.folder)
                                if p.endswith(".safetensors"))
             if not paths:
                 hint = (" (only PyTorch .bin weights found: convert them to safetensors first)"
