@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 
 import tokenizers
 from tokenizers import AddedToken, processors
 
+from .chat_template import ChatTemplate
 from .io.jsonfile import id_list, read_json
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
@@ -27,31 +27,6 @@ def _token_str(value):
     if isinstance(value, dict):
         return value.get("content")
     return value
-
-
-def _compile_chat_template(source: str):
-    """A sandboxed jinja2 environment with the helpers transformers gives templates."""
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        # jinja's own tojson escapes HTML characters; templates expect plain JSON.
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    return env.from_string(source)
 
 
 def _has_byte_level(component) -> bool:
@@ -107,11 +82,13 @@ class Tokenizer:
 
     def __init__(self, backend: tokenizers.Tokenizer, bos_token_id=None, eos_token_ids=(),
                  chat_template=None, add_bos_token=None, special_tokens=None,
-                 add_eos_token=False, clean_up_tokenization_spaces=False, derive_special_tokens=True):
+                 add_eos_token=False, clean_up_tokenization_spaces=False, derive_special_tokens=True,
+                 chat_template_source="chat_template"):
         self.backend = backend
         self.bos_token_id = None if bos_token_id is None else int(bos_token_id)
         self.eos_token_ids = [int(i) for i in eos_token_ids]
         self.chat_template = chat_template
+        self.chat_template_source = chat_template_source     # where it came from, for messages
         self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
         # callers that know only ids (GGUF metadata) still get bos/eos strings for templates;
         # from_folder turns this off to match transformers exactly.
@@ -178,7 +155,8 @@ class Tokenizer:
         if bos_id is None:
             bos_id = gen.get("bos_token_id", mcfg.get("bos_token_id"))
         eos_ids = []
-        for src in (id_list(mcfg.get("eos_token_id")), id_list(gen.get("eos_token_id"))):
+        for src in (id_list(mcfg.get("eos_token_id"), "eos_token_id", os.path.join(path, "config.json")),
+                    id_list(gen.get("eos_token_id"), "eos_token_id", os.path.join(path, "generation_config.json"))):
             eos_ids += [i for i in src if i not in eos_ids]
         if "eos_token" in special:
             i = backend.token_to_id(special["eos_token"])
@@ -188,8 +166,9 @@ class Tokenizer:
         _apply_class_pipeline(backend, tcfg, tok_json)
         # With a tokenizer.json, transformers ignores tokenizer_config's add_bos_token /
         # add_eos_token: the file's post-processor alone decides (none = add nothing).
+        template, template_source = cls._find_chat_template(path, tcfg)
         return cls(backend, bos_token_id=bos_id, eos_token_ids=eos_ids,
-                   chat_template=cls._find_chat_template(path, tcfg),
+                   chat_template=template, chat_template_source=template_source,
                    add_bos_token=None,
                    special_tokens=special,
                    clean_up_tokenization_spaces=bool(tcfg.get("clean_up_tokenization_spaces", False)),
@@ -197,15 +176,19 @@ class Tokenizer:
 
     @staticmethod
     def _find_chat_template(path, tcfg):
+        """(template text or None, where it came from)."""
         jinja_file = os.path.join(path, "chat_template.jinja")
         if os.path.exists(jinja_file):
-            with open(jinja_file, encoding="utf-8") as f:
-                return f.read()
+            try:
+                with open(jinja_file, encoding="utf-8") as f:
+                    return f.read(), jinja_file
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{jinja_file}: not UTF-8 text ({e})") from e
         tpl = tcfg.get("chat_template")
         if isinstance(tpl, list):  # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}
             tpl = named.get("default")
-        return tpl
+        return tpl, os.path.join(path, "tokenizer_config.json") + ": chat_template"
 
     def save_to_folder(self, folder):
         """Write tokenizer.json + tokenizer_config.json that from_folder reads back the same."""
@@ -255,21 +238,22 @@ class Tokenizer:
                              "(tokenizer_config.json / chat_template.jinja); use generate() with plain text")
         if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
             raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
-        if self._compiled_template is None:
-            self._compiled_template = _compile_chat_template(self.chat_template)
         context = {**self.special_tokens, **kwargs}
-        return self._compiled_template.render(messages=list(messages), tools=_tool_schemas(tools),
+        # bounded in time and size; any failure is a ValueError naming the template's source
+        return self._template().render(messages=list(messages), tools=_tool_schemas(tools),
                                               documents=documents, add_generation_prompt=add_generation_prompt,
                                               **context)
 
     def chat_template_variables(self) -> frozenset:
         """The top-level names the chat template reads (messages, tools, bos_token, ...)."""
-        if not self.chat_template:
-            return frozenset()
-        import jinja2.meta
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-        ast = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(self.chat_template)
-        return frozenset(jinja2.meta.find_undeclared_variables(ast))
+        return self._template().variables if self.chat_template else frozenset()
+
+    def _template(self) -> ChatTemplate:
+        """The compiled chat template (compiled once; a syntax error is a ValueError naming
+        the template's source, ternlm/chat_template.py)."""
+        if self._compiled_template is None:
+            self._compiled_template = ChatTemplate(self.chat_template, self.chat_template_source)
+        return self._compiled_template
 
 
 def _tool_schemas(tools):
