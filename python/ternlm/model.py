@@ -126,7 +126,7 @@ class Model:
             if any(isinstance(p, Mapping) for p in prompt if not isinstance(p, (int, np.integer))):
                 raise TypeError("prompt is a list of messages ({'role': ..., 'content': ...}); generate() and "
                                 "stream() take a str or token ids: use m.chat(messages) for a conversation")
-            ids = [int(i) for i in prompt]
+            ids = self._int_ids(prompt, "prompt")
         else:
             raise TypeError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
         if not ids:
@@ -138,6 +138,18 @@ class Model:
             raise ValueError(f"prompt is {len(ids)} tokens but context is {self.context}: it must leave room "
                              f"for at least one new token (load with a larger context= or shorten the prompt)")
         return ids
+
+    @staticmethod
+    def _int_ids(seq, what) -> list:
+        """Token ids as Python ints; a float (1.5, or 2.0), bool or string among them is a
+        TypeError rather than being truncated to some other token."""
+        if isinstance(seq, np.ndarray) and seq.dtype.kind not in "iu":
+            raise TypeError(f"{what}: token ids must be integers, got a numpy array of {seq.dtype}")
+        ids = list(seq)
+        for i in ids:
+            if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):
+                raise TypeError(f"{what}: token ids must be integers, got {i!r:.50} ({type(i).__name__})")
+        return [int(i) for i in ids]
 
     def _check_ids(self, ids):
         v = self.config.vocab_size
@@ -310,7 +322,7 @@ class Model:
     # ---- scoring --------------------------------------------------------------------------
     def logits(self, token_ids) -> np.ndarray:
         """float32 [n, vocab]: one fresh forward of token_ids from position 0."""
-        ids = [int(i) for i in token_ids]
+        ids = self._int_ids(token_ids, "logits")
         if not ids:
             raise ValueError("logits() needs at least one token id")
         self._check_ids(ids)
@@ -330,7 +342,7 @@ class Model:
         it — the transformers perplexity recipe. stride < window gives more left context per
         scored token, at more compute. progress: a bar over the scored tokens where a person
         watches (a terminal or a notebook), shown once the work takes more than a second."""
-        ids = self.tokenizer.encode(text) if isinstance(text, str) else [int(i) for i in text]
+        ids = self.tokenizer.encode(text) if isinstance(text, str) else self._int_ids(text, "perplexity")
         if len(ids) < 2:
             raise ValueError(f"perplexity needs at least 2 tokens, the text has {len(ids)}")
         window = int(window or self.context)
