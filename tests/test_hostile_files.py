@@ -278,6 +278,23 @@ def test_saved_header_fields_of_the_wrong_type(saved_int4, tmp_path):
     broken(lambda h: h["config"].update(rope_scaling="linear"), r"config: rope_scaling must be null or a llama3")
 
 
+def test_tokenizer_config_values_of_the_wrong_type(tokenizer_folders, tmp_path):
+    from ternlm.tokenizer import Tokenizer
+
+    def broken(name, edit, message, gen=None):
+        d = _copy(tokenizer_folders["bytelevel"], tmp_path / name)
+        _edit_json(d / "tokenizer_config.json", edit)
+        if gen is not None:
+            (d / "generation_config.json").write_text(json.dumps(gen))
+        with pytest.raises(ValueError, match=message):
+            Tokenizer.from_folder(d)
+    broken("eos", lambda c: c.update(eos_token=5), r"tokenizer_config\.json: eos_token must be a string")
+    broken("cls", lambda c: c.update(tokenizer_class=5), r"tokenizer_config\.json: tokenizer_class must be a string")
+    broken("bos", lambda c: c.pop("bos_token"), r"generation_config\.json: bos_token_id must be an integer",
+           gen={"bos_token_id": "x"})
+    broken("ids", lambda c: None, r"generation_config\.json: eos_token_id must be an integer", gen={"eos_token_id": [1.5]})
+
+
 def test_from_buffers_shape_entries_must_be_ints():
     q = ternlm.quantize(np.ones((4, 64), np.float32), "f32")
     for bad in [(4.0, 64), ("4", 64), (True, 64)]:

@@ -166,6 +166,14 @@ def test_saved_int4_nan_scale_and_bf16_nan_weight_are_refused_like_the_construct
 def test_edited_shape_is_checked_against_the_buffers_before_allocating(saved_int4, tmp_path):
     d = _copy(saved_int4, tmp_path / "a")
     _edit_json(d / "ternlm.json", lambda h: h["matrices"]["embed"].update(shape=[2**20, 2**20]))
+    with pytest.raises(ValueError, match=r"matrix 'embed': shape \[1048576, 1048576\] does not match the config"):
+        read_checkpoint(d)
+
+    def consistent(h):        # config and shape edited together: only the buffers disagree
+        h["config"].update(vocab_size=2**20, hidden_size=2**20)
+        h["matrices"]["embed"].update(shape=[2**20, 2**20])
+    d = _copy(saved_int4, tmp_path / "b")
+    _edit_json(d / "ternlm.json", consistent)
     t0 = time.perf_counter()
     with pytest.raises(ValueError, match=r"matrix 'embed': from_buffers: buffer 'weight' has \d+ elements, "
                                          r"expected 1099511627776"):

@@ -16,6 +16,7 @@ import tokenizers
 from tokenizers import AddedToken, processors
 
 from .chat_template import ChatTemplate
+from .config import config_int
 from .io.jsonfile import id_list, read_json
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
@@ -144,8 +145,13 @@ class Tokenizer:
         special = {}
         for key in SPECIAL_TOKEN_KEYS:
             value = _token_str(tcfg.get(key, legacy.get(key)))
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{os.path.join(path, 'tokenizer_config.json')}: {key} must be a string or "
+                                 f"an AddedToken object, got {value!r:.100}")
             if value is not None:
                 special[key] = value
+        if not isinstance(tcfg.get("tokenizer_class") or "", str):
+            raise ValueError(f"{os.path.join(path, 'tokenizer_config.json')}: tokenizer_class must be a string")
         # transformers adds named special tokens the vocabulary lacks as special tokens.
         missing = [s for s in special.values() if backend.token_to_id(s) is None]
         if missing:
@@ -153,7 +159,9 @@ class Tokenizer:
 
         bos_id = backend.token_to_id(special["bos_token"]) if "bos_token" in special else None
         if bos_id is None:
+            where = os.path.join(path, "generation_config.json" if "bos_token_id" in gen else "config.json")
             bos_id = gen.get("bos_token_id", mcfg.get("bos_token_id"))
+            bos_id = None if bos_id is None else config_int(bos_id, "bos_token_id", where, minimum=0)
         eos_ids = []
         for src in (id_list(mcfg.get("eos_token_id"), "eos_token_id", os.path.join(path, "config.json")),
                     id_list(gen.get("eos_token_id"), "eos_token_id", os.path.join(path, "generation_config.json"))):

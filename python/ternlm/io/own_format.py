@@ -150,11 +150,17 @@ def load_own_folder(folder) -> Checkpoint:
         if spec.is_norm:
             if name not in st:
                 raise _header_error(hpath, f"norm {name!r} is missing from {WEIGHTS_FILE}")
+            if st.info(name).shape != tuple(spec.shape):
+                raise _header_error(hpath, f"norm {name!r} has shape {list(st.info(name).shape)} in {WEIGHTS_FILE}, "
+                                           f"the config implies {list(spec.shape)}")
             tensors[name] = st.raw(name)
             continue
         if name not in matrices:
             raise _header_error(hpath, f"matrix {name!r} is missing")
         fmt, shape, group, names = _matrix_entry(matrices[name], name, hpath)
+        if shape != tuple(spec.shape):
+            raise _header_error(hpath, f"matrix {name!r}: shape {list(shape)} does not match the config "
+                                       f"(expected {list(spec.shape)})")
         try:
             bufs = {key: st.raw(tname) for key, tname in names.items()}
             tensors[name] = QuantizedMatrix.from_buffers(fmt, shape, group, bufs)
