@@ -292,7 +292,8 @@ def test_tokenizer_config_values_of_the_wrong_type(tokenizer_folders, tmp_path):
     broken("cls", lambda c: c.update(tokenizer_class=5), r"tokenizer_config\.json: tokenizer_class must be a string")
     broken("bos", lambda c: c.pop("bos_token"), r"generation_config\.json: bos_token_id must be an integer",
            gen={"bos_token_id": "x"})
-    broken("ids", lambda c: None, r"generation_config\.json: eos_token_id must be an integer", gen={"eos_token_id": [1.5]})
+    broken("ids", lambda c: None, r"generation_config\.json: eos_token_id must be an integer",
+           gen={"eos_token_id": [1.5]})
 
 
 def test_from_buffers_shape_entries_must_be_ints():

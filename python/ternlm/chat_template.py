@@ -174,7 +174,8 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def _tojson(self, x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # jinja's own tojson escapes HTML characters; templates expect plain JSON.
-        if isinstance(indent, int) and indent > MAX_JSON_INDENT or isinstance(indent, str) and len(indent) > MAX_JSON_INDENT:
+        width = indent if isinstance(indent, int) else len(indent) if isinstance(indent, str) else 0
+        if width > MAX_JSON_INDENT:
             raise _Budget(f"tojson with indent {indent!r:.20}")
         out = json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
         self.need(len(out), "tojson")
@@ -200,7 +201,8 @@ class ChatTemplate:
             self.variables = frozenset(jinja2.meta.find_undeclared_variables(ast))
             self._template = self._env.from_string(ast)
         except jinja2.exceptions.TemplateSyntaxError as e:
-            raise ChatTemplateError(f"{source}: chat template has a syntax error (line {e.lineno}: {e.message})") from None
+            raise ChatTemplateError(f"{source}: chat template has a syntax error "
+                                    f"(line {e.lineno}: {e.message})") from None
         except (RecursionError, MemoryError):
             raise ChatTemplateError(f"{source}: chat template is too deeply nested to compile") from None
 

@@ -251,7 +251,8 @@ def _llama3_scaling_from_freqs(reader, t, head_dim, path):
         raise ValueError(f"{path}: rope_freqs is {t.tensor_type.name} with {t.data.size} entries "
                          f"(expected F32 or F16 with {(head_dim + 1) // 2}: one per rotary frequency)")
     f = np.asarray(t.data, dtype=np.float64).reshape(-1)
-    theta = config_float(field_value(reader, "llama.rope.freq_base", 10000.0), "metadata key llama.rope.freq_base", path)
+    theta = config_float(field_value(reader, "llama.rope.freq_base", 10000.0), "metadata key llama.rope.freq_base",
+                         path)
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     if not np.all(np.isfinite(f) & (f >= 1 - 1e-6)):
         raise ValueError(f"{path}: rope_freqs entries must be finite and >= 1")

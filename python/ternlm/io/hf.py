@@ -156,7 +156,8 @@ def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json
         num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
         rms_norm_eps=config_float(_get(cfg, "rms_norm_eps", 1e-6 if arch == "llama" else 1e-5), "rms_norm_eps", where),
         rope_theta=theta, rope_scaling=scaling,
-        max_position_embeddings=config_int(_get(cfg, "max_position_embeddings", 4096), "max_position_embeddings", where),
+        max_position_embeddings=config_int(_get(cfg, "max_position_embeddings", 4096), "max_position_embeddings",
+                                           where),
         hidden_act=act, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         bos_token_id=None if bos is None else config_int(bos, "bos_token_id", where, minimum=0), eos_token_ids=eos)
     return mc.validate(where), quant
