@@ -90,7 +90,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def __init__(self):
         super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-        self.limit = MAX_CHARS
+        self._render = threading.local()     # each render runs in its own worker thread
         self.globals["raise_exception"] = _raise_exception
         self.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self.filters["tojson"] = self._tojson
@@ -98,6 +98,11 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             self.filters[name] = self._bounded_filter(self.filters[name], name)
 
     # ---- size checks -------------------------------------------------------------------
+    @property
+    def limit(self) -> int:
+        """The size bound of the render running in this thread (ChatTemplate.render sets it)."""
+        return getattr(self._render, "limit", MAX_CHARS)
+
     def need(self, n, what):
         if n > self.limit:
             raise _Budget(f"{what} would make {n} characters or items (limit {self.limit})")
@@ -208,7 +213,6 @@ class ChatTemplate:
 
     def render(self, **context) -> str:
         limit = MAX_CHARS + 4 * _input_chars(context)
-        self._env.limit = limit
         deadline = time.monotonic() + RENDER_SECONDS
         result: dict = {}
 
@@ -218,6 +222,7 @@ class ChatTemplate:
             return tracer
 
         def work():
+            self._env._render.limit = limit
             sys.settrace(tracer)
             try:
                 pieces, size = [], 0
