@@ -226,7 +226,7 @@ def test_nan_in_a_float_checkpoint_names_file_and_tensor(llama_folders, tmp_path
     tensors["model.layers.0.mlp.up_proj.weight"][1, 2] = np.nan
     save_safetensors(p, tensors, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"m: tensor 'layers.0.up': quantize: w has a non-finite value"):
-        ternlm.load(d, weights="int4", progress=False)
+        ternlm.load(d, weights="int4", context=32, progress=False)
 
 
 # ---- 10: arguments -----------------------------------------------------------------------------------------------
