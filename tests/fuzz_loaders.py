@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import copy
 import json
 import os
 import random
@@ -98,6 +99,11 @@ def mutate_bytes(rng, data: bytes, hot: int) -> bytes:
     return bytes(b)
 
 
+def _value(rng):
+    """A fresh copy of an interesting value (edits later in the same input must not change VALUES)."""
+    return copy.deepcopy(rng.choice(VALUES))
+
+
 def _walk(rng, obj):
     """(container, key) of a random node, reached by a random walk from the root."""
     parent, key, node = None, None, obj
@@ -111,14 +117,14 @@ def mutate_json_obj(rng, obj):
     """One structural edit, in place where possible; returns the (new) root."""
     parent, key = _walk(rng, obj)
     if parent is None:
-        return rng.choice(VALUES) if rng.random() < 0.5 else obj
+        return _value(rng) if rng.random() < 0.5 else obj
     op = rng.randrange(10)
     old = parent[key]
     if op <= 4:
         if isinstance(old, int) and not isinstance(old, bool) and rng.random() < 0.5:
             parent[key] = rng.choice([old + 1, old - 1, old * 2, old // 2, -old, old + 8, old * 1000])
         else:
-            parent[key] = rng.choice(VALUES)
+            parent[key] = _value(rng)
     elif op == 5:
         del parent[key]
     elif op == 6:                                   # a duplicate: another entry's value
@@ -126,9 +132,9 @@ def mutate_json_obj(rng, obj):
                                                        else parent)))
     elif op == 7:
         if isinstance(parent, dict):
-            parent[rng.choice(["x", "", str(key) + "_", "__metadata__", "format"])] = rng.choice(VALUES)
+            parent[rng.choice(["x", "", str(key) + "_", "__metadata__", "format"])] = _value(rng)
         else:
-            parent.insert(key, rng.choice(VALUES))
+            parent.insert(key, _value(rng))
     elif op == 8:                                   # a type change
         parent[key] = [old] if rng.random() < 0.5 else str(old)
     else:                                           # deep nesting (recursion limits)
