@@ -13,8 +13,8 @@ Processes:
      └─ worker x --jobs                --python, with TERNLM_CORE_DIR=--core-dir and
         │                              LD_PRELOAD=--preload: imports ternlm once, writes the
         │                              seeds, then forks one child per input
-        └─ child                       memory cap, then `target` below; writes its outcome
-                                       to a pipe and exits
+        └─ child                       memory cap, then fuzz_worker.target (load, tokenize,
+                                       generate); writes its outcome to a pipe and exits
 
 The seeds are tiny valid models written here (ternlm.synthetic's BitNet writer, a Llama
 folder through ternlm's safetensors writer, GGUF through tests/gguf_files.py, ternlm folders
@@ -22,7 +22,7 @@ through Model.save). Input i of seed S is a function of (S, i) alone: one seed f
 1-4 stacked mutations (JSON-aware for JSON files and safetensors headers, byte-level
 otherwise, biased towards headers).
 
-Verdicts (the policy is also tests/BAD_INPUTS.md's):
+Verdicts (the policy is also tests/BAD_INPUTS.md's; fuzz_worker.ALLOWED):
   fine     the input loads and generates, or the child raises ValueError (any subclass:
            SafetensorsError, JSONDecodeError, UnicodeDecodeError) or FileNotFoundError:
            what the API documents for a bad or incomplete model, and what the CLI turns
@@ -33,7 +33,8 @@ Verdicts (the policy is also tests/BAD_INPUTS.md's):
            memory cap means a size from the file was trusted before it was checked against
            the file); a signal (crash, or a sanitizer report); no outcome within --timeout.
 A failure is printed with its traceback, the child's stderr and the mutated file
-(zlib + base64), saved under --out, and makes the exit status 1. The report ends with the
+(zlib + base64), saved under --out, and makes the exit status 1, unless tests/fuzz_known.txt
+(--known) lists its type and function as a defect not fixed yet. The report ends with the
 iteration count and the histogram of outcomes.
 
 Sanitizer builds: --preload (or FUZZ_PRELOAD) names libasan; ASan reserves terabytes of
@@ -57,7 +58,6 @@ import time
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ALLOWED = ("ValueError", "FileNotFoundError")      # and their subclasses (checked in the child)
 FULL_REPORTS = 5                                  # failures printed in full (input included)
 WEIGHTS = [None] * 6 + ["bf16", "bf16c", "int4", "ternary"]
 
@@ -258,7 +258,8 @@ def verdict(result, known=frozenset()):
 
 def report_failure(args, n, req, result, t, fname, scratch):
     if n > FULL_REPORTS:                            # the first ones in full, the rest in a line
-        what = f"{result['type']} at {result['site']}, line {result['line']}" if result["outcome"] == "exception" else result["outcome"]
+        what = (f"{result['type']} at {result['site']}, line {result['line']}" if result["outcome"] == "exception"
+                else result["outcome"])
         print(f"FAIL {n}: input {req.get('i')}, {t['name']}/{fname}: {what}", flush=True)
         return
     out = os.path.join(args.out, f"failure-{n}")

@@ -15,6 +15,9 @@ import sys
 import time
 import traceback
 
+# What a bad input may raise (any subclass too); everything else is a failure. Why:
+# tests/BAD_INPUTS.md, "The fuzzer's rules".
+ALLOWED = (ValueError, FileNotFoundError)
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
                  "{% if add_generation_prompt %}<a>{% endif %}")
 
@@ -85,15 +88,16 @@ def in_child(fn, timeout, errpath, mem_mb=0):
                 tb = traceback.extract_tb(e.__traceback__)
                 # the deepest ternlm function (a comprehension counts as the function around it:
                 # Python 3.12 inlines them)
-                ours = [f for f in tb if "ternlm" in f.filename and "fuzz_" not in f.filename
-                        and not f.name.startswith("<")] or tb[-1:]
+                import ternlm
+                package = os.path.dirname(ternlm.__file__) + os.sep
+                ours = [f for f in tb if f.filename.startswith(package) and not f.name.startswith("<")] or tb[-1:]
                 site = f"{os.path.basename(ours[-1].filename)}:{ours[-1].name}" if ours else "?"
                 line = ours[-1].lineno if ours else 0
                 out = {"outcome": "exception", "type": type(e).__name__, "site": site, "line": line,
-                       "allowed": isinstance(e, (ValueError, FileNotFoundError)),
+                       "allowed": isinstance(e, ALLOWED),
                        "message": str(e)[:500], "traceback": traceback.format_exc()[-3000:]}
-                if type(e).__name__ not in ("ValueError", "FileNotFoundError") and out["allowed"]:
-                    base = next(b for b in type(e).__mro__ if b in (ValueError, FileNotFoundError))
+                if out["allowed"] and type(e) not in ALLOWED:
+                    base = next(b for b in type(e).__mro__ if b in ALLOWED)
                     out["type"] = f"{type(e).__name__}({base.__name__})"
             data = json.dumps(out).encode()
             while data:
