@@ -57,7 +57,7 @@ test: setup-test
 # FileNotFoundError fails it and prints the input (tests/BAD_INPUTS.md has the policy;
 # tests/fuzz_known.txt the defects not fixed yet). Failing inputs are saved in build/fuzz.
 # FUZZ_ARGS picks another core, e.g. a sanitizer build:
-#   FUZZ_ARGS='--core-dir build/sanitize --preload $(shell gcc -print-file-name=libasan.so)'
+#   FUZZ_ARGS='--core-dir build/sanitize --preload "$(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)"'
 FUZZ_SECONDS ?= 180
 FUZZ_SEED ?= 1
 FUZZ_ARGS ?=

@@ -37,8 +37,13 @@ A failure is printed with its traceback, the child's stderr and the mutated file
 (--known) lists its type and function as a defect not fixed yet. The report ends with the
 iteration count and the histogram of outcomes.
 
-Sanitizer builds: --preload (or FUZZ_PRELOAD) names libasan; ASan reserves terabytes of
-address space, so the cap is then ASan's max_allocation_size_mb instead of RLIMIT_AS.
+Sanitizer builds: --core-dir names the build, --preload (or FUZZ_PRELOAD) libasan and
+libstdc++ (both: ASan must come first and find the real __cxa_throw), e.g.
+    --core-dir build/sanitize --preload "$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
+ASan reserves terabytes of address space, so the cap is then ASan's max_allocation_size_mb
+instead of RLIMIT_AS (a too large C++ allocation then aborts with ASan's report instead of
+raising MemoryError: a failure either way). Any ASan / UBSan report in a child's stderr
+fails the input, also when the child went on.
 """
 from __future__ import annotations
 
@@ -215,6 +220,7 @@ class Worker:
             env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "detect_leaks=0",
                                                          "allocator_may_return_null=1",
                                                          f"max_allocation_size_mb={args.mem_mb}"]))
+            env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
         env["TOKENIZERS_PARALLELISM"] = "false"
         self.index, self.busy = index, None
         self.proc = subprocess.Popen([args.python, os.path.abspath(__file__), "--worker"], env=env,
@@ -310,7 +316,8 @@ def run(args) -> int:
         inject = args.inject.split(",") if args.inject else []
         hist, per_target, sites, failures = collections.Counter(), collections.Counter(), collections.Counter(), 0
         order = args.only
-        i, done, deadline = 0, 0, time.monotonic() + args.seconds
+        i, done, started = 0, 0, time.monotonic()
+        deadline = started + args.seconds
         sel = selectors.DefaultSelector()
         for w in workers:
             sel.register(w.proc.stdout, selectors.EVENT_READ, w)
@@ -359,7 +366,7 @@ def run(args) -> int:
                 if bad:
                     failures += 1
                     report_failure(args, failures, req, result, t, fname, scratch)
-        print(f"\n{done} iterations in {args.seconds - max(0.0, deadline - time.monotonic()):.0f} s, "
+        print(f"\n{done} iterations in {time.monotonic() - started:.0f} s, "
               f"{failures} failure(s)")
         print("per seed: " + ", ".join(f"{k} {v}" for k, v in sorted(per_target.items())))
         print("outcomes:")

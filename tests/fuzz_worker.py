@@ -132,6 +132,20 @@ def in_child(fn, timeout, errpath, mem_mb=0):
     return json.loads(b"".join(chunks))
 
 
+def _sanitizer_report(errpath):
+    """The first line of an ASan / LSan / UBSan report in the child's stderr, or None."""
+    try:
+        if os.path.getsize(errpath) == 0:
+            return None
+        with open(errpath, errors="replace") as f:
+            for line in f:
+                if "ERROR: AddressSanitizer" in line or "ERROR: LeakSanitizer" in line or "runtime error:" in line:
+                    return line.strip()[:300]
+    except OSError:
+        pass
+    return None
+
+
 def _stderr_excerpt(errpath):
     try:
         with open(errpath, errors="replace") as f:
@@ -303,6 +317,9 @@ def worker_main() -> int:
                         _inject(req["inject"])
                     target(req["path"], req["weights"])
                 out = in_child(fn, req.get("timeout", 20), errpath, 0 if asan else req.get("mem_mb", 2048))
+                report = _sanitizer_report(errpath)
+                if report:                          # UBSan may report and go on; ASan exits 1
+                    out = {"outcome": "sanitizer", "detail": report}
                 if out["outcome"] != "ok" and not out.get("allowed"):
                     out["stderr"] = _stderr_excerpt(errpath)
             replies.write(json.dumps(out) + "\n")

@@ -125,7 +125,10 @@ def _move_into_place(tmp, folder):
     except BaseException:
         os.rename(old, folder)
         raise
-    shutil.rmtree(old, ignore_errors=True)  # a model loaded from it keeps its mapping
+    if os.path.islink(old):                # DST was a link: the folder it named is left alone
+        os.unlink(old)
+    else:
+        shutil.rmtree(old, ignore_errors=True)  # a model loaded from it keeps its mapping
 
 
 def _write_folder(model, folder):
