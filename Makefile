@@ -1,6 +1,7 @@
 # ternlm: the two commands a fresh Debian machine needs.
 #   make demo   set up, then generate text with the default model
 #   make test   set up (with test extras), then run the whole test suite
+#   make fuzz   the loaders' mutation fuzzer for FUZZ_SECONDS (tests/fuzz_loaders.py)
 # and for packaging:
 #   make wheel       a manylinux wheel in dist/ that bundles libhwy (auditwheel repair)
 #   make test-wheel  that wheel built from a read-only copy of the tree, installed into a
@@ -19,7 +20,7 @@ DEMO_PROMPT ?= Explain in two sentences why the sky is blue.
 # in a temporary folder and a read-only source tree builds too): rebuilds stay incremental.
 EDITABLE_BUILD_DIR := --config-settings=build-dir=build/{wheel_tag}
 
-.PHONY: demo test setup setup-test apt build bench clean check-arm test-arm wheel test-wheel
+.PHONY: demo test fuzz setup setup-test apt build bench clean check-arm test-arm wheel test-wheel
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -50,6 +51,19 @@ demo: setup
 
 test: setup-test
 	$(PY) -m pytest -q tests
+
+# Seeded mutation fuzzing of every loader, each input loaded in a forked child under a memory
+# cap and a timeout: a crash, a hang, a MemoryError or an exception other than ValueError /
+# FileNotFoundError fails it and prints the input (tests/BAD_INPUTS.md has the policy;
+# tests/fuzz_known.txt the defects not fixed yet). Failing inputs are saved in build/fuzz.
+# FUZZ_ARGS picks another core, e.g. a sanitizer build:
+#   FUZZ_ARGS='--core-dir build/sanitize --preload "$(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)"'
+FUZZ_SECONDS ?= 180
+FUZZ_SEED ?= 1
+FUZZ_ARGS ?=
+fuzz: setup-test
+	$(PY) tests/fuzz_loaders.py --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --known tests/fuzz_known.txt \
+	  --out build/fuzz $(FUZZ_ARGS)
 
 # auditwheel (with patchelf) copies libhwy into the wheel (ternlm.libs/) and retags it
 # manylinux: `import ternlm` then needs no system Highway. auditwheel picks the oldest

@@ -57,7 +57,7 @@ def test_save_refuses_foreign_nonempty_folder(llama_folders, tmp_path):
         m.save(foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
     m.save(tmp_path / "t")
-    m.save(tmp_path / "t")          # a ternlm folder may be overwritten
+    m.save(tmp_path / "t", force=True)   # a ternlm folder may be overwritten (with force)
 
 
 def _saved(llama_folders, tmp_path):

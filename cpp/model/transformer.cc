@@ -133,7 +133,16 @@ void Transformer::Forward(const int32_t* tokens, size_t n, bool all_logits, floa
 
 void Transformer::ForwardChunks(const int32_t* tokens, size_t n, bool all_logits, float* logits) {
   const size_t vocab = config_.vocab_size;
+  const size_t first_pos = pos_;
   for (size_t start = 0; start < n; start += s_.chunk) {
+    if (start > 0 && between_chunks_) {
+      try {
+        between_chunks_();
+      } catch (...) {
+        pos_ = first_pos;  // drop the chunks already appended: the cache is as before the call
+        throw;
+      }
+    }
     const size_t len = std::min(s_.chunk, n - start);
     ForwardChunk(tokens + start, len);
     if (all_logits) {

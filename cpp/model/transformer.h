@@ -12,6 +12,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "formats/quantized_matrix.h"
@@ -81,6 +82,12 @@ class Transformer {
   // Keep the first `pos` cached positions (a shared prompt prefix); pos <= position().
   void Truncate(size_t pos);
 
+  // Called on the calling thread between two chunks of a Forward or Prefill (not before
+  // the first, so never for a prompt of one chunk or a Step): the Python binding checks
+  // for Ctrl-C there. If it throws, the call stops, position() is back where the call
+  // began (nothing was appended) and the exception propagates.
+  void SetBetweenChunks(std::function<void()> fn) { between_chunks_ = std::move(fn); }
+
  private:
   // The one check of token ids and context below the Python API; `what` names the call.
   void CheckTokens(const char* what, const int32_t* tokens, size_t n) const;
@@ -97,6 +104,7 @@ class Transformer {
   RunState s_;
   ThreadPool& pool_;
   size_t pos_ = 0;
+  std::function<void()> between_chunks_;
 };
 
 }  // namespace ternlm

@@ -6,7 +6,9 @@
 // loaded model holds its weights once. The Python QuantizedMatrix objects are left empty
 // (shape (0, 0)); get a copy of any matrix back with Transformer.matrix(name). Norm
 // weights (float numpy arrays) are copied.
-// Compute runs with the GIL released; one call at a time per Transformer (a mutex).
+// Compute runs with the GIL released; one call at a time per Transformer (a mutex, only
+// ever waited for with the GIL released: CheckSignals takes the GIL while holding it).
+// Between the chunks of a long prompt the forward checks for Ctrl-C (CheckSignals).
 // threads=None uses the default pool as sized at construction (set_num_threads later
 // does not change a built Transformer); threads=n a process-wide pool of n threads.
 #include <pybind11/numpy.h>
@@ -103,6 +105,15 @@ struct PyTransformer {
   std::mutex mu;  // one forward at a time (the RunState is shared)
 };
 
+// Between two chunks of a Forward / Prefill (model/transformer.h, SetBetweenChunks): take
+// the GIL for a moment and run Python's signal handlers, so that Ctrl-C stops a long
+// prompt within one chunk. The KeyboardInterrupt (or whatever a handler raised) propagates
+// as the call's exception; the Transformer's position is left as before the call.
+void CheckSignals() {
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
 std::unique_ptr<PyTransformer> MakeTransformer(const py::dict& config, const py::dict& tensors,
                                                long context, const py::object& threads,
                                                const std::string& kv_dtype) {
@@ -117,6 +128,7 @@ std::unique_ptr<PyTransformer> MakeTransformer(const py::dict& config, const py:
   py::gil_scoped_release release;
   out->t = std::make_unique<Transformer>(c, std::move(w), size_t(context), pool,
                                          kv_dtype == "f16" ? KvDtype::kF16 : KvDtype::kF32);
+  out->t->SetBetweenChunks(CheckSignals);
   return out;
 }
 
@@ -272,12 +284,14 @@ void BindModel(py::module_& m) {
       .def_property_readonly("memory_bytes", [](PyTransformer& self) { return self.t->memory_bytes(); },
                              "Weights + KV cache + scratch buffers, in bytes.")
       .def("reset", [](PyTransformer& self) {
+             py::gil_scoped_release release;  // never wait for mu holding the GIL (CheckSignals)
              std::lock_guard<std::mutex> lock(self.mu);
              self.t->Reset();
            })
       .def("truncate",
            [](PyTransformer& self, long pos) {
              if (pos < 0) throw py::value_error("truncate: pos must be >= 0, got " + std::to_string(pos));
+             py::gil_scoped_release release;
              std::lock_guard<std::mutex> lock(self.mu);
              self.t->Truncate(size_t(pos));
            },

@@ -236,6 +236,7 @@ def _line_editing() -> bool:
 
 # ---- convert ----------------------------------------------------------------------------------------
 def cmd_convert(args) -> int:
+    from .io.own_format import check_save_folder
     from .loading import convert_checkpoint, read_checkpoint, target_formats
     from .model import Model
     src, dst = args.src, args.dst
@@ -243,12 +244,16 @@ def cmd_convert(args) -> int:
         raise CliError(f"{src}: no such file or folder")
     if os.path.exists(dst) and os.path.abspath(dst) == os.path.abspath(src):
         raise CliError(f"{dst}: is the source; write the converted model to another folder")
+    try:                                          # before the conversion, which may take minutes
+        check_save_folder(dst, force=args.force, source=src)
+    except FileExistsError:
+        raise CliError(f"{dst}: already holds a ternlm model; pass --force to replace it") from None
     ckpt = read_checkpoint(src)
     formats = target_formats(ckpt, args.weights, args.head)
     tensors = convert_checkpoint(ckpt, formats, progress=not args.quiet)
     # Model without an engine: saving needs only the converted matrices, config and tokenizer.
     m = Model(None, ckpt.tokenizer, ckpt.config, formats, args.context, source=ckpt.source, matrices=tensors)
-    m.save(dst)
+    m.save(dst, force=args.force)
     kinds = "/".join(sorted(set(formats.values())))
     size = sum(os.path.getsize(os.path.join(dst, f)) for f in os.listdir(dst)) / 1e6
     print(f"wrote {dst} ({kinds}, {size:.1f} MB); load it with ternlm.load({dst!r}) or --model {dst}")
@@ -400,9 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("convert", help="convert a model to ternlm's own folder format",
                        description="Read SRC (Hugging Face folder, .gguf file or ternlm folder), convert its "
                                    "matrices to --weights and write a ternlm folder at DST that loads by mmap "
-                                   "without conversion. DST must be new or empty.")
+                                   "without conversion. DST must be new or empty (or, with --force, a "
+                                   "ternlm folder to replace); it is written beside DST and renamed into "
+                                   "place, so an interrupted convert leaves DST as it was.")
     v.add_argument("src", metavar="SRC", help="model to convert")
     v.add_argument("dst", metavar="DST", help="output folder (new or empty)")
+    v.add_argument("--force", action="store_true",
+                   help="replace DST if it is a ternlm folder (other non-empty folders are never replaced)")
     v.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
     v.add_argument("--head", choices=HEADS, default=None, help=HEAD_HELP)
     v.add_argument("--context", type=_positive_int, default=4096, metavar="N",

@@ -7,7 +7,7 @@
     m.stream(prompt, **same) -> iterator of text pieces
     m.chat(messages, **same, stream=False, tools=None, **template_kwargs) -> str
     m.logits(token_ids) -> float32 [n, vocab];  m.perplexity(text, window=None, stride=None)
-    m.tokenizer, m.stats, m.save(folder)
+    m.tokenizer, m.stats, m.save(folder, force=False)
 
 generate / stream continue raw text; chat renders a conversation with the model's chat
 template first. An instruct model expects its template: a bare question given to generate
@@ -375,12 +375,14 @@ class Model:
         return float(math.exp(nll / count))
 
     # ---- saving -----------------------------------------------------------------------------
-    def save(self, folder):
+    def save(self, folder, force=False):
         """Write this model (converted weights + tokenizer) as a ternlm folder that
-        ternlm.load maps back without conversion. Refuses a non-empty folder that is not
-        already a ternlm folder."""
+        ternlm.load maps back without conversion. `folder` must be new or empty, or a ternlm
+        folder with force=True (then replaced); any other non-empty folder is refused. The
+        model is written beside `folder` and renamed into place, so a failed or interrupted
+        save leaves what was there (io/own_format.py, save_model)."""
         from .io.own_format import save_model
-        save_model(self, folder)
+        save_model(self, folder, force=force)
 
 
 # The loading pipeline lives in loading.py; ternlm.model.load (and its steps) stay importable here.

@@ -23,11 +23,14 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_t
                       "cls_token", "mask_token")
 
 
-def _token_str(value):
-    """tokenizer_config.json stores special tokens as strings or AddedToken dicts."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value
+def _token_str(value, key, where):
+    """tokenizer_config.json stores special tokens as strings or AddedToken dicts
+    ({"content": str, ...}); None when absent. Anything else: ValueError naming file and key."""
+    text = value.get("content") if isinstance(value, dict) else value
+    if text is None or isinstance(text, str):
+        return text
+    raise ValueError(f"{where}: {key} must be a string or an AddedToken object with a \"content\" "
+                     f"string, got {value!r:.80}")
 
 
 def _has_byte_level(component) -> bool:
@@ -38,7 +41,7 @@ def _has_byte_level(component) -> bool:
     return False
 
 
-def _apply_class_pipeline(backend, tcfg: dict, tok_json: dict):
+def _apply_class_pipeline(backend, tcfg: dict, tok_json: dict, where: str):
     """transformers v5 does not use tokenizer.json's normalizer / pre-tokenizer / decoder for
     tokenizer classes with their own constructor: it keeps the vocabulary, merges, added
     tokens and post-processor and rebuilds the rest as the class defines it. For the classes
@@ -50,7 +53,10 @@ def _apply_class_pipeline(backend, tcfg: dict, tok_json: dict):
     Any other class (PreTrainedTokenizerFast, TokenizersBackend: Llama 3, BitNet) keeps
     tokenizer.json as is."""
     from tokenizers import decoders, pre_tokenizers
-    cls = (tcfg.get("tokenizer_class") or "").removesuffix("Fast")
+    cls = tcfg.get("tokenizer_class") or ""
+    if not isinstance(cls, str):
+        raise ValueError(f"{where}: tokenizer_class must be a string, got {cls!r:.80}")
+    cls = cls.removesuffix("Fast")
     if tok_json.get("model", {}).get("type") != "BPE":
         return
     if cls == "LlamaTokenizer":
@@ -137,17 +143,17 @@ class Tokenizer:
                 tok_json = json.load(f)
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise ValueError(f"{tok_json_path}: cannot be read by the tokenizers library ({e})") from e
-        tcfg = read_json(os.path.join(path, "tokenizer_config.json"), missing_ok=True)
-        legacy = read_json(os.path.join(path, "special_tokens_map.json"), missing_ok=True)
+        tcfg_path = os.path.join(path, "tokenizer_config.json")
+        legacy_path = os.path.join(path, "special_tokens_map.json")
+        tcfg = read_json(tcfg_path, missing_ok=True)
+        legacy = read_json(legacy_path, missing_ok=True)
         gen = read_json(os.path.join(path, "generation_config.json"), missing_ok=True)
         mcfg = read_json(os.path.join(path, "config.json"), missing_ok=True)
 
         special = {}
         for key in SPECIAL_TOKEN_KEYS:
-            value = _token_str(tcfg.get(key, legacy.get(key)))
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"{os.path.join(path, 'tokenizer_config.json')}: {key} must be a string or "
-                                 f"an AddedToken object, got {value!r:.100}")
+            value = (_token_str(tcfg[key], key, tcfg_path) if key in tcfg
+                     else _token_str(legacy.get(key), key, legacy_path))
             if value is not None:
                 special[key] = value
         if not isinstance(tcfg.get("tokenizer_class") or "", str):
@@ -171,7 +177,7 @@ class Tokenizer:
             if i is not None and i not in eos_ids:
                 eos_ids.append(i)
 
-        _apply_class_pipeline(backend, tcfg, tok_json)
+        _apply_class_pipeline(backend, tcfg, tok_json, tcfg_path)
         # With a tokenizer.json, transformers ignores tokenizer_config's add_bos_token /
         # add_eos_token: the file's post-processor alone decides (none = add nothing).
         template, template_source = cls._find_chat_template(path, tcfg)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 
 import numpy as np
@@ -40,21 +41,98 @@ def _is_ternlm_folder(folder) -> bool:
     return os.path.exists(os.path.join(folder, HEADER_FILE))
 
 
-def save_model(model, folder):
+def check_save_folder(folder, force=False, source=None) -> None:
+    """Raise unless `folder` may receive a saved model: it is new, an empty folder, or (with
+    force) a ternlm folder, and it is not the folder `source` was loaded from. The CLI calls
+    this before converting, so a refusal costs no conversion time.
+
+    FileExistsError: a ternlm folder without force. ValueError: a file, a non-empty folder
+    that is not a ternlm folder (never replaced, force or not: it may be anything of the
+    user's), or the source folder (its weights are memory-mapped by the model being saved)."""
     folder = os.fspath(folder)
-    if os.path.exists(folder):
-        if not os.path.isdir(folder):
-            raise ValueError(f"{folder}: exists and is not a folder")
-        if os.listdir(folder) and not _is_ternlm_folder(folder):
-            raise ValueError(f"{folder}: folder is not empty and is not a ternlm folder; "
-                             "refusing to write into it (choose an empty or new folder)")
-        if os.path.abspath(folder) == os.path.abspath(model.source or ""):
-            raise ValueError(f"{folder}: is the folder this model was loaded from (memory-mapped); "
-                             "save to another folder")
-    os.makedirs(folder, exist_ok=True)
+    if not os.path.lexists(folder):
+        return
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: exists and is not a folder")
+    if source and os.path.isdir(source) and os.path.samefile(folder, source):
+        raise ValueError(f"{folder}: is the folder this model was loaded from (memory-mapped); "
+                         "save to another folder")
+    if not os.listdir(folder):
+        return
+    if not _is_ternlm_folder(folder):
+        raise ValueError(f"{folder}: folder is not empty and is not a ternlm folder; "
+                         "refusing to write into it (choose an empty or new folder)")
+    if not force:
+        raise FileExistsError(f"{folder}: already holds a ternlm model; replace it with force=True "
+                              "(ternlm convert --force) or choose a new folder")
+
+
+def save_model(model, folder, force=False):
+    """Write `model` as a ternlm folder at `folder` (see check_save_folder for what may be
+    there already). Everything is written into a fresh folder beside it, which then takes
+    its place by rename:
+
+        parent/.NAME.partial-<hex>/   written in full (weights, tokenizer, ternlm.json)
+        parent/NAME                   absent or empty: the partial folder is renamed onto it;
+                                      a ternlm folder (force): renamed aside to
+                                      .NAME.old-<hex>, the new one renamed in, the old removed
+
+    A failure or an interrupt while writing removes the partial folder and leaves `folder` as
+    it was; only a kill between the two renames of a replacement can leave the old model in
+    .NAME.old-<hex> with nothing at NAME."""
+    folder = os.fspath(folder)
     if model._matrices is None:
         raise ValueError("this Model holds no weight objects to save (built without ternlm.load)")
+    check_save_folder(folder, force, model.source)
+    tmp = _sibling(folder, "partial", create=True)
+    try:
+        _write_folder(model, tmp)
+        _move_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
+
+def _sibling(folder, tag, create):
+    """An unused path .NAME.<tag>-<hex> in folder's parent (the same file system, so a
+    rename is atomic), made as an empty folder when `create`."""
+    parent, name = os.path.split(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    while True:
+        path = os.path.join(parent, f".{name}.{tag}-{secrets.token_hex(4)}")
+        if not create:
+            if not os.path.lexists(path):
+                return path
+            continue
+        try:
+            os.mkdir(path)                 # the umask's permissions, as the final folder should have
+            return path
+        except FileExistsError:
+            continue
+
+
+def _move_into_place(tmp, folder):
+    if not os.path.lexists(folder):
+        os.rename(tmp, folder)
+        return
+    if not os.listdir(folder):             # empty: rename(2) replaces an empty folder on POSIX,
+        os.rmdir(folder)                   # Windows needs it gone first
+        os.rename(tmp, folder)
+        return
+    old = _sibling(folder, "old", create=False)
+    os.rename(folder, old)
+    try:
+        os.rename(tmp, folder)
+    except BaseException:
+        os.rename(old, folder)
+        raise
+    if os.path.islink(old):                # DST was a link: the folder it named is left alone
+        os.unlink(old)
+    else:
+        shutil.rmtree(old, ignore_errors=True)  # a model loaded from it keeps its mapping
+
+
+def _write_folder(model, folder):
     arrays, matrices, norms = {}, {}, []
     for spec in schema.specs(model.config):
         name = spec.name
@@ -74,9 +152,8 @@ def save_model(model, folder):
 
     header = {"format": "ternlm", "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
               "context_hint": model.context, "matrices": matrices, "norms": norms}
-    tmp = os.path.join(folder, WEIGHTS_FILE + ".partial")
-    save_safetensors(tmp, arrays, metadata={"format": "ternlm", "format_version": str(FORMAT_VERSION)})
-    os.replace(tmp, os.path.join(folder, WEIGHTS_FILE))
+    save_safetensors(os.path.join(folder, WEIGHTS_FILE), arrays,
+                     metadata={"format": "ternlm", "format_version": str(FORMAT_VERSION)})
     _save_tokenizer(model, folder)
     with open(os.path.join(folder, HEADER_FILE), "w", encoding="utf-8") as f:
         json.dump(header, f, indent=1)
