@@ -2,6 +2,7 @@
 #   make demo   set up, then generate text with the default model
 #   make test   set up (with test extras), then run the whole test suite
 #   make fuzz   the loaders' mutation fuzzer for FUZZ_SECONDS (tests/fuzz_loaders.py)
+#   make test-sanitize  the C++ core built with ASan + UBSan, every test that needs no torch under it
 # and for packaging:
 #   make wheel       a manylinux wheel in dist/ that bundles libhwy (auditwheel repair)
 #   make test-wheel  that wheel built from a read-only copy of the tree, installed into a
@@ -20,7 +21,7 @@ DEMO_PROMPT ?= Explain in two sentences why the sky is blue.
 # in a temporary folder and a read-only source tree builds too): rebuilds stay incremental.
 EDITABLE_BUILD_DIR := --config-settings=build-dir=build/{wheel_tag}
 
-.PHONY: demo test fuzz setup setup-test apt build bench clean check-arm test-arm wheel test-wheel
+.PHONY: demo test fuzz test-sanitize setup setup-test apt build bench clean check-arm test-arm wheel test-wheel
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -64,6 +65,17 @@ FUZZ_ARGS ?=
 fuzz: setup-test
 	$(PY) tests/fuzz_loaders.py --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --known tests/fuzz_known.txt \
 	  --out build/fuzz $(FUZZ_ARGS)
+# The sanitizer build: tests/sanitize_env.sh builds the core and the module with ASan +
+# UBSan in build/sanitize (every report aborts; no suppressions) and runs a command against
+# it. SANITIZE_RUN prefixes any command with it (e.g. the loader fuzzer:
+# `$(SANITIZE_RUN) $(PY) tests/fuzz_loaders.py`). test-sanitize runs the test suite there:
+# tests that need torch skip themselves (tests/conftest.py), the notebooks are left out
+# (two minutes under ASan, mostly plotting), and --capture=sys leaves file descriptor 2
+# alone so a sanitizer report reaches the log even when it kills the process.
+SANITIZE_RUN := PYTHON=$(abspath $(PY)) tests/sanitize_env.sh
+SANITIZE_TESTS ?= tests --ignore=tests/test_notebooks.py
+test-sanitize: setup-test
+	$(SANITIZE_RUN) $(abspath $(PY)) -m pytest -q --capture=sys $(SANITIZE_TESTS)
 
 # auditwheel (with patchelf) copies libhwy into the wheel (ternlm.libs/) and retags it
 # manylinux: `import ternlm` then needs no system Highway. auditwheel picks the oldest

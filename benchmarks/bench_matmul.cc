@@ -105,7 +105,8 @@ void BM_MatMul(benchmark::State& state, WeightFormat f, size_t n) {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   for (float& v : x) v = normal(rng);
-  ThreadPool& pool = PoolWithThreads(threads);
+  const std::shared_ptr<ThreadPool> held = AcquirePool(threads);
+  ThreadPool& pool = *held;
   MatMul(w, x.data(), n, y.data(), pool);  // warm up scratch and workers
   for (auto _ : state) {
     MatMul(w, x.data(), n, y.data(), pool);
@@ -158,7 +159,8 @@ void BM_LayerStack(benchmark::State& state, WeightFormat f, size_t layers) {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   for (float& v : x) v = normal(rng);
-  ThreadPool& pool = PoolWithThreads(threads);
+  const std::shared_ptr<ThreadPool> held = AcquirePool(threads);
+  ThreadPool& pool = *held;
   size_t bytes = 0;
   for (const auto& m : stack) bytes += m->nbytes();
   for (const auto& m : stack) MatMul(*m, x.data(), 1, y.data(), pool);  // warm up
@@ -206,7 +208,8 @@ void BM_Attend(benchmark::State& state) {
   for (float& v : q) v = normal(rng);
   const size_t stride = AttendScoresStride(0, len);
   std::vector<float> scores(threads * kGroup * stride), stats(threads * 2 * kGroup);
-  ThreadPool& pool = PoolWithThreads(threads);
+  const std::shared_ptr<ThreadPool> held = AcquirePool(threads);
+  ThreadPool& pool = *held;
   const float scale = 1.0f / std::sqrt(float(kHeadDim));
   auto step = [&] {
     for (size_t l = 0; l < kLayers; ++l)
@@ -262,7 +265,8 @@ void BM_ReadBandwidth(benchmark::State& state) {
     filled = true;
   }
   const size_t threads = size_t(state.range(0));
-  ThreadPool& pool = PoolWithThreads(threads);
+  const std::shared_ptr<ThreadPool> held = AcquirePool(threads);
+  ThreadPool& pool = *held;
   const size_t chunks = threads * 16, per = kBytes / chunks;
   std::vector<uint64_t> sums(chunks);
   for (auto _ : state) {

@@ -16,9 +16,25 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+class _SkipTorch:
+    """Under the sanitizer build (tests/sanitize_env.sh sets TERNLM_SANITIZE=1) torch and
+    transformers are not imported: they are not instrumented, check nothing of the C++
+    core and are slow under ASan. A test that imports them is skipped instead."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "transformers"):
+            pytest.skip(f"needs {name}, not imported under the sanitizer build", allow_module_level=True)
+        return None
+
+
+if os.environ.get("TERNLM_SANITIZE") == "1":
+    sys.meta_path.insert(0, _SkipTorch())
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"

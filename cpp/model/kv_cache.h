@@ -2,6 +2,9 @@
 // IEEE half (f16: half the bytes attention streams per token; values beyond +-65504 are
 // saturated, each element rounded to nearest even).
 //
+// The caller bounds the size (Transformer checks it against physical memory first);
+// an allocation that still fails throws OutOfMemory.
+//
 // Layout: [layer][kv_head] slabs of `context` positions (rounded up to kKeyBlock), so one
 // KV head's history is contiguous and attention reads it front to back. Within a slab,
 // values are rows [pos][head_dim] and keys are blocks of kKeyBlock positions, each
@@ -16,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -24,6 +28,7 @@
 #include "formats/half.h"  // F16FromF32
 #include "hwy/aligned_allocator.h"
 #include "kernels/attention.h"
+#include "runtime/out_of_memory.h"
 
 namespace ternlm {
 
@@ -39,6 +44,8 @@ class KvCache {
         slab_((context + kKeyBlock - 1) / kKeyBlock * kKeyBlock * head_dim),
         bytes_(num_layers * num_kv_heads * slab_ * elem_),
         keys_(hwy::AllocateAligned<uint8_t>(bytes_)), values_(hwy::AllocateAligned<uint8_t>(bytes_)) {
+    if (!keys_ || !values_)
+      throw OutOfMemory("KV cache: could not allocate 2 x " + std::to_string(bytes_) + " bytes");
     NoHugePages(keys_.get());
     NoHugePages(values_.get());
   }

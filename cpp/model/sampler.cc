@@ -1,7 +1,9 @@
 #include "model/sampler.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -44,29 +46,56 @@ void Sampler::SetHistory(const int32_t* ids, size_t n, size_t vocab) {
 
 double Sampler::Uniform() { return double(rng_() >> 11) * (1.0 / 9007199254740992.0); }
 
+namespace {
+
+// Throws NonFiniteLogits naming the first NaN or Inf of x[n]. The scan adds 2^23 to each
+// value's magnitude bits: bit 31 is set exactly when the exponent is all ones (Inf, NaN);
+// OR-ing them is branch-free and vectorizes.
+void CheckFinite(const float* x, size_t n) {
+  uint32_t any = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    any |= (u & 0x7FFFFFFFu) + 0x00800000u;
+  }
+  if (!(any & 0x80000000u)) return;
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i]))
+      throw NonFiniteLogits("logit " + std::to_string(i) + " is " + (std::isnan(x[i]) ? "nan" : x[i] > 0 ? "inf" : "-inf"));
+}
+
+}  // namespace
+
 int32_t Sampler::Sample(const float* logits) {
   const size_t vocab = seen_.size();
   if (vocab == 0)
     throw std::invalid_argument("sample: the sampler has no vocabulary yet (set its history first)");
+  CheckFinite(logits, vocab);
   const SamplingParams& p = params_;
   const bool penalise = p.repetition_penalty != 1.0f && !distinct_.empty();
   if (!penalise && p.temperature == 0.0f) return int32_t(Argmax(logits, vocab));  // greedy: no copy
   work_.assign(logits, logits + vocab);
   float* w = work_.data();
 
-  // Repetition penalty, once per distinct id of the history.
+  // Repetition penalty, once per distinct id of the history; saturated, so a penalty
+  // that overflows a huge logit keeps it the largest (smallest) float, not Inf.
   if (penalise)
-    for (const int32_t id : distinct_)
-      w[id] = w[id] < 0 ? w[id] * p.repetition_penalty : w[id] / p.repetition_penalty;
-  if (p.temperature == 0.0f) return int32_t(Argmax(w, vocab));
+    for (const int32_t id : distinct_) {
+      const float v = w[id] < 0 ? w[id] * p.repetition_penalty : w[id] / p.repetition_penalty;
+      w[id] = std::clamp(v, -FLT_MAX, FLT_MAX);
+    }
+  const size_t best = Argmax(w, vocab);
+  if (p.temperature == 0.0f) return int32_t(best);
+  const float mx = w[best];
 
-  for (size_t i = 0; i < vocab; ++i) w[i] /= p.temperature;
-
-  // Unnormalised probabilities e[id] = exp(w[id] - max), in double; the best id has 1.
+  // Unnormalised probabilities e[id] = exp((w[id] - max) / temperature), in double; the
+  // best id has 1. (w - max) / temperature is finite for finite floats (at most
+  // 2 * FLT_MAX / 1.4e-45 ~ 5e83), so a tiny temperature gives 1 for the best ids and 0
+  // for the rest instead of Inf - Inf = NaN.
   probs_.resize(vocab);
   double* e = probs_.data();
-  const float mx = w[Argmax(w, vocab)];
-  for (size_t i = 0; i < vocab; ++i) e[i] = std::exp(double(w[i]) - double(mx));
+  const double temperature = double(p.temperature);
+  for (size_t i = 0; i < vocab; ++i) e[i] = std::exp((double(w[i]) - double(mx)) / temperature);
 
   // Candidates, filtered without sorting the whole vocabulary (sorting 128k ids per
   // token would cost more than a small model's forward).
@@ -117,6 +146,8 @@ int32_t Sampler::Sample(const float* logits) {
     }
   }
 
+  // n >= 1: every filter keeps the best id (e = 1 >= the k-th value, >= min_p, and top-p
+  // keeps at least one), and u < total = the last acc.
   double total = 0;
   for (size_t i = 0; i < n; ++i) total += e[order_[i]];
   const double u = Uniform() * total;

@@ -13,13 +13,28 @@
 // Checks: SamplingParams::Validate (ranges) runs when parameters are set, never per
 // token; SetHistory checks its ids. Sample and Append trust their callers for the rest
 // (Transformer::Prefill / Step check the token and the vocabulary size).
+//
+// Logits must be finite: Sample throws NonFiniteLogits for NaN or +-Inf (one pass over the
+// exponent bits, far cheaper than the head matmul that wrote them). With finite logits
+// every step below stays finite at any temperature, so the best id always survives the
+// filters and the draw never runs off its candidates: the repetition penalty saturates at
+// +-FLT_MAX, and the temperature divides (logit - max) in double, where even the smallest
+// positive float temperature gives a finite quotient (a tiny temperature is argmax, ties
+// shared).
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 namespace ternlm {
+
+// Logits holding NaN or Inf: a std::domain_error (Python: ValueError).
+class NonFiniteLogits : public std::domain_error {
+ public:
+  using std::domain_error::domain_error;
+};
 
 struct SamplingParams {
   float temperature = 0.0f;         // >= 0; 0 = greedy
@@ -52,7 +67,8 @@ class Sampler {
   size_t vocab() const { return seen_.size(); }  // of the history; 0 before SetHistory
 
   // Next token id from logits [vocab()] (not modified), with params() and the history.
-  // Throws std::invalid_argument before any SetHistory (vocab() == 0).
+  // Throws std::invalid_argument before any SetHistory (vocab() == 0), NonFiniteLogits
+  // ("logit <id> is nan") when a logit is NaN or Inf.
   int32_t Sample(const float* logits);
 
  private:
@@ -62,7 +78,7 @@ class Sampler {
   SamplingParams params_;
   std::vector<uint8_t> seen_;      // [vocab] history marks
   std::vector<int32_t> distinct_;  // ids marked in seen_
-  std::vector<float> work_;        // [vocab] penalised, tempered logits
+  std::vector<float> work_;        // [vocab] penalised logits
   std::vector<int32_t> order_;     // candidate ids, best first
   std::vector<double> probs_;      // [vocab] exp(logit - max logit)
 };

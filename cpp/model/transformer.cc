@@ -10,8 +10,11 @@
 //   logits = (rmsnorm(x)·norm)·Wheadᵀ
 #include "model/transformer.h"
 
+#include <unistd.h>  // sysconf
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -19,14 +22,55 @@
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/vector_ops.h"
+#include "runtime/out_of_memory.h"
 
 namespace ternlm {
 
 namespace {
 
-RunState::Buffer Allocate(size_t count, size_t& total) {
+// Sizes are checked by the constructor before any buffer is allocated (CheckFits).
+RunState::Buffer Allocate(size_t count, size_t& total, const char* what) {
   total += count * sizeof(float);
-  return hwy::AllocateAligned<float>(std::max<size_t>(count, 1));
+  RunState::Buffer b = hwy::AllocateAligned<float>(std::max<size_t>(count, 1));
+  if (!b) throw OutOfMemory(std::string("Transformer: could not allocate ") + std::to_string(count * sizeof(float)) +
+                            " bytes for " + what);
+  return b;
+}
+
+size_t PhysicalMemoryBytes() {  // 0 when unknown
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) return size_t(pages) * size_t(page);
+#endif
+  return 0;
+}
+
+std::string Gigabytes(double bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g GB (%.0f bytes)", bytes / 1e9, bytes);
+  return buf;
+}
+
+// The buffers that grow with the context, in bytes, computed in double so that no
+// context overflows them: the KV cache (slabs of round_up(context, kKeyBlock) positions),
+// the RoPE tables and the per-thread attention scores. Refused when they and the weights
+// exceed physical memory (they are only reserved until positions are reached, but a
+// context that cannot be filled is a mistake better reported at load than as the OOM
+// killer mid-generation).
+void CheckFits(const ModelConfig& c, size_t context, size_t threads, size_t score_rows, size_t kv_elem,
+               size_t weight_bytes) {
+  const double positions = std::ceil(double(context) / double(kKeyBlock)) * double(kKeyBlock);
+  const double kv = 2.0 * double(c.num_layers) * double(c.num_kv_heads) * positions * double(c.head_dim) * double(kv_elem);
+  const double rope = 2.0 * double(context) * double(c.head_dim / 2) * sizeof(float);
+  const double scores = double(threads) * double(score_rows) * positions * sizeof(float);
+  const double need = kv + rope + scores, have = double(PhysicalMemoryBytes());
+  const double limit = have > 0 ? have : std::ldexp(1.0, 62);
+  if (need + double(weight_bytes) <= limit) return;
+  throw std::invalid_argument(
+      "context=" + std::to_string(context) + " needs " + Gigabytes(need) + " for the KV cache (" + Gigabytes(kv) +
+      "), RoPE tables and attention scores, beside " + Gigabytes(double(weight_bytes)) + " of weights: more than " +
+      (have > 0 ? "the " + Gigabytes(have) + " of physical memory of this machine" : std::string("any machine has")) +
+      "; use a smaller context");
 }
 
 // The attention heads' shape, from the config.
@@ -66,44 +110,52 @@ Transformer::Transformer(const ModelConfig& config, Weights weights, size_t cont
   if (context == 0) throw std::invalid_argument("context must be >= 1");
   const ModelConfig& c = config_;
   const size_t chunk = std::min(kMaxChunk, context);
+  const size_t group = c.num_heads / c.num_kv_heads, threads = pool.num_threads();
+  const size_t score_rows = std::min(kAttendTokens, chunk) * group;
+  CheckFits(c, context, threads, score_rows, kv_dtype == KvDtype::kF16 ? 2 : 4, w_.nbytes());
+
   size_t proj_cols = c.hidden_size;
   for (const LayerWeights& l : w_.layers)
     proj_cols = std::max({proj_cols, MaxPieceRows(l.qkv), MaxPieceRows(l.gate_up)});
   size_t& total = s_.nbytes;
   s_.chunk = chunk;
-  s_.x = Allocate(chunk * c.hidden_size, total);
-  s_.xb = Allocate(chunk * c.hidden_size, total);
-  s_.qkv = Allocate(chunk * (c.q_dim() + 2 * c.kv_dim()), total);
-  s_.att = Allocate(chunk * c.q_dim(), total);
-  s_.gate_up = Allocate(chunk * 2 * c.intermediate_size, total);
-  s_.act = Allocate(chunk * c.intermediate_size, total);
-  s_.proj = Allocate(chunk * proj_cols, total);
-  const size_t group = c.num_heads / c.num_kv_heads, threads = pool.num_threads();
-  s_.scores_per_thread = std::min(kAttendTokens, chunk) * group * AttendScoresStride(0, context);
-  s_.scores = Allocate(threads * s_.scores_per_thread, total);
-  s_.row_stats = Allocate(threads * 2 * kAttendTokens * group, total);
+  s_.x = Allocate(chunk * c.hidden_size, total, "activations");
+  s_.xb = Allocate(chunk * c.hidden_size, total, "activations");
+  s_.qkv = Allocate(chunk * (c.q_dim() + 2 * c.kv_dim()), total, "activations");
+  s_.att = Allocate(chunk * c.q_dim(), total, "activations");
+  s_.gate_up = Allocate(chunk * 2 * c.intermediate_size, total, "activations");
+  s_.act = Allocate(chunk * c.intermediate_size, total, "activations");
+  s_.proj = Allocate(chunk * proj_cols, total, "activations");
+  s_.scores_per_thread = score_rows * AttendScoresStride(0, context);
+  s_.scores = Allocate(threads * s_.scores_per_thread, total, "attention scores");
+  s_.row_stats = Allocate(threads * 2 * kAttendTokens * group, total, "attention scores");
   s_.max_parts = threads > 1 ? std::min<size_t>(64, 4 * threads) : 1;
   if (s_.max_parts > 1) {
-    s_.parts = Allocate(s_.max_parts * kAttendTokens * c.q_dim(), total);
-    s_.part_stats = Allocate(s_.max_parts * 2 * kAttendTokens * c.num_heads, total);
+    s_.parts = Allocate(s_.max_parts * kAttendTokens * c.q_dim(), total, "attention parts");
+    s_.part_stats = Allocate(s_.max_parts * 2 * kAttendTokens * c.num_heads, total, "attention parts");
   }
-  s_.logits = Allocate(c.vocab_size, total);
+  s_.logits = Allocate(c.vocab_size, total, "logits");
   const size_t half = c.head_dim / 2;
-  s_.rope_cos = Allocate(context * half, total);
-  s_.rope_sin = Allocate(context * half, total);
+  s_.rope_cos = Allocate(context * half, total, "RoPE tables");
+  s_.rope_sin = Allocate(context * half, total, "RoPE tables");
+  s_.inv_freq.resize(half);
+  RopeInverseFrequencies(c, s_.inv_freq.data());
   s_.kv = KvCache(c.num_layers, c.num_kv_heads, context, c.head_dim, kv_dtype);
   total += s_.kv.nbytes();
+}
 
-  // RoPE tables as transformers computes them: angle = f32(pos) * inv_freq in f32,
-  // then cos/sin of that f32 angle.
-  std::vector<float> inv_freq(half);
-  RopeInverseFrequencies(c, inv_freq.data());
-  for (size_t p = 0; p < context; ++p)
+// RoPE tables as transformers computes them: angle = f32(pos) * inv_freq in f32, then
+// cos/sin of that f32 angle. Rows are filled when a forward first reaches them (a 10^6
+// token context costs nothing until it is used) and kept across Reset.
+void Transformer::FillRope(size_t end) {
+  const size_t half = config_.head_dim / 2;
+  for (size_t p = s_.rope_ready; p < end; ++p)
     for (size_t i = 0; i < half; ++i) {
-      const float angle = float(p) * inv_freq[i];
+      const float angle = float(p) * s_.inv_freq[i];
       s_.rope_cos[p * half + i] = float(std::cos(double(angle)));
       s_.rope_sin[p * half + i] = float(std::sin(double(angle)));
     }
+  s_.rope_ready = std::max(s_.rope_ready, end);
 }
 
 void Transformer::Truncate(size_t pos) {
@@ -153,11 +205,19 @@ void Transformer::ForwardChunks(const int32_t* tokens, size_t n, bool all_logits
   }
 }
 
+int32_t Transformer::SampleAt(const char* what, Sampler& sampler) {
+  try {
+    return sampler.Sample(s_.logits.get());
+  } catch (const NonFiniteLogits& e) {
+    throw NonFiniteLogits(std::string(what) + ": " + e.what() + " at position " + std::to_string(pos_ - 1));
+  }
+}
+
 int32_t Transformer::Prefill(const int32_t* tokens, size_t n, Sampler& sampler) {
   CheckTokens("prefill", tokens, n);
   ForwardChunks(tokens, n, false, s_.logits.get());
   sampler.SetHistory(tokens, n, config_.vocab_size);
-  return sampler.Sample(s_.logits.get());
+  return SampleAt("prefill", sampler);
 }
 
 int32_t Transformer::Step(int32_t token, Sampler& sampler) {
@@ -169,7 +229,7 @@ int32_t Transformer::Step(int32_t token, Sampler& sampler) {
   sampler.Append(token);
   ForwardChunk(&token, 1);
   Logits(0, 1, s_.logits.get());
-  return sampler.Sample(s_.logits.get());
+  return SampleAt("step", sampler);
 }
 
 // out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.
@@ -204,6 +264,7 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
   const size_t qkv_cols = c.q_dim() + 2 * c.kv_dim(), half = hd / 2;
   float* x = s_.x.get();
   float* xb = s_.xb.get();
+  if (pos_ + n > s_.rope_ready) FillRope(pos_ + n);
   ForEachToken(n, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
 
   for (size_t l = 0; l < c.num_layers; ++l) {

@@ -6,7 +6,10 @@
 //   Weights       (weights.h) every matrix and norm weight, owned
 //   RunState                  activation buffers for one chunk of up to kMaxChunk tokens,
 //                             the KV cache and the RoPE tables; allocated once in the
-//                             constructor, so Forward allocates nothing.
+//                             constructor, so Forward allocates nothing. The buffers that
+//                             grow with the context (KV cache, RoPE tables, attention
+//                             scores) are only reserved: pages are committed, and RoPE
+//                             rows computed, as positions are first reached.
 // A prompt longer than kMaxChunk tokens is run in chunks of kMaxChunk (GEMM per chunk);
 // decode is a chunk of one token (GEMV).
 #pragma once
@@ -42,7 +45,9 @@ struct RunState {
   Buffer part_stats;      // [max_parts, 2, kAttendTokens, heads] and its max / sum per row
   size_t max_parts = 1;
   Buffer logits;          // [vocab]                   last-row logits for Prefill / Step
-  Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position
+  Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position, filled as positions are
+  size_t rope_ready = 0;      // first reached: [0, rope_ready) hold their values
+  std::vector<float> inv_freq;  // [head_dim/2] RoPE inverse frequencies
   KvCache kv;
   size_t nbytes = 0;      // all of the above
 };
@@ -53,6 +58,9 @@ class Transformer {
   static constexpr size_t kAttendTokens = 8;  // query tokens per attention task
 
   // Takes the weights; context = KV-cache length in tokens; pool must outlive this.
+  // Throws std::invalid_argument, before allocating anything, for a context whose
+  // buffers with the weights would not fit in this machine's physical memory (the
+  // message names the bytes), and OutOfMemory when an allocation fails.
   Transformer(const ModelConfig& config, Weights weights, size_t context, ThreadPool& pool,
               KvDtype kv_dtype = KvDtype::kF32);
 
@@ -74,7 +82,10 @@ class Transformer {
   // adds it to the history and returns the next: the history is always the tokens
   // appended since Prefill, as transformers' input_ids. Both throw
   // std::invalid_argument, before anything changes, for what Forward rejects and
-  // (Step) for a sampler whose history is over another vocabulary size.
+  // (Step) for a sampler whose history is over another vocabulary size; and
+  // NonFiniteLogits (model/sampler.h) "<call>: logit <id> is nan at position <pos>" when
+  // the logits they computed hold NaN or Inf (NaN weights, or an overflow in the forward);
+  // the tokens are appended then.
   int32_t Prefill(const int32_t* tokens, size_t n, Sampler& sampler);
   int32_t Step(int32_t token, Sampler& sampler);
 
@@ -93,6 +104,8 @@ class Transformer {
   void CheckTokens(const char* what, const int32_t* tokens, size_t n) const;
   void ForwardChunks(const int32_t* tokens, size_t n, bool all_logits, float* logits);  // checked tokens
   void ForwardChunk(const int32_t* tokens, size_t n);  // updates x for n <= chunk tokens
+  void FillRope(size_t end);  // RoPE table rows [rope_ready, end)
+  int32_t SampleAt(const char* what, Sampler& sampler);  // from s_.logits, naming position
   void Attention(size_t layer, size_t n);
   void Project(const FusedProjection& p, const float* in, size_t n, float* out);
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows

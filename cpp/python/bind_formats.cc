@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "aligned_array.h"
 #include "formats/quantized_matrix.h"
 #include "formats/ternary.h"
 #include "kernels/activations.h"
@@ -29,7 +30,8 @@ std::string ShapeStr(const py::array& a) {
   return s + ")";
 }
 
-// Checks that obj is a C-contiguous numpy array of dtype T and returns it.
+// Checks that obj is a C-contiguous numpy array of dtype T and returns it (an aligned
+// copy when it is not aligned: aligned_array.h).
 template <typename T>
 py::array_t<T> Require(py::handle obj, const std::string& where, const char* dtype_name) {
   if (!py::isinstance<py::array>(obj))
@@ -42,7 +44,7 @@ py::array_t<T> Require(py::handle obj, const std::string& where, const char* dty
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(where + " must be C-contiguous (np.ascontiguousarray), got strides " +
                           std::string(py::str(py::tuple(a.attr("strides")))));
-  return py::reinterpret_borrow<py::array_t<T>>(obj);
+  return AlignedArray(py::reinterpret_borrow<py::array_t<T>>(obj));
 }
 
 void RequireNdim(const py::array& a, const std::string& where, int ndim) {
@@ -59,11 +61,13 @@ py::array_t<float> Float32Weights(py::handle w, const std::string& where) {
   return Require<float>(w, where, "float32 or float16");
 }
 
-ThreadPool& PoolFor(py::object threads) {
+// The pool a matmul call runs on; the caller holds it for the call. An explicit count
+// stays cached (RecentPool), so a loop of matmul(threads=n) starts its threads once.
+std::shared_ptr<ThreadPool> PoolFor(py::object threads) {
   if (threads.is_none()) return DefaultPool();
   const long n = threads.cast<long>();
   if (n < 1) throw py::value_error("matmul: threads must be >= 1 or None, got " + std::to_string(n));
-  return PoolWithThreads(size_t(n));
+  return RecentPool(size_t(n));
 }
 
 std::string Repr(const QuantizedMatrix& q) {
@@ -81,7 +85,7 @@ py::dict BuffersDict(const QuantizedMatrix& q) {
   for (const BufferView& b : q.Buffers()) {
     py::dtype dt(b.dtype);
     py::array a(dt, std::vector<py::ssize_t>{py::ssize_t(b.count)});
-    std::memcpy(a.mutable_data(), b.data, b.count * dt.itemsize());
+    if (b.count) std::memcpy(a.mutable_data(), b.data, b.count * dt.itemsize());  // an emptied matrix has none
     d[py::str(b.name)] = a;
   }
   return d;
@@ -141,11 +145,11 @@ py::array_t<float> MatMulPy(py::handle x_obj, const QuantizedMatrix& q, py::obje
       throw py::value_error("matmul: x has a non-finite value at flat index " + std::to_string(i));
   py::array_t<float> y = x.ndim() == 1 ? py::array_t<float>({py::ssize_t(q.rows())})
                                        : py::array_t<float>({py::ssize_t(n), py::ssize_t(q.rows())});
-  ThreadPool& pool = PoolFor(threads);
+  const std::shared_ptr<ThreadPool> pool = PoolFor(threads);
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release release;
-    MatMul(q, xp, n, yp, pool);
+    MatMul(q, xp, n, yp, *pool);
   }
   return y;
 }
@@ -234,8 +238,8 @@ QuantizedMatrix FromInt4Py(py::handle q_obj, py::handle s_obj, py::handle m_obj,
     if (!(a.flags() & py::array::c_style)) throw py::value_error(where + " must be C-contiguous");
     if (a.ndim() != 2 || size_t(a.shape(0)) != rows || size_t(a.shape(1)) != cols / group)
       throw py::value_error(where + " has shape " + ShapeStr(a) + ", expected " + expect);
-    keep[i] = a;
-    sp[i] = static_cast<const uint16_t*>(a.data());
+    keep[i] = AlignedArray(a);
+    sp[i] = static_cast<const uint16_t*>(keep[i].data());
   }
   return FromInt4(q.data(), sp[0], sp[1], rows, cols, group);
 }

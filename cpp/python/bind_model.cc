@@ -10,7 +10,9 @@
 // ever waited for with the GIL released: CheckSignals takes the GIL while holding it).
 // Between the chunks of a long prompt the forward checks for Ctrl-C (CheckSignals).
 // threads=None uses the default pool as sized at construction (set_num_threads later
-// does not change a built Transformer); threads=n a process-wide pool of n threads.
+// does not change a built Transformer); threads=n the shared pool of n threads. A
+// Transformer holds its pool: the pool's threads stop when no model or caller uses it
+// (runtime/thread_pool.h).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -24,12 +26,14 @@
 #include <string>
 #include <vector>
 
+#include "aligned_array.h"
 #include "formats/quantized_matrix.h"
 #include "model/config.h"
 #include "model/sampler.h"
 #include "model/schema.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "runtime/out_of_memory.h"
 #include "runtime/thread_pool.h"
 
 namespace py = pybind11;
@@ -83,7 +87,7 @@ class DictTensorSource : public TensorSource {
                            std::string(py::str(a.dtype())));
     FloatVector v;
     for (py::ssize_t i = 0; i < a.ndim(); ++i) v.shape.push_back(size_t(a.shape(i)));
-    auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+    auto f = AlignedArray(py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a));
     v.values.assign(f.data(), f.data() + f.size());
     return v;
   }
@@ -92,15 +96,28 @@ class DictTensorSource : public TensorSource {
   const py::dict& d_;
 };
 
-ThreadPool& PoolFor(const py::object& threads) {
+std::shared_ptr<ThreadPool> PoolFor(const py::object& threads) {
   if (threads.is_none()) return DefaultPool();
   const long n = threads.cast<long>();
   if (n < 1) throw py::value_error("Transformer: threads must be >= 1 or None, got " + std::to_string(n));
-  return PoolWithThreads(size_t(n));
+  return AcquirePool(size_t(n));
+}
+
+// context as a size; a Python int beyond 64 bits saturates (the Transformer then refuses
+// it by the memory it would need).
+size_t ContextOf(const py::int_& context) {
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(context.ptr(), &overflow);
+  if (overflow == 0 && v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  if (overflow < 0 || (overflow == 0 && v < 1))
+    throw py::value_error("Transformer: context must be >= 1, got " + std::string(py::str(context)));
+  return overflow > 0 ? SIZE_MAX : size_t(v);
 }
 
 // ---- Python objects ---------------------------------------------------------------------
+// The pool is declared first, so it is released after the Transformer that runs on it.
 struct PyTransformer {
+  std::shared_ptr<ThreadPool> pool;
   std::unique_ptr<Transformer> t;
   std::mutex mu;  // one forward at a time (the RunState is shared)
 };
@@ -115,18 +132,18 @@ void CheckSignals() {
 }
 
 std::unique_ptr<PyTransformer> MakeTransformer(const py::dict& config, const py::dict& tensors,
-                                               long context, const py::object& threads,
+                                               const py::int_& context, const py::object& threads,
                                                const std::string& kv_dtype) {
   const ModelConfig c = ConfigOf(config);
-  if (context < 1) throw py::value_error("Transformer: context must be >= 1, got " + std::to_string(context));
+  const size_t ctx = ContextOf(context);
   if (kv_dtype != "f32" && kv_dtype != "f16")
     throw py::value_error("Transformer: kv_dtype must be 'f32' or 'f16', got '" + kv_dtype + "'");
-  ThreadPool& pool = PoolFor(threads);
+  auto out = std::make_unique<PyTransformer>();
+  out->pool = PoolFor(threads);
   DictTensorSource source(tensors);
   Weights w = AssembleWeights(c, source);  // reads the Python objects: holds the GIL
-  auto out = std::make_unique<PyTransformer>();
   py::gil_scoped_release release;
-  out->t = std::make_unique<Transformer>(c, std::move(w), size_t(context), pool,
+  out->t = std::make_unique<Transformer>(c, std::move(w), ctx, *out->pool,
                                          kv_dtype == "f16" ? KvDtype::kF16 : KvDtype::kF32);
   out->t->SetBetweenChunks(CheckSignals);
   return out;
@@ -170,7 +187,7 @@ std::vector<int32_t> TokenIds(py::handle obj, const char* where) {
     throw py::type_error(std::string(where) + ": token ids must be an integer array");
   if (a.ndim() != 1)
     throw py::value_error(std::string(where) + ": token ids must be 1-D, got " + std::to_string(a.ndim()) + "-D");
-  auto v = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+  auto v = AlignedArray(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a));
   std::vector<int32_t> ids(size_t(v.size()));
   for (size_t i = 0; i < ids.size(); ++i)
     ids[i] = int32_t(std::clamp<int64_t>(v.data()[i], INT32_MIN, INT32_MAX));
@@ -198,6 +215,15 @@ uint64_t Seed(const py::object& seed) {
 }  // namespace
 
 void BindModel(py::module_& m) {
+  // NonFiniteLogits: a ValueError of its own, so the Model can name the generation step.
+  py::register_exception<NonFiniteLogits>(m, "NonFiniteLogitsError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const OutOfMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    }
+  });
   py::class_<Sampler>(m, "Sampler",
                       "Next-token sampler (repetition penalty, temperature, top-k, top-p, min-p), "
                       "reproducible for a seed (std::mt19937_64). It holds its parameters and the "
@@ -216,7 +242,7 @@ void BindModel(py::module_& m) {
              py::array a = py::array::ensure(logits_obj);
              if (!a || a.dtype().kind() != 'f' || a.ndim() != 1 || a.size() == 0)
                throw py::value_error("sample: logits must be a non-empty 1-D float array [vocab]");
-             auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+             auto f = AlignedArray(py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a));
              std::vector<int32_t> recent;
              if (!recent_tokens.is_none()) recent = TokenIds(recent_tokens, "sample: recent_tokens");
              s.SetParams(Params(temperature, top_k, top_p, min_p, repetition_penalty));

@@ -17,8 +17,12 @@ void BindRuntime(py::module_& m) {
   m.def("set_num_threads", [](long n) {
     if (n < 0) throw py::value_error("set_num_threads: n must be >= 0 (0 = all cores), got " + std::to_string(n));
     SetNumThreads(size_t(n));
-  }, py::arg("n"), "Threads used by matmul and the model when none is given (0: all cores).");
+  }, py::arg("n"), "Threads used by matmul and the model when none is given (0: all cores; at most "
+                  "max_threads()).");
   m.def("get_num_threads", [] { return GetNumThreads(); });
+  m.def("max_threads", &MaxThreads, "The most threads a pool may have (4 x the cores).");
+  m.def("_fail_thread_start_for_test", &FailThreadStartForTest, py::arg("index"),
+        "Test hook: pools started from now on fail to create worker thread `index` (0: off).");
   m.def("supported_targets", &SupportedTargetNames,
         "Highway targets compiled in and supported by this CPU, best first.");
   m.def("current_target", &CurrentTargetName, "The target dynamic dispatch uses now.");

@@ -70,7 +70,8 @@ ReadBandwidthResult MeasureReadBandwidth(size_t threads, size_t bytes, size_t re
   if (repeats < 1)
     throw std::invalid_argument("measure_read_bandwidth: repeats must be >= 1, got " +
                                 std::to_string(repeats));
-  ThreadPool& pool = PoolWithThreads(threads);
+  const std::shared_ptr<ThreadPool> held = AcquirePool(threads);
+  ThreadPool& pool = *held;
   const size_t chunk = bytes >= kChunkBytes * pool.num_threads() ? kChunkBytes : kSmallChunkBytes;
   const size_t num_chunks = bytes / chunk;
   const size_t words_per_chunk = chunk / sizeof(uint64_t);

@@ -12,8 +12,12 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -27,6 +31,7 @@
 namespace ternlm {
 namespace {
 constexpr int kSpinIterations = 20000;  // ~50-100 us of pause before sleeping
+std::atomic<size_t> g_fail_thread_start{0};  // FailThreadStartForTest
 }  // namespace
 
 struct ThreadPool::Impl {
@@ -63,6 +68,18 @@ struct ThreadPool::Impl {
     }
   }
 
+  // Wakes every worker with the stop flag set and joins them.
+  void StopAndJoin() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop.store(true);
+      generation.fetch_add(1);
+    }
+    wake.notify_all();
+    for (std::thread& t : workers) t.join();
+    workers.clear();
+  }
+
   // The caller never waits for a worker that has not woken up yet (a sleeping vCPU can
   // take a millisecond to wake): it waits for the tasks, then only for workers that are
   // inside the job. A worker enters by incrementing `active` and re-checking that the
@@ -89,20 +106,35 @@ struct ThreadPool::Impl {
   }
 };
 
+// Workers get the Impl pointer, not `this`: they touch nothing else of the ThreadPool.
+// When thread t cannot be created, the workers already running are stopped and joined
+// before Impl is freed (a constructor that throws runs no destructor).
 ThreadPool::ThreadPool(size_t num_threads) : impl_(new Impl) {
-  impl_->num_threads = std::max<size_t>(1, num_threads);
-  for (size_t t = 1; t < impl_->num_threads; ++t)
-    impl_->workers.emplace_back([this, t] { impl_->WorkerLoop(t); });
+  Impl* impl = impl_;
+  impl->num_threads = std::max<size_t>(1, num_threads);
+  size_t t = 1;
+  try {
+    for (; t < impl->num_threads; ++t) {
+      if (t == g_fail_thread_start.load())
+        throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                                "simulated by FailThreadStartForTest");
+      impl->workers.emplace_back([impl, t] { impl->WorkerLoop(t); });
+    }
+  } catch (const std::system_error& e) {
+    impl->StopAndJoin();
+    delete impl;
+    throw std::runtime_error("thread pool: could not start worker thread " + std::to_string(t) + " of " +
+                             std::to_string(num_threads) + " (" + e.what() +
+                             "); the system limits threads per process or user: use fewer threads");
+  } catch (...) {
+    impl->StopAndJoin();
+    delete impl;
+    throw;
+  }
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->stop.store(true);
-    impl_->generation.fetch_add(1);
-  }
-  impl_->wake.notify_all();
-  for (std::thread& t : impl_->workers) t.join();
+  impl_->StopAndJoin();
   delete impl_;
 }
 
@@ -138,38 +170,87 @@ void ThreadPool::Run(size_t num_tasks, const std::function<void(size_t, size_t)>
   while (s.active.load() != 0) TERNLM_PAUSE();
 }
 
-// ---------------------------------------------------------------- default pool
+// ---------------------------------------------------------------- shared pools
 
 namespace {
-std::mutex g_default_mu;
-size_t g_default_threads = 0;  // 0: all cores
-
 size_t AllCores() { return std::max(1u, std::thread::hardware_concurrency()); }
-}  // namespace
 
-// Pools are created once per size and never destroyed, so a reference handed out by
-// DefaultPool() (a model keeps one) stays valid after SetNumThreads() changes the size.
-ThreadPool& PoolWithThreads(size_t n) {
-  static std::mutex mu;
-  static std::vector<std::unique_ptr<ThreadPool>>* pools = new std::vector<std::unique_ptr<ThreadPool>>;
-  std::lock_guard<std::mutex> lock(mu);
-  n = n ? n : AllCores();
-  for (auto& p : *pools)
-    if (p->num_threads() == n) return *p;
-  pools->emplace_back(new ThreadPool(n));
-  return *pools->back();
+// The registry: every live pool by size (weak: holders keep them alive), plus the two
+// pools the process itself holds.
+struct Pools {
+  std::mutex mu;
+  std::map<size_t, std::weak_ptr<ThreadPool>> live;
+  size_t default_threads = 0;                // 0: all cores
+  std::shared_ptr<ThreadPool> default_pool;  // of default size, once asked for
+  std::shared_ptr<ThreadPool> recent;        // RecentPool's latest
+};
+
+Pools& Registry() {
+  static Pools* pools = new Pools;  // never destroyed: pools may be released during exit
+  return *pools;
 }
 
-ThreadPool& DefaultPool() { return PoolWithThreads(GetNumThreads()); }
+void CheckThreads(size_t n) {
+  if (n > MaxThreads())
+    throw std::invalid_argument("threads=" + std::to_string(n) + " is more than 4 x the " + std::to_string(AllCores()) +
+                                " cores of this machine (at most " + std::to_string(MaxThreads()) + ")");
+}
+
+// With the registry locked. A pool that fails to start throws before it is registered.
+std::shared_ptr<ThreadPool> AcquireLocked(Pools& r, size_t n) {
+  n = n ? n : AllCores();
+  CheckThreads(n);
+  auto it = r.live.find(n);
+  if (it != r.live.end())
+    if (std::shared_ptr<ThreadPool> p = it->second.lock()) return p;
+  auto p = std::make_shared<ThreadPool>(n);
+  r.live[n] = p;
+  for (auto i = r.live.begin(); i != r.live.end();) i = i->second.expired() ? r.live.erase(i) : std::next(i);
+  return p;
+}
+}  // namespace
+
+size_t MaxThreads() { return 4 * AllCores(); }
+
+std::shared_ptr<ThreadPool> AcquirePool(size_t n) {
+  Pools& r = Registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return AcquireLocked(r, n);
+}
+
+std::shared_ptr<ThreadPool> RecentPool(size_t n) {
+  Pools& r = Registry();
+  std::shared_ptr<ThreadPool> previous;  // released after the lock: joining takes time
+  std::lock_guard<std::mutex> lock(r.mu);
+  std::shared_ptr<ThreadPool> p = AcquireLocked(r, n);
+  previous = std::move(r.recent);
+  r.recent = p;
+  return p;
+}
+
+std::shared_ptr<ThreadPool> DefaultPool() {
+  Pools& r = Registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  const size_t n = r.default_threads ? r.default_threads : AllCores();
+  if (!r.default_pool || r.default_pool->num_threads() != n) r.default_pool = AcquireLocked(r, n);
+  return r.default_pool;
+}
 
 void SetNumThreads(size_t n) {
-  std::lock_guard<std::mutex> lock(g_default_mu);
-  g_default_threads = n;
+  CheckThreads(n);
+  Pools& r = Registry();
+  std::shared_ptr<ThreadPool> previous;
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.default_threads = n;
+  previous = std::move(r.default_pool);  // the new default starts on first use
 }
 
 size_t GetNumThreads() {
-  std::lock_guard<std::mutex> lock(g_default_mu);
-  return g_default_threads ? g_default_threads : AllCores();
+  Pools& r = Registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return r.default_threads ? r.default_threads : AllCores();
 }
+
+void FailThreadStartForTest(size_t index) { g_fail_thread_start.store(index); }
 
 }  // namespace ternlm

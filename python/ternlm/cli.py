@@ -480,7 +480,7 @@ def main(argv=None) -> int:
     except CliError as e:
         print(f"ternlm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError, MemoryError) as e:
         print(f"ternlm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

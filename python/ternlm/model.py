@@ -25,7 +25,11 @@ Generation rules:
 - An empty prompt starts from BOS when the model has one, else ValueError.
 - Sampling runs in C++, in the same calls as the forward (Transformer.prefill for the prompt
   and the first token, Transformer.step for each next one; no logits cross into Python):
-  temperature 0 is greedy; seed=None draws a fresh seed.
+  temperature 0 is greedy; seed=None draws a fresh seed. A temperature too small for
+  float32 logits / temperature (e.g. 1e-40) is still computed exactly: it picks the argmax.
+- Logits that are NaN or Inf (NaN weights, or finite weights whose forward overflows
+  float32) raise ValueError "logits at step N are not finite ..." (step 0: the first new
+  token) instead of sampling garbage; the tokens so far were already yielded by stream().
 
 m.stats after generate/stream/chat: prompt_tokens, decode_tokens (generated, EOS excluded),
 prompt_s (prefill + choosing the first token: time to first token), prompt_tok_s,
@@ -219,7 +223,7 @@ class Model:
             if max_new > 0:
                 # one C++ call: forward of the prompt, the first token sampled from its last row
                 # (the sampler's penalty history is set to the prompt)
-                tok = self._engine.prefill(prompt, sampler)
+                tok = self._sample(self._engine.prefill, prompt, sampler, step=0)
                 clock = time.perf_counter()
                 stats["prompt_s"] = clock - t0
             while generated < max_new:
@@ -250,7 +254,7 @@ class Model:
                     break
                 # one C++ call: append tok to the KV cache and the penalty history, forward,
                 # sample the next token
-                tok = self._engine.step(tok, sampler)
+                tok = self._sample(self._engine.step, tok, sampler, step=generated)
             if stats["stop_reason"] != "stop":
                 text += decoder.flush()
                 cut = self._find_stop(text, stops)
@@ -269,6 +273,15 @@ class Model:
             stats["decode_s"] = busy
             stats["decode_tok_s"] = (generated - 1) / busy if generated > 1 and busy > 0 else 0.0
             stats["peak_rss_mb"] = peak_rss_mb()
+
+    @staticmethod
+    def _sample(call, tokens, sampler, step):
+        """engine.prefill / engine.step, with non-finite logits named by generation step."""
+        from ._native import core
+        try:
+            return call(tokens, sampler)
+        except core.NonFiniteLogitsError as e:
+            raise ValueError(f"logits at step {step} are not finite (NaN weights or overflow); {e}") from None
 
     @staticmethod
     def _find_stop(text, stops):
