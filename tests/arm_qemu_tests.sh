@@ -47,11 +47,12 @@ ARM_DEBS=(
   libreadline8 libsqlite3-0 libssl3 libtinfo6 libtirpc3 libuuid1 zlib1g
 )
 # aarch64 wheels (cp311), pinned and without dependency resolution: pytest, hypothesis,
-# tokenizers (imported by tests/conftest.py's fixtures) and their pure-Python deps.
+# tokenizers (imported by tests/conftest.py's fixtures), jinja2 + markupsafe (ternlm's chat
+# templates) and their pure-Python deps.
 WHEELS=(
   pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.3 pygments==2.21.0
   hypothesis==6.170.15 sortedcontainers==2.4.0
-  tokenizers==0.23.3 tqdm==4.70.1
+  tokenizers==0.23.3 tqdm==4.70.1 jinja2==3.1.6 markupsafe==3.0.4
 )
 PY_EXT=.cpython-311-aarch64-linux-gnu.so   # Debian 12's python3.11
 
