@@ -131,10 +131,13 @@ def test_engine_refuses_huge_or_bad_contexts_directly(tiny):
     from ternlm.loading import convert_checkpoint, read_checkpoint, target_formats
     ckpt = read_checkpoint(tiny)
     for context, match in [(2**63, "physical memory|any machine"), (2**80, "physical memory|any machine"),
+                           (np.int64(2**62), "physical memory|any machine"),
                            (0, "context must be >= 1"), (-2**70, "context must be >= 1")]:
         tensors = convert_checkpoint(ckpt, target_formats(ckpt, None, None), progress=False)
         with pytest.raises(ValueError, match=match):
             core.Transformer(ckpt.config.to_dict(), tensors, context, 1)
+    with pytest.raises(TypeError):
+        core.Transformer(ckpt.config.to_dict(), tensors, 16.0, 1)
 
 
 def rss_bytes():
@@ -146,7 +149,7 @@ def rss_bytes():
 
 
 def test_a_long_context_costs_nothing_until_used(tiny):
-    """context=500k reserves ~0.6 GB (KV cache, RoPE tables, scores) but commits none of it
+    """context=500k reserves ~1.2 GB (KV cache, RoPE tables, scores) but commits none of it
     at load; its logits are those of a short context, bit for bit."""
     short = load(tiny, context=64)
     ids = [3, 1, 4, 1, 5, 9, 2, 6]
@@ -156,8 +159,8 @@ def test_a_long_context_costs_nothing_until_used(tiny):
     before = rss_bytes()
     with pytest.warns(TernlmWarning, match="max_position_embeddings"):
         m = load(tiny, context=500_000)
-    assert m.memory_bytes > 500_000 * 1024                # the KV cache alone: 1 KiB per position
-    assert rss_bytes() - before < 40 << 20                # the RoPE tables alone would be 64 MB
+    assert m.memory_bytes > 500_000 * 2048                # the KV cache alone: 2 KiB per position
+    assert rss_bytes() - before < 40 << 20                # the RoPE tables alone would be 128 MB
     np.testing.assert_array_equal(m.logits(ids), want)
     assert m.generate(ids, max_new_tokens=3) == load(tiny, context=64).generate(ids, max_new_tokens=3)
 
@@ -176,7 +179,7 @@ with open("/proc/self/status") as f:
     size = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (size + (400 << 20), resource.RLIM_INFINITY))
 try:
-    ternlm.load({str(tiny)!r}, context=1_000_000, threads=1, progress=False)   # KV cache: 2 x 512 MB (1 KB per position)
+    ternlm.load({str(tiny)!r}, context=1_000_000, threads=1, progress=False)   # KV cache: 2 x 1 GB
 except MemoryError as e:
     print("MemoryError:", e)
 """

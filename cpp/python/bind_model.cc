@@ -103,9 +103,12 @@ std::shared_ptr<ThreadPool> PoolFor(const py::object& threads) {
   return AcquirePool(size_t(n));
 }
 
-// context as a size; a Python int beyond 64 bits saturates (the Transformer then refuses
-// it by the memory it would need).
-size_t ContextOf(const py::int_& context) {
+// context (any integer, numpy's too) as a size; beyond 64 bits it saturates (the
+// Transformer then refuses it by the memory it would need).
+size_t ContextOf(const py::object& obj) {
+  PyObject* index = PyNumber_Index(obj.ptr());  // TypeError for a non-integer
+  if (!index) throw py::error_already_set();
+  const py::int_ context = py::reinterpret_steal<py::int_>(index);
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(context.ptr(), &overflow);
   if (overflow == 0 && v == -1 && PyErr_Occurred()) throw py::error_already_set();
@@ -132,7 +135,7 @@ void CheckSignals() {
 }
 
 std::unique_ptr<PyTransformer> MakeTransformer(const py::dict& config, const py::dict& tensors,
-                                               const py::int_& context, const py::object& threads,
+                                               const py::object& context, const py::object& threads,
                                                const std::string& kv_dtype) {
   const ModelConfig c = ConfigOf(config);
   const size_t ctx = ContextOf(context);
