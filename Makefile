@@ -75,10 +75,7 @@ fuzz: setup-test
 # (two minutes under ASan, mostly plotting), and --capture=sys leaves file descriptor 2
 # alone so a sanitizer report reaches the log even when it kills the process.
 SANITIZE_RUN := PYTHON=$(abspath $(PY)) tests/sanitize_env.sh
-# test_fuzz_loaders.py is left out too: it checks how the fuzzer reports a child killed by a
-# signal, and under ASan a SIGSEGV is ASan's report and exit instead (the fuzzer itself runs
-# against this build with FUZZ_ARGS, see fuzz above).
-SANITIZE_TESTS ?= tests --ignore=tests/test_notebooks.py --ignore=tests/test_fuzz_loaders.py
+SANITIZE_TESTS ?= tests --ignore=tests/test_notebooks.py
 test-sanitize: setup-test
 	$(SANITIZE_RUN) $(abspath $(PY)) -m pytest -q --capture=sys $(SANITIZE_TESTS)
 
