@@ -54,17 +54,19 @@ test: setup-test
 	$(PY) -m pytest -q tests
 
 # Seeded mutation fuzzing of every loader, each input loaded in a forked child under a memory
-# cap and a timeout: a crash, a hang, a MemoryError or an exception other than ValueError /
-# FileNotFoundError fails it and prints the input (tests/BAD_INPUTS.md has the policy;
-# tests/fuzz_known.txt the defects not fixed yet). Failing inputs are saved in build/fuzz.
-# FUZZ_ARGS picks another core, e.g. a sanitizer build:
-#   FUZZ_ARGS='--core-dir build/sanitize --preload "$(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)"'
+# cap and a timeout: a crash, a hang, a sanitizer report, a MemoryError or an exception other
+# than ValueError / FileNotFoundError fails it and prints the input (tests/BAD_INPUTS.md has
+# the policy; tests/fuzz_known.txt the defects not fixed yet). Failing inputs are saved in
+# build/fuzz. FUZZ_SANITIZE=1 runs it against the sanitizer build (SANITIZE_RUN, below), as
+# CI does; FUZZ_ARGS adds options (tests/fuzz_loaders.py --help).
 FUZZ_SECONDS ?= 180
 FUZZ_SEED ?= 1
+FUZZ_SANITIZE ?= 0
 FUZZ_ARGS ?=
 fuzz: setup-test
-	$(PY) tests/fuzz_loaders.py --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --known tests/fuzz_known.txt \
-	  --out build/fuzz $(FUZZ_ARGS)
+	$(if $(filter 1,$(FUZZ_SANITIZE)),$(SANITIZE_RUN)) $(abspath $(PY)) tests/fuzz_loaders.py --seconds $(FUZZ_SECONDS) \
+	  --seed $(FUZZ_SEED) --known tests/fuzz_known.txt --out build/fuzz $(FUZZ_ARGS)
+
 # The sanitizer build: tests/sanitize_env.sh builds the core and the module with ASan +
 # UBSan in build/sanitize (every report aborts; no suppressions) and runs a command against
 # it. SANITIZE_RUN prefixes any command with it (e.g. the loader fuzzer:
@@ -73,10 +75,7 @@ fuzz: setup-test
 # (two minutes under ASan, mostly plotting), and --capture=sys leaves file descriptor 2
 # alone so a sanitizer report reaches the log even when it kills the process.
 SANITIZE_RUN := PYTHON=$(abspath $(PY)) tests/sanitize_env.sh
-# test_fuzz_loaders.py is left out too: it checks how the fuzzer reports a child killed by a
-# signal, and under ASan a SIGSEGV is ASan's report and exit instead (the fuzzer itself runs
-# against this build with FUZZ_ARGS, see fuzz above).
-SANITIZE_TESTS ?= tests --ignore=tests/test_notebooks.py --ignore=tests/test_fuzz_loaders.py
+SANITIZE_TESTS ?= tests --ignore=tests/test_notebooks.py
 test-sanitize: setup-test
 	$(SANITIZE_RUN) $(abspath $(PY)) -m pytest -q --capture=sys $(SANITIZE_TESTS)
 

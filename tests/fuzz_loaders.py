@@ -37,13 +37,14 @@ A failure is printed with its traceback, the child's stderr and the mutated file
 (--known) lists its type and function as a defect not fixed yet. The report ends with the
 iteration count and the histogram of outcomes.
 
-Sanitizer builds: --core-dir names the build, --preload (or FUZZ_PRELOAD) libasan and
-libstdc++ (both: ASan must come first and find the real __cxa_throw), e.g.
-    --core-dir build/sanitize --preload "$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
-ASan reserves terabytes of address space, so the cap is then ASan's max_allocation_size_mb
-instead of RLIMIT_AS (a too large C++ allocation then aborts with ASan's report instead of
-raising MemoryError: a failure either way). Any ASan / UBSan report in a child's stderr
-fails the input, also when the child went on.
+Sanitizer builds: `make fuzz FUZZ_SANITIZE=1` (CI) runs this under tests/sanitize_env.sh,
+which builds build/sanitize and sets TERNLM_CORE_DIR and LD_PRELOAD for the workers to
+inherit. By hand: --core-dir names the build, --preload (or FUZZ_PRELOAD) libasan and
+libstdc++ (both: ASan must come first and find the real __cxa_throw). ASan reserves
+terabytes of address space, so the cap is then ASan's max_allocation_size_mb instead of
+RLIMIT_AS (a too large C++ allocation then aborts with ASan's report instead of raising
+MemoryError: a failure either way). Any ASan / UBSan report in a child's stderr fails the
+input, also when the child went on.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ import time
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PROGRESS_EVERY = 30                                # seconds between progress lines
 FULL_REPORTS = 5                                  # failures printed in full (input included)
 WEIGHTS = [None] * 6 + ["bf16", "bf16c", "int4", "ternary"]
 
@@ -317,7 +319,7 @@ def run(args) -> int:
         hist, per_target, sites, failures = collections.Counter(), collections.Counter(), collections.Counter(), 0
         order = args.only
         i, done, started = 0, 0, time.monotonic()
-        deadline = started + args.seconds
+        deadline, next_note = started + args.seconds, started + PROGRESS_EVERY
         sel = selectors.DefaultSelector()
         for w in workers:
             sel.register(w.proc.stdout, selectors.EVENT_READ, w)
@@ -336,6 +338,9 @@ def run(args) -> int:
                     i += 1
             if not any(w.busy for w in workers):
                 break
+            if time.monotonic() >= next_note:          # a sign of life in long CI logs
+                print(f"[{time.monotonic() - started:.0f} s] {done} inputs, {failures} failure(s)", flush=True)
+                next_note += PROGRESS_EVERY
             ready = sel.select(timeout=args.timeout + 60)
             if not ready:                           # a worker stopped answering (it times its
                 ready = [(None, w) for w in workers if w.busy]   # children out itself)
