@@ -16,6 +16,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -277,3 +278,17 @@ def hf_logits(folder, ids):
     import torch
     with torch.no_grad():
         return hf_reference(folder)(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def copy_folder(src, dst):
+    """A copy of a model folder to damage, so the fixture's files stay intact."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_json(path, edit):
+    """Rewrite a JSON file after edit(data) changed the parsed object in place."""
+    data = json.loads(open(path).read())
+    edit(data)
+    with open(path, "w") as f:
+        json.dump(data, f)

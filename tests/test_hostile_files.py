@@ -5,7 +5,6 @@ allocation sized by the file's claims, no traceback of another type, no foreign 
 bytes in a message. The catalogue is tests/BAD_INPUTS.md."""
 import json
 import os
-import shutil
 import struct
 import time
 import tracemalloc
@@ -14,24 +13,13 @@ import numpy as np
 import pytest
 
 import ternlm
+from conftest import copy_folder as _copy, edit_json as _edit_json
 from ternlm.io.hf import _converted_by_bitnet, config_from_hf
 from ternlm.io.module_names import ModulePatterns
 from ternlm.io.safetensors import SafetensorsError, SafetensorsFile, SafetensorsFolder, save_safetensors
 from ternlm.loading import read_checkpoint
 
 from test_hf_loader import TINYLLAMA
-
-
-def _copy(src, dst):
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _edit_json(path, edit):
-    data = json.loads(open(path).read())
-    edit(data)
-    with open(path, "w") as f:
-        json.dump(data, f)
 
 
 def _raises_fast(exc, match, fn, seconds=1.0):

@@ -2,9 +2,7 @@
 API / CLI half of 10): chat templates bounded in time and size, one value validation for
 every way a matrix comes in, and the caller's mistakes as ValueError / TypeError -- and from
 the CLI as one line and exit status 2. The catalogue is tests/BAD_INPUTS.md."""
-import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 
 import ternlm
+from conftest import copy_folder as _copy, edit_json as _edit_json
 from ternlm import chat_template
 from ternlm.io.safetensors import SafetensorsFile, save_safetensors
 from ternlm.loading import read_checkpoint
@@ -22,18 +21,6 @@ from ternlm.tokenizer import Tokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESSAGES = [{"role": "user", "content": "hi"}]
 LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-
-
-def _copy(src, dst):
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _edit_json(path, edit):
-    data = json.loads(open(path).read())
-    edit(data)
-    with open(path, "w") as f:
-        json.dump(data, f)
 
 
 def _set_template(folder, template):
