@@ -24,8 +24,9 @@ CONTEXT = 16384
 # at least 8 s (one chunk timed first).
 def _child_source():
     return r"""
-import sys, time
+import faulthandler, signal, sys, time
 import numpy as np
+faulthandler.register(signal.SIGUSR1, all_threads=True)   # the test asks for stacks on a hang
 import ternlm
 folder, context = sys.argv[1], int(sys.argv[2])
 m = ternlm.load(folder, context=context, threads=1, progress=False)
@@ -80,7 +81,11 @@ def test_ctrl_c_stops_a_long_prompt_within_half_a_second(long_prompt_model):
                 try:
                     lines.append(out.get(timeout=10))
                 except queue.Empty:
-                    pytest.fail(f"no KeyboardInterrupt 10 s after SIGINT during {line.split()[1]}: {lines}")
+                    p.send_signal(signal.SIGUSR1)     # every thread's Python stack to stderr
+                    time.sleep(1.0)
+                    p.kill()
+                    stacks = p.communicate(timeout=30)[1][-6000:]
+                    pytest.fail(f"no KeyboardInterrupt 10 s after SIGINT during {line.split()[1]}: {lines}\n{stacks}")
                 latencies[line.split()[1]] = time.monotonic() - sent
         p.wait(timeout=60)
     finally:
