@@ -103,7 +103,13 @@ def test_backtracking_pattern_cannot_hang_the_load(bitnet_folders, tmp_path):
 
 
 def test_module_patterns_match_like_transformers():
+    import inspect
+
     from transformers.quantizers.quantizers_utils import should_convert_module
+    if "boundary" not in inspect.getsource(should_convert_module):
+        # Older transformers (e.g. 5.17) matched a plain prefix ("layer.1" also skipped
+        # "layer.11"); ternlm follows the module-boundary rule of the current one.
+        pytest.skip("this transformers predates the module-boundary rule ternlm follows")
     layers = [f"model.layers.{i}.{m}" for i in (0, 1, 2, 10, 11, 12)
               for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")]
     patterns = ["lm_head", "model.layers.1", "model.layers.1.mlp", "model.layers.*.mlp", "layers.*.mlp",

@@ -7,8 +7,8 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
-#include <sstream>
 #include <stdexcept>
 
 #include "aligned_array.h"
@@ -70,14 +70,16 @@ std::shared_ptr<ThreadPool> PoolFor(py::object threads) {
   return RecentPool(size_t(n));
 }
 
+// snprintf, not an ostringstream: a stream's number formatting goes through locale facets,
+// which crash when another extension in the process brought a different libstdc++.
 std::string Repr(const QuantizedMatrix& q) {
-  std::ostringstream s;
-  s.precision(4);
-  s << "QuantizedMatrix(format='" << FormatName(q.format()) << "', shape=(" << q.rows() << ", "
-    << q.cols() << ")";
-  if (q.group_size()) s << ", group_size=" << q.group_size();
-  s << ", bits_per_weight=" << q.bits_per_weight() << ", nbytes=" << q.nbytes() << ")";
-  return s.str();
+  char group[32] = "";
+  if (q.group_size()) std::snprintf(group, sizeof group, ", group_size=%d", int(q.group_size()));
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "QuantizedMatrix(format='%s', shape=(%zu, %zu)%s, bits_per_weight=%.4g, nbytes=%zu)",
+                FormatName(q.format()), size_t(q.rows()), size_t(q.cols()), group, double(q.bits_per_weight()),
+                size_t(q.nbytes()));
+  return buf;
 }
 
 py::dict BuffersDict(const QuantizedMatrix& q) {
