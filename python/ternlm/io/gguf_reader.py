@@ -98,6 +98,7 @@ class GGUFFile:
         if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
             raise ValueError(f"{self.path}: general.alignment {align!r:.100} is not a power of two")
         data_start = (self._pos + align - 1) // align * align
+        self.data_offset = data_start
         self.tensors, seen = [], set()
         bitnet_cpp = self.fields.get("general.architecture") in BITNET_CPP_ARCHS
         for name, ne, ttype, offset in infos:
