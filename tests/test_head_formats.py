@@ -15,15 +15,20 @@ from ternlm import _core
 from head_reference import head_block_dots_ref, head_matmul_ref, int8_fields, q6_fields
 
 TARGETS = _core.supported_targets()
+# On an AVX-512 VNNI CPU the AVX3 target uses vpdpbusd; "AVX3-no-VNNI" runs its pmaddubsw path.
+KERNEL_PATHS = TARGETS + (["AVX3-no-VNNI"] if "AVX3" in TARGETS and _core.avx3_vnni() else [])
 FORMATS = ["int8", "q6"]
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(params=TARGETS)
+@pytest.fixture(params=KERNEL_PATHS)
 def target(request):
-    _core.set_target(request.param)
-    assert _core.current_target() == request.param
+    name = request.param.replace("-no-VNNI", "")
+    _core.set_target(name)
+    _core.set_avx3_vnni(not request.param.endswith("-no-VNNI"))
+    assert _core.current_target() == name
     yield request.param
+    _core.set_avx3_vnni(True)
     _core.reset_target()
 
 

@@ -1,7 +1,7 @@
 // Activations prepared once per MatMul call, shared by every row task.
 //   ternary: q int8 [n, padded_cols] per row (QuantizeActivationsInt8), sum(q) and 1/s_x per row
 //   int4:    q int8 [n, padded_cols] per block of 32, 1/s_b per block, f32 sum of x per group
-//   int8/q6: q int8 [n, padded_cols] per block of 32, 1/s_b per block; q6 also sum(q) per 16
+//   int8/q6: q int8 [n, padded_cols] per block of 32, 1/s_b per block, sum(q) per 16
 //   bf16/f32: x copied to [n, padded_cols] f32 with zero padding
 // Buffers live in thread-local scratch and are reused, so decode allocates nothing.
 #pragma once
@@ -16,7 +16,7 @@ struct PreparedActivations {
   const int8_t* q = nullptr;       // [n, stride]
   const int32_t* q_sum = nullptr;  // ternary: [n]
   const float* inv_scale = nullptr;  // ternary: [n] (1/s_x); int4, int8, q6: [n, stride/32] (1/s_b)
-  const int32_t* sub_sum = nullptr;  // q6: [n, stride/16] sum of q per sub-block of 16
+  const int32_t* sub_sum = nullptr;  // int8, q6: [n, stride/16] sum of q per 16 inputs
   const float* group_sum = nullptr;  // int4: [n, stride/group] f32 sum of the dequantized int8 x per group
   const float* xf = nullptr;       // bf16/f32: [n, stride]
 };

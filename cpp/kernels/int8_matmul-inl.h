@@ -7,6 +7,8 @@
 //     the weights with x's sign applied (s8: the weights are in [-127, 127], so negating
 //     one fits); a pair sums to <= 2 * 128 * 127 = 32512 (no saturation), pmaddwd by 1
 //     finishes each lane's four products in i32 (kernels/int8_dots-inl.h)
+//   AVX3_DL (and AVX3 on CPUs with AVX512-VNNI): vpdpbusd on the weights + 128 (u8, one XOR)
+//     and the activations (s8), less 128 * sum(x) per block (Int8TileVnni)
 //   every other target (SSE4, NEON, EMU128, SCALAR): portable Highway in i32 lanes, one
 //     lane per tile row, each weight byte sign-extended by shifts
 #if defined(TERNLM_KERNELS_INT8_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -25,6 +27,7 @@
 #include "kernels/int8_dots-inl.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
+#include "kernels/vnni_attr.h"
 #include "runtime/targets.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -87,6 +90,51 @@ HWY_INLINE void Int8Tile(const uint8_t* HWY_RESTRICT tile, const float* HWY_REST
   }
 }
 
+#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
+// Int8Tile with vpdpbusd: sum (w + 128) x - 128 sum(x) = the same exact block dots, the same
+// f32 operations in the same order. sub_sum[j]: sum of x[j] per 16 columns. Not inlined:
+// it adds avx512vnni (kernels/vnni_attr.h).
+template <size_t NX>
+HWY_NOINLINE TERNLM_VNNI_ATTR void Int8TileVnni(const uint8_t* HWY_RESTRICT tile, const float* HWY_RESTRICT mult,
+                                                size_t nb32, const int8_t* const* x, const float* const* inv,
+                                                const int32_t* const* sub_sum, float* HWY_RESTRICT out,
+                                                int32_t* HWY_RESTRICT int_out) {
+  const __m512i bias = _mm512_set1_epi8(-128);
+  __m512 acc[NX];
+  for (size_t j = 0; j < NX; ++j) acc[j] = _mm512_setzero_ps();
+  for (size_t b = 0; b < nb32; ++b) {
+    __m512i dot[NX];
+    for (size_t j = 0; j < NX; ++j) dot[j] = _mm512_set1_epi32(-128 * (sub_sum[j][2 * b] + sub_sum[j][2 * b + 1]));
+    for (size_t s = 0; s < 8; ++s) {
+      const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(tile + 512 * b + 64 * s), bias);  // w + 128
+      for (size_t j = 0; j < NX; ++j)
+        dot[j] = _mm512_dpbusd_epi32(dot[j], w, _mm512_set1_epi32(LoadI32(x[j] + 32 * b + 4 * s)));
+    }
+    if (int_out) _mm512_storeu_si512(int_out + 16 * b, dot[0]);
+    for (size_t j = 0; j < NX; ++j)
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_set1_ps(inv[j][b]), acc[j]);
+  }
+  const __m512 m = _mm512_loadu_ps(mult);
+  for (size_t j = 0; j < NX; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(m, acc[j]));
+}
+#endif
+
+// Int8Tile on the best path this target and CPU have.
+template <size_t NX>
+HWY_INLINE void Int8TileBest(const uint8_t* HWY_RESTRICT tile, const float* HWY_RESTRICT mult, size_t nb32,
+                             const int8_t* const* x, const float* const* inv, const int32_t* const* sub_sum,
+                             float* HWY_RESTRICT out, int32_t* HWY_RESTRICT int_out) {
+#if TERNLM_PATH_VNNI
+  return Int8TileVnni<NX>(tile, mult, nb32, x, inv, sub_sum, out, int_out);
+#else
+#if TERNLM_PATH_AVX3
+  if (Avx3VnniEnabled()) return Int8TileVnni<NX>(tile, mult, nb32, x, inv, sub_sum, out, int_out);
+#endif
+  (void)sub_sum;
+  Int8Tile<NX>(tile, mult, nb32, x, inv, out, int_out);
+#endif
+}
+
 // Rows [r0, r1) of y (r0 a multiple of 16) for every activation row. mult: the row
 // multipliers padded to whole tiles (the caller's copy for the last partial tile).
 HWY_NOINLINE void Int8MatMulRows(const uint8_t* tiles, size_t padded_cols, const float* mult, size_t rows,
@@ -96,9 +144,11 @@ HWY_NOINLINE void Int8MatMulRows(const uint8_t* tiles, size_t padded_cols, const
   ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
     const int8_t* xs[kMaxActivationRows];
     const float* inv[kMaxActivationRows];
+    const int32_t* sums[kMaxActivationRows];
     for (size_t j = 0; j < nx; ++j) {
       xs[j] = a.q + (x0 + j) * a.stride;
       inv[j] = a.inv_scale + (x0 + j) * nb32;
+      sums[j] = a.sub_sum + (x0 + j) * 2 * nb32;
     }
     float m16[kTileRows] = {};
     const float* m = mult + t * kTileRows;
@@ -107,7 +157,7 @@ HWY_NOINLINE void Int8MatMulRows(const uint8_t* tiles, size_t padded_cols, const
       m = m16;
     }
     WithActivationRows(nx, [&](auto k) HWY_ATTR {
-      Int8Tile<decltype(k)::value>(tiles + t * tile_bytes, m, nb32, xs, inv, acc, nullptr);
+      Int8TileBest<decltype(k)::value>(tiles + t * tile_bytes, m, nb32, xs, inv, sums, acc, nullptr);
     });
     StoreTileRows(acc, t, r1, x0, nx, out.y, out.y_stride);
   });

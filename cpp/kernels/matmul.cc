@@ -79,9 +79,9 @@ void HeadBlockDots(const QuantizedMatrix& w, const int8_t* q, const int32_t* sub
   for (size_t t = 0; t < TileCount(w.rows()); ++t) {
     int32_t* o = out + t * nb32 * kTileRows;
     if (w.format() == WeightFormat::kInt8)
-      Int8Tile<1>(w.data() + t * Int8TileBytes(w.padded_cols()), mult.data(), nb32, xs, invs, y, o);
+      Int8TileBest<1>(w.data() + t * Int8TileBytes(w.padded_cols()), mult.data(), nb32, xs, invs, sums, y, o);
     else
-      Q6Tile<1>(w.data() + t * Q6TileBytes(w.padded_cols()), w.padded_cols(), xs, invs, sums, y, o);
+      Q6TileBest<1>(w.data() + t * Q6TileBytes(w.padded_cols()), w.padded_cols(), xs, invs, sums, y, o);
   }
 }
 
@@ -175,7 +175,8 @@ void PrepareInt8Blocks(const QuantizedMatrix& w, const float* x, ActivationScrat
   a.group_sum = s.group_sum.data();
 }
 
-// int8, q6: int8 per block of 32 with 1/s_b per block; q6 also sum(q) per sub-block of 16.
+// int8, q6: int8 per block of 32 with 1/s_b per block, and sum(q) per 16 (q6's sub-blocks;
+// the VNNI int8 kernel's offset correction).
 void PrepareInt8Blocks32(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
   const size_t n = a.n, cols = w.cols(), stride = a.stride, nb = stride / 32;
   s.q.assign(n * stride, 0);
@@ -189,7 +190,7 @@ void PrepareInt8Blocks32(const QuantizedMatrix& w, const float* x, ActivationScr
   a.q = s.q.data();
   a.inv_scale = s.inv_scale.data();
 }
-void PrepareQ6(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
+void PrepareInt8Sums(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
   PrepareInt8Blocks32(w, x, s, a);
   const size_t nsub = a.stride / kQ6SubCols;
   s.sub_sum.resize(a.n * nsub);
@@ -225,8 +226,8 @@ struct FormatKernel {
 const FormatKernel kFormatKernels[] = {
     {WeightFormat::kTernary, PrepareInt8Rows, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(TernaryRows)); }},
     {WeightFormat::kInt4, PrepareInt8Blocks, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Int4Rows)); }},
-    {WeightFormat::kQ6, PrepareQ6, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Q6Rows)); }},
-    {WeightFormat::kInt8, PrepareInt8Blocks32, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Int8Rows)); }},
+    {WeightFormat::kQ6, PrepareInt8Sums, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Q6Rows)); }},
+    {WeightFormat::kInt8, PrepareInt8Sums, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Int8Rows)); }},
     {WeightFormat::kBF16, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(BF16Rows)); }},
     {WeightFormat::kBF16C, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(BF16CRows)); }},
     {WeightFormat::kF32, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(F32Rows)); }},

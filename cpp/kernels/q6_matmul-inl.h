@@ -8,6 +8,8 @@
 //     a full-width vector (lo nibble | hi 2 bits << 4: three ANDs, two shifts, one OR) and
 //     multiplied by pmaddubsw (u8 <= 63 x s8 -> i16 pairs, two of them summed <= 4 * 63 *
 //     128 = 32256, no saturation), pmaddwd by 1 -> i32 (kernels/int8_dots-inl.h)
+//   AVX3_DL (and AVX3 on CPUs with AVX512-VNNI): the same codes, vpdpbusd (u8 x s8, four
+//     products summed into i32 per lane) instead, in Q6TileVnni
 //   every other target (SSE4, NEON, EMU128, SCALAR): portable Highway in i32 lanes, one
 //     lane per tile row, each code shifted out of its lane
 #if defined(TERNLM_KERNELS_Q6_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -26,6 +28,8 @@
 #include "kernels/int8_dots-inl.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
+#include "kernels/vnni_attr.h"
+#include "runtime/targets.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ternlm {
@@ -128,6 +132,74 @@ HWY_INLINE void Q6Tile(const uint8_t* HWY_RESTRICT tile, size_t padded_cols, con
   }
 }
 
+#if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
+// Q6Tile with vpdpbusd, all 16 rows in one register; the same integer sums and the same f32
+// operations in the same order (so the same results bit for bit). Not inlined: it adds
+// avx512vnni (kernels/vnni_attr.h).
+template <size_t NX>
+HWY_NOINLINE TERNLM_VNNI_ATTR void Q6TileVnni(const uint8_t* HWY_RESTRICT tile, size_t padded_cols,
+                                              const int8_t* const* x, const float* const* inv,
+                                              const int32_t* const* sub_sum, float* HWY_RESTRICT out,
+                                              int32_t* HWY_RESTRICT int_out) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  __m512 acc[NX];
+  for (size_t j = 0; j < NX; ++j) acc[j] = _mm512_setzero_ps();
+  const uint8_t* sb = tile;
+  for (size_t s = 0; s < Q6SuperBlocks(padded_cols); ++s) {
+    const size_t n = Q6SuperCols(padded_cols, s), nsub = n / kQ6SubCols, c0 = s * kQ6SuperCols;
+    const uint8_t* scales = sb + nsub * kQ6SubCodeBytes;
+    __m512 part[NX];
+    for (size_t j = 0; j < NX; ++j) part[j] = _mm512_setzero_ps();
+    for (size_t b = 0; b < nsub / 2; ++b) {
+      __m512i blk[NX];
+      for (size_t j = 0; j < NX; ++j) blk[j] = _mm512_setzero_si512();
+      for (size_t h = 0; h < 2; ++h) {
+        const size_t sub = 2 * b + h, col = c0 + kQ6SubCols * sub;
+        const uint8_t* codes = sb + sub * kQ6SubCodeBytes;
+        const __m512i lo_a = _mm512_loadu_si512(codes), lo_b = _mm512_loadu_si512(codes + 64);
+        const __m512i hi = _mm512_loadu_si512(codes + 128);
+        const __m512i c[4] = {
+            _mm512_or_si512(_mm512_and_si512(lo_a, m4), _mm512_and_si512(_mm512_slli_epi16(hi, 4), m30)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lo_a, 4), m4),
+                            _mm512_and_si512(_mm512_slli_epi16(hi, 2), m30)),
+            _mm512_or_si512(_mm512_and_si512(lo_b, m4), _mm512_and_si512(hi, m30)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lo_b, 4), m4),
+                            _mm512_and_si512(_mm512_srli_epi16(hi, 2), m30))};
+        const __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + 16 * sub)));
+        for (size_t j = 0; j < NX; ++j) {
+          __m512i d = _mm512_set1_epi32(-32 * sub_sum[j][col / kQ6SubCols]);
+          for (size_t k = 0; k < 4; ++k) d = _mm512_dpbusd_epi32(d, c[k], _mm512_set1_epi32(LoadI32(x[j] + col + 4 * k)));
+          blk[j] = _mm512_add_epi32(blk[j], _mm512_mullo_epi32(d, sc));
+        }
+      }
+      const size_t bg = c0 / 32 + b;
+      if (int_out) _mm512_storeu_si512(int_out + 16 * bg, blk[0]);
+      for (size_t j = 0; j < NX; ++j)
+        part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(blk[j]), _mm512_set1_ps(inv[j][bg]), part[j]);
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + Q6SuperBytes(n) - 32)));
+    for (size_t j = 0; j < NX; ++j) acc[j] = _mm512_fmadd_ps(d, part[j], acc[j]);
+    sb += Q6SuperBytes(n);
+  }
+  for (size_t j = 0; j < NX; ++j) _mm512_storeu_ps(out + 16 * j, acc[j]);
+}
+#endif
+
+// Q6Tile on the best path this target and CPU have.
+template <size_t NX>
+HWY_INLINE void Q6TileBest(const uint8_t* HWY_RESTRICT tile, size_t padded_cols, const int8_t* const* x,
+                           const float* const* inv, const int32_t* const* sub_sum, float* HWY_RESTRICT out,
+                           int32_t* HWY_RESTRICT int_out) {
+#if TERNLM_PATH_VNNI
+  return Q6TileVnni<NX>(tile, padded_cols, x, inv, sub_sum, out, int_out);
+#else
+#if TERNLM_PATH_AVX3
+  if (Avx3VnniEnabled()) return Q6TileVnni<NX>(tile, padded_cols, x, inv, sub_sum, out, int_out);
+#endif
+  Q6Tile<NX>(tile, padded_cols, x, inv, sub_sum, out, int_out);
+#endif
+}
+
 // Rows [r0, r1) of y (r0 a multiple of 16) for every activation row.
 HWY_NOINLINE void Q6MatMulRows(const uint8_t* tiles, size_t padded_cols, const PreparedActivations& a, size_t r0,
                                size_t r1, const MatMulOutput& out) {
@@ -143,7 +215,7 @@ HWY_NOINLINE void Q6MatMulRows(const uint8_t* tiles, size_t padded_cols, const P
       sums[j] = a.sub_sum + (x0 + j) * nsub;
     }
     WithActivationRows(nx, [&](auto k) HWY_ATTR {
-      Q6Tile<decltype(k)::value>(tiles + t * tile_bytes, padded_cols, xs, inv, sums, acc, nullptr);
+      Q6TileBest<decltype(k)::value>(tiles + t * tile_bytes, padded_cols, xs, inv, sums, acc, nullptr);
     });
     StoreTileRows(acc, t, r1, x0, nx, out.y, out.y_stride);
   });
