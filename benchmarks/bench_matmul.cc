@@ -20,6 +20,7 @@
 
 #include "formats/half.h"
 #include "formats/int4.h"
+#include "formats/q6.h"
 #include "formats/quantized_matrix.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
@@ -60,6 +61,8 @@ std::unique_ptr<QuantizedMatrix> RandomMatrix(WeightFormat f, size_t rows, size_
       const uint64_t both = v & (v >> 1) & 0x5555555555555555ull;  // fields equal to 3
       v &= ~(both << 1);
     }
+    if (f == WeightFormat::kInt8)  // no byte 0x80 (-128 is not an int8 weight): set bit 0 of negative bytes
+      v |= (v & 0x8080808080808080ull) >> 7;
     if (f == WeightFormat::kBF16) {
       uint64_t packed = 0;
       for (int k = 0; k < 4; ++k) packed |= uint64_t(bf16_table[(v >> (12 * k)) & 4095]) << (16 * k);
@@ -67,7 +70,7 @@ std::unique_ptr<QuantizedMatrix> RandomMatrix(WeightFormat f, size_t rows, size_
     }
     std::memcpy(d + i, &v, 8);
   }
-  if (f == WeightFormat::kTernary) {
+  if (f == WeightFormat::kTernary || f == WeightFormat::kInt8) {
     float* mult = m.mutable_row_multiplier();
     for (size_t r = 0; r < rows; ++r) mult[r] = 0.01f;
   }
@@ -80,6 +83,11 @@ std::unique_ptr<QuantizedMatrix> RandomMatrix(WeightFormat f, size_t rows, size_
         std::memcpy(d + o, &sc, 2);
         std::memcpy(d + o + 32, &mn, 2);
       }
+  }
+  if (f == WeightFormat::kQ6) {  // fp16 super-block scales inside the tiles (formats/q6.h)
+    const uint16_t sc = F16FromF32(0.001f);
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t c = 0; c < m.padded_cols(); c += kQ6SuperCols) std::memcpy(d + Q6Locate(m.padded_cols(), r, c).d, &sc, 2);
   }
   return fresh;
 }
@@ -285,6 +293,8 @@ BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMV, WeightFormat::kTernary, 1)->Apply(Sha
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMV, WeightFormat::kInt4, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMV, WeightFormat::kBF16, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16c_GEMV, WeightFormat::kBF16C, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, int8_GEMV, WeightFormat::kInt8, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, q6_GEMV, WeightFormat::kQ6, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_LayerStack, ternary, WeightFormat::kTernary, 10)->Apply(StackArgs);
 BENCHMARK_CAPTURE(BM_LayerStack, int4, WeightFormat::kInt4, 4)->Apply(StackArgs);
 BENCHMARK_CAPTURE(BM_LayerStack, bf16, WeightFormat::kBF16, 2)->Apply(StackArgs);
@@ -294,6 +304,8 @@ BENCHMARK_CAPTURE(BM_MatMul, ternary_GEMM64, WeightFormat::kTernary, 64)->Apply(
 BENCHMARK_CAPTURE(BM_MatMul, int4_GEMM64, WeightFormat::kInt4, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMM64, WeightFormat::kBF16, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, bf16c_GEMM64, WeightFormat::kBF16C, 64)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, int8_GEMM64, WeightFormat::kInt8, 64)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_MatMul, q6_GEMM64, WeightFormat::kQ6, 64)->Apply(ShapeArgs);
 
 }  // namespace
 }  // namespace ternlm

@@ -212,7 +212,7 @@ BITNET_VARIANTS = {
 }
 
 
-def write_bitnet(folder, quant, seed=0, tie=False):
+def write_bitnet(folder, quant, seed=0, tie=False, hidden=64, ffn=128):
     """A BitNetForCausalLM folder in the given quantization_config convention.
 
     offline: linear weights packed uint8 + bf16 weight_scale [1] (bitlinear: s_w = 1/mean|W|;
@@ -222,7 +222,7 @@ def write_bitnet(folder, quant, seed=0, tie=False):
     from transformers import BitNetConfig, BitNetForCausalLM, GenerationConfig
     from ternlm.io.hf import pack_bitnet_weight
     fast = save_tokenizer(folder, "bytelevel")
-    cfg = BitNetConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = BitNetConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                        tie_word_embeddings=tie, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
     torch.manual_seed(seed)

@@ -248,21 +248,23 @@ def build_seeds(root):
                        "model-00001-of-00002.safetensors": "safetensors"})
 
     _gguf_seeds(root, state, shape, rng, add)
-    for name, src, weights in (("own_int4", "hf_llama", "int4"), ("own_bf16c", "hf_sharded", "bf16c"),
-                               ("own_ternary", "hf_bitnet", None)):
-        m = ternlm.load(os.path.join(root, src), weights=weights, context=64, threads=1, progress=False)
+    for name, src, weights, head in (("own_int4", "hf_llama", "int4", None), ("own_bf16c", "hf_sharded", "bf16c", None),
+                                     ("own_ternary", "hf_bitnet", None, None),
+                                     ("own_heads", "hf_llama", "ternary", "q6"), ("own_int8", "hf_bitnet", None, "int8")):
+        m = ternlm.load(os.path.join(root, src), weights=weights, head=head, context=64, threads=1, progress=False)
         m.save(os.path.join(root, name))
         add(name, {"ternlm.json": "json", "model.safetensors": "safetensors", "tokenizer_config.json": "json"})
     for t in targets:
-        if t["load"].endswith(".gguf"):
-            import gguf
-            t["files"][t["load"]][1] = int(gguf.GGUFReader(os.path.join(t["root"], t["load"])).data_offset)
+        if t["load"].endswith(".gguf"):   # ternlm's reader: the gguf package's does not know I2_S
+            from ternlm.io.gguf_reader import GGUFFile
+            t["files"][t["load"]][1] = int(GGUFFile(os.path.join(t["root"], t["load"])).data_offset)
     return targets
 
 
 def _gguf_seeds(root, state, shape, rng, add):
-    """A Llama GGUF (F16 / Q8_0 / Q4_0 / Q4_1 / F32) and a ternary one (TQ2_0 / TQ1_0, rows of
-    256), written by tests/gguf_files.py with the gguf package's quantizers."""
+    """A Llama GGUF (F16 / Q8_0 / Q4_0 / Q4_1 / F32), a ternary one (TQ2_0 / TQ1_0, rows of
+    256), written by tests/gguf_files.py with the gguf package's quantizers, and a `bitnet`
+    one (I2_S, TQ2_0, a `.scale` tensor, a Q6_K output) through tests/gguf_files.py's encoders."""
     from gguf_files import hf_state_to_gguf_tensors, tokenizer_meta_from_fast, write_gguf
     with open(os.path.join(root, "hf_bitnet", "tokenizer.json"), encoding="utf-8") as fh:
         tok_json = json.load(fh)
@@ -284,6 +286,40 @@ def _gguf_seeds(root, state, shape, rng, add):
         write_gguf(os.path.join(folder, "model.gguf"), cfg,
                    hf_state_to_gguf_tensors(st, sh["heads"], sh["kv"], sh["layers"], kinds), tok)
         add(name, {"model.gguf": "gguf"}, load="model.gguf")
+    folder = os.path.join(root, "gguf_bitnet")
+    os.makedirs(folder)
+    sh = dict(shape, h=256, f=256, layers=1)
+    cfg = {"hidden": sh["h"], "ffn": sh["f"], "layers": 1, "heads": sh["heads"], "kv_heads": sh["kv"], "ctx": 128,
+           "eps": 1e-5, "theta": 10000.0}
+    write_gguf(os.path.join(folder, "model.gguf"), cfg, _bitnet_gguf_tensors(rng, sh, len(tokens)), tok, arch="bitnet")
+    add("gguf_bitnet", {"model.gguf": "gguf"}, load="model.gguf")
+
+
+def _bitnet_gguf_tensors(rng, sh, vocab):
+    import numpy as np
+    h, f, hd = sh["h"], sh["f"], sh["h"] // sh["heads"]
+
+    def tern(rows, cols):
+        return rng.integers(-1, 2, (rows, cols)).astype(np.int8)
+    out = {"token_embd.weight": (rng.standard_normal((vocab, h)).astype(np.float32), "F16"),
+           "output_norm.weight": (np.ones(h, np.float32), "F32"),
+           "output.weight": ((rng.integers(0, 64, (vocab, h)).astype(np.uint8),
+                              rng.integers(-128, 128, (vocab, h // 16)).astype(np.int8),
+                              (rng.random((vocab, h // 256)) * 1e-2).astype(np.float16)), "Q6_K")}
+    shapes = {"attn_q": (h, h), "attn_k": (sh["kv"] * hd, h), "attn_v": (sh["kv"] * hd, h), "attn_output": (h, h),
+              "ffn_gate": (f, h), "ffn_up": (f, h), "ffn_down": (h, f)}
+    for name, (rows, cols) in shapes.items():
+        t = tern(rows, cols)
+        if name == "attn_v":
+            out[f"blk.0.{name}.weight"] = (t.astype(np.float32) * np.float32(0.25), "TQ2_0")
+        elif name == "ffn_up":
+            out[f"blk.0.{name}.weight"] = (t.astype(np.float32), "TQ1_0")
+            out[f"blk.0.{name}.scale"] = (np.array([0.3], np.float32), "F32")
+        else:
+            out[f"blk.0.{name}.weight"] = ((t, np.float32(0.05)), "I2_S")
+    for name, n in (("attn_norm", h), ("ffn_norm", h), ("attn_sub_norm", h), ("ffn_sub_norm", f)):
+        out[f"blk.0.{name}.weight"] = (np.ones(n, np.float32), "F32")
+    return out
 
 
 # ---- the request loop ---------------------------------------------------------------------------

@@ -13,10 +13,46 @@ def llamacpp_permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+I2S_TYPE_ID = 36      # bitnet.cpp's fork of ggml (the gguf package has no I2_S)
+
+
+def q6k_bytes(u, sc, d):
+    """GGUF Q6_K blocks [rows, cols/256 * 210] from u uint8 [rows, cols] in 0..63, sc int8
+    [rows, cols/16], d float16 [rows, cols/256] (ggml's block_q6_K: ql[128], qh[64],
+    scales[16], d). gguf.quants can decode Q6_K but not encode it; the tests check this
+    encoder against its decoder."""
+    rows, cols = u.shape
+    nb = cols // 256
+    u = u.reshape(rows, nb, 2, 4, 32).astype(np.uint8)          # [half][quarter][l]
+    ql = np.concatenate([u[..., 0, :] & 15 | (u[..., 2, :] & 15) << 4,
+                         u[..., 1, :] & 15 | (u[..., 3, :] & 15) << 4], axis=-1)   # [half][64]
+    qh = (u[..., 0, :] >> 4) | (u[..., 1, :] >> 4) << 2 | (u[..., 2, :] >> 4) << 4 | (u[..., 3, :] >> 4) << 6
+    blocks = np.concatenate([ql.reshape(rows, nb, 128), qh.reshape(rows, nb, 64),
+                             sc.astype(np.int8).view(np.uint8).reshape(rows, nb, 16),
+                             d.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)], axis=-1)
+    return np.ascontiguousarray(blocks.reshape(rows, nb * 210))
+
+
+def i2s_bytes(t, scale):
+    """bitnet.cpp's I2_S bytes of a ternary matrix t int8 [rows, cols] with its f32 scale:
+    the flattened weights in blocks of 128, weight j of a block in byte j % 32 at bits
+    6 - 2 (j / 32), as t + 1; then a 32-byte tail holding the scale in its first 4 bytes."""
+    codes = (np.asarray(t, np.int16).reshape(-1, 4, 32) + 1).astype(np.uint8)
+    packed = codes[:, 0] << 6 | codes[:, 1] << 4 | codes[:, 2] << 2 | codes[:, 3]
+    tail = np.zeros(32, np.uint8)
+    tail[:4] = np.frombuffer(np.float32(scale).tobytes(), np.uint8)
+    return np.concatenate([packed.reshape(-1), tail])
+
+
 def tensor_bytes(arr, kind):
     """(data, raw_dtype or None) for GGUFWriter.add_tensor: float arrays for F32/F16, the
-    gguf package's quantized bytes otherwise."""
+    gguf package's quantized bytes otherwise; kind "Q6_K" takes arr = (u, sc, d) and "I2_S"
+    arr = (t, scale) (encoded above)."""
     import gguf
+    if kind == "Q6_K":
+        return q6k_bytes(*arr), gguf.GGMLQuantizationType.Q6_K
+    if kind == "I2_S":
+        return i2s_bytes(*arr), I2S_TYPE_ID
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if kind == "F32":
         return arr, None
@@ -94,6 +130,11 @@ def write_gguf(path, cfg, tensors, tok, arch="llama", extra=None):
         data, raw = tensor_bytes(arr, kind)
         if raw is None:
             w.add_tensor(name, data)
+        elif raw == I2S_TYPE_ID:
+            # declared as I8 bytes of the right count, then given I2_S's type id and shape
+            w.add_tensor(name, data.view(np.int8))
+            w.tensors[-1][name].dtype = I2S_TYPE_ID
+            w.tensors[-1][name].shape = tuple(np.asarray(arr[0]).shape)
         else:
             w.add_tensor(name, data, raw_dtype=raw)
     w.write_header_to_file()

@@ -182,7 +182,7 @@ def test_float_sizes_and_f32_is_exact():
 
 # ------------------------------------------------------------------ concat, buffers, repr
 
-@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32"])
+@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32", "int8", "q6"])
 def test_concat_rows_stacks_dequantized_rows_and_products(fmt):
     # (16, 32, 5): whole 16-row tiles copied as they are, then a partial one
     aligned = [ternlm.quantize(rand(r, 256, r), fmt) for r in (16, 32, 5)]
@@ -206,7 +206,7 @@ def test_concat_rows_rejects_mismatched_parts():
         ternlm.concat_rows([])
 
 
-@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32"])
+@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32", "int8", "q6"])
 def test_buffers_round_trip(fmt):
     q = ternlm.quantize(rand(33, 320, 10), fmt, group_size=64)
     b = q.buffers()
@@ -288,7 +288,7 @@ def test_quantize_rejects_bad_arrays():
         ternlm.quantize(np.zeros(16, np.float32), "ternary")
     with pytest.raises(ValueError, match="quantize: w must be C-contiguous"):
         ternlm.quantize(np.zeros((8, 4), np.float32).T, "ternary")
-    with pytest.raises(ValueError, match="format must be one of 'ternary', 'int4', 'bf16', 'bf16c', 'f32', got 'int3'"):
+    with pytest.raises(ValueError, match="format must be one of 'ternary', 'int4', 'q6', 'int8', 'bf16', 'bf16c', 'f32', got 'int3'"):
         ternlm.quantize(np.zeros((4, 4), np.float32), "int3")
     with pytest.raises(ValueError, match=r"shape must be non-empty, got \[0, 4\]"):
         ternlm.quantize(np.zeros((0, 4), np.float32), "bf16")

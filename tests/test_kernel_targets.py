@@ -73,7 +73,7 @@ def test_set_target_rejects_unknown_names():
     assert _core.current_target() == TARGETS[0]
 
 
-@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "bf16c", "f32"])
+@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "bf16c", "f32", "int8", "q6"])
 def test_all_targets_agree(fmt):
     rng = np.random.default_rng(0)
     q = ternlm.quantize(rng.standard_normal((130, 1152)).astype(np.float32), fmt)

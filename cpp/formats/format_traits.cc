@@ -7,14 +7,15 @@
 namespace ternlm {
 
 // Defined by the codecs (formats/<format>.cc).
-extern const FormatTraits kF32Traits, kBF16Traits, kInt4Traits, kTernaryTraits, kBF16CTraits;
+extern const FormatTraits kF32Traits, kBF16Traits, kInt4Traits, kTernaryTraits, kBF16CTraits,
+    kInt8Traits, kQ6Traits;
 
 namespace {
 
 // The table: one row per format, in the order error messages list them (most compact
 // first). Adding a format adds its row here; Traits() finds a row by its WeightFormat.
 const FormatTraits* const kFormatTraits[] = {
-    &kTernaryTraits, &kInt4Traits, &kBF16Traits, &kBF16CTraits, &kF32Traits,
+    &kTernaryTraits, &kInt4Traits, &kQ6Traits, &kInt8Traits, &kBF16Traits, &kBF16CTraits, &kF32Traits,
 };
 
 }  // namespace

@@ -7,7 +7,7 @@
 // The codecs' rows (k<Format>Traits at the end of each formats/<format>.cc) look alike by
 // design: one initializer per format, in the field order below.
 //
-// Adding a format (an 8-bit head comes next) touches: its WeightFormat value, its codec
+// Adding a format touches: its WeightFormat value, its codec
 // file (and layout header), one row of kFormatTraits, and its row of kernels/matmul.cc.
 #pragma once
 #include <cstddef>
@@ -37,7 +37,7 @@ struct FormatTraits {
   // Bytes of data() per row (QuantizedMatrix::row_bytes) and for a whole matrix.
   size_t (*row_bytes)(size_t padded_cols, int group);
   size_t (*data_bytes)(size_t rows, size_t padded_cols, int group);
-  // Side storage QuantizedMatrix::Allocate adds: float32 row multipliers [rows] (ternary),
+  // Side storage QuantizedMatrix::Allocate adds: float32 row multipliers [rows] (ternary, int8),
   // exception row pointers [rows + 1] (bf16c).
   bool has_row_multiplier;
   bool has_exceptions;

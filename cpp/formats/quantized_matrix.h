@@ -1,18 +1,19 @@
 // QuantizedMatrix: a weight matrix W [rows = out, cols = in] stored in one of
 // ternlm's formats, ready for MatMul (kernels/matmul.h). Each format's layout is drawn
-// in its own header under formats/ (ternary.h, int4.h, bf16.h, bf16c.h; f32 is plain
+// in its own header under formats/ (ternary.h, int4.h, int8.h, q6.h, bf16.h, bf16c.h; f32 is plain
 // row-major with rows padded, see below), and everything format-specific lives in its
 // codec (formats/<format>.cc) behind the table of formats/format_traits.h; this file and
 // quantized_matrix.cc hold only the generic storage.
 //
 // CONTRACT (shared by kernels/, model/ and python/; keep the names):
-//   WeightFormat           kF32, kBF16, kInt4, kTernary, kBF16C
+//   WeightFormat           kF32, kBF16, kInt4, kTernary, kBF16C, kInt8, kQ6
 //   QuantizedMatrix        format(), rows(), cols(), group_size(), nbytes(), bits_per_weight()
 //   Quantize(...)          f32 [rows, cols] -> any format (numerics: see Quantize below)
 //   Dequantize / DequantizeRow
 //   FromTernary(...)       int8 {-1,0,1} + per-row output multiplier (already-ternary checkpoints)
 //   FromInt4(...)          q uint8 [rows, cols] in [0,15] + fp16 scale/min per group (GGUF Q4_1, lossless)
 //   FromBF16 / FromBF16C   bf16 bit patterns [rows, cols] (lossless)
+//   FromQ6(...)            6-bit codes + int8 sub-block scales + fp16 super-block scales (GGUF Q6_K, lossless)
 //   ConcatRows / SliceRows stack matrices with equal cols and format (fused q/k/v, gate/up), cut rows
 //   Buffers()/FromBuffers  the raw arrays, for save/load without conversion
 //
@@ -37,6 +38,12 @@
 //                "exc_row_ptr" uint32 [rows + 1]   exceptions of row r: [ptr[r], ptr[r + 1])
 //                "exc_col"     uint32 [n]          their columns, increasing within a row
 //                "exc_value"   uint16 [n]          their bf16 bits (stored as +0.0 in the tiles)
+//   int8         "q8"      uint8   [round_up(rows, 16) * padded_cols] padded_cols = round_up(cols, 32),
+//                                  int8 bit patterns in [-127, 127], 16-row tiles, int8.h
+//                "row_multiplier" float32 [rows]
+//   q6           "tiles"   uint8   [round_up(rows, 16) / 16 * Q6TileBytes(padded_cols)]
+//                                  padded_cols = round_up(cols, 32), q6.h: per 256-column
+//                                  super-block 6-bit codes, int8 sub-block scales, fp16 scales
 // Padding weights are zero, so padded activations (zero) contribute nothing.
 #pragma once
 #include <cstddef>
@@ -48,9 +55,9 @@
 
 namespace ternlm {
 
-enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kInt4 = 2, kTernary = 3, kBF16C = 4 };
+enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kInt4 = 2, kTernary = 3, kBF16C = 4, kInt8 = 5, kQ6 = 6 };
 
-const char* FormatName(WeightFormat f);               // "f32", "bf16", "int4", "ternary", "bf16c"
+const char* FormatName(WeightFormat f);  // "f32", "bf16", "int4", "ternary", "bf16c", "int8", "q6"
 WeightFormat ParseFormat(const std::string& name);    // throws std::invalid_argument
 
 constexpr uint32_t kLayoutVersion = 2;
@@ -119,7 +126,8 @@ class QuantizedMatrix {
   // Raw storage for kernels. data(): "weight" / "packed" / int4 tiles with scales and mins
   // / bf16c tiles.
   const uint8_t* data() const { return data_.data(); }
-  // ternary: the output multiplier of each row, float32 [rows] (1 / s_w after Quantize).
+  // ternary: the output multiplier of each row, float32 [rows] (1 / s_w after Quantize);
+  // int8: the scale of each row.
   const float* row_multiplier() const { return reinterpret_cast<const float*>(row_multiplier_.data()); }
   // bf16c: the exception lists (see BF16CExceptions).
   const uint32_t* exc_row_ptr() const { return reinterpret_cast<const uint32_t*>(exceptions_.row_ptr.data()); }
@@ -159,6 +167,8 @@ class QuantizedMatrix {
 //   ternary: absmean per tensor, s_w = 1 / max(mean|W|, 1e-5), T = clamp(round_half_even(W s_w),
 //            -1, 1), row_multiplier = 1/s_w (the matmul numerics: ternary.h).
 //   int4:    GGUF Q4_1 numerics with fp16 scale/min per group (int4.h).
+//   int8:    symmetric per row, scale = max|w| / 127 (int8.h).
+//   q6:      least-squares scale per 16 weights, coded as int8 x fp16 per 256 (q6.h).
 //   bf16, bf16c: round to nearest even.  f32: exact.
 // Throws std::invalid_argument on NaN/Inf, empty shape, or a group that is not 32/64/128
 // or does not divide cols.
@@ -181,6 +191,10 @@ QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale_f16, const uint
 QuantizedMatrix FromBF16(const uint16_t* bits, size_t rows, size_t cols);
 // Lossless bf16c (bf16c.h) from bf16 bit patterns [rows, cols]; throws on Inf/NaN.
 QuantizedMatrix FromBF16C(const uint16_t* bits, size_t rows, size_t cols);
+// Lossless q6 (q6.h; GGUF Q6_K's numerics): u uint8 [rows, cols] in [0, 63], sc int8
+// [rows, cols/16], d fp16 bits [rows, ceil(cols/256)]; w = d * sc * (u - 32). cols must be
+// a multiple of 16; throws std::invalid_argument on u > 63 or a non-finite d.
+QuantizedMatrix FromQ6(const uint8_t* u, const int8_t* sc, const uint16_t* d, size_t rows, size_t cols);
 // Stacks matrices of equal cols, format and group row-wise.
 QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts);
 // A copy of rows [r0, r1) of m (throws std::invalid_argument on an empty or outside range).

@@ -1,6 +1,7 @@
 // Activations prepared once per MatMul call, shared by every row task.
 //   ternary: q int8 [n, padded_cols] per row (QuantizeActivationsInt8), sum(q) and 1/s_x per row
 //   int4:    q int8 [n, padded_cols] per block of 32, 1/s_b per block, f32 sum of x per group
+//   int8/q6: q int8 [n, padded_cols] per block of 32, 1/s_b per block, sum(q) per 16
 //   bf16/f32: x copied to [n, padded_cols] f32 with zero padding
 // Buffers live in thread-local scratch and are reused, so decode allocates nothing.
 #pragma once
@@ -14,7 +15,8 @@ struct PreparedActivations {
   size_t stride = 0;               // padded_cols: elements per row of q / xf
   const int8_t* q = nullptr;       // [n, stride]
   const int32_t* q_sum = nullptr;  // ternary: [n]
-  const float* inv_scale = nullptr;  // ternary: [n] (1/s_x); int4: [n, stride/32] (1/s_b)
+  const float* inv_scale = nullptr;  // ternary: [n] (1/s_x); int4, int8, q6: [n, stride/32] (1/s_b)
+  const int32_t* sub_sum = nullptr;  // int8, q6: [n, stride/16] sum of q per 16 inputs
   const float* group_sum = nullptr;  // int4: [n, stride/group] f32 sum of the dequantized int8 x per group
   const float* xf = nullptr;       // bf16/f32: [n, stride]
 };
@@ -25,8 +27,8 @@ struct MatMulOutput {
   size_t y_stride = 0;
 };
 
-// The int8 activation quantization of the ternary and int4 matmuls, absmax over the n
-// values (a row for ternary, a block of 32 for int4): s = 127 / max(max|x|, 1e-5),
+// The int8 activation quantization of the ternary, int4, int8 and q6 matmuls, absmax over
+// the n values (a row for ternary, a block of 32 for the others): s = 127 / max(max|x|, 1e-5),
 // q = clamp(round_half_even(x * s), -128, 127). Returns 1/s; writes n values.
 float QuantizeActivationsInt8(const float* x, size_t n, int8_t* q);
 

@@ -1,4 +1,4 @@
-// What the ternary and INT4 kernels (ternary_matmul-inl.h, int4_matmul-inl.h) share,
+// What the ternary, INT4 and head kernels (ternary_, int4_, int8_, q6_matmul-inl.h) share,
 // compiled once per Highway target like them. Both multiply unsigned weight codes by
 // int8 activations in the same lane layout (formats/ternary.h, formats/int4.h):
 //
@@ -8,7 +8,7 @@
 // so a per-lane dot of bytes gives row r's partial sum with no horizontal add. On x86
 // without VNNI that dot is pmaddubsw (MulBytes: u8 x s8 -> i16 pairs), then pmaddwd by
 // 1 (SumPairs: -> i32). The kernels that use them are written once in Highway ops at the
-// target's full width: 512 bits on AVX3 (one vector = the 16 rows of a tile), 256 bits on
+// target's full width: 512 bits on AVX3 and the VNNI targets (one vector = the 16 rows of a tile), 256 bits on
 // AVX2 (8 rows, a tile in two parts); Highway 1.0.3 has no op for these two instructions,
 // so they are the only per-width code.
 #if defined(TERNLM_KERNELS_INT8_DOTS_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -62,7 +62,7 @@ HWY_INLINE void AddLanesToRows(hn::Vec<DW16> sums, size_t c, int32_t* HWY_RESTRI
 }
 #endif
 
-#if TERNLM_PATH_AVX2 || TERNLM_PATH_AVX3
+#if TERNLM_PATH_AVX2 || TERNLM_PATH_AVX3 || TERNLM_PATH_VNNI
 // Full-width vectors of the target: bytes of codes, int8 activations, i16 and i32 sums.
 using DU8 = hn::ScalableTag<uint8_t>;
 using DI8 = hn::Repartition<int8_t, DU8>;
@@ -91,7 +91,7 @@ HWY_INLINE hn::Vec256<int16_t> MulBytes(hn::Vec256<uint8_t> codes, hn::Vec256<in
 HWY_INLINE hn::Vec256<int32_t> SumPairs(hn::Vec256<int16_t> v) {
   return hn::Vec256<int32_t>{_mm256_madd_epi16(v.raw, _mm256_set1_epi16(1))};
 }
-#if TERNLM_PATH_AVX3
+#if TERNLM_PATH_AVX3 || TERNLM_PATH_VNNI
 HWY_INLINE hn::Vec512<int16_t> MulBytes(hn::Vec512<uint8_t> codes, hn::Vec512<int8_t> x) {
   return hn::Vec512<int16_t>{_mm512_maddubs_epi16(codes.raw, x.raw)};
 }
@@ -99,7 +99,16 @@ HWY_INLINE hn::Vec512<int32_t> SumPairs(hn::Vec512<int16_t> v) {
   return hn::Vec512<int32_t>{_mm512_madd_epi16(v.raw, _mm512_set1_epi16(1))};
 }
 #endif
-#endif  // TERNLM_PATH_AVX2 || TERNLM_PATH_AVX3
+#endif  // TERNLM_PATH_AVX2 || TERNLM_PATH_AVX3 || TERNLM_PATH_VNNI
+
+// The head kernels' (int8_matmul-inl.h, q6_matmul-inl.h) i32 vectors of tile rows: full
+// width with byte dots (8 rows on AVX2, 16 on AVX-512); otherwise one lane per tile row,
+// at most 16 (4 on SSE4 / NEON, 1 on SCALAR).
+#if TERNLM_PATH_BYTE_DOTS
+using HeadDI32 = DI32;
+#else
+using HeadDI32 = hn::CappedTag<int32_t, 16>;
+#endif
 
 }  // namespace HWY_NAMESPACE
 }  // namespace ternlm

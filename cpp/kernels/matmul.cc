@@ -1,7 +1,7 @@
 // MatMul: prepares the activations once (kernels/activations.h), splits the output
 // rows into tasks for the thread pool, and runs the best kernel for this CPU
 // (Highway dynamic dispatch over ternary_matmul-inl.h, int4_matmul-inl.h,
-// float_matmul-inl.h). What runs for each weight format is one row of kFormatKernels.
+// int8_matmul-inl.h, q6_matmul-inl.h, float_matmul-inl.h). What runs for each weight format is one row of kFormatKernels.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,6 +11,8 @@
 
 #include "formats/bf16.h"
 #include "formats/format_traits.h"
+#include "formats/int8.h"
+#include "formats/q6.h"
 #include "formats/quantized_matrix.h"
 #include "formats/ternary.h"
 #include "formats/tiles.h"
@@ -26,6 +28,8 @@
 #include "kernels/activations-inl.h"
 #include "kernels/float_matmul-inl.h"
 #include "kernels/int4_matmul-inl.h"
+#include "kernels/int8_matmul-inl.h"
+#include "kernels/q6_matmul-inl.h"
 #include "kernels/ternary_matmul-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -54,6 +58,33 @@ void BF16CRows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0
   BF16CMatMulRows(w.data(), w.padded_cols(), w.exc_row_ptr(), w.exc_col(), w.exc_value(), a, r0, r1, out);
 }
 
+void Int8Rows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
+              const MatMulOutput& out) {
+  Int8MatMulRows(w.data(), w.padded_cols(), w.row_multiplier(), w.rows(), a, r0, r1, out);
+}
+void Q6Rows(const QuantizedMatrix& w, const PreparedActivations& a, size_t r0, size_t r1,
+            const MatMulOutput& out) {
+  Q6MatMulRows(w.data(), w.padded_cols(), a, r0, r1, out);
+}
+
+// The block sums I[r, b] (int8.h, q6.h) of the dispatched kernel for one activation row:
+// out [round_up(rows, 16) / 16][padded_cols / 32][16 rows].
+void HeadBlockDots(const QuantizedMatrix& w, const int8_t* q, const int32_t* sub_sum, int32_t* out) {
+  const size_t nb32 = w.padded_cols() / 32;
+  std::vector<float> inv(nb32, 1.0f), mult(kTileRows, 1.0f);
+  HWY_ALIGN float y[kTileRows];
+  const int8_t* xs[1] = {q};
+  const float* invs[1] = {inv.data()};
+  const int32_t* sums[1] = {sub_sum};
+  for (size_t t = 0; t < TileCount(w.rows()); ++t) {
+    int32_t* o = out + t * nb32 * kTileRows;
+    if (w.format() == WeightFormat::kInt8)
+      Int8TileBest<1>(w.data() + t * Int8TileBytes(w.padded_cols()), mult.data(), nb32, xs, invs, sums, y, o);
+    else
+      Q6TileBest<1>(w.data() + t * Q6TileBytes(w.padded_cols()), w.padded_cols(), xs, invs, sums, y, o);
+  }
+}
+
 float QuantizeActivationsInt8Target(const float* x, size_t n, int8_t* q) {
   return QuantizeInt8Row(x, n, q);
 }
@@ -75,6 +106,9 @@ HWY_EXPORT(Int4Rows);
 HWY_EXPORT(TernaryRows);
 HWY_EXPORT(BF16CRows);
 HWY_EXPORT(TernaryIntDots);
+HWY_EXPORT(Int8Rows);
+HWY_EXPORT(Q6Rows);
+HWY_EXPORT(HeadBlockDots);
 HWY_EXPORT(QuantizeActivationsInt8Target);
 
 float QuantizeActivationsInt8(const float* x, size_t n, int8_t* q) {
@@ -86,7 +120,7 @@ namespace {
 // Thread-local scratch, grown on demand and reused across calls.
 struct ActivationScratch {
   std::vector<int8_t> q;
-  std::vector<int32_t> q_sum;
+  std::vector<int32_t> q_sum, sub_sum;
   std::vector<float> inv_scale, group_sum, xf;
 };
 
@@ -141,6 +175,34 @@ void PrepareInt8Blocks(const QuantizedMatrix& w, const float* x, ActivationScrat
   a.group_sum = s.group_sum.data();
 }
 
+// int8, q6: int8 per block of 32 with 1/s_b per block, and sum(q) per 16 (q6's sub-blocks;
+// the VNNI int8 kernel's offset correction).
+void PrepareInt8Blocks32(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
+  const size_t n = a.n, cols = w.cols(), stride = a.stride, nb = stride / 32;
+  s.q.assign(n * stride, 0);
+  s.inv_scale.assign(n * nb, 0.0f);
+  for (size_t i = 0; i < n; ++i) {
+    const float* xr = x + i * cols;
+    for (size_t b = 0; b < nb; ++b)  // the last block may be partly padding (zeros)
+      s.inv_scale[i * nb + b] = QuantizeActivationsInt8(xr + 32 * b, std::min<size_t>(32, cols - 32 * b),
+                                                        s.q.data() + i * stride + 32 * b);
+  }
+  a.q = s.q.data();
+  a.inv_scale = s.inv_scale.data();
+}
+void PrepareInt8Sums(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
+  PrepareInt8Blocks32(w, x, s, a);
+  const size_t nsub = a.stride / kQ6SubCols;
+  s.sub_sum.resize(a.n * nsub);
+  for (size_t i = 0; i < a.n; ++i)
+    for (size_t j = 0; j < nsub; ++j) {
+      int32_t sum = 0;
+      for (size_t c = 0; c < kQ6SubCols; ++c) sum += s.q[i * a.stride + j * kQ6SubCols + c];
+      s.sub_sum[i * nsub + j] = sum;
+    }
+  a.sub_sum = s.sub_sum.data();
+}
+
 // f32, bf16, bf16c: x copied to rows of padded_cols floats, zero padded.
 void PrepareFloat(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
   s.xf.assign(a.n * a.stride, 0.0f);
@@ -164,6 +226,8 @@ struct FormatKernel {
 const FormatKernel kFormatKernels[] = {
     {WeightFormat::kTernary, PrepareInt8Rows, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(TernaryRows)); }},
     {WeightFormat::kInt4, PrepareInt8Blocks, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Int4Rows)); }},
+    {WeightFormat::kQ6, PrepareInt8Sums, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Q6Rows)); }},
+    {WeightFormat::kInt8, PrepareInt8Sums, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(Int8Rows)); }},
     {WeightFormat::kBF16, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(BF16Rows)); }},
     {WeightFormat::kBF16C, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(BF16CRows)); }},
     {WeightFormat::kF32, PrepareFloat, [] { return RowKernel(&HWY_DYNAMIC_DISPATCH(F32Rows)); }},
@@ -210,6 +274,21 @@ void TernaryIntDotsForTest(const QuantizedMatrix& w, const int8_t* q, int32_t* o
   int32_t sum = 0;
   for (size_t c = 0; c < w.cols(); ++c) sum += q[c];
   HWY_DYNAMIC_DISPATCH(TernaryIntDots)(w, padded.data(), sum, out);
+}
+
+void HeadBlockDotsForTest(const QuantizedMatrix& w, const int8_t* q, int32_t* out) {
+  if (w.format() != WeightFormat::kInt8 && w.format() != WeightFormat::kQ6)
+    throw std::invalid_argument("head_block_dots: q is " + std::string(FormatName(w.format())) +
+                                ", expected int8 or q6");
+  std::vector<int8_t> padded(w.padded_cols(), 0);
+  std::memcpy(padded.data(), q, w.cols());
+  std::vector<int32_t> sums(w.padded_cols() / kQ6SubCols, 0);
+  for (size_t c = 0; c < w.cols(); ++c) sums[c / kQ6SubCols] += q[c];
+  const size_t nb32 = w.padded_cols() / 32;
+  std::vector<int32_t> tiled(TileCount(w.rows()) * nb32 * kTileRows);
+  HWY_DYNAMIC_DISPATCH(HeadBlockDots)(w, padded.data(), sums.data(), tiled.data());
+  for (size_t r = 0; r < w.rows(); ++r)
+    for (size_t b = 0; b < nb32; ++b) out[r * nb32 + b] = tiled[(r / kTileRows * nb32 + b) * kTileRows + r % kTileRows];
 }
 
 }  // namespace ternlm

@@ -15,3 +15,6 @@
 #define TERNLM_PATH_NEON \
   (HWY_ARCH_ARM_A64 && (HWY_TARGET == HWY_NEON || HWY_TARGET == HWY_NEON_WITHOUT_AES || \
                         HWY_TARGET == HWY_NEON_BF16))
+// The head kernels (int8_matmul-inl.h, q6_matmul-inl.h): pmaddubsw byte dots at the
+// target's full width (kernels/int8_dots-inl.h) on every x86 target from AVX2 up.
+#define TERNLM_PATH_BYTE_DOTS (TERNLM_PATH_AVX2 || TERNLM_PATH_AVX3 || TERNLM_PATH_VNNI)

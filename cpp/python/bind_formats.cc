@@ -246,6 +246,29 @@ QuantizedMatrix FromInt4Py(py::handle q_obj, py::handle s_obj, py::handle m_obj,
   return FromInt4(q.data(), sp[0], sp[1], rows, cols, group);
 }
 
+QuantizedMatrix FromQ6Py(py::handle u_obj, py::handle sc_obj, py::handle d_obj) {
+  py::array_t<uint8_t> u = Require<uint8_t>(u_obj, "from_q6: u", "uint8");
+  RequireNdim(u, "from_q6: u", 2);
+  const size_t rows = size_t(u.shape(0)), cols = size_t(u.shape(1));
+  if (cols % 16) throw py::value_error("from_q6: u.shape[1] = " + std::to_string(cols) + " is not a multiple of 16");
+  py::array_t<int8_t> sc = Require<int8_t>(sc_obj, "from_q6: sc", "int8");
+  if (sc.ndim() != 2 || size_t(sc.shape(0)) != rows || size_t(sc.shape(1)) != cols / 16)
+    throw py::value_error("from_q6: sc has shape " + ShapeStr(sc) + ", expected (" + std::to_string(rows) + ", " +
+                          std::to_string(cols / 16) + ")");
+  const size_t nsup = (cols + 255) / 256;
+  if (!py::isinstance<py::array>(d_obj) || !py::reinterpret_borrow<py::array>(d_obj).dtype().is(py::dtype("float16")))
+    throw py::type_error("from_q6: d must be a numpy float16 array");
+  py::array d = py::reinterpret_borrow<py::array>(d_obj);
+  if (!(d.flags() & py::array::c_style)) throw py::value_error("from_q6: d must be C-contiguous");
+  if (d.ndim() != 2 || size_t(d.shape(0)) != rows || size_t(d.shape(1)) != nsup)
+    throw py::value_error("from_q6: d has shape " + ShapeStr(d) + ", expected (" + std::to_string(rows) + ", " +
+                          std::to_string(nsup) + ")");
+  py::array dk = AlignedArray(d);
+  const uint16_t* dp = static_cast<const uint16_t*>(dk.data());
+  py::gil_scoped_release release;
+  return FromQ6(u.data(), sc.data(), dp, rows, cols);
+}
+
 }  // namespace
 
 void BindFormats(py::module_& m) {
@@ -308,6 +331,9 @@ void BindFormats(py::module_& m) {
         "(uint16 [out, in]) without a float32 copy.");
   m.def("from_int4", &FromInt4Py, py::arg("q"), py::arg("scale"), py::arg("min"),
         py::arg("group_size") = 32);
+  m.def("from_q6", &FromQ6Py, py::arg("u"), py::arg("sc"), py::arg("d"),
+        "q6 without loss (GGUF Q6_K numerics, cpp/formats/q6.h): u uint8 [rows, cols] in [0, 63], sc int8 "
+        "[rows, cols/16], d float16 [rows, ceil(cols/256)]; w = d * sc * (u - 32).");
   m.def("concat_rows", [](py::list parts) {
     std::vector<const QuantizedMatrix*> ps;
     for (size_t i = 0; i < parts.size(); ++i) {
@@ -333,6 +359,16 @@ void BindFormats(py::module_& m) {
     TernaryIntDotsForTest(q, x.data(), out.mutable_data());
     return out;
   }, py::arg("q"), py::arg("x"), "Exact int32 sums t·x of the dispatched ternary kernel (tests).");
+  m.def("head_block_dots", [](const QuantizedMatrix& q, py::handle x_obj) {
+    py::array_t<int8_t> x = Require<int8_t>(x_obj, "head_block_dots: x", "int8");
+    if (x.ndim() != 1 || size_t(x.shape(0)) != q.cols())
+      throw py::value_error("head_block_dots: x has shape " + ShapeStr(x) + ", expected (" +
+                            std::to_string(q.cols()) + ",)");
+    py::array_t<int32_t> out({py::ssize_t(q.rows()), py::ssize_t(q.padded_cols() / 32)});
+    HeadBlockDotsForTest(q, x.data(), out.mutable_data());
+    return out;
+  }, py::arg("q"), py::arg("x"),
+     "Exact int32 block sums I[r, b] of the dispatched int8 / q6 kernel (cpp/formats/int8.h, q6.h; tests).");
 }
 
 }  // namespace ternlm

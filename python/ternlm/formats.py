@@ -3,6 +3,7 @@
     q = ternlm.quantize(w, "ternary")        # w: float32/float16 [out, in]
     q = ternlm.quantize(w, "int4", group_size=32)
     q = ternlm.quantize(w, "bf16")            # or "bf16c": the same values in ~12 bits
+    q = ternlm.quantize(w, "int8")            # or "q6": near-lossless embedding / head formats
     y = ternlm.matmul(x, q)                  # x: float32 [in] or [n, in]
 
 Numerics (each format's header under cpp/formats/ defines them; quantized_matrix.h lists
@@ -20,6 +21,11 @@ what quantize() does):
   bf16c    bf16's values bit for bit in ~12 bits per weight (cpp/formats/bf16c.h: per 16-row
            tile a table of 15 high bytes, a 4-bit code + the low byte per weight, the rare
            others in an exception list); f32 activations and accumulation, like bf16.
+  int8     symmetric per row: scale = max|w|/127, q in [-127, 127]; activations int8 per block
+           of 32 (exact int32 dots per block), y = scale * sum_b dot_b / s_b; cpp/formats/int8.h.
+  q6       GGUF Q6_K's numerics in ternlm's own tiles: w = d * sc * (u - 32), u 6 bits per
+           weight, sc int8 per 16 weights, d fp16 per 256 (~6.6 bits per weight); activations
+           as int8; from_q6 imports Q6_K fields without loss; cpp/formats/q6.h.
 
 Packed layouts are drawn in those headers; ``q.buffers()`` returns the stored arrays
 (layout_version 2, the only one read: ternary matrices in 16-row tiles, rows padded to 64
@@ -45,6 +51,7 @@ unpack_ternary = _core.unpack_ternary
 from_ternary = _core.from_ternary
 from_int4 = _core.from_int4
 from_bf16 = _core.from_bf16
+from_q6 = _core.from_q6
 concat_rows = _core.concat_rows
 set_num_threads = _core.set_num_threads
 get_num_threads = _core.get_num_threads
@@ -63,5 +70,5 @@ def matmul(x, q, threads=None):
 
 __all__ = [
     "QuantizedMatrix", "quantize", "matmul", "pack_ternary", "unpack_ternary",
-    "from_ternary", "from_int4", "from_bf16", "concat_rows", "set_num_threads", "get_num_threads",
+    "from_ternary", "from_int4", "from_bf16", "from_q6", "concat_rows", "set_num_threads", "get_num_threads",
 ]

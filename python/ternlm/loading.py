@@ -23,10 +23,12 @@ Weight formats at load (`weights=`):
                f32 summation order.
 Hybrid precision: with "int4" and "ternary" the token embedding and lm_head stay bf16 (they
 are a small share of the weights of a real model but the most sensitive to quantization;
-BitNet checkpoints never quantize lm_head either). `head="f32" | "bf16" | "bf16c" | "int4"`
-overrides the format of embed and lm_head for any `weights`; "bf16c" keeps the bf16 head's
-values and reads 25% fewer bytes (with a 2B ternary model the head is more than half of
-the bytes decode reads per token). Which tensors are layer matrices and which are the
+BitNet checkpoints never quantize lm_head either). `head="f32" | "bf16" | "bf16c" | "int8" |
+"q6" | "int4"` overrides the format of embed and lm_head for any `weights`; "bf16c" keeps the
+bf16 head's values and reads 25% fewer bytes (with a 2B ternary model the head is more than
+half of the bytes decode reads per token); "int8" (8 bits, one scale per row,
+cpp/formats/int8.h) and "q6" (~6.6 bits, GGUF Q6_K's numerics, cpp/formats/q6.h) are the
+near-lossless small heads, "int4" (5 bits, group 32) the smallest. Which tensors are layer matrices and which are the
 embedding / head is the tensor schema's role (ternlm/schema.py).
 
 KV cache (`kv_dtype=`): "f32" (default; attention matches transformers' float32 forward) or
@@ -47,7 +49,7 @@ from . import schema
 from .config import BF16Bits, Checkpoint, ModelConfig
 
 WEIGHT_CHOICES = (None, "bf16", "bf16c", "int4", "ternary")
-HEAD_CHOICES = (None, "f32", "bf16", "bf16c", "int4")
+HEAD_CHOICES = (None, "f32", "bf16", "bf16c", "int8", "q6", "int4")
 
 if TYPE_CHECKING:
     from .model import Model
@@ -58,7 +60,7 @@ def target_formats(ckpt: Checkpoint, weights, head) -> dict:
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"weights={weights!r}: choose one of None (as stored), 'bf16', 'bf16c', 'int4', 'ternary'")
     if head not in HEAD_CHOICES:
-        raise ValueError(f"head={head!r}: choose one of None, 'f32', 'bf16', 'bf16c', 'int4'")
+        raise ValueError(f"head={head!r}: choose one of None, 'f32', 'bf16', 'bf16c', 'int8', 'q6', 'int4'")
     roles = {spec.name: spec.role for spec in schema.specs(ckpt.config)}
     out = {}
     for name, stored in ckpt.stored.items():

@@ -13,6 +13,13 @@ Layout (little-endian, GGUF v2/v3):
     n_tensors x [string name][u32 n_dims][u64 ne[n_dims]][u32 ggml type][u64 offset]
     padding to `general.alignment` (default 32), then tensor data; offsets are relative
     to the start of the data section. ne[0] is the fastest-moving (column) dimension.
+
+GGML type ids that the `gguf` package does not know, or knows under another meaning, in the
+files of bitnet.cpp (microsoft/BitNet's llama.cpp fork): 36 I2_S (a ternary matrix in
+rows * cols / 4 bytes, then a 32-byte tail holding its f32 scale; decoded in
+gguf_tensors.py), 37 I8_S (its activation type, never a stored weight), 38 TL1 and, in files of
+its architectures, 39 TL2 (ggml's MXFP4 elsewhere): lookup-table layouts generated per model
+and kernel configuration and not recorded in the file, refused with a message naming them.
 """
 from __future__ import annotations
 
@@ -29,14 +36,28 @@ _NP = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.i
 STRING, ARRAY = 8, 9
 MAX_ARRAY_NESTING = 8        # llama.cpp writes flat arrays; deeper nesting is a damaged file
 MAX_TENSOR_ELEMENTS = 1 << 48
+BITNET_CPP_ARCHS = ("bitnet", "bitnet-25", "bitnet-b1.58")
+
+
+@dataclass(frozen=True)
+class BitnetCppType:
+    """A GGML type of bitnet.cpp's fork (the `gguf` package's enum lacks it); has .name like
+    gguf.GGMLQuantizationType."""
+    name: str
+    value: int
+
+
+I2_S = BitnetCppType("I2_S", 36)
+_TABLE_TYPES = {37: "I8_S", 38: "TL1", 39: "TL2"}
 
 
 @dataclass
 class GGUFTensor:
     name: str
-    tensor_type: object          # gguf.GGMLQuantizationType
+    tensor_type: object          # gguf.GGMLQuantizationType, or I2_S
     shape: tuple                 # ggml ne: (cols, rows, ...)
-    data: np.ndarray             # rows x bytes-per-row uint8 (quantized/BF16) or typed [rows, cols] (F32/F16)
+    data: np.ndarray             # rows x bytes-per-row uint8 (quantized/BF16), typed [rows, cols] (F32/F16),
+                                 # or for I2_S the tensor's bytes (packed weights + 32-byte tail)
 
 
 class GGUFFile:
@@ -77,35 +98,61 @@ class GGUFFile:
         if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
             raise ValueError(f"{self.path}: general.alignment {align!r:.100} is not a power of two")
         data_start = (self._pos + align - 1) // align * align
+        self.data_offset = data_start
         self.tensors, seen = [], set()
+        bitnet_cpp = self.fields.get("general.architecture") in BITNET_CPP_ARCHS
         for name, ne, ttype, offset in infos:
             if name in seen:
                 raise ValueError(f"{self.path}: tensor {name} appears twice")
             seen.add(name)
-            try:
-                qtype = gguf.GGMLQuantizationType(ttype)
-            except ValueError:
-                raise ValueError(f"{self.path}: tensor {name} has unknown GGML type id {ttype}") from None
-            block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+            qtype = self._tensor_type(name, ttype, bitnet_cpp)
             if 0 in ne or math.prod(ne) > MAX_TENSOR_ELEMENTS:
                 raise ValueError(f"{self.path}: tensor {name} has shape {list(ne)} (every dimension must be "
                                  f"at least 1, at most 2^48 elements)")
-            if ne[0] % block:
-                raise ValueError(f"{self.path}: tensor {name}: row length {ne[0]} is not a multiple of "
-                                 f"the {qtype.name} block size {block}")
             rows = math.prod(ne[1:])
-            row_bytes = ne[0] // block * block_bytes
-            start, nbytes = data_start + offset, rows * row_bytes
+            if qtype is I2_S:
+                if ne[0] % 4:
+                    raise ValueError(f"{self.path}: tensor {name}: I2_S row length {ne[0]} is not a multiple of 4")
+                row_bytes, nbytes = None, rows * ne[0] // 4 + 32
+            else:
+                block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+                if ne[0] % block:
+                    raise ValueError(f"{self.path}: tensor {name}: row length {ne[0]} is not a multiple of "
+                                     f"the {qtype.name} block size {block}")
+                row_bytes = ne[0] // block * block_bytes
+                nbytes = rows * row_bytes
+            start = data_start + offset
             if offset % align or start + nbytes > size:
                 raise ValueError(f"{self.path}: tensor {name} ({qtype.name} {list(ne)}) at offset {offset} "
                                  f"does not fit in the file ({size} bytes)")
             raw = self._mm[start:start + nbytes]
-            if qtype.name in ("F32", "F16"):
+            if row_bytes is None:
+                data = raw
+            elif qtype.name in ("F32", "F16"):
                 data = raw.view(np.float32 if qtype.name == "F32" else np.float16).reshape(rows, ne[0])
             else:
                 data = raw.reshape(rows, row_bytes)
             self.tensors.append(GGUFTensor(name, qtype, ne, data))
         self._buf = None
+
+    def _tensor_type(self, name, ttype, bitnet_cpp):
+        import gguf
+        if ttype == I2_S.value:
+            return I2_S
+        if ttype in _TABLE_TYPES and (ttype != 39 or bitnet_cpp):
+            kind = _TABLE_TYPES[ttype]
+            if kind == "I8_S":
+                raise ValueError(f"{self.path}: tensor {name} has bitnet.cpp's type I8_S (GGML type id 37), its "
+                                 f"activation type, which a model file does not hold")
+            raise ValueError(f"{self.path}: tensor {name} has bitnet.cpp's type {kind} (GGML type id {ttype}): "
+                             f"a lookup-table layout generated per model and kernel configuration "
+                             f"(bitnet.cpp's codegen_{kind.lower()}.py), not recorded in the file, so ternlm "
+                             f"cannot read it; use the I2_S file of the model (ggml-model-i2_s.gguf) or its "
+                             f"Hugging Face checkpoint")
+        try:
+            return gguf.GGMLQuantizationType(ttype)
+        except ValueError:
+            raise ValueError(f"{self.path}: tensor {name} has unknown GGML type id {ttype}") from None
 
     # ---- primitive reads, bounds-checked -------------------------------------------------------
     def _take(self, n):
