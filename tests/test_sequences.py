@@ -204,6 +204,10 @@ def test_chat_reuses_the_previous_turn(folder):
     assert s["prefill_tokens"] == s["prompt_tokens"] - s["cached_tokens"] < s["prompt_tokens"] // 2
     assert a2 == fresh.chat(conv, max_new_tokens=12)
     assert fresh.stats["cached_tokens"] == 0
+    ids = list(range(3, 40))                    # generate starts afresh: its prefill is all timed
+    m.generate(ids, max_new_tokens=2)
+    m.generate(ids, max_new_tokens=2)
+    assert m.stats["cached_tokens"] == 0 and m.stats["prefill_tokens"] == len(ids)
 
 
 def test_session_keeps_its_sequence(folder):
