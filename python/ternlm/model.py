@@ -207,11 +207,14 @@ class Model:
 
     def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True, *, max_tokens=None,
-               _session=None, _reuse_cache=False):
+               timeout=None, _session=None, _reuse_cache=False):
         """Yield the generated text in pieces as it is decoded (complete UTF-8 only). A stop
         string is never yielded, not even in part: text that could be the start of one is
         held back until it is ruled out. Raw text, as generate(); max_tokens: alias of
-        max_new_tokens. The generation starts (takes a slot) at the first next()."""
+        max_new_tokens. The generation starts (takes a slot) at the first next(); while all
+        max_sequences slots are in use it waits, or with timeout (seconds) raises
+        SequencesBusyError once that has passed."""
+        _check_timeout(timeout)
         max_new_tokens = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new_tokens, temperature, top_k, top_p, min_p,
                                      repetition_penalty, seed, stop)
@@ -220,7 +223,8 @@ class Model:
         params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
                   float(repetition_penalty))
         stats = generation.new_stats(len(ids))
-        pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops, stats, _session, _reuse_cache)
+        pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops, stats, _session, _reuse_cache,
+                                       timeout)
         # chat() renders its prompt with the template and passes _add_special_tokens=False:
         # only a raw text prompt can be "the wrong way to ask an instruct model"
         if _add_special_tokens and isinstance(prompt, str) and self.tokenizer.chat_template and not self._hinted_chat:
@@ -239,27 +243,28 @@ class Model:
                           "m.chat([{'role': 'user', 'content': prompt}]) (generate/stream continue raw text)",
                           TernlmWarning, stacklevel=3)
 
-    def _generate_pieces(self, ids, max_new, params, seed, stops, stats, session=None, reuse_cache=False):
+    def _generate_pieces(self, ids, max_new, params, seed, stops, stats, session=None, reuse_cache=False,
+                         timeout=None):
         if session is not None:
             session.enter()
         try:
-            req, t0 = self._start(ids, max_new, params, seed, stats, session, reuse_cache)
+            req, t0 = self._start(ids, max_new, params, seed, stats, session, reuse_cache, timeout)
             yield from generation.pieces(self, req, stats, stops, t0)
         finally:
             if session is not None:
                 session.exit()
 
-    def _start(self, ids, max_new, params, seed, stats, session=None, reuse_cache=False):
+    def _start(self, ids, max_new, params, seed, stats, session=None, reuse_cache=False, timeout=None):
         """Takes a slot and submits the generation (generation.start); (request, start time)."""
         self.stats = stats
         if session is not None:
             session.stats = stats
         t0 = time.perf_counter()
         return generation.start(self, ids, max_new, self._new_sampler(seed, params), stats, session,
-                                reuse_cache), t0
+                                reuse_cache, timeout), t0
 
     def generate(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                 repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None) -> str:
+                 repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None, timeout=None) -> str:
         """The generated continuation of `prompt` (str or token ids), without the prompt.
 
         This is the raw language model: the prompt is continued as text, without the chat
@@ -268,18 +273,20 @@ class Model:
         happens on a model that has a chat template). max_tokens: alias of max_new_tokens.
 
         A list of prompts (str or token-id lists) returns the list of their continuations,
-        decoded together (a seed, if given, seeds each prompt's sampler alike)."""
+        decoded together (a seed, if given, seeds each prompt's sampler alike). timeout: as
+        stream()'s, for each prompt's slot."""
         if _is_batch(prompt):
             return self._generate_batch(list(prompt), max_new_tokens, temperature, top_k, top_p, min_p,
-                                        repetition_penalty, seed, stop, max_tokens)
+                                        repetition_penalty, seed, stop, max_tokens, timeout)
         return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
-                                   repetition_penalty, seed, stop, max_tokens=max_tokens))
+                                   repetition_penalty, seed, stop, max_tokens=max_tokens, timeout=timeout))
 
     def _generate_batch(self, prompts, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
-                        seed, stop, max_tokens):
+                        seed, stop, max_tokens, timeout):
         """Every prompt submitted before any is read: the engine decodes them together,
         each finishing (and freeing its slot) without waiting for its reader, so prompts
         beyond max_sequences wait for a slot here."""
+        _check_timeout(timeout)
         max_new = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
         params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
@@ -289,7 +296,7 @@ class Model:
         try:
             for ids in all_ids:
                 stats = generation.new_stats(len(ids))
-                req, t0 = self._start(ids, max_new, params, seed, stats)
+                req, t0 = self._start(ids, max_new, params, seed, stats, timeout=timeout)
                 started.append((req, stats, t0))
             return ["".join(generation.pieces(self, req, stats, stops, t0)) for req, stats, t0 in started]
         finally:
@@ -299,7 +306,7 @@ class Model:
 
     def chat(self, messages, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
              repetition_penalty=1.0, seed=None, stop=None, stream=False, *, max_tokens=None, tools=None,
-             _session=None, **template_kwargs):
+             timeout=None, _session=None, **template_kwargs):
         """Reply to a conversation [{"role", "content"}, ...] rendered with the model's chat
         template. The rendered text is tokenized without adding special tokens (the template
         writes BOS itself), as transformers' apply_chat_template does. stream=True returns
@@ -318,7 +325,7 @@ class Model:
                                                     **template_kwargs)
         pieces = self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
                              repetition_penalty, seed, stop, _add_special_tokens=False, max_tokens=max_tokens,
-                             _session=_session, _reuse_cache=True)
+                             timeout=timeout, _session=_session, _reuse_cache=True)
         return pieces if stream else "".join(pieces)
 
     # ---- scoring --------------------------------------------------------------------------
@@ -397,6 +404,13 @@ class Model:
 from .loading import (  # noqa: E402,F401
     HEAD_CHOICES, WEIGHT_CHOICES, build_engine, convert_checkpoint, load, read_checkpoint, target_formats,
 )
+
+
+def _check_timeout(timeout):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer,
+                                                                                      np.floating))
+                                or not timeout >= 0):
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
 
 
 def _is_batch(prompt) -> bool:
