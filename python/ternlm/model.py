@@ -39,7 +39,7 @@ Concurrency (python/ternlm/sequences.py, docs/ARCHITECTURE.md): every generation
 its own sequence, a KV-cache slot of the engine's max_sequences (ternlm.load); calls from
 many threads, interleaved streams and m.generate([p1, p2, ...]) (a list of prompts -> a list
 of texts) are decoded together, one pass over the weights per step, each returning what it
-returns alone. A call beyond the free slots waits for one. A conversation's next chat turn
+returns alone. A call beyond the free slots waits for one (timeout=: SequencesBusyError). A conversation's next chat turn
 reuses the cached tokens it shares with the previous turn; m.session() holds a sequence of
 its own, whose calls all reuse its cache (generation.py); generate / stream start afresh. m.max_sequences, m.active_sequences: slots in all, in use now.
 
