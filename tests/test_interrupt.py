@@ -1,8 +1,9 @@
 """Ctrl-C during a long prompt. The C++ forward runs with the GIL released in chunks of
 Transformer::kMaxChunk tokens and checks for signals between chunks (cpp/python/bind_model.cc,
 CheckSignals), so a KeyboardInterrupt arrives within about one chunk's time, in generate()
-(prefill) as in logits() (forward); the engine's position is left as before the call and
-the next generation equals a fresh model's."""
+(prefill, run by the engine thread a chunk per turn while the caller waits interruptibly)
+as in logits() (forward); the interrupted call's sequence is freed (no slot stays in use)
+and the next generation equals a fresh model's."""
 import os
 import queue
 import signal
@@ -44,7 +45,7 @@ for name, call in (("generate", lambda: m.generate(ids[:n], max_new_tokens=1)),
         call()
         print("finished", name, flush=True)
     except KeyboardInterrupt:
-        print("interrupted", name, m._engine.position, flush=True)
+        print("interrupted", name, m.active_sequences, flush=True)
 after = m.generate([5, 6, 7, 8], max_new_tokens=12)
 fresh = ternlm.load(folder, context=context, threads=1, progress=False).generate([5, 6, 7, 8], max_new_tokens=12)
 print("same" if after == fresh else f"different {after!r} {fresh!r}", flush=True)

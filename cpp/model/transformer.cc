@@ -52,48 +52,47 @@ std::string Gigabytes(double bytes) {
 }
 
 // The buffers that grow with the context, in bytes, computed in double so that no
-// context overflows them: the KV cache (slabs of round_up(context, kKeyBlock) positions),
-// the RoPE tables and the per-thread attention scores. Refused when they and the weights
-// exceed physical memory (they are only reserved until positions are reached, but a
-// context that cannot be filled is a mistake better reported at load than as the OOM
-// killer mid-generation).
-void CheckFits(const ModelConfig& c, size_t context, size_t threads, size_t score_rows, size_t kv_elem,
-               size_t weight_bytes) {
+// context overflows them: the KV caches of every slot (slabs of round_up(context,
+// kKeyBlock) positions), the RoPE tables and the per-thread attention scores. Refused when
+// they and the weights exceed physical memory (they are only reserved until positions are
+// reached, but a context that cannot be filled is a mistake better reported at load than
+// as the OOM killer mid-generation).
+struct ContextBytes {
+  double kv, rest;  // kv: one slot's cache
+};
+ContextBytes ContextNeeds(const ModelConfig& c, size_t context, size_t threads, size_t score_rows, size_t kv_elem) {
   const double positions = std::ceil(double(context) / double(kKeyBlock)) * double(kKeyBlock);
   const double kv = 2.0 * double(c.num_layers) * double(c.num_kv_heads) * positions * double(c.head_dim) * double(kv_elem);
   const double rope = 2.0 * double(context) * double(c.head_dim / 2) * sizeof(float);
   const double scores = double(threads) * double(score_rows) * positions * sizeof(float);
-  const double need = kv + rope + scores, have = double(PhysicalMemoryBytes());
-  const double limit = have > 0 ? have : std::ldexp(1.0, 62);
-  if (need + double(weight_bytes) <= limit) return;
+  return {kv, rope + scores};
+}
+
+double MemoryLimit() {
+  const double have = double(PhysicalMemoryBytes());
+  return have > 0 ? have : std::ldexp(1.0, 62);
+}
+
+void CheckFits(const ContextBytes& b, size_t context, size_t sequences, size_t weight_bytes) {
+  const double kv = b.kv * double(sequences), need = kv + b.rest;
+  const double have = double(PhysicalMemoryBytes());
+  if (need + double(weight_bytes) <= MemoryLimit()) return;
+  const std::string what = sequences == 1 ? "context=" + std::to_string(context)
+                                          : "max_sequences=" + std::to_string(sequences) + " x context=" +
+                                                std::to_string(context);
   throw std::invalid_argument(
-      "context=" + std::to_string(context) + " needs " + Gigabytes(need) + " for the KV cache (" + Gigabytes(kv) +
+      what + " needs " + Gigabytes(need) + " for the KV cache" + (sequences == 1 ? "" : "s") + " (" + Gigabytes(kv) +
       "), RoPE tables and attention scores, beside " + Gigabytes(double(weight_bytes)) + " of weights: more than " +
       (have > 0 ? "the " + Gigabytes(have) + " of physical memory of this machine" : std::string("any machine has")) +
-      "; use a smaller context");
+      (sequences == 1 ? "; use a smaller context" : "; use fewer sequences or a smaller context"));
 }
 
-// The attention heads' shape, from the config.
-struct HeadShape {
-  size_t dim, heads, kv_heads;
-  size_t group;       // query heads per KV head
-  size_t q_dim;       // floats per token of att (the query heads side by side)
-  size_t qkv_stride;  // floats per token of qkv (q | k | v)
-  float scale;        // 1 / sqrt(dim)
-};
-
-HeadShape HeadShapeOf(const ModelConfig& c) {
-  return {c.head_dim, c.num_heads, c.num_kv_heads, c.num_heads / c.num_kv_heads, c.q_dim(),
-          c.q_dim() + 2 * c.kv_dim(), 1.0f / std::sqrt(float(c.head_dim))};
+// sequences == 0: the most slots up to `most` whose caches fit beside the weights (at least 1).
+size_t SequencesThatFit(const ContextBytes& b, size_t most, size_t weight_bytes) {
+  size_t n = most;
+  while (n > 1 && b.kv * double(n) + b.rest + double(weight_bytes) > MemoryLimit()) --n;
+  return n;
 }
-
-// How one Attention call is cut into pool tasks: each task is one (block of kAttendTokens
-// query tokens, KV head, part of the cached positions).
-struct AttentionSplit {
-  size_t token_blocks;
-  size_t parts;     // cached positions split into this many parts (1: not split)
-  size_t part_len;  // positions per part
-};
 
 size_t MaxPieceRows(const FusedProjection& p) {  // 0 when fused: MatMul writes the row layout
   size_t r = 0;
@@ -104,15 +103,23 @@ size_t MaxPieceRows(const FusedProjection& p) {  // 0 when fused: MatMul writes 
 }  // namespace
 
 Transformer::Transformer(const ModelConfig& config, Weights weights, size_t context,
-                         ThreadPool& pool, KvDtype kv_dtype)
-    : config_(config), w_(std::move(weights)), pool_(pool) {
+                         ThreadPool& pool, KvDtype kv_dtype, size_t sequences)
+    : config_(config), w_(std::move(weights)), pool_(pool), context_(context) {
   config_.Validate();
   if (context == 0) throw std::invalid_argument("context must be >= 1");
+  if (sequences > kMaxSequences)
+    throw std::invalid_argument("sequences must be in [1, " + std::to_string(kMaxSequences) + "] (0: automatic), got " +
+                                std::to_string(sequences));
   const ModelConfig& c = config_;
-  const size_t chunk = std::min(kMaxChunk, context);
   const size_t group = c.num_heads / c.num_kv_heads, threads = pool.num_threads();
+  const size_t kv_elem = kv_dtype == KvDtype::kF16 ? 2 : 4;
+  // A decode step of every sequence is one chunk: the chunk holds at least `sequences` rows.
+  const size_t most = sequences == 0 ? kDefaultSequences : sequences;
+  const size_t chunk = std::min(kMaxChunk, std::max(context, most));
   const size_t score_rows = std::min(kAttendTokens, chunk) * group;
-  CheckFits(c, context, threads, score_rows, kv_dtype == KvDtype::kF16 ? 2 : 4, w_.nbytes());
+  const ContextBytes need = ContextNeeds(c, context, threads, score_rows, kv_elem);
+  if (sequences == 0) sequences = SequencesThatFit(need, most, w_.nbytes());
+  CheckFits(need, context, sequences, w_.nbytes());
 
   size_t proj_cols = c.hidden_size;
   for (const LayerWeights& l : w_.layers)
@@ -134,14 +141,22 @@ Transformer::Transformer(const ModelConfig& config, Weights weights, size_t cont
     s_.parts = Allocate(s_.max_parts * kAttendTokens * c.q_dim(), total, "attention parts");
     s_.part_stats = Allocate(s_.max_parts * 2 * kAttendTokens * c.num_heads, total, "attention parts");
   }
-  s_.logits = Allocate(c.vocab_size, total, "logits");
+  s_.logits = Allocate(sequences * c.vocab_size, total, "logits");
   const size_t half = c.head_dim / 2;
   s_.rope_cos = Allocate(context * half, total, "RoPE tables");
   s_.rope_sin = Allocate(context * half, total, "RoPE tables");
   s_.inv_freq.resize(half);
   RopeInverseFrequencies(c, s_.inv_freq.data());
-  s_.kv = KvCache(c.num_layers, c.num_kv_heads, context, c.head_dim, kv_dtype);
-  total += s_.kv.nbytes();
+  slots_.resize(sequences);
+  for (Slot& slot : slots_) {
+    slot.kv = KvCache(c.num_layers, c.num_kv_heads, context, c.head_dim, kv_dtype);
+    total += slot.kv.nbytes();
+  }
+  row_tokens_.resize(chunk);
+  row_slot_.resize(chunk);
+  row_pos_.resize(chunk);
+  segs_.resize(chunk);
+  sample_rows_.resize(sequences);
 }
 
 // RoPE tables as transformers computes them: angle = f32(pos) * inv_freq in f32, then
@@ -158,46 +173,59 @@ void Transformer::FillRope(size_t end) {
   s_.rope_ready = std::max(s_.rope_ready, end);
 }
 
-void Transformer::Truncate(size_t pos) {
-  if (pos > pos_)
-    throw std::invalid_argument("truncate(" + std::to_string(pos) + "): only " +
-                                std::to_string(pos_) + " positions are cached");
-  pos_ = pos;
+void Transformer::Truncate(size_t pos, size_t slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Slot& sl = slots_.at(slot);
+  if (pos > sl.pos)
+    throw std::invalid_argument("truncate(" + std::to_string(pos) + "): only " + std::to_string(sl.pos) +
+                                " positions are cached");
+  sl.pos = pos;
 }
 
-void Transformer::CheckTokens(const char* what, const int32_t* tokens, size_t n) const {
+void Transformer::CheckTokens(const char* what, const int32_t* tokens, size_t n, size_t slot) const {
   if (n == 0) throw std::invalid_argument(std::string(what) + ": no tokens given");
   for (size_t i = 0; i < n; ++i)
     if (tokens[i] < 0 || size_t(tokens[i]) >= config_.vocab_size)
       throw std::invalid_argument(std::string(what) + ": token id " + std::to_string(tokens[i]) +
                                   " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
                                   std::to_string(config_.vocab_size) + ")");
-  if (pos_ + n > context())
+  const size_t pos = slots_.at(slot).pos;
+  if (pos + n > context_)
     throw std::invalid_argument(std::string(what) + ": " + std::to_string(n) + " tokens at position " +
-                                std::to_string(pos_) + " go past the context of " +
-                                std::to_string(context()) + " tokens");
+                                std::to_string(pos) + " go past the context of " + std::to_string(context_) +
+                                " tokens");
 }
 
-void Transformer::Forward(const int32_t* tokens, size_t n, bool all_logits, float* logits) {
-  CheckTokens("forward", tokens, n);
-  ForwardChunks(tokens, n, all_logits, logits);
+void Transformer::Forward(const int32_t* tokens, size_t n, bool all_logits, float* logits, size_t slot) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckTokens("forward", tokens, n, slot);
+  }
+  ForwardChunks(tokens, n, all_logits, logits, slot);
 }
 
-void Transformer::ForwardChunks(const int32_t* tokens, size_t n, bool all_logits, float* logits) {
+// Each chunk under the lock, the Ctrl-C check between chunks outside it: other callers'
+// steps interleave with a long forward. Returns with the lock released; the logits are
+// written into `logits` under it.
+void Transformer::ForwardChunks(const int32_t* tokens, size_t n, bool all_logits, float* logits, size_t slot) {
   const size_t vocab = config_.vocab_size;
-  const size_t first_pos = pos_;
+  const size_t first_pos = slots_.at(slot).pos;
   for (size_t start = 0; start < n; start += s_.chunk) {
     if (start > 0 && between_chunks_) {
       try {
         between_chunks_();
       } catch (...) {
-        pos_ = first_pos;  // drop the chunks already appended: the cache is as before the call
+        std::lock_guard<std::mutex> lock(mu_);
+        slots_[slot].pos = first_pos;  // drop the chunks already appended: the cache is as before the call
         throw;
       }
     }
+    std::lock_guard<std::mutex> lock(mu_);
     const size_t len = std::min(s_.chunk, n - start);
-    ForwardChunk(tokens + start, len);
-    if (all_logits) {
+    ForwardOne(tokens + start, len, slot);
+    if (logits == nullptr) {
+      continue;  // Prefill's chunks before the last
+    } else if (all_logits) {
       Logits(0, len, logits + start * vocab);
     } else if (start + len == n) {
       Logits(len - 1, 1, logits);
@@ -205,31 +233,110 @@ void Transformer::ForwardChunks(const int32_t* tokens, size_t n, bool all_logits
   }
 }
 
-int32_t Transformer::SampleAt(const char* what, Sampler& sampler) {
+void Transformer::ForwardOne(const int32_t* tokens, size_t n, size_t slot) {
+  segs_[0] = Segment{slot, slots_[slot].pos, 0, n};
+  ForwardRows(tokens, n, segs_.data(), 1);
+}
+
+int32_t Transformer::SampleAt(const char* what, Sampler& sampler, size_t pos, const float* logits) {
   try {
-    return sampler.Sample(s_.logits.get());
+    return sampler.Sample(logits);
   } catch (const NonFiniteLogits& e) {
-    throw NonFiniteLogits(std::string(what) + ": " + e.what() + " at position " + std::to_string(pos_ - 1));
+    throw NonFiniteLogits(std::string(what) + ": " + e.what() + " at position " + std::to_string(pos));
   }
 }
 
-int32_t Transformer::Prefill(const int32_t* tokens, size_t n, Sampler& sampler) {
-  CheckTokens("prefill", tokens, n);
-  ForwardChunks(tokens, n, false, s_.logits.get());
+int32_t Transformer::Prefill(const int32_t* tokens, size_t n, Sampler& sampler, size_t slot) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckTokens("prefill", tokens, n, slot);
+  }
+  // The chunks before the last interleave with other callers; the last chunk and the draw
+  // from its logits (kept in the shared RunState) happen under one lock.
+  const size_t last = (n - 1) / s_.chunk * s_.chunk;
+  if (last > 0) {
+    const size_t first_pos = slots_[slot].pos;
+    ForwardChunks(tokens, last, false, nullptr, slot);
+    if (between_chunks_) {
+      try {
+        between_chunks_();
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu_);
+        slots_[slot].pos = first_pos;
+        throw;
+      }
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  ForwardOne(tokens + last, n - last, slot);
+  Logits(n - last - 1, 1, s_.logits.get());
   sampler.SetHistory(tokens, n, config_.vocab_size);
-  return SampleAt("prefill", sampler);
+  return SampleAt("prefill", sampler, slots_[slot].pos - 1, s_.logits.get());
 }
 
-int32_t Transformer::Step(int32_t token, Sampler& sampler) {
-  CheckTokens("step", &token, 1);
+int32_t Transformer::Step(int32_t token, Sampler& sampler, size_t slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckTokens("step", &token, 1, slot);
   if (sampler.vocab() != config_.vocab_size)
     throw std::invalid_argument("step: the sampler's history is over a vocabulary of " +
                                 std::to_string(sampler.vocab()) + " tokens, this model's has " +
                                 std::to_string(config_.vocab_size) + " (prefill sets it)");
   sampler.Append(token);
-  ForwardChunk(&token, 1);
+  ForwardOne(&token, 1, slot);
   Logits(0, 1, s_.logits.get());
-  return SampleAt("step", sampler);
+  return SampleAt("step", sampler, slots_[slot].pos - 1, s_.logits.get());
+}
+
+void Transformer::Batch(BatchEntry* e, size_t k) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (k == 0) throw std::invalid_argument("batch: no entries given");
+  if (k > slots_.size())
+    throw std::invalid_argument("batch: " + std::to_string(k) + " entries for " + std::to_string(slots_.size()) +
+                                " sequences");
+  size_t rows = 0;
+  for (size_t i = 0; i < k; ++i) {
+    if (e[i].slot >= slots_.size())
+      throw std::invalid_argument("batch: slot " + std::to_string(e[i].slot) + " is out of range [0, " +
+                                  std::to_string(slots_.size()) + ")");
+    for (size_t j = 0; j < i; ++j)
+      if (e[j].slot == e[i].slot)
+        throw std::invalid_argument("batch: slot " + std::to_string(e[i].slot) + " is given twice");
+    CheckTokens("batch", e[i].tokens, e[i].n, e[i].slot);
+    if (e[i].decode && (e[i].n != 1 || !e[i].sampler))
+      throw std::invalid_argument("batch: a decode entry appends one token and samples the next");
+    if (e[i].sampler && e[i].sampler->vocab() != config_.vocab_size)
+      throw std::invalid_argument("batch: the sampler's history is over a vocabulary of " +
+                                  std::to_string(e[i].sampler->vocab()) + " tokens, this model's has " +
+                                  std::to_string(config_.vocab_size) + " (set its history first)");
+    rows += e[i].n;
+  }
+  if (rows > s_.chunk)
+    throw std::invalid_argument("batch: " + std::to_string(rows) + " rows in all, more than a chunk of " +
+                                std::to_string(s_.chunk));
+  size_t row = 0, sampled = 0;
+  for (size_t i = 0; i < k; ++i) {
+    segs_[i] = Segment{e[i].slot, slots_[e[i].slot].pos, row, e[i].n};
+    std::copy(e[i].tokens, e[i].tokens + e[i].n, row_tokens_.begin() + ptrdiff_t(row));
+    row += e[i].n;
+    e[i].next = -1;
+    e[i].error.clear();
+    if (e[i].sampler) sample_rows_[sampled++] = row - 1;
+  }
+  ForwardRows(row_tokens_.data(), rows, segs_.data(), k);
+  if (sampled == 0) return;
+  const size_t vocab = config_.vocab_size;
+  LogitsOfRows(sample_rows_.data(), sampled, s_.logits.get());
+  size_t at = 0;
+  for (size_t i = 0; i < k; ++i) {
+    if (!e[i].sampler) continue;
+    if (e[i].decode) e[i].sampler->Append(e[i].tokens[0]);
+    try {
+      e[i].next = SampleAt(e[i].decode ? "step" : "prefill", *e[i].sampler, slots_[e[i].slot].pos - 1, s_.logits.get() + at * vocab);
+    } catch (const NonFiniteLogits& err) {
+      e[i].error = err.what();
+    }
+    ++at;
+  }
 }
 
 // out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.
@@ -258,13 +365,22 @@ void Transformer::ForEachToken(size_t n, const Fn& fn) {
   pool_.Run(n, [&](size_t t, size_t /*thread*/) { fn(t); });
 }
 
-void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
+void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, size_t nseg) {
   const ModelConfig& c = config_;
   const size_t hidden = c.hidden_size, inter = c.intermediate_size, hd = c.head_dim;
   const size_t qkv_cols = c.q_dim() + 2 * c.kv_dim(), half = hd / 2;
   float* x = s_.x.get();
   float* xb = s_.xb.get();
-  if (pos_ + n > s_.rope_ready) FillRope(pos_ + n);
+  size_t end = 0;
+  for (size_t i = 0; i < nseg; ++i) {
+    const Segment& g = segs[i];
+    end = std::max(end, g.pos + g.n);
+    for (size_t t = 0; t < g.n; ++t) {
+      row_slot_[g.row + t] = g.slot;
+      row_pos_[g.row + t] = g.pos + t;
+    }
+  }
+  if (end > s_.rope_ready) FillRope(end);
   ForEachToken(n, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
 
   for (size_t l = 0; l < c.num_layers; ++l) {
@@ -275,16 +391,17 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
     });
     Project(lw.qkv, xb, n, s_.qkv.get());
     ForEachToken(n, [&](size_t t) {  // RoPE on q and k, then k and v into the cache
-      const size_t pos = pos_ + t;
+      const size_t pos = row_pos_[t];
+      KvCache& kv = slots_[row_slot_[t]].kv;
       float* row = s_.qkv.get() + t * qkv_cols;
       const float* cs = s_.rope_cos.get() + pos * half;
       const float* sn = s_.rope_sin.get() + pos * half;
       for (size_t h = 0; h < c.num_heads + c.num_kv_heads; ++h) RopeRotateHalf(row + h * hd, cs, sn, hd);
       const float* k = row + c.q_dim();
       const float* v = k + c.kv_dim();
-      for (size_t h = 0; h < c.num_kv_heads; ++h) s_.kv.Store(l, h, pos, k + h * hd, v + h * hd);
+      for (size_t h = 0; h < c.num_kv_heads; ++h) kv.Store(l, h, pos, k + h * hd, v + h * hd);
     });
-    Attention(l, n);
+    Attention(l, segs, nseg);
     if (c.is_bitnet())
       ForEachToken(n, [&](size_t t) {
         RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
@@ -311,91 +428,7 @@ void Transformer::ForwardChunk(const int32_t* tokens, size_t n) {
     MatMul(lw.down, s_.act.get(), n, s_.proj.get(), pool_);
     AddInPlace(s_.proj.get(), n * hidden, x);
   }
-  pos_ += n;
-}
-
-// Causal attention of the n new queries (positions pos_ .. pos_+n-1) over the cache;
-// query head h reads KV head h / group (group = heads / kv_heads). One task per (block of
-// kAttendTokens query tokens, KV head) scores all their query heads together, so each
-// cached key and value is read once per token block. When that gives few tasks per thread
-// (decode), the cached positions are also split into parts, one task each, whose partial
-// softmax sums are combined afterwards (AttendPartial's contract).
-void Transformer::Attention(size_t layer, size_t n) {
-  const HeadShape shape = HeadShapeOf(config_);
-  AttentionSplit split{(n + kAttendTokens - 1) / kAttendTokens, 1, 0};
-  const size_t len = pos_ + n, threads = pool_.num_threads();
-  constexpr size_t kMinPartPositions = 8 * kKeyBlock;
-  if (split.token_blocks == 1 && s_.max_parts > 1 && shape.kv_heads < 4 * threads) {
-    const size_t want = std::min((4 * threads + shape.kv_heads - 1) / shape.kv_heads, s_.max_parts);
-    split.parts = std::max<size_t>(1, std::min(want, len / kMinPartPositions));
-  }
-  split.part_len = AttendScoresStride(0, (len + split.parts - 1) / split.parts);
-  split.parts = (len + split.part_len - 1) / split.part_len;
-
-  const size_t tasks = split.token_blocks * shape.kv_heads * split.parts;
-  pool_.Run(tasks, [this, &shape, &split, layer, n](size_t task, size_t thread) {
-    const size_t part = task % split.parts, kvh = task / split.parts % shape.kv_heads;
-    const size_t tb = task / split.parts / shape.kv_heads;
-    const size_t t0 = tb * kAttendTokens, rows_tokens = std::min(kAttendTokens, n - t0);
-    const size_t h0 = kvh * shape.group, rows = rows_tokens * shape.group;
-    float* stats = s_.row_stats.get() + thread * 2 * kAttendTokens * shape.group;
-    AttendArgs a;
-    a.q = s_.qkv.get() + t0 * shape.qkv_stride + h0 * shape.dim;
-    a.q_stride = shape.qkv_stride;
-    a.tokens = rows_tokens;
-    a.group = shape.group;
-    a.first_len = pos_ + t0 + 1;
-    a.keys = s_.kv.Keys(layer, kvh);
-    a.values = s_.kv.Values(layer, kvh);
-    a.f16 = s_.kv.f16();
-    a.begin = part * split.part_len;
-    a.end = std::min(a.first_len + rows_tokens - 1, a.begin + split.part_len);
-    a.head_dim = shape.dim;
-    a.scale = shape.scale;
-    a.scores = s_.scores.get() + thread * s_.scores_per_thread;
-    a.out_stride = shape.q_dim;
-    a.row_max = stats;
-    a.row_sum = stats + rows;
-    if (split.parts == 1) {
-      a.out = s_.att.get() + t0 * shape.q_dim + h0 * shape.dim;
-      AttendPartial(a);
-      for (size_t r = 0; r < rows; ++r) {  // every row sees at least its own position
-        float* o = a.out + (r / shape.group) * shape.q_dim + (r % shape.group) * shape.dim;
-        const float inv = 1.0f / a.row_sum[r];
-        for (size_t i = 0; i < shape.dim; ++i) o[i] *= inv;
-      }
-      return;
-    }
-    a.out = s_.parts.get() + part * kAttendTokens * shape.q_dim + h0 * shape.dim;
-    AttendPartial(a);
-    float* part_max = s_.part_stats.get() + part * 2 * kAttendTokens * shape.heads;
-    float* part_sum = part_max + kAttendTokens * shape.heads;
-    for (size_t r = 0; r < rows; ++r) {
-      const size_t at = (r / shape.group) * shape.heads + h0 + r % shape.group;
-      part_max[at] = a.row_max[r];
-      part_sum[at] = a.row_sum[r];
-    }
-  });
-  if (split.parts == 1) return;
-  // out = sum_j e^(m_j - M) o_j / sum_j e^(m_j - M) s_j over the parts j of each row.
-  for (size_t t = 0; t < n; ++t)
-    for (size_t h = 0; h < shape.heads; ++h) {
-      const size_t at = t * shape.heads + h;
-      auto part_max = [&](size_t j) { return s_.part_stats[j * 2 * kAttendTokens * shape.heads + at]; };
-      auto part_sum = [&](size_t j) { return s_.part_stats[(j * 2 + 1) * kAttendTokens * shape.heads + at]; };
-      float m = -INFINITY, sum = 0.0f;
-      for (size_t j = 0; j < split.parts; ++j) m = std::max(m, part_max(j));
-      float* out = s_.att.get() + t * shape.q_dim + h * shape.dim;
-      std::fill(out, out + shape.dim, 0.0f);
-      for (size_t j = 0; j < split.parts; ++j) {
-        if (part_sum(j) == 0.0f) continue;  // no visible position in this part
-        const float w = std::exp(part_max(j) - m);
-        sum += w * part_sum(j);
-        Axpy(w, s_.parts.get() + j * kAttendTokens * shape.q_dim + t * shape.q_dim + h * shape.dim, shape.dim, out);
-      }
-      const float inv = 1.0f / sum;
-      for (size_t i = 0; i < shape.dim; ++i) out[i] *= inv;
-    }
+  for (size_t i = 0; i < nseg; ++i) slots_[segs[i].slot].pos += segs[i].n;
 }
 
 // Final norm of x rows [first_row, first_row + n) and the head matmul into out [n, vocab].
@@ -406,6 +439,14 @@ void Transformer::Logits(size_t first_row, size_t n, float* out) {
             s_.xb.get() + t * hidden);
   });
   MatMul(w_.head(), s_.xb.get(), n, out, pool_);
+}
+
+void Transformer::LogitsOfRows(const size_t* rows, size_t k, float* out) {
+  const size_t hidden = config_.hidden_size;
+  ForEachToken(k, [&](size_t t) {
+    RmsNorm(s_.x.get() + rows[t] * hidden, w_.norm.data(), hidden, config_.rms_norm_eps, s_.xb.get() + t * hidden);
+  });
+  MatMul(w_.head(), s_.xb.get(), k, out, pool_);
 }
 
 }  // namespace ternlm

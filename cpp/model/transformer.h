@@ -1,21 +1,35 @@
 // Transformer: a Llama or BitNet b1.58 decoder, run in f32 around MatMul over any
-// weight format (formats/quantized_matrix.h), with a KV cache.
+// weight format (formats/quantized_matrix.h), with a pool of KV-cache slots.
 //
-// Three plain structs hold everything (as llama2.c's run.c):
+// Plain structs hold everything (as llama2.c's run.c):
 //   ModelConfig   (config.h)  shapes and hyper-parameters
 //   Weights       (weights.h) every matrix and norm weight, owned
-//   RunState                  activation buffers for one chunk of up to kMaxChunk tokens,
-//                             the KV cache and the RoPE tables; allocated once in the
-//                             constructor, so Forward allocates nothing. The buffers that
-//                             grow with the context (KV cache, RoPE tables, attention
-//                             scores) are only reserved: pages are committed, and RoPE
-//                             rows computed, as positions are first reached.
-// A prompt longer than kMaxChunk tokens is run in chunks of kMaxChunk (GEMM per chunk);
-// decode is a chunk of one token (GEMV).
+//   RunState                  activation buffers for one chunk of up to `chunk` rows and
+//                             the RoPE tables, shared by every sequence; allocated once
+//                             in the constructor, so a forward allocates nothing
+//   Slot                      one sequence's KV cache and position
+// The buffers that grow with the context (KV caches, RoPE tables, attention scores) are
+// only reserved: pages are committed, and RoPE rows computed, as positions are reached.
+//
+// A chunk's rows may belong to several sequences (Batch): each is a segment of rows at
+// its slot's own positions. Norms, matmuls and activations run over all rows at once
+// (one pass over the weights per chunk); RoPE, the KV append and attention read each
+// row's own slot. A prompt longer than a chunk is run in chunks (GEMM per chunk); a
+// decode step is a chunk of one row per sequence.
+//
+//   rows:  | seq 3: 1 decode row | seq 0: 1 decode row | seq 5: prefill rows p..p+k |
+//   slots: [0: kv, pos] [1: kv, pos] ... [sequences-1: kv, pos]
+//
+// Thread safety: every public call locks the engine's mutex while it computes (a long
+// Forward / Prefill per chunk, so other callers interleave between chunks). Slots are
+// not owned here: two callers must not use one slot at once (ternlm.Model hands out
+// slots, python/ternlm/sequences.py).
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "formats/quantized_matrix.h"
@@ -44,12 +58,29 @@ struct RunState {
   Buffer parts;           // [max_parts, kAttendTokens, q_dim] attention of split positions,
   Buffer part_stats;      // [max_parts, 2, kAttendTokens, heads] and its max / sum per row
   size_t max_parts = 1;
-  Buffer logits;          // [vocab]                   last-row logits for Prefill / Step
+  Buffer logits;          // [sequences, vocab]        last-row logits for Prefill / Step / Batch
   Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position, filled as positions are
   size_t rope_ready = 0;      // first reached: [0, rope_ready) hold their values
   std::vector<float> inv_freq;  // [head_dim/2] RoPE inverse frequencies
+  size_t nbytes = 0;      // all of the above, and every slot's KV cache
+};
+
+// One sequence: its KV cache and how many positions it holds.
+struct Slot {
   KvCache kv;
-  size_t nbytes = 0;      // all of the above
+  size_t pos = 0;
+};
+
+// One sequence's share of a Batch: n tokens appended to slot `slot` at its position.
+struct BatchEntry {
+  size_t slot = 0;
+  const int32_t* tokens = nullptr;
+  size_t n = 0;
+  Sampler* sampler = nullptr;  // null: nothing sampled (a prefill chunk before the last)
+  bool decode = false;         // tokens[0] is the last sampled token: it joins the sampler's
+                               // history first (as Step); else the history is left as set
+  int32_t next = -1;           // out: the token sampled from the last row's logits
+  std::string error;           // out: why sampling failed (non-finite logits), else empty
 };
 
 class Transformer {
@@ -57,24 +88,33 @@ class Transformer {
   static constexpr size_t kMaxChunk = 64;  // prefill tokens per GEMM
   static constexpr size_t kAttendTokens = 8;  // query tokens per attention task
 
-  // Takes the weights; context = KV-cache length in tokens; pool must outlive this.
-  // Throws std::invalid_argument, before allocating anything, for a context whose
-  // buffers with the weights would not fit in this machine's physical memory (the
-  // message names the bytes), and OutOfMemory when an allocation fails.
+  static constexpr size_t kMaxSequences = kMaxChunk;  // a decode step is one chunk
+  static constexpr size_t kDefaultSequences = 8;
+
+  // Takes the weights; context = KV-cache length in tokens per sequence; sequences = KV
+  // slots (1..kMaxSequences; 0: the most up to kDefaultSequences whose caches fit, at least
+  // 1); pool must outlive this. Throws std::invalid_argument, before allocating anything,
+  // for a context (times the sequences) whose buffers with the weights would not fit in
+  // this machine's physical memory (the message names the bytes), and OutOfMemory when
+  // an allocation fails.
   Transformer(const ModelConfig& config, Weights weights, size_t context, ThreadPool& pool,
-              KvDtype kv_dtype = KvDtype::kF32);
+              KvDtype kv_dtype = KvDtype::kF32, size_t sequences = 1);
 
   const ModelConfig& config() const { return config_; }
   const Weights& weights() const { return w_; }
-  size_t position() const { return pos_; }
-  size_t context() const { return s_.kv.context(); }
-  KvDtype kv_dtype() const { return s_.kv.dtype(); }
+  size_t sequences() const { return slots_.size(); }
+  size_t chunk() const { return s_.chunk; }  // rows of one forward chunk (and of a Batch)
+  size_t position(size_t slot = 0) const { return slots_.at(slot).pos; }
+  size_t context() const { return context_; }
+  KvDtype kv_dtype() const { return slots_[0].kv.dtype(); }
   size_t memory_bytes() const { return w_.nbytes() + s_.nbytes; }
 
+  // The calls below act on one slot (default 0) and throw std::out_of_range for a slot
+  // >= sequences().
   // Appends tokens [n] at position(); writes logits of the last token [vocab] or,
   // with all_logits, of every token [n, vocab]. Throws std::invalid_argument for
   // n == 0, a token outside [0, vocab) or position() + n > context().
-  void Forward(const int32_t* tokens, size_t n, bool all_logits, float* logits);
+  void Forward(const int32_t* tokens, size_t n, bool all_logits, float* logits, size_t slot = 0);
 
   // Generation, logits kept in the RunState. Prefill appends the prompt tokens [n] at
   // position() (from 0 after Reset), sets the sampler's penalty history to them and
@@ -86,12 +126,22 @@ class Transformer {
   // NonFiniteLogits (model/sampler.h) "<call>: logit <id> is nan at position <pos>" when
   // the logits they computed hold NaN or Inf (NaN weights, or an overflow in the forward);
   // the tokens are appended then.
-  int32_t Prefill(const int32_t* tokens, size_t n, Sampler& sampler);
-  int32_t Step(int32_t token, Sampler& sampler);
+  int32_t Prefill(const int32_t* tokens, size_t n, Sampler& sampler, size_t slot = 0);
+  int32_t Step(int32_t token, Sampler& sampler, size_t slot = 0);
 
-  void Reset() { pos_ = 0; }
+  void Reset(size_t slot = 0) { Truncate(0, slot); }
   // Keep the first `pos` cached positions (a shared prompt prefix); pos <= position().
-  void Truncate(size_t pos);
+  void Truncate(size_t pos, size_t slot = 0);
+
+  // One forward chunk over several sequences (continuous batching): entry i appends its
+  // tokens to its slot; entries with a sampler get the next token sampled from their last
+  // row (entry.next), or entry.error set when those logits are not finite (the others
+  // still get theirs). Throws std::invalid_argument, before anything changes, for no
+  // entries, a slot out of range or given twice, an entry without tokens, more rows in
+  // all than chunk(), what CheckTokens rejects per entry, or a sampler whose history is
+  // over another vocabulary. Every entry's row is computed as alone (bit for bit for the
+  // integer formats; the float kernels may sum a GEMM row in another order than a GEMV).
+  void Batch(BatchEntry* entries, size_t k);
 
   // Called on the calling thread between two chunks of a Forward or Prefill (not before
   // the first, so never for a prompt of one chunk or a Step): the Python binding checks
@@ -100,15 +150,27 @@ class Transformer {
   void SetBetweenChunks(std::function<void()> fn) { between_chunks_ = std::move(fn); }
 
  private:
+  // Rows [row, row + n) of a chunk: tokens of one slot from position pos. parts/part_len:
+  // how Attention splits its cached positions (set there).
+  struct Segment {
+    size_t slot, pos, row, n;
+    size_t parts = 1, part_len = 0, first_task = 0;
+  };
   // The one check of token ids and context below the Python API; `what` names the call.
-  void CheckTokens(const char* what, const int32_t* tokens, size_t n) const;
-  void ForwardChunks(const int32_t* tokens, size_t n, bool all_logits, float* logits);  // checked tokens
-  void ForwardChunk(const int32_t* tokens, size_t n);  // updates x for n <= chunk tokens
+  void CheckTokens(const char* what, const int32_t* tokens, size_t n, size_t slot) const;
+  void ForwardChunks(const int32_t* tokens, size_t n, bool all_logits, float* logits, size_t slot);
+  // Runs the chunk's rows [rows] (tokens in chunk order) through every layer, each segment
+  // at its slot's positions, and advances the slots. Caller holds mu_.
+  void ForwardRows(const int32_t* tokens, size_t rows, Segment* segs, size_t nseg);
+  void ForwardOne(const int32_t* tokens, size_t n, size_t slot);  // one segment; holds mu_
   void FillRope(size_t end);  // RoPE table rows [rope_ready, end)
-  int32_t SampleAt(const char* what, Sampler& sampler);  // from s_.logits, naming position
-  void Attention(size_t layer, size_t n);
+  int32_t SampleAt(const char* what, Sampler& sampler, size_t pos, const float* logits);
+  void Attention(size_t layer, Segment* segs, size_t nseg);  // transformer_attention.cc
+  void AttendTask(size_t layer, const Segment& seg, size_t task, size_t thread);
+  void CombineParts(const Segment& seg);
   void Project(const FusedProjection& p, const float* in, size_t n, float* out);
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
+  void LogitsOfRows(const size_t* rows, size_t k, float* out);  // same over chosen rows
   template <class Fn>
   void ForEachToken(size_t n, const Fn& fn);
 
@@ -116,7 +178,15 @@ class Transformer {
   Weights w_;
   RunState s_;
   ThreadPool& pool_;
-  size_t pos_ = 0;
+  size_t context_ = 0;
+  std::vector<Slot> slots_;
+  // Batch scratch, sized once in the constructor (a step allocates nothing).
+  std::vector<int32_t> row_tokens_;  // [chunk] tokens in row order
+  std::vector<size_t> row_slot_;     // [chunk] the slot of each row
+  std::vector<size_t> row_pos_;      // [chunk] the position of each row
+  std::vector<Segment> segs_;        // [chunk]
+  std::vector<size_t> sample_rows_;  // [sequences]
+  std::mutex mu_;
   std::function<void()> between_chunks_;
 };
 

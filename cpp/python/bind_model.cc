@@ -6,9 +6,10 @@
 // loaded model holds its weights once. The Python QuantizedMatrix objects are left empty
 // (shape (0, 0)); get a copy of any matrix back with Transformer.matrix(name). Norm
 // weights (float numpy arrays) are copied.
-// Compute runs with the GIL released; one call at a time per Transformer (a mutex, only
-// ever waited for with the GIL released: CheckSignals takes the GIL while holding it).
-// Between the chunks of a long prompt the forward checks for Ctrl-C (CheckSignals).
+// Compute runs with the GIL released; the Transformer locks itself per chunk
+// (model/transformer.h), and is only ever waited for with the GIL released. Between the
+// chunks of a long prompt the forward checks for Ctrl-C (CheckSignals, outside the lock).
+// Every call but batch() takes slot= (default 0): the KV-cache slot it runs on.
 // threads=None uses the default pool as sized at construction (set_num_threads later
 // does not change a built Transformer); threads=n the shared pool of n threads. A
 // Transformer holds its pool: the pool's threads stop when no model or caller uses it
@@ -122,8 +123,17 @@ size_t ContextOf(const py::object& obj) {
 struct PyTransformer {
   std::shared_ptr<ThreadPool> pool;
   std::unique_ptr<Transformer> t;
-  std::mutex mu;  // one forward at a time (the RunState is shared)
+  std::mutex batch_mu;                 // guards the batch() scratch below
+  std::vector<BatchEntry> entries;     // reserved for sequences() entries
+  std::vector<int32_t> batch_tokens;   // reserved for chunk() tokens
 };
+
+size_t SlotOf(const PyTransformer& self, long long slot) {
+  if (slot < 0 || size_t(slot) >= self.t->sequences())
+    throw py::index_error("slot " + std::to_string(slot) + " is out of range [0, " +
+                          std::to_string(self.t->sequences()) + ")");
+  return size_t(slot);
+}
 
 // Between two chunks of a Forward / Prefill (model/transformer.h, SetBetweenChunks): take
 // the GIL for a moment and run Python's signal handlers, so that Ctrl-C stops a long
@@ -136,19 +146,29 @@ void CheckSignals() {
 
 std::unique_ptr<PyTransformer> MakeTransformer(const py::dict& config, const py::dict& tensors,
                                                const py::object& context, const py::object& threads,
-                                               const std::string& kv_dtype) {
+                                               const std::string& kv_dtype, const py::object& sequences) {
   const ModelConfig c = ConfigOf(config);
   const size_t ctx = ContextOf(context);
   if (kv_dtype != "f32" && kv_dtype != "f16")
     throw py::value_error("Transformer: kv_dtype must be 'f32' or 'f16', got '" + kv_dtype + "'");
+  size_t seqs = 0;  // None: automatic (as many as fit, up to Transformer::kDefaultSequences)
+  if (!sequences.is_none()) {
+    const long long n = sequences.cast<long long>();
+    if (n < 1 || size_t(n) > Transformer::kMaxSequences)
+      throw py::value_error("Transformer: sequences must be None or in [1, " +
+                            std::to_string(Transformer::kMaxSequences) + "], got " + std::to_string(n));
+    seqs = size_t(n);
+  }
   auto out = std::make_unique<PyTransformer>();
   out->pool = PoolFor(threads);
   DictTensorSource source(tensors);
   Weights w = AssembleWeights(c, source);  // reads the Python objects: holds the GIL
   py::gil_scoped_release release;
   out->t = std::make_unique<Transformer>(c, std::move(w), ctx, *out->pool,
-                                         kv_dtype == "f16" ? KvDtype::kF16 : KvDtype::kF32);
+                                         kv_dtype == "f16" ? KvDtype::kF16 : KvDtype::kF32, seqs);
   out->t->SetBetweenChunks(CheckSignals);
+  out->entries.resize(out->t->sequences());
+  out->batch_tokens.reserve(out->t->chunk());
   return out;
 }
 
@@ -215,6 +235,55 @@ uint64_t Seed(const py::object& seed) {
   return uint64_t(v);
 }
 
+// Transformer.batch: converts the entries into the reused scratch (no allocation once the
+// scratch has grown), runs Transformer::Batch without the GIL, returns the sampled ids.
+py::list RunBatch(PyTransformer& self, const py::list& entries) {
+  std::lock_guard<std::mutex> scratch_lock(self.batch_mu);  // only the engine thread calls this: never waits
+  const size_t k = entries.size();
+  if (k == 0 || k > self.entries.size())
+    throw py::value_error("batch: between 1 and " + std::to_string(self.entries.size()) + " entries, got " +
+                          std::to_string(k));
+  std::vector<int32_t>& toks = self.batch_tokens;
+  toks.clear();
+  for (size_t i = 0; i < k; ++i) {
+    const py::tuple item = entries[i].cast<py::tuple>();
+    if (item.size() != 4) throw py::value_error("batch: each entry is (slot, tokens, sampler, decode)");
+    BatchEntry& e = self.entries[i];
+    e.slot = SlotOf(self, item[0].cast<long long>());
+    const size_t before = toks.size();
+    if (py::isinstance<py::int_>(item[1])) {
+      toks.push_back(TokenId(item[1].cast<long long>()));
+    } else {
+      const std::vector<int32_t> ids = TokenIds(item[1], "batch");
+      toks.insert(toks.end(), ids.begin(), ids.end());
+    }
+    e.n = toks.size() - before;
+    e.sampler = item[2].is_none() ? nullptr : item[2].cast<Sampler*>();
+    e.decode = item[3].cast<bool>();
+  }
+  size_t offset = 0;  // toks is complete: no more reallocation, the pointers hold
+  for (size_t i = 0; i < k; ++i) {
+    self.entries[i].tokens = toks.data() + offset;
+    offset += self.entries[i].n;
+  }
+  {
+    py::gil_scoped_release release;
+    self.t->Batch(self.entries.data(), k);
+  }
+  py::list out(k);
+  for (size_t i = 0; i < k; ++i) {
+    const BatchEntry& e = self.entries[i];
+    if (!e.error.empty()) {
+      out[i] = py::str(e.error);
+    } else if (e.sampler) {
+      out[i] = py::int_(e.next);
+    } else {
+      out[i] = py::none();
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void BindModel(py::module_& m) {
@@ -239,6 +308,15 @@ void BindModel(py::module_& m) {
            }),
            py::arg("seed") = py::none(), py::arg("temperature") = 0.0, py::arg("top_k") = 0,
            py::arg("top_p") = 1.0, py::arg("min_p") = 0.0, py::arg("repetition_penalty") = 1.0)
+      .def("set_history",
+           [](Sampler& s, py::handle ids_obj, size_t vocab) {
+             const std::vector<int32_t> ids = TokenIds(ids_obj, "set_history");
+             py::gil_scoped_release release;
+             s.SetHistory(ids.data(), ids.size(), vocab);
+           },
+           py::arg("ids"), py::arg("vocab"),
+           "Replace the repetition-penalty history with ids (int array) over a vocabulary of `vocab` "
+           "tokens (what prefill does; Transformer.batch leaves it to the caller).")
       .def("sample",
            [](Sampler& s, py::handle logits_obj, double temperature, long long top_k, double top_p, double min_p,
               double repetition_penalty, const py::object& recent_tokens) {
@@ -259,16 +337,16 @@ void BindModel(py::module_& m) {
            "the next token id from logits [vocab]; temperature 0 = greedy (after the repetition penalty).");
 
   py::class_<PyTransformer>(m, "Transformer",
-                            "Llama / BitNet decoder with a KV cache. Takes ownership of the "
-                            "QuantizedMatrix storage in `tensors` (they are left empty; see matrix()).")
+                            "Llama / BitNet decoder with a pool of KV-cache slots (sequences). Takes ownership "
+                            "of the QuantizedMatrix storage in `tensors` (they are left empty; see matrix()).")
       .def(py::init(&MakeTransformer), py::arg("config"), py::arg("tensors"), py::arg("context"),
-           py::arg("threads") = py::none(), py::arg("kv_dtype") = "f32")
+           py::arg("threads") = py::none(), py::arg("kv_dtype") = "f32", py::arg("sequences") = 1)
       .def("forward",
-           [](PyTransformer& self, py::handle tokens, const std::string& logits) {
+           [](PyTransformer& self, py::handle tokens, const std::string& logits, long long slot) {
              if (logits != "last" && logits != "all")
                throw py::value_error("forward: logits must be 'last' or 'all', got '" + logits + "'");
              Transformer& t = *self.t;
-             const size_t vocab = t.config().vocab_size;
+             const size_t vocab = t.config().vocab_size, s = SlotOf(self, slot);
              const std::vector<int32_t> ids = TokenIds(tokens, "forward");
              const bool all = logits == "all";
              py::array_t<float> out = all ? py::array_t<float>({py::ssize_t(ids.size()), py::ssize_t(vocab)})
@@ -276,55 +354,66 @@ void BindModel(py::module_& m) {
              float* y = out.mutable_data();
              {
                py::gil_scoped_release release;
-               std::lock_guard<std::mutex> lock(self.mu);
-               t.Forward(ids.data(), ids.size(), all, y);
+               t.Forward(ids.data(), ids.size(), all, y, s);
              }
              return out;
            },
-           py::arg("tokens"), py::arg("logits") = "last",
+           py::arg("tokens"), py::arg("logits") = "last", py::arg("slot") = 0,
            "Append tokens (int array [n]) at `position`; logits float32 [vocab] of the last token "
            "('last') or [n, vocab] ('all').")
       .def("prefill",
-           [](PyTransformer& self, py::handle tokens, Sampler& sampler) {
+           [](PyTransformer& self, py::handle tokens, Sampler& sampler, long long slot) {
              const std::vector<int32_t> ids = TokenIds(tokens, "prefill");
+             const size_t s = SlotOf(self, slot);
              py::gil_scoped_release release;
-             std::lock_guard<std::mutex> lock(self.mu);
-             return self.t->Prefill(ids.data(), ids.size(), sampler);
+             return self.t->Prefill(ids.data(), ids.size(), sampler, s);
            },
-           py::arg("tokens"), py::arg("sampler"),
+           py::arg("tokens"), py::arg("sampler"), py::arg("slot") = 0,
            "Append the prompt (int array [n]) at `position`, set the sampler's penalty history to it and "
            "return the first token sampled from the last row's logits (no logits leave C++).")
       .def("step",
-           [](PyTransformer& self, long long token, Sampler& sampler) {
+           [](PyTransformer& self, long long token, Sampler& sampler, long long slot) {
              const int32_t id = TokenId(token);
+             const size_t s = SlotOf(self, slot);
              py::gil_scoped_release release;
-             std::lock_guard<std::mutex> lock(self.mu);
-             return self.t->Step(id, sampler);
+             return self.t->Step(id, sampler, s);
            },
-           py::arg("token"), py::arg("sampler"),
+           py::arg("token"), py::arg("sampler"), py::arg("slot") = 0,
            "Append one token (the last sampled), add it to the sampler's history and return the next "
            "sampled token.")
-      .def_property_readonly("position", [](PyTransformer& self) { return self.t->position(); },
-                             "Tokens in the KV cache.")
+      .def("batch", &RunBatch, py::arg("entries"),
+           "One forward chunk over several slots (continuous batching). entries: a list of "
+           "(slot, tokens, sampler or None, decode): tokens an int (one token) or an int array; "
+           "decode=True adds the token to the sampler's history first (as step). Returns one item per "
+           "entry: the sampled token id, None (no sampler) or a str saying why the logits could not "
+           "be sampled (not finite).")
+      .def_property_readonly("position", [](PyTransformer& self) { return self.t->position(0); },
+                             "Tokens in the KV cache of slot 0.")
+      .def("position_of", [](PyTransformer& self, long long slot) { return self.t->position(SlotOf(self, slot)); },
+           py::arg("slot"), "Tokens in the KV cache of `slot`.")
+      .def_property_readonly("sequences", [](PyTransformer& self) { return self.t->sequences(); },
+                             "KV-cache slots (the most sequences that run at once).")
+      .def_property_readonly("chunk", [](PyTransformer& self) { return self.t->chunk(); },
+                             "Rows of one forward chunk: the most tokens one batch() call appends.")
       .def_property_readonly("context", [](PyTransformer& self) { return self.t->context(); })
       .def_property_readonly("kv_dtype", [](PyTransformer& self) {
         return std::string(self.t->kv_dtype() == KvDtype::kF16 ? "f16" : "f32");
       }, "element type of the KV cache: 'f32' or 'f16'")
       .def_property_readonly("memory_bytes", [](PyTransformer& self) { return self.t->memory_bytes(); },
-                             "Weights + KV cache + scratch buffers, in bytes.")
-      .def("reset", [](PyTransformer& self) {
-             py::gil_scoped_release release;  // never wait for mu holding the GIL (CheckSignals)
-             std::lock_guard<std::mutex> lock(self.mu);
-             self.t->Reset();
-           })
+                             "Weights + KV caches + scratch buffers, in bytes.")
+      .def("reset", [](PyTransformer& self, long long slot) {
+             const size_t s = SlotOf(self, slot);
+             py::gil_scoped_release release;  // never wait for the engine holding the GIL (CheckSignals)
+             self.t->Reset(s);
+           }, py::arg("slot") = 0)
       .def("truncate",
-           [](PyTransformer& self, long pos) {
+           [](PyTransformer& self, long pos, long long slot) {
              if (pos < 0) throw py::value_error("truncate: pos must be >= 0, got " + std::to_string(pos));
+             const size_t s = SlotOf(self, slot);
              py::gil_scoped_release release;
-             std::lock_guard<std::mutex> lock(self.mu);
-             self.t->Truncate(size_t(pos));
+             self.t->Truncate(size_t(pos), s);
            },
-           py::arg("pos"), "Keep the first pos cached positions (pos <= position).")
+           py::arg("pos"), py::arg("slot") = 0, "Keep the first pos cached positions (pos <= position).")
       .def("matrix",
            [](PyTransformer& self, const std::string& name) {
              try {

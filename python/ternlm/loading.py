@@ -1,7 +1,8 @@
 """ternlm.load: a checkpoint on disk -> its matrices in the chosen formats -> the C++
 engine -> a Model (model.py).
 
-    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32")
+    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32",
+                    max_sequences=None)
 
 The steps, each usable alone (the CLI's convert and the tests use them):
     read_checkpoint(path)               Hugging Face folder / GGUF file / ternlm folder -> Checkpoint
@@ -132,11 +133,13 @@ def read_checkpoint(path) -> Checkpoint:
     raise ValueError(f"{path}: not a folder or a .gguf file")
 
 
-def build_engine(config: ModelConfig, tensors: dict, context: int, threads, kv_dtype="f32"):
+def build_engine(config: ModelConfig, tensors: dict, context: int, threads, kv_dtype="f32",
+                 max_sequences=None):
     """The C++ Transformer. It moves the storage out of every QuantizedMatrix in `tensors`
-    (the Python objects are left empty), so a loaded model holds its weights once."""
+    (the Python objects are left empty), so a loaded model holds its weights once.
+    max_sequences: KV-cache slots (None: as many as fit in memory, up to 8)."""
     from ._native import core
-    return core.Transformer(config.to_dict(), tensors, int(context), threads, kv_dtype)
+    return core.Transformer(config.to_dict(), tensors, int(context), threads, kv_dtype, max_sequences)
 
 
 class EngineWeights(Mapping):
@@ -165,8 +168,11 @@ class EngineWeights(Mapping):
 DEFAULT_CONTEXT = 4096
 
 
+MAX_SEQUENCES = 64      # Transformer::kMaxSequences: a decode step of all of them is one chunk
+
+
 def load(path, weights=None, threads=None, context=DEFAULT_CONTEXT, head=None, progress=True,
-         kv_dtype="f32") -> Model:
+         kv_dtype="f32", max_sequences=None) -> Model:
     """Load a model from a Hugging Face folder, a GGUF file or a folder written by
     Model.save, converting its matrices to `weights` (see the module docstring for the
     formats and the hybrid embed/lm_head policy). threads=None uses all cores (more
@@ -174,12 +180,19 @@ def load(path, weights=None, threads=None, context=DEFAULT_CONTEXT, head=None, p
     context: the KV-cache length in tokens (default 4096); None = 4096 or the model's
     max_position_embeddings if that is smaller; a larger context than the model was
     trained for is allowed with a TernlmWarning. kv_dtype "f32" | "f16": the KV cache's
-    element type. progress: a bar over the tensors where a person watches."""
+    element type. progress: a bar over the tensors where a person watches. max_sequences:
+    how many generations run at once, each with a KV cache of `context` tokens (1..64;
+    None: 8, or fewer when 8 caches of `context` tokens would not fit in physical memory;
+    a larger number than fits is a ValueError naming the bytes). Caches are reserved, not
+    committed: an idle slot costs address space, not memory."""
     from .hints import warn_context, warn_threads
     if context is not None and (not isinstance(context, (int, np.integer)) or context < 2):
         raise ValueError(f"context must be None or an int >= 2, got {context!r}")
     if kv_dtype not in ("f32", "f16"):
         raise ValueError(f"kv_dtype must be 'f32' or 'f16', got {kv_dtype!r}")
+    if max_sequences is not None and (not isinstance(max_sequences, (int, np.integer)) or isinstance(max_sequences, bool)
+                                      or not 1 <= max_sequences <= MAX_SEQUENCES):
+        raise ValueError(f"max_sequences must be None or an int in [1, {MAX_SEQUENCES}], got {max_sequences!r}")
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
     warn_threads(threads)
@@ -191,7 +204,8 @@ def load(path, weights=None, threads=None, context=DEFAULT_CONTEXT, head=None, p
         warn_context(int(context), trained)
     formats = target_formats(ckpt, weights, head)
     tensors = convert_checkpoint(ckpt, formats, progress=progress)
-    engine = build_engine(ckpt.config, tensors, context, threads, kv_dtype)
+    engine = build_engine(ckpt.config, tensors, context, threads, kv_dtype,
+                          None if max_sequences is None else int(max_sequences))
     norms = {k: v for k, v in tensors.items() if k not in formats}
     from .model import Model  # model.py re-exports load: import it here, not at the top
     return Model(engine, ckpt.tokenizer, ckpt.config, formats, context, source=ckpt.source,

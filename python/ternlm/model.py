@@ -1,12 +1,16 @@
 """The Model API: a loaded model's generation, scoring and saving. ternlm.load
 (loading.py, which documents the weight formats and load options) builds it.
 
-    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32")
+    m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32",
+                    max_sequences=None)
     m.generate(prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None) -> str
     m.stream(prompt, **same) -> iterator of text pieces
     m.chat(messages, **same, stream=False, tools=None, **template_kwargs) -> str
+    m.generate([prompt, ...], **same) -> [str, ...]      (decoded together)
     m.logits(token_ids) -> float32 [n, vocab];  m.perplexity(text, window=None, stride=None)
+    m.session() -> Session: .generate / .stream / .chat / .stats / .close()
+    m.max_sequences, m.active_sequences
     m.tokenizer, m.stats, m.save(folder, force=False)
 
 generate / stream continue raw text; chat renders a conversation with the model's chat
@@ -31,7 +35,17 @@ Generation rules:
   float32) raise ValueError "logits at step N are not finite ..." (step 0: the first new
   token) instead of sampling garbage; the tokens so far were already yielded by stream().
 
-m.stats after generate/stream/chat: prompt_tokens, decode_tokens (generated, EOS excluded),
+Concurrency (python/ternlm/sequences.py, docs/ARCHITECTURE.md): every generation runs in
+its own sequence, a KV-cache slot of the engine's max_sequences (ternlm.load); calls from
+many threads, interleaved streams and m.generate([p1, p2, ...]) (a list of prompts -> a list
+of texts) are decoded together, one pass over the weights per step, each returning what it
+returns alone. A call beyond the free slots waits for one. A conversation's next chat turn
+reuses the cached tokens it shares with the previous turn; m.session() holds a sequence of
+its own (generation.py). m.max_sequences, m.active_sequences: slots in all, in use now.
+
+m.stats after generate/stream/chat (the latest generation started; a Session has its own):
+prompt_tokens, prefill_tokens (those actually run: the prompt less cached_tokens, the prefix
+reused from the slot's cache), decode_tokens (generated, EOS excluded),
 prompt_s (prefill + choosing the first token: time to first token), prompt_tok_s,
 decode_s (the rest, excluding time the caller spends between streamed pieces),
 decode_tok_s ((decode_tokens - 1) / decode_s, each a forward + sample), stop_reason
@@ -41,14 +55,16 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
 import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
+from . import generation
 from .config import ModelConfig
-from .memory import peak_rss_mb
+from .sequences import Scheduler, SlotPool
 from .tokenizer import Tokenizer
 
 
@@ -70,6 +86,25 @@ class Model:
         self.eos_token_ids = eos
         self.bos_token_id = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
         self._hinted_chat = False            # the "use chat()" warning is given once per model
+        cond = threading.Condition()
+        self._slots = SlotPool(int(getattr(engine, "sequences", 1)), cond)
+        self._scheduler = Scheduler(engine, self._slots, cond)
+
+    @property
+    def max_sequences(self) -> int:
+        """KV-cache slots: the most generations / scoring calls that run at once."""
+        return len(self._slots.slots)
+
+    @property
+    def active_sequences(self) -> int:
+        """Slots in use now (running generations, scoring calls and open sessions)."""
+        return self._slots.active
+
+    def session(self, timeout=None) -> generation.Session:
+        """A sequence of one's own (generation.py): s.generate / s.stream / s.chat reuse its
+        cached tokens across calls; s.close() (or `with m.session() as s:`) frees it.
+        Takes a slot now: waits for one, or SequencesBusyError after timeout seconds."""
+        return generation.Session(self, timeout)
 
     def __repr__(self):
         kinds = sorted(set(self.formats.values()))
@@ -171,11 +206,12 @@ class Model:
         return core.Sampler(seed, *params)
 
     def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-               repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True, *, max_tokens=None):
+               repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True, *, max_tokens=None,
+               _session=None):
         """Yield the generated text in pieces as it is decoded (complete UTF-8 only). A stop
         string is never yielded, not even in part: text that could be the start of one is
         held back until it is ruled out. Raw text, as generate(); max_tokens: alias of
-        max_new_tokens."""
+        max_new_tokens. The generation starts (takes a slot) at the first next()."""
         max_new_tokens = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new_tokens, temperature, top_k, top_p, min_p,
                                      repetition_penalty, seed, stop)
@@ -183,18 +219,18 @@ class Model:
         # top_k beyond any vocabulary means "off", as does the binding's largest
         params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
                   float(repetition_penalty))
-        pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops)
+        stats = generation.new_stats(len(ids))
+        pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops, stats, _session)
         # chat() renders its prompt with the template and passes _add_special_tokens=False:
         # only a raw text prompt can be "the wrong way to ask an instruct model"
         if _add_special_tokens and isinstance(prompt, str) and self.tokenizer.chat_template and not self._hinted_chat:
-            return self._hint_chat_after(pieces)
+            return self._hint_chat_after(pieces, stats)
         return pieces
 
-    def _hint_chat_after(self, pieces):
+    def _hint_chat_after(self, pieces, s):
         """The pieces, then, if the model ended the raw prompt at once, a warning (once per
         model) that this model has a chat template and m.chat() uses it."""
         yield from pieces
-        s = self.stats
         if s.get("stop_reason") == "eos" and s.get("decode_tokens") == 0 and not self._hinted_chat:
             self._hinted_chat = True
             from .hints import TernlmWarning
@@ -203,100 +239,23 @@ class Model:
                           "m.chat([{'role': 'user', 'content': prompt}]) (generate/stream continue raw text)",
                           TernlmWarning, stacklevel=3)
 
-    def _generate_pieces(self, ids, max_new, params, seed, stops):
-        stats = {"prompt_tokens": len(ids), "decode_tokens": 0, "prompt_tok_s": 0.0, "decode_tok_s": 0.0,
-                 "prompt_s": 0.0, "decode_s": 0.0, "stop_reason": "max_new_tokens", "peak_rss_mb": 0.0}
-        self.stats = stats
-        sampler = self._new_sampler(seed, params)
-        decoder = self.tokenizer.stream_decoder()
-        eos = set(self.eos_token_ids)
-        prompt = np.asarray(ids, dtype=np.int32)
-        text, emitted = "", 0                   # decoded text so far; how much was yielded
-        hold = max((len(s) for s in stops), default=1) - 1
-
-        # Timing: prompt_s = prefill forward + choosing the first token (time to first token);
-        # decode_s = everything after, minus the time the caller spends between our yields.
-        t0 = time.perf_counter()
-        self._engine.reset()
-        generated, busy, clock = 0, 0.0, None
+    def _generate_pieces(self, ids, max_new, params, seed, stops, stats, session=None):
+        if session is not None:
+            session.enter()
         try:
-            if max_new > 0:
-                # one C++ call: forward of the prompt, the first token sampled from its last row
-                # (the sampler's penalty history is set to the prompt)
-                tok = self._sample(self._engine.prefill, prompt, sampler, step=0)
-                clock = time.perf_counter()
-                stats["prompt_s"] = clock - t0
-            while generated < max_new:
-                if tok in eos:
-                    stats["stop_reason"] = "eos"
-                    break
-                generated += 1
-                text += decoder.push(tok)
-                cut = self._find_stop(text, stops)
-                if cut is not None:
-                    stats["stop_reason"] = "stop"
-                    if cut > emitted:
-                        busy += time.perf_counter() - clock
-                        yield text[emitted:cut]
-                        clock = time.perf_counter()
-                    emitted = cut
-                    break
-                safe = len(text) - self._partial_stop_len(text, stops, hold)
-                if safe > emitted:
-                    busy += time.perf_counter() - clock
-                    yield text[emitted:safe]
-                    clock = time.perf_counter()
-                    emitted = safe
-                if generated == max_new:
-                    break
-                if len(ids) + generated >= self.context:
-                    stats["stop_reason"] = "context"
-                    break
-                # one C++ call: append tok to the KV cache and the penalty history, forward,
-                # sample the next token
-                tok = self._sample(self._engine.step, tok, sampler, step=generated)
-            if stats["stop_reason"] != "stop":
-                text += decoder.flush()
-                cut = self._find_stop(text, stops)
-                if cut is not None:
-                    stats["stop_reason"] = "stop"
-                    text = text[:cut]
-                if len(text) > emitted:
-                    yield text[emitted:]
+            req, t0 = self._start(ids, max_new, params, seed, stats, session)
+            yield from generation.pieces(self, req, stats, stops, t0)
         finally:
-            if clock is not None:
-                busy += time.perf_counter() - clock
-            else:
-                stats["prompt_s"] = time.perf_counter() - t0
-            stats["prompt_tok_s"] = len(ids) / max(stats["prompt_s"], 1e-9)
-            stats["decode_tokens"] = generated
-            stats["decode_s"] = busy
-            stats["decode_tok_s"] = (generated - 1) / busy if generated > 1 and busy > 0 else 0.0
-            stats["peak_rss_mb"] = peak_rss_mb()
+            if session is not None:
+                session.exit()
 
-    @staticmethod
-    def _sample(call, tokens, sampler, step):
-        """engine.prefill / engine.step, with non-finite logits named by generation step."""
-        from ._native import core
-        try:
-            return call(tokens, sampler)
-        except core.NonFiniteLogitsError as e:
-            raise ValueError(f"logits at step {step} are not finite (NaN weights or overflow); {e}") from None
-
-    @staticmethod
-    def _find_stop(text, stops):
-        hits = [text.find(s) for s in stops]
-        hits = [h for h in hits if h >= 0]
-        return min(hits) if hits else None
-
-    @staticmethod
-    def _partial_stop_len(text, stops, hold):
-        """Length of the longest tail of text that is a proper prefix of a stop string."""
-        for n in range(min(hold, len(text)), 0, -1):
-            tail = text[-n:]
-            if any(s.startswith(tail) for s in stops):
-                return n
-        return 0
+    def _start(self, ids, max_new, params, seed, stats, session=None):
+        """Takes a slot and submits the generation (generation.start); (request, start time)."""
+        self.stats = stats
+        if session is not None:
+            session.stats = stats
+        t0 = time.perf_counter()
+        return generation.start(self, ids, max_new, self._new_sampler(seed, params), stats, session), t0
 
     def generate(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                  repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None) -> str:
@@ -305,13 +264,41 @@ class Model:
         This is the raw language model: the prompt is continued as text, without the chat
         template. To ask an instruct (chat) model something, use chat(): given a bare
         question here it may end at once and return '' (ternlm warns once when that
-        happens on a model that has a chat template). max_tokens: alias of max_new_tokens."""
+        happens on a model that has a chat template). max_tokens: alias of max_new_tokens.
+
+        A list of prompts (str or token-id lists) returns the list of their continuations,
+        decoded together (a seed, if given, seeds each prompt's sampler alike)."""
+        if _is_batch(prompt):
+            return self._generate_batch(list(prompt), max_new_tokens, temperature, top_k, top_p, min_p,
+                                        repetition_penalty, seed, stop, max_tokens)
         return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
                                    repetition_penalty, seed, stop, max_tokens=max_tokens))
 
+    def _generate_batch(self, prompts, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
+                        seed, stop, max_tokens):
+        """Every prompt submitted before any is read: the engine decodes them together,
+        each finishing (and freeing its slot) without waiting for its reader, so prompts
+        beyond max_sequences wait for a slot here."""
+        max_new = _max_new_tokens(max_new_tokens, max_tokens)
+        stops = self._check_sampling(max_new, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
+        params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
+                  float(repetition_penalty))
+        all_ids = [self._prompt_ids(p) for p in prompts]
+        started = []
+        try:
+            for ids in all_ids:
+                stats = generation.new_stats(len(ids))
+                req, t0 = self._start(ids, max_new, params, seed, stats)
+                started.append((req, stats, t0))
+            return ["".join(generation.pieces(self, req, stats, stops, t0)) for req, stats, t0 in started]
+        finally:
+            for req, _, _ in started:
+                if req is not None:
+                    self._scheduler.cancel(req)
+
     def chat(self, messages, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
              repetition_penalty=1.0, seed=None, stop=None, stream=False, *, max_tokens=None, tools=None,
-             **template_kwargs):
+             _session=None, **template_kwargs):
         """Reply to a conversation [{"role", "content"}, ...] rendered with the model's chat
         template. The rendered text is tokenized without adding special tokens (the template
         writes BOS itself), as transformers' apply_chat_template does. stream=True returns
@@ -329,7 +316,8 @@ class Model:
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools,
                                                     **template_kwargs)
         pieces = self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
-                             repetition_penalty, seed, stop, _add_special_tokens=False, max_tokens=max_tokens)
+                             repetition_penalty, seed, stop, _add_special_tokens=False, max_tokens=max_tokens,
+                             _session=_session)
         return pieces if stream else "".join(pieces)
 
     # ---- scoring --------------------------------------------------------------------------
@@ -341,8 +329,14 @@ class Model:
         self._check_ids(ids)
         if len(ids) > self.context:
             raise ValueError(f"{len(ids)} tokens do not fit in context {self.context}")
-        self._engine.reset()
-        out = self._engine.forward(np.asarray(ids, dtype=np.int32), logits="all")
+        slot = self._slots.acquire(ids)
+        try:
+            slot.tokens.clear()
+            self._engine.reset(slot=slot.index)
+            out = self._engine.forward(np.asarray(ids, dtype=np.int32), logits="all", slot=slot.index)
+            slot.tokens.extend(ids)
+        finally:
+            self._slots.release(slot)
         return np.asarray(out, dtype=np.float32).reshape(len(ids), -1)
 
     def perplexity(self, text, window=None, stride=None, progress=True) -> float:
@@ -402,6 +396,17 @@ class Model:
 from .loading import (  # noqa: E402,F401
     HEAD_CHOICES, WEIGHT_CHOICES, build_engine, convert_checkpoint, load, read_checkpoint, target_formats,
 )
+
+
+def _is_batch(prompt) -> bool:
+    """A list of prompts (each a str or a sequence of ids), not one prompt of ids. A list
+    of strings that are all integers ("1", "2") reads as token ids given as text, which
+    generate() refuses (TypeError) rather than continuing each number as a prompt."""
+    if not isinstance(prompt, (list, tuple)) or not prompt:
+        return False
+    if all(isinstance(p, str) for p in prompt) and all(p.strip().lstrip("+-").isdigit() for p in prompt):
+        return False
+    return all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt)
 
 
 def _max_new_tokens(max_new_tokens, max_tokens):
