@@ -8,7 +8,6 @@ differ from prompt to prompt, which is what lets the concurrency tests see one r
 text leak into another's.
 """
 import http.client
-import inspect
 import json
 import os
 import socket
@@ -68,10 +67,7 @@ def write_llama_numpy(folder):
 
 
 def load(folder, **kw):
-    kw.setdefault("threads", 1)
-    if "max_sequences" in inspect.signature(ternlm.load).parameters:
-        kw.setdefault("max_sequences", MAX_SEQUENCES)
-    return ternlm.load(folder, context=CONTEXT, progress=False, **kw)
+    return ternlm.load(folder, context=CONTEXT, threads=1, max_sequences=MAX_SEQUENCES, progress=False, **kw)
 
 
 class Served:

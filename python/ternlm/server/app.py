@@ -65,8 +65,7 @@ def create_app(model, model_name: str | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": name,
-                "active_sequences": getattr(model, "active_sequences", None),
-                "max_sequences": getattr(model, "max_sequences", None),
+                "active_sequences": model.active_sequences, "max_sequences": model.max_sequences,
                 "generations": counters.snapshot()}
 
     def model_card():

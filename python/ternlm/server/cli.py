@@ -80,7 +80,7 @@ def cmd_serve(args) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"ternlm serve: {m!r} as {app.state.name!r}, OpenAI API at http://{shown}:{port}/v1 "
-          f"(max_sequences={getattr(m, 'max_sequences', 1)})", file=sys.stderr)
+          f"(max_sequences={m.max_sequences})", file=sys.stderr)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
     server.run(sockets=[sock])
     return 0

@@ -52,11 +52,10 @@ class Counters:
             return dict(self.values)
 
 
-def generation_result(model) -> tuple[str, int]:
-    """(finish_reason, completion tokens) of the generation that just ended in this thread:
-    the model's stats, which it keeps per generation for the thread that ran it."""
-    s = model.stats
-    return finish_reason(s["stop_reason"]), int(s["decode_tokens"])
+def generation_result(stats) -> tuple[str, int]:
+    """(finish_reason, completion tokens) from the stats of one generation (the dict passed
+    to Model.stream as _stats: m.stats is only the latest generation started)."""
+    return finish_reason(stats["stop_reason"]), int(stats["decode_tokens"])
 
 
 class Run:
@@ -131,7 +130,8 @@ class Run:
                 self._put(("cancelled", spec.index))
                 self.counters.add("cancelled")
                 return
-            pieces = self.model.stream(spec.prompt_ids, **spec.kwargs)
+            stats: dict = {}
+            pieces = self.model.stream(spec.prompt_ids, **spec.kwargs, _stats=stats)
             self._put(("started", spec.index))
             stage = "generate"
             for piece in pieces:
@@ -139,7 +139,7 @@ class Run:
                     break
                 self._put(("piece", spec.index, piece))
             else:
-                reason, tokens = generation_result(self.model)
+                reason, tokens = generation_result(stats)
                 self._put(("done", spec.index, reason, tokens))
                 self.counters.add("finished")
                 return
