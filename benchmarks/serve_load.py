@@ -1,7 +1,7 @@
 """Load test of `ternlm serve`: N concurrent streaming clients on loopback.
 
     PYTHONPATH=python .venv/bin/python benchmarks/serve_load.py [--model PATH] [--clients 1,4,16]
-        [--requests 32] [--max-tokens 64] [--threads 2] [--max-sequences 16] [--json OUT]
+        [--requests 32] [--max-tokens 64] [--threads 2] [--max-sequences 16] [--direct] [--json OUT]
 
 Starts `python -m ternlm.server` (a process of its own, so the clients' Python does not
 share the server's GIL) on 127.0.0.1 with a free port, then for each N: N client threads
@@ -13,6 +13,11 @@ would be measured along with the server). Per N: requests/s, time to first token
 the wall time of the N) and whether every request completed (finish_reason present and
 `data: [DONE]` received). Bounded: a fixed number of requests, loopback only, every socket
 with a timeout. Default model: ternlm's default (SmolLM2-135M-Instruct).
+
+--direct adds, right after each N through the server, the same requests through the Python
+API in this process (N threads, Model.stream on the same chat-template token ids, a model
+loaded with the server's options): what HTTP, JSON and the event loop cost on top of the
+engine, measured interleaved on the same machine.
 """
 from __future__ import annotations
 
@@ -65,6 +70,19 @@ def one_request(port, i, max_tokens, timeout):
     return ttft, time.perf_counter() - t0, tokens, finished and done
 
 
+def direct_request(model, i, max_tokens):
+    """The same request through Model.stream in this process."""
+    msgs = [{"role": "user", "content": f"Write about {TOPICS[i % len(TOPICS)]} (request {i})."}]
+    ids = model.tokenizer.encode(model.tokenizer.apply_chat_template(msgs), add_special_tokens=False)
+    stats: dict = {}
+    t0 = time.perf_counter()
+    ttft = None
+    for piece in model.stream(ids, max_new_tokens=max_tokens, temperature=0, _stats=stats):
+        if ttft is None and piece:
+            ttft = time.perf_counter() - t0
+    return ttft, time.perf_counter() - t0, stats["decode_tokens"], True
+
+
 def percentile(xs, q):
     xs = sorted(xs)
     if not xs:
@@ -74,7 +92,7 @@ def percentile(xs, q):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def run_level(port, clients, requests, max_tokens, timeout):
+def run_level(request, clients, requests):
     todo = list(range(requests))
     lock = threading.Lock()
     results = []
@@ -85,7 +103,7 @@ def run_level(port, clients, requests, max_tokens, timeout):
                 if not todo:
                     return
                 i = todo.pop(0)
-            res = one_request(port, i, max_tokens, timeout)
+            res = request(i)
             with lock:
                 results.append(res)
 
@@ -133,19 +151,33 @@ def main(argv=None) -> int:
     p.add_argument("--max-sequences", type=int, default=16, help="the server's --max-sequences (default: 16; 0: ternlm.load's default)")
     p.add_argument("--context", type=int, default=1024, help="the server's --context (default: 1024)")
     p.add_argument("--timeout", type=float, default=600, help="per-request socket timeout in seconds")
+    p.add_argument("--direct", action="store_true",
+                   help="also run each N through the Python API in this process (the engine without HTTP)")
     p.add_argument("--json", default=None, help="write the rows here (e.g. benchmarks/results/serve_load.json)")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.clients.split(",")]
     proc, port, banner, cmd = start_server(args)
+    model = None
+    if args.direct:
+        import ternlm
+        from ternlm.default_model import default_model_path
+        model = ternlm.load(args.model or default_model_path(), weights=args.weights, threads=args.threads,
+                            context=args.context, max_sequences=args.max_sequences or None, progress=False)
+    paths = {"server": lambda i: one_request(port, i, args.max_tokens, args.timeout)}
+    if model is not None:
+        paths["direct"] = lambda i: direct_request(model, i, args.max_tokens)
     try:
-        one_request(port, 10_000, 4, args.timeout)                   # warm-up
+        for request in paths.values():
+            request(10_000)                                          # warm-up
         rows = []
         for n in levels:
-            row = run_level(port, n, args.requests, args.max_tokens, args.timeout)
-            rows.append(row)
-            print(f"N={n:3d}  {row['requests_per_s']:6.2f} req/s  TTFT p50 {row['ttft_p50_s'] * 1e3:7.1f} ms  "
-                  f"p95 {row['ttft_p95_s'] * 1e3:7.1f} ms  {row['aggregate_tok_s']:7.1f} tok/s  "
-                  f"completed {row['completed']}/{row['requests']}", file=sys.stderr)
+            for path, request in paths.items():
+                row = {"path": path, **run_level(request, n, args.requests)}
+                rows.append(row)
+                print(f"{path:6s} N={n:3d}  {row['requests_per_s']:6.2f} req/s  TTFT p50 "
+                      f"{row['ttft_p50_s'] * 1e3:7.1f} ms  p95 {row['ttft_p95_s'] * 1e3:7.1f} ms  "
+                      f"{row['aggregate_tok_s']:7.1f} tok/s  completed {row['completed']}/{row['requests']}",
+                      file=sys.stderr)
     finally:
         proc.send_signal(2)
         try:
@@ -153,10 +185,10 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     from ternlm.bench import machine_info
-    print("| clients | requests | completed | req/s | TTFT p50 (ms) | TTFT p95 (ms) | aggregate tok/s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| path | clients | requests | completed | req/s | TTFT p50 (ms) | TTFT p95 (ms) | aggregate tok/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['completed']} | {r['requests_per_s']:.2f} | "
+        print(f"| {r['path']} | {r['clients']} | {r['requests']} | {r['completed']} | {r['requests_per_s']:.2f} | "
               f"{r['ttft_p50_s'] * 1e3:.0f} | {r['ttft_p95_s'] * 1e3:.0f} | {r['aggregate_tok_s']:.1f} |")
     if args.json:
         report = {"command": "benchmarks/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),

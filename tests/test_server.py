@@ -474,3 +474,68 @@ def test_ternlm_serve_command(llama_folder):
         proc.send_signal(2)
         out = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and "Traceback" not in out, out     # 130: Ctrl-C, as the other commands
+
+
+def test_more_clients_than_sequences_wait_their_turn(llama_folder):
+    """6 streaming clients on a model with 2 sequences: the others wait for a free one, and
+    every client still gets its solo text."""
+    m = ternlm.load(llama_folder, threads=1, context=256, max_sequences=2, progress=False)
+    s = Served(create_app(m))
+    try:
+        prompts = PROMPTS[:6]
+        solo = [m.generate(p, max_new_tokens=32) for p in prompts]
+        out, errors = [None] * len(prompts), []
+
+        def worker(i):
+            try:
+                chunks = s.client().completions.create(model="m", prompt=prompts[i], max_tokens=32, temperature=0,
+                                                       stream=True)
+                out[i] = "".join(c.choices[0].text for c in chunks)
+            except Exception as e:            # reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not errors and out == solo
+        assert wait_idle(s)["max_sequences"] == 2
+    finally:
+        s.stop()
+
+
+class FailingModel:
+    """The model, except that each generation fails after two pieces (a model error in the
+    middle of a generation, e.g. non-finite logits)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def stream(self, prompt, **kw):
+        def pieces():
+            for i, piece in enumerate(self._model.stream(prompt, **kw)):
+                if i == 2:
+                    raise ValueError("logits at step 2 are not finite")
+                yield piece
+        return pieces()
+
+
+def test_a_generation_that_fails_midway(model):
+    s = Served(create_app(FailingModel(model)))
+    try:
+        c = s.client()
+        with pytest.raises(openai.InternalServerError) as e:
+            c.completions.create(model="m", prompt="Hello", max_tokens=20, temperature=0)
+        assert e.value.status_code == 500 and "not finite" in str(e.value)
+        with pytest.raises(openai.APIError, match="not finite"):
+            for _ in c.completions.create(model="m", prompt="Hello", max_tokens=20, temperature=0, stream=True):
+                pass
+        h = wait_idle(s)
+        assert h["generations"]["failed"] == 2 and h["active_sequences"] == 0
+        assert s.raw("GET", "/v1/models")[0] == 200
+    finally:
+        s.stop()
