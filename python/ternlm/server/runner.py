@@ -13,7 +13,9 @@ The server holds no lock around the model: Model.stream is safe from many thread
 generation has its own sequence and KV-cache slot), so concurrent requests decode together
 and a request beyond the model's max_sequences waits inside the model for a slot. A worker
 notices cancellation between pieces (one token at most), and closing the generator is what
-frees the slot, so a client that disconnects stops its generation at the next token.
+frees the slot, so a client that disconnects stops its generation at the next token. (A
+generation still waiting for a slot sees the cancellation once it has one and has made its
+first token: Model.stream takes the slot inside its first next().)
 
 The queue is unbounded: a generation yields at most max_tokens pieces, so a slow reader
 costs at most that much text in memory, and the worker never waits on the client.
@@ -147,7 +149,8 @@ class Run:
             self.counters.add("cancelled")
         except Exception as e:                # reported to the client; the server goes on
             self._put(("error", spec.index, e, stage))
-            self.counters.add("failed")
+            if stage == "generate":           # a refused request (400) generated nothing
+                self.counters.add("failed")
         finally:
             if pieces is not None:
                 pieces.close()
