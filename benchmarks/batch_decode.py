@@ -11,10 +11,11 @@ Each model runs in a fresh process (its peak RSS is its own), loaded with
 max_sequences = the largest count. Inside it, for each repetition the counts run in turn
 (1, 2, 4, ..., then again), so drift on a shared machine spreads over all of them. One run
 of N: N Python threads, each streaming its own prompt (`--prompt` pseudo-random token ids,
-distinct per thread) for exactly `--decode` greedy tokens (EOS ignored). Aggregate decode
+distinct per thread and run) for exactly `--decode` greedy tokens (EOS ignored). Aggregate decode
 tok/s = N * (decode - 1) / (last stream's end - last stream's first token): the window in
 which all N decode together. The best repetition per N is kept; "x1" is its ratio to N = 1
-of the same process. Peak RSS is the process's after the largest N.
+of the same process. Peak RSS is the process's after the largest N. `--head int4` (or
+bf16, ...) loads the embedding/head in that format instead (the default model's is f32).
 """
 from __future__ import annotations
 
@@ -45,16 +46,21 @@ def model_path(name: str) -> tuple[str, dict]:
 
 
 def run_once(m, n: int, prompts, decode: int) -> dict:
+    """N threads, each streaming its prompt on a session of its own (whose stats give the
+    time of its first token: the text of a random prompt's first tokens may be empty)."""
     first, end, errors = [0.0] * n, [0.0] * n, []
+    sessions = [m.session() for _ in range(n)]
     barrier = threading.Barrier(n + 1)
 
     def reader(i):
         try:
             barrier.wait()
-            for k, _ in enumerate(m.stream(prompts[i], max_new_tokens=decode)):
-                if k == 0:
-                    first[i] = time.perf_counter()
+            start = time.perf_counter()
+            for _ in sessions[i].stream(prompts[i], max_new_tokens=decode):
+                pass
             end[i] = time.perf_counter()
+            first[i] = start + sessions[i].stats["prompt_s"]
+            assert sessions[i].stats["decode_tokens"] == decode, sessions[i].stats
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(n)]
@@ -64,6 +70,8 @@ def run_once(m, n: int, prompts, decode: int) -> dict:
     t0 = time.perf_counter()
     for t in threads:
         t.join()
+    for s in sessions:
+        s.close()
     if errors:
         raise errors[0]
     window = max(end) - max(first)
@@ -78,22 +86,23 @@ def worker(args) -> dict:
     counts = [int(c) for c in args.counts.split(",")]
     t0 = time.perf_counter()
     m = ternlm.load(path, threads=args.threads, context=args.prompt + args.decode + 8, progress=False,
-                    max_sequences=max(counts))
+                    max_sequences=max(counts), head=args.head)
     load_s = time.perf_counter() - t0
     m.eos_token_ids = []                                  # exactly --decode tokens each
     vocab = min(m.config.vocab_size, m.tokenizer.vocab_size)
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(0, vocab, size=args.prompt).tolist() for _ in range(max(counts))]
-    m.generate(prompts[0][:4], max_new_tokens=2)          # warm-up: thread pool, page-in
+    m.generate([1, 2, 3, 4], max_new_tokens=2)            # warm-up: thread pool, page-in
     best: dict = {}
     for _ in range(args.reps):
         for n in counts:
+            # fresh prompts each run: a session reuses what its slot holds, and must not here
+            prompts = [rng.integers(0, vocab, size=args.prompt).tolist() for _ in range(n)]
             r = run_once(m, n, prompts, args.decode)
             if n not in best or r["aggregate_decode_tok_s"] > best[n]["aggregate_decode_tok_s"]:
                 best[n] = r
     base = best[counts[0]]["aggregate_decode_tok_s"]
     rows = [dict(best[n], x1=best[n]["aggregate_decode_tok_s"] / base) for n in counts]
-    return {"model": args.worker, "path": path, "formats": sorted(set(m.formats.values())),
+    return {"model": args.worker + (f" head={args.head}" if args.head else ""), "path": path, "formats": sorted(set(m.formats.values())),
             "threads": args.threads, "load_s": load_s, "rows": rows, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -118,6 +127,7 @@ def main(argv=None):
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--head", default=None, help="head format (ternlm.load's head=); default: as loaded")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -128,7 +138,7 @@ def main(argv=None):
     for name in args.models.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--counts", args.counts,
                "--threads", str(args.threads), "--prompt", str(args.prompt), "--decode", str(args.decode),
-               "--reps", str(args.reps)]
+               "--reps", str(args.reps)] + (["--head", args.head] if args.head else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"{name}: worker failed\n{out.stderr[-3000:]}")

@@ -14,7 +14,6 @@ import pytest
 from conftest import CHAT_TEMPLATE
 
 import ternlm
-from ternlm.sequences import SequencesBusyError
 from ternlm.synthetic import write_synthetic_bitnet
 
 PROMPTS = [[5, 6, 7, 8], [1, 2, 3], [9, 10, 11, 12, 13, 14, 15], [100, 200], [300, 301, 302, 303, 304],
@@ -149,7 +148,7 @@ def test_requests_beyond_the_slots_wait_or_time_out(folder, solo):
     s = m1.session()
     assert m1.active_sequences == 1
     t0 = time.monotonic()
-    with pytest.raises(SequencesBusyError, match="max_sequences=1"):
+    with pytest.raises(ternlm.SequencesBusyError, match="max_sequences=1"):
         m1.session(timeout=0.2)
     assert time.monotonic() - t0 >= 0.2
     got = []
@@ -204,6 +203,10 @@ def test_chat_reuses_the_previous_turn(folder):
     assert s["prefill_tokens"] == s["prompt_tokens"] - s["cached_tokens"] < s["prompt_tokens"] // 2
     assert a2 == fresh.chat(conv, max_new_tokens=12)
     assert fresh.stats["cached_tokens"] == 0
+    ids = list(range(3, 40))                    # generate starts afresh: its prefill is all timed
+    m.generate(ids, max_new_tokens=2)
+    m.generate(ids, max_new_tokens=2)
+    assert m.stats["cached_tokens"] == 0 and m.stats["prefill_tokens"] == len(ids)
 
 
 def test_session_keeps_its_sequence(folder):
@@ -248,3 +251,19 @@ def test_engine_batch_rejects_bad_entries(folder):
     got = eng.batch([(0, np.asarray([5, 6, 7, 8], np.int32), sampler, False), (1, np.asarray([1, 2], np.int32), None, False)])
     assert isinstance(got[0], int) and got[1] is None
     assert eng.position_of(0) == 4 and eng.position_of(1) == 2
+
+
+@pytest.mark.filterwarnings("ignore::ternlm.hints.TernlmWarning")   # context beyond max_position_embeddings
+def test_the_slots_memory_is_checked_at_load(folder):
+    """max_sequences KV caches of `context` tokens must fit in physical memory: more is a
+    ValueError naming the bytes; the default takes as many as fit (at most 8). The caches
+    are reserved, not committed."""
+    with pytest.raises(ValueError, match=r"max_sequences=64 x context=500000 needs .* GB \(\d+ bytes\) for the KV caches"):
+        load(folder, context=500_000, max_sequences=64)
+    phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    one = [load(folder, context=c, max_sequences=1).memory_bytes for c in (1024, 2048)]
+    per_position = (one[1] - one[0]) / 1024             # one slot's cache + RoPE rows + scores
+    context = int(phys / 3 / per_position)               # about a third of memory per slot
+    m = load(folder, context=context)
+    assert 1 <= m.max_sequences < 8
+    assert m.generate(PROMPTS[0], max_new_tokens=5) == load(folder, max_sequences=1).generate(PROMPTS[0], max_new_tokens=5)

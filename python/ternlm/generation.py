@@ -23,16 +23,21 @@ def new_stats(prompt_tokens: int) -> dict:
             "stop_reason": "max_new_tokens", "peak_rss_mb": 0.0}
 
 
-def start(model, ids, max_new, sampler, stats, session=None, timeout=None):
-    """Takes a slot (the session's, or a free one from the model's pool: may wait), keeps
-    the longest prefix of its cached tokens that ids start with (leaving at least the last
-    prompt token to prefill: its logits give the first token), and submits the request.
-    Returns the Request, or None for max_new == 0 (nothing runs)."""
+def start(model, ids, max_new, sampler, stats, session=None, reuse_cache=False, timeout=None):
+    """Takes a slot (the session's, or a free one from the model's pool: may wait); with
+    reuse_cache (chat turns, sessions) keeps the longest prefix of its cached tokens that ids
+    start with (leaving at least the last prompt token to prefill: its logits give the first
+    token), else starts from position 0; and submits the request. Returns the Request, or
+    None for max_new == 0 (nothing runs).
+
+    generate / stream start afresh: their prefill is what a caller times (ternlm bench
+    warms up on a prefix of the prompt it then measures)."""
     if max_new == 0:
         return None
-    slot = session.slot if session is not None else model._slots.acquire(ids, timeout)
+    reuse_cache = reuse_cache or session is not None
+    slot = session.slot if session is not None else model._slots.acquire(ids if reuse_cache else None, timeout)
     try:
-        reuse = min(common_prefix(slot.tokens, ids), len(ids) - 1)
+        reuse = min(common_prefix(slot.tokens, ids), len(ids) - 1) if reuse_cache else 0
         model._engine.truncate(reuse, slot=slot.index)
         del slot.tokens[reuse:]
         sampler.set_history(ids, model.config.vocab_size)

@@ -41,7 +41,7 @@ many threads, interleaved streams and m.generate([p1, p2, ...]) (a list of promp
 of texts) are decoded together, one pass over the weights per step, each returning what it
 returns alone. A call beyond the free slots waits for one. A conversation's next chat turn
 reuses the cached tokens it shares with the previous turn; m.session() holds a sequence of
-its own (generation.py). m.max_sequences, m.active_sequences: slots in all, in use now.
+its own, whose calls all reuse its cache (generation.py); generate / stream start afresh. m.max_sequences, m.active_sequences: slots in all, in use now.
 
 m.stats after generate/stream/chat (the latest generation started; a Session has its own):
 prompt_tokens, prefill_tokens (those actually run: the prompt less cached_tokens, the prefix
@@ -207,7 +207,7 @@ class Model:
 
     def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True, *, max_tokens=None,
-               _session=None, _stats=None):
+               _session=None, _reuse_cache=False, _stats=None):
         """Yield the generated text in pieces as it is decoded (complete UTF-8 only). A stop
         string is never yielded, not even in part: text that could be the start of one is
         held back until it is ruled out. Raw text, as generate(); max_tokens: alias of
@@ -226,7 +226,7 @@ class Model:
             _stats.clear()
             _stats.update(stats)
             stats = _stats
-        pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops, stats, _session)
+        pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops, stats, _session, _reuse_cache)
         # chat() renders its prompt with the template and passes _add_special_tokens=False:
         # only a raw text prompt can be "the wrong way to ask an instruct model"
         if _add_special_tokens and isinstance(prompt, str) and self.tokenizer.chat_template and not self._hinted_chat:
@@ -245,23 +245,24 @@ class Model:
                           "m.chat([{'role': 'user', 'content': prompt}]) (generate/stream continue raw text)",
                           TernlmWarning, stacklevel=3)
 
-    def _generate_pieces(self, ids, max_new, params, seed, stops, stats, session=None):
+    def _generate_pieces(self, ids, max_new, params, seed, stops, stats, session=None, reuse_cache=False):
         if session is not None:
             session.enter()
         try:
-            req, t0 = self._start(ids, max_new, params, seed, stats, session)
+            req, t0 = self._start(ids, max_new, params, seed, stats, session, reuse_cache)
             yield from generation.pieces(self, req, stats, stops, t0)
         finally:
             if session is not None:
                 session.exit()
 
-    def _start(self, ids, max_new, params, seed, stats, session=None):
+    def _start(self, ids, max_new, params, seed, stats, session=None, reuse_cache=False):
         """Takes a slot and submits the generation (generation.start); (request, start time)."""
         self.stats = stats
         if session is not None:
             session.stats = stats
         t0 = time.perf_counter()
-        return generation.start(self, ids, max_new, self._new_sampler(seed, params), stats, session), t0
+        return generation.start(self, ids, max_new, self._new_sampler(seed, params), stats, session,
+                                reuse_cache), t0
 
     def generate(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                  repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None) -> str:
@@ -323,7 +324,7 @@ class Model:
                                                     **template_kwargs)
         pieces = self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
                              repetition_penalty, seed, stop, _add_special_tokens=False, max_tokens=max_tokens,
-                             _session=_session)
+                             _session=_session, _reuse_cache=True)
         return pieces if stream else "".join(pieces)
 
     # ---- scoring --------------------------------------------------------------------------
@@ -335,7 +336,7 @@ class Model:
         self._check_ids(ids)
         if len(ids) > self.context:
             raise ValueError(f"{len(ids)} tokens do not fit in context {self.context}")
-        slot = self._slots.acquire(ids)
+        slot = self._slots.acquire()
         try:
             slot.tokens.clear()
             self._engine.reset(slot=slot.index)

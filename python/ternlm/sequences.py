@@ -4,10 +4,10 @@ together (continuous batching). Model (model.py) is the only user; docs/ARCHITEC
 
     SlotPool    the engine's KV-cache slots (ternlm.load's max_sequences). A generation
                 or a scoring call takes a free slot for its duration, waiting in line when
-                all are taken (or SequencesBusyError after `timeout`). The free slot whose
-                cached tokens share the longest prefix with the new prompt is chosen, so a
-                chat's next turn lands on its previous turn's cache and prefills only the
-                new tokens; ties go to the least recently used slot.
+                all are taken (or SequencesBusyError after `timeout`). For a chat turn the
+                free slot whose cached tokens share the longest prefix with the new prompt
+                is chosen, so the next turn lands on the previous turn's cache and prefills
+                only the new tokens (ties, and every other call: the least recently used).
     Request     one generation: its slot, its C++ Sampler (own seed and penalty history),
                 the prompt tokens still to prefill, and the tokens sampled so far, which
                 the engine thread appends and the caller's iterator takes.
@@ -65,15 +65,15 @@ class SlotPool:
     def active(self) -> int:
         return sum(s.busy for s in self.slots)
 
-    def acquire(self, prompt, timeout=None) -> Slot:
-        """A free slot (the longest common prefix with prompt, then least recently used);
-        waits while none is free. timeout (s): SequencesBusyError when it passes."""
+    def acquire(self, prompt=None, timeout=None) -> Slot:
+        """A free slot (the longest common prefix with prompt if given, then least recently
+        used); waits while none is free. timeout (s): SequencesBusyError when it passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 free = [s for s in self.slots if not s.busy]
                 if free:
-                    best = max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.used))
+                    best = max(free, key=lambda s: (common_prefix(s.tokens, prompt) if prompt else 0, -s.used))
                     best.busy = True
                     return best
                 left = None if deadline is None else deadline - time.monotonic()
