@@ -196,6 +196,20 @@ def test_chat_uses_the_template(model, client):
     assert r2.choices[0].message.content == msg.content
 
 
+def test_next_chat_turn_reuses_the_cached_conversation(llama_folder, client):
+    """Turn 2 of a conversation lands on the sequence that holds turn 1: its prompt tokens
+    are reported as cached, and the reply is what a fresh model answers."""
+    turn1 = [{"role": "user", "content": "Tell me about the sea"}]
+    r1 = client.chat.completions.create(model="t", messages=turn1, max_tokens=24, temperature=0)
+    turn2 = turn1 + [{"role": "assistant", "content": r1.choices[0].message.content},
+                     {"role": "user", "content": "And the moon?"}]
+    r2 = client.chat.completions.create(model="t", messages=turn2, max_tokens=24, temperature=0)
+    assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens
+    fresh = ternlm.load(llama_folder, context=CONTEXT, threads=1, max_sequences=1, progress=False)
+    assert r2.choices[0].message.content == fresh.chat(turn2, max_new_tokens=24)
+    assert fresh.stats["cached_tokens"] == 0
+
+
 def test_chat_without_max_tokens_fills_the_context(llama_folder):
     m = ternlm.load(llama_folder, threads=1, context=64, progress=False)
     s = Served(create_app(m))

@@ -144,15 +144,22 @@ def _chat_prompt(model, messages) -> list:
 
 
 # ---- one request ---------------------------------------------------------------------------------
-def _usage(prompt_tokens, completion_tokens) -> dict:
+def _usage(prompt_tokens, completion_tokens, cached_tokens) -> dict:
+    """OpenAI's usage; cached_tokens: prompt tokens whose KV cache a chat request found in
+    its sequence from an earlier turn, so they were not prefilled again."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 async def _serve(request, body, stops, prompts, max_new, kind, name, counters):
     model = request.app.state.model
     n = body.n
     base = body.sampling_kwargs(stops)
+    if kind == "chat.completion":
+        # as Model.chat: a conversation's next turn lands on the sequence that holds the
+        # previous one and prefills only the tokens it adds
+        base["_reuse_cache"] = True
     specs = [ChoiceSpec(p * n + j, ids, dict(base, max_new_tokens=max_new(ids), seed=body.seed_for(p * n + j)))
              for p, (ids, _) in enumerate(prompts) for j in range(n)]
     prompt_tokens = sum(max(len(ids), 1) for ids, _ in prompts)      # an empty prompt starts from BOS
@@ -176,7 +183,7 @@ async def _serve(request, body, stops, prompts, max_new, kind, name, counters):
         result = await _unless_disconnected(request, _collect(run, len(specs)), run)
     except _ClientGone:
         return Response(status_code=499)
-    texts, finish, tokens = result
+    texts, finish, tokens, cached = result
     choices = []
     for i in range(len(specs)):
         text = echo[i] + "".join(texts[i])
@@ -185,20 +192,20 @@ async def _serve(request, body, stops, prompts, max_new, kind, name, counters):
                             "logprobs": None, "finish_reason": finish[i]})
         else:
             choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": finish[i]})
-    return {**meta, "object": kind, "choices": choices, "usage": _usage(prompt_tokens, sum(tokens))}
+    return {**meta, "object": kind, "choices": choices, "usage": _usage(prompt_tokens, sum(tokens), sum(cached))}
 
 
 async def _collect(run, count):
-    texts, finish, tokens = [[] for _ in range(count)], [None] * count, [0] * count
+    texts, finish, tokens, cached = [[] for _ in range(count)], [None] * count, [0] * count, [0] * count
     async for ev in run.events():
         if ev[0] == "piece":
             texts[ev[1]].append(ev[2])
         elif ev[0] == "done":
-            finish[ev[1]], tokens[ev[1]] = ev[2], ev[3]
+            finish[ev[1]], tokens[ev[1]], cached[ev[1]] = ev[2:5]
         else:                                 # an error while generating: the model's fault
             run.cancel()
             raise APIError(500, f"generation failed: {ev[2]}", type="server_error")
-    return texts, finish, tokens
+    return texts, finish, tokens, cached
 
 
 class _ClientGone(Exception):
@@ -243,7 +250,7 @@ async def _stream_chunks(run, meta, kind, count, echo, prompt_tokens, include_us
             choice = {"index": i, "text": piece or "", "logprobs": None, "finish_reason": finish}
         return _sse({**head, "choices": [choice], **extra})
 
-    completion_tokens = 0
+    completion_tokens = cached_tokens = 0
     try:
         for i in range(count):
             if chat:
@@ -256,13 +263,14 @@ async def _stream_chunks(run, meta, kind, count, echo, prompt_tokens, include_us
                 yield chunk(ev[1], ev[2])
             elif ev[0] == "done":
                 completion_tokens += ev[3]
+                cached_tokens += ev[4]
                 yield chunk(ev[1], None, ev[2])
             else:
                 run.cancel()
                 yield _sse(error_body(f"generation failed: {ev[2]}", "server_error"))
                 return
         if include_usage:
-            yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+            yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens, cached_tokens)})
         yield "data: [DONE]\n\n"
     finally:
         run.cancel()

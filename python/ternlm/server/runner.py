@@ -7,7 +7,7 @@
     async for event in run.events():       for piece in pieces:
         piece -> SSE chunk / text  <─────── ("piece", i, text)         until run.cancel()
     run.cancel() on disconnect ───────────> pieces.close(): the sequence's slot is freed
-                               <─────────── ("done", i, finish_reason, completion_tokens)
+                               <─────────── ("done", i, finish_reason, tokens, cached tokens)
 
 The server holds no lock around the model: Model.stream is safe from many threads (each
 generation has its own sequence and KV-cache slot), so concurrent requests decode together
@@ -54,10 +54,12 @@ class Counters:
             return dict(self.values)
 
 
-def generation_result(stats) -> tuple[str, int]:
-    """(finish_reason, completion tokens) from the stats of one generation (the dict passed
-    to Model.stream as _stats: m.stats is only the latest generation started)."""
-    return finish_reason(stats["stop_reason"]), int(stats["decode_tokens"])
+def generation_result(stats) -> tuple[str, int, int]:
+    """(finish_reason, completion tokens, prompt tokens found in the slot's cache) from the
+    stats of one generation (the dict passed to Model.stream as _stats: m.stats is only the
+    latest generation started)."""
+    return (finish_reason(stats["stop_reason"]), int(stats["decode_tokens"]),
+            int(stats.get("cached_tokens", 0)))
 
 
 class Run:
@@ -104,8 +106,8 @@ class Run:
             raise error
 
     async def events(self):
-        """("piece", i, text), ("done", i, finish_reason, tokens) and ("error", i, exc, stage)
-        until every choice has ended."""
+        """("piece", i, text), ("done", i, finish_reason, tokens, cached_tokens) and
+        ("error", i, exc, stage) until every choice has ended."""
         open_ = len(self.specs)
         while open_:
             ev = self._held.pop(0) if self._held else await self.queue.get()
@@ -141,8 +143,7 @@ class Run:
                     break
                 self._put(("piece", spec.index, piece))
             else:
-                reason, tokens = generation_result(stats)
-                self._put(("done", spec.index, reason, tokens))
+                self._put(("done", spec.index, *generation_result(stats)))
                 self.counters.add("finished")
                 return
             self._put(("cancelled", spec.index))
