@@ -71,13 +71,14 @@ def one_request(port, i, max_tokens, timeout):
 
 
 def direct_request(model, i, max_tokens):
-    """The same request through Model.stream in this process."""
+    """The same request through Model.stream in this process (reusing cached prompt
+    prefixes as the server does for chat requests)."""
     msgs = [{"role": "user", "content": f"Write about {TOPICS[i % len(TOPICS)]} (request {i})."}]
     ids = model.tokenizer.encode(model.tokenizer.apply_chat_template(msgs), add_special_tokens=False)
     stats: dict = {}
     t0 = time.perf_counter()
     ttft = None
-    for piece in model.stream(ids, max_new_tokens=max_tokens, temperature=0, _stats=stats):
+    for piece in model.stream(ids, max_new_tokens=max_tokens, temperature=0, _stats=stats, _reuse_cache=True):
         if ttft is None and piece:
             ttft = time.perf_counter() - t0
     return ttft, time.perf_counter() - t0, stats["decode_tokens"], True
