@@ -390,6 +390,7 @@ BAD_REQUESTS = {
     "five stop strings": (COMPLETIONS, {"prompt": "x", "stop": list("abcde")}, "stop"),
     "token id outside the vocabulary": (COMPLETIONS, {"prompt": [1, 99999]}, "prompt"),
     "empty prompt list": (COMPLETIONS, {"prompt": []}, "prompt"),
+    "too many choices": (COMPLETIONS, {"prompt": ["a"] * 20, "n": 4}, "prompt"),
     "presence_penalty": (COMPLETIONS, {"prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
     "logprobs": (CHAT, {"messages": USER, "logprobs": True}, "logprobs"),
     "tools": (CHAT, {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),

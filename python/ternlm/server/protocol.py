@@ -18,7 +18,8 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_N = 16                 # choices per request (each one is a sequence of its own)
+MAX_N = 16                 # choices per prompt (each one is a sequence of its own)
+MAX_CHOICES = 64           # choices per request, prompts x n (each runs in a thread of its own)
 MAX_STOP = 4               # stop strings per request, OpenAI's limit
 
 _Float = dict(allow_inf_nan=False)
@@ -148,6 +149,9 @@ class CompletionRequest(_Sampling):
             raise APIError(400, "logprobs is not supported by this server", param="logprobs")
         if isinstance(self.prompt, list) and not self.prompt:
             raise APIError(400, "prompt: an empty list holds no prompt", param="prompt")
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise APIError(400, f"prompt: {len(self.prompts())} prompts x n={self.n} choices is more than the "
+                                f"{MAX_CHOICES} one request may ask for", param="prompt")
         return stops
 
     def prompts(self) -> list:
