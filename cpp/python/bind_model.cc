@@ -238,7 +238,11 @@ uint64_t Seed(const py::object& seed) {
 // Transformer.batch: converts the entries into the reused scratch (no allocation once the
 // scratch has grown), runs Transformer::Batch without the GIL, returns the sampled ids.
 py::list RunBatch(PyTransformer& self, const py::list& entries) {
-  std::lock_guard<std::mutex> scratch_lock(self.batch_mu);  // only the engine thread calls this: never waits
+  std::unique_lock<std::mutex> scratch_lock(self.batch_mu, std::defer_lock);
+  {
+    py::gil_scoped_release release;  // never wait holding the GIL: the holder needs it to return
+    scratch_lock.lock();
+  }
   const size_t k = entries.size();
   if (k == 0 || k > self.entries.size())
     throw py::value_error("batch: between 1 and " + std::to_string(self.entries.size()) + " entries, got " +
