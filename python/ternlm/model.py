@@ -207,13 +207,15 @@ class Model:
 
     def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True, *, max_tokens=None,
-               timeout=None, _session=None, _reuse_cache=False):
+               timeout=None, _session=None, _reuse_cache=False, _stats=None):
         """Yield the generated text in pieces as it is decoded (complete UTF-8 only). A stop
         string is never yielded, not even in part: text that could be the start of one is
         held back until it is ruled out. Raw text, as generate(); max_tokens: alias of
         max_new_tokens. The generation starts (takes a slot) at the first next(); while all
         max_sequences slots are in use it waits, or with timeout (seconds) raises
-        SequencesBusyError once that has passed."""
+        SequencesBusyError once that has passed.
+        _stats: a dict this generation's stats are written into (m.stats is the latest
+        generation started, which another thread's may replace; the server reads its own)."""
         _check_timeout(timeout)
         max_new_tokens = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new_tokens, temperature, top_k, top_p, min_p,
@@ -223,6 +225,10 @@ class Model:
         params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
                   float(repetition_penalty))
         stats = generation.new_stats(len(ids))
+        if _stats is not None:
+            _stats.clear()
+            _stats.update(stats)
+            stats = _stats
         pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops, stats, _session, _reuse_cache,
                                        timeout)
         # chat() renders its prompt with the template and passes _add_special_tokens=False:
