@@ -32,6 +32,12 @@ import time
 
 import numpy as np
 
+# A waiting caller wakes at least this often (seconds). Ctrl-C is delivered to any one
+# thread of the process, often the engine thread; Python runs the handler, and raises
+# KeyboardInterrupt, only when the main thread next executes bytecode, which a wait
+# without a timeout would postpone until the next token (or for ever).
+POLL_S = 0.05
+
 
 class SequencesBusyError(TimeoutError):
     """Every KV-cache slot stayed in use for the whole timeout."""
@@ -81,7 +87,7 @@ class SlotPool:
                     raise SequencesBusyError(
                         f"all {len(self.slots)} sequences of this model stayed in use for {timeout} s "
                         f"(max_sequences={len(self.slots)}; load with a larger max_sequences= or retry later)")
-                self._cond.wait(left)
+                self._cond.wait(POLL_S if left is None else min(left, POLL_S))
 
     def release(self, slot: Slot):
         with self._cond:
@@ -138,7 +144,7 @@ class Scheduler:
         why); raises the request's error. Interruptible (Ctrl-C) while it waits."""
         with self._cond:
             while not req.out and not req.finished:
-                self._cond.wait()
+                self._cond.wait(POLL_S)
             if req.out:
                 return req.out.popleft()
             if req.error is not None:
@@ -156,7 +162,7 @@ class Scheduler:
             if threading.current_thread() is self._thread:
                 return
             while not req.released:
-                self._cond.wait()
+                self._cond.wait(POLL_S)
 
     # ---- the engine thread --------------------------------------------------------------------
     def _release(self, req: Request):  # holds the condition

@@ -82,5 +82,11 @@ def cmd_serve(args) -> int:
     print(f"ternlm serve: {m!r} as {app.state.name!r}, OpenAI API at http://{shown}:{port}/v1 "
           f"(max_sequences={m.max_sequences})", file=sys.stderr)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
-    server.run(sockets=[sock])
-    return 0
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:   # uvicorn re-raises the Ctrl-C it shut down on (not every version does)
+        pass
+    if not server.started:
+        raise CliError("the server did not start (uvicorn's message above says why)")
+    # Once started, only a signal (Ctrl-C, SIGTERM) ends it: exit as the other commands do on Ctrl-C.
+    return 130
