@@ -182,3 +182,48 @@ def test_tokenizer_and_chat_template_match_transformers(arch_folders, name):
     m = ternlm.load(folder, context=128, threads=1, progress=False)
     assert ref.eos_token_id in m.eos_token_ids
     m.chat([{"role": "user", "content": "Hi"}], max_new_tokens=4)   # the template renders and runs
+
+
+@pytest.fixture(scope="module")
+def mistral_long(tmp_path_factory):
+    folder = write_arch(tmp_path_factory.mktemp("mistral_long_targets"), "mistral_long", seed=4)
+    ids = _ids(400, 400, 7)
+    return folder, ids, hf_logits(folder, ids)
+
+
+@pytest.mark.parametrize("kv, tol", [("f32", REL_TOL), ("f16", 1e-3)])
+def test_window_on_every_highway_target(mistral_long, kv, tol):
+    """The sliding-window mask (AttendPartial's skip of the positions left of the window,
+    in the f32 and f16 key/value paths) on every compiled Highway target: a 370-token
+    prefill (6 chunks, the window's edge inside the chunks' key blocks), then decode steps
+    with the window split over 2 threads, against transformers. f16: the cache's rounding
+    of keys and values (tests/test_engine.py states that bound)."""
+    from ternlm import _core
+    folder, ids, ref = mistral_long
+    for target in _core.supported_targets():
+        _core.set_target(target)
+        try:
+            m = ternlm.load(folder, context=512, threads=2, progress=False, kv_dtype=kv)
+            eng = m._engine
+            rows = [np.asarray(eng.forward(np.asarray(ids[:370], np.int32), logits="all")).reshape(370, -1)[-40:]]
+            rows += [np.asarray(eng.forward(np.asarray([t], np.int32), logits="last")).reshape(1, -1)
+                     for t in ids[370:]]
+        finally:
+            _core.reset_target()
+        got = np.concatenate(rows)
+        rel = float(np.abs(got - ref[330:]).max() / np.abs(ref).max())
+        print(f"{target} / {kv} KV: {rel:.2e}")
+        assert rel < tol, target
+
+
+@pytest.mark.parametrize("name", ["qwen2_autobitlinear", "qwen3", "llama_autobitlinear_rms_norm"])
+def test_save_and_load_keeps_biases_and_norms(arch_folders, tmp_path, name):
+    """Model.save writes the new tensors (q/k/v biases, q/k norms, linear input norms) and
+    their config flags; the folder loads back to the same logits."""
+    m = ternlm.load(arch_folders[name], context=64, threads=2, progress=False)
+    ids = _ids(20, m.config.vocab_size, 3)
+    want = m.logits(ids)
+    m.save(tmp_path / "saved")
+    back = ternlm.load(tmp_path / "saved", context=64, threads=2, progress=False)
+    assert back.config == m.config
+    np.testing.assert_array_equal(back.logits(ids), want)
