@@ -117,3 +117,10 @@ def test_a_bias_the_architecture_lacks_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"'model.layers.0.self_attn.q_proj.bias': a bias on this linear is not "
                                          r"supported"):
         load_hf_folder(d)
+
+
+def test_distill_refuses_a_teacher_whose_blocks_the_student_lacks(tmp_path):
+    pytest.importorskip("torch")
+    from ternlm.distill.api import _read_teacher
+    with pytest.raises(ValueError, match=r"student has Llama / BitNet blocks; this model has q/k norms \(Qwen3\)"):
+        _read_teacher(write_arch(tmp_path / "q3", "qwen3"))
