@@ -158,7 +158,8 @@ def test_missing_repo_offline_is_a_clear_error(hub_cache):
 def test_hub_unreachable_is_a_clear_error(hub_cache):
     """Not offline, but the endpoint is a closed local port: the cached snapshot is used;
     a repository that is not cached names the connection failure."""
-    code = ("import json, ternlm\ntry:\n    m = ternlm.load({spec!r}, progress=False, context=64); print(json.dumps(m.source))\n"
+    code = ("import json, ternlm\ntry:\n"
+            "    m = ternlm.load({spec!r}, progress=False, context=64); print(json.dumps(m.source))\n"
             "except FileNotFoundError as e:\n    print(json.dumps(str(e)))")
     closed = "http://127.0.0.1:9"
     assert run_py(code.format(spec="org/llama"), hub_cache, offline=False, endpoint=closed).endswith(COMMIT_A)

@@ -81,7 +81,8 @@ def test_config_flags_and_formats(loaded):
     assert c.sliding_window == (24 if family == "mistral" else 0)
     assert c.linear_norm == bool(quant and quant.get("use_rms_norm"))
     want = "ternary" if quant is not None else "f32"
-    assert {m.formats[f"layers.{i}.{p}"] for i in range(2) for p in ("q", "k", "v", "o", "gate", "up", "down")} == {want}
+    kinds = ("q", "k", "v", "o", "gate", "up", "down")
+    assert {m.formats[f"layers.{i}.{p}"] for i in range(2) for p in kinds} == {want}
     assert m.formats["embed"] != "ternary"
 
 
@@ -102,9 +103,9 @@ def test_greedy_32_tokens_identical(loaded):
     prompt = "Once upon a time there was"
     ids = m.tokenizer.encode(prompt)
     with torch.no_grad():
-        out = hf_reference(folder).generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                            max_new_tokens=32, do_sample=False,
-                                            pad_token_id=m.eos_token_ids[0])[0, len(ids):].tolist()
+        mask = torch.ones(1, len(ids), dtype=torch.long)
+        out = hf_reference(folder).generate(torch.tensor([ids]), attention_mask=mask, max_new_tokens=32,
+                                            do_sample=False, pad_token_id=m.eos_token_ids[0])[0, len(ids):].tolist()
     eos = set(m.eos_token_ids)
     new_tokens = out[:-1] if out and out[-1] in eos else out
     text = m.generate(prompt, max_new_tokens=32)
@@ -170,7 +171,8 @@ def test_mistral_window_split_over_threads_in_decode(tmp_path_factory, threads):
 def test_tokenizer_and_chat_template_match_transformers(arch_folders, name):
     from transformers import AutoTokenizer
     folder = arch_folders[name]
-    ours, ref = ternlm.load(folder, context=64, threads=1, progress=False).tokenizer, AutoTokenizer.from_pretrained(folder)
+    ours = ternlm.load(folder, context=64, threads=1, progress=False).tokenizer
+    ref = AutoTokenizer.from_pretrained(folder)
     for text in ("Hello world! How are you today?", "Caf\u00e9 na\u00efve \u65e5\u672c\u8a9e", "  two  spaces"):
         assert ours.encode(text) == ref.encode(text), text
         assert ours.decode(ref.encode(text)) == ref.decode(ref.encode(text), skip_special_tokens=True)

@@ -419,9 +419,11 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
         AddInPlace(lw.v_bias.data(), c.kv_dim(), row + c.q_dim() + c.kv_dim());
       }
       if (c.qk_norm) {
-        for (size_t h = 0; h < c.num_heads; ++h) RmsNorm(row + h * hd, lw.q_norm.data(), hd, c.rms_norm_eps, row + h * hd);
+        for (size_t h = 0; h < c.num_heads; ++h)
+          RmsNorm(row + h * hd, lw.q_norm.data(), hd, c.rms_norm_eps, row + h * hd);
         float* kh = row + c.q_dim();
-        for (size_t h = 0; h < c.num_kv_heads; ++h) RmsNorm(kh + h * hd, lw.k_norm.data(), hd, c.rms_norm_eps, kh + h * hd);
+        for (size_t h = 0; h < c.num_kv_heads; ++h)
+          RmsNorm(kh + h * hd, lw.k_norm.data(), hd, c.rms_norm_eps, kh + h * hd);
       }
       const float* cs = s_.rope_cos.get() + pos * half;
       const float* sn = s_.rope_sin.get() + pos * half;

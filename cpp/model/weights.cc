@@ -166,7 +166,8 @@ Weights AssembleWeights(const ModelConfig& c, TensorSource& source) {
     if (pieces.size() <= s.piece()) pieces.resize(s.piece() + 1);
     pieces[s.piece()] = std::move(m);
   }
-  for (auto& [key, pieces] : projections) ProjectionOf(w, key.first, key.second) = Fuse(std::move(pieces), !c.linear_norm);
+  for (auto& [key, pieces] : projections)
+    ProjectionOf(w, key.first, key.second) = Fuse(std::move(pieces), !c.linear_norm);
   return w;
 }
 
