@@ -109,11 +109,14 @@ def _bitnet_state(model, quant, seed, rms_weights):
     """The float model's state dict as the BitNet quantizer reads it (module docstring)."""
     import torch
     skip = quant.get("modules_to_not_convert") or []
+    # a given list that does not name lm_head converts the head too (transformers' quantizer)
+    head = quant.get("modules_to_not_convert") is not None and "lm_head" not in skip
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(seed + 7)
     for key in list(state):
         parts = key.rsplit(".", 2)
-        if parts[-1] != "weight" or parts[-2] not in BITNET_LINEARS or any(s in key for s in skip):
+        linear = parts[-2] in BITNET_LINEARS or (head and key == "lm_head.weight")
+        if parts[-1] != "weight" or not linear or any(s in key for s in skip):
             continue
         module = key[:-len(".weight")]
         w = state[key]

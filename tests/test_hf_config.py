@@ -124,3 +124,11 @@ def test_distill_refuses_a_teacher_whose_blocks_the_student_lacks(tmp_path):
     from ternlm.distill.api import _read_teacher
     with pytest.raises(ValueError, match=r"student has Llama / BitNet blocks; this model has q/k norms \(Qwen3\)"):
         _read_teacher(write_arch(tmp_path / "q3", "qwen3"))
+
+
+def test_a_tied_head_that_transformers_would_convert_is_refused(tmp_path):
+    d = _edited_copy(write_arch(tmp_path / "src", "qwen2", {"linear_class": "bitlinear"}), tmp_path / "m",
+                     lambda c: c["quantization_config"].update(modules_to_not_convert=["model.layers.0.mlp"]))
+    with pytest.raises(ValueError, match=r"modules_to_not_convert does not name lm_head, so transformers makes "
+                                         r"the output head a BitNet linear, but tie_word_embeddings"):
+        load_hf_folder(d)

@@ -40,6 +40,8 @@ VARIANTS = {
     "llama_autobitlinear_rms_norm": ("llama", {**AUTO_OFFLINE, "use_rms_norm": True, "rms_norm_eps": 1e-5}, True),
     "llama_bitlinear_rms_norm_no_weights": ("llama", {**BITLINEAR, "use_rms_norm": True}, False),
     "qwen2_autobitlinear_online_rms_norm": ("qwen2", {**AUTO_ONLINE, "use_rms_norm": True}, True),
+    # modules_to_not_convert given without lm_head: transformers converts the head too
+    "mistral_bitlinear_ternary_head": ("mistral", {**BITLINEAR, "modules_to_not_convert": []}, True),
 }
 
 
@@ -84,6 +86,8 @@ def test_config_flags_and_formats(loaded):
     kinds = ("q", "k", "v", "o", "gate", "up", "down")
     assert {m.formats[f"layers.{i}.{p}"] for i in range(2) for p in kinds} == {want}
     assert m.formats["embed"] != "ternary"
+    if not m.config.tie_word_embeddings:
+        assert (m.formats["lm_head"] == "ternary") == name.endswith("_ternary_head")
 
 
 def test_logits_match_transformers(loaded):

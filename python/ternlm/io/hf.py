@@ -19,7 +19,10 @@ BitNet quantizer. Every quirk of the checkpoint layout lives here and in hf_conf
       "autobitlinear", mode offline   y = (x_hat . T) * weight_scale     -> multiplier weight_scale
       "autobitlinear", mode online    float master weights, quantized at load with absmean
   A BitNet checkpoint without quantization_config is a plain float model to transformers
-  (nn.Linear everywhere), and so it is to us. lm_head is never ternary. The same
+  (nn.Linear everywhere), and so it is to us. lm_head stays float unless
+  modules_to_not_convert is a list that does not name it: transformers then converts the
+  head too (its default skip list applies only to a null modules_to_not_convert), and so do
+  we (a tied head that way is refused: transformers cannot load it either). The same
   quantization_config on any other class (LlamaForCausalLM as `ternlm distill` writes it,
   HF1BitLLM's and Falcon3-1.58bit's; Qwen2, Qwen3, Mistral) makes its layer linears BitNet
   linears in transformers, and ternary here, with the blocks of the class unchanged.
@@ -131,8 +134,9 @@ class LazyTensors(Mapping):
 
 
 def _converted_by_bitnet(module: str, quant: dict) -> bool:
-    """transformers' should_convert_module over modules_to_not_convert (io/module_names.py);
-    lm_head is never converted."""
+    """Whether transformers' BitNet quantizer converts the layer linear `module`
+    (should_convert_module over modules_to_not_convert, io/module_names.py). The head is
+    decided by quant["head_converted"] (hf_config.py); here lm_head is never converted."""
     patterns = quant.get("not_converted") or ModulePatterns(quant["modules_to_not_convert"], "config.json")
     return module != "lm_head" and not patterns.matches(module)
 
@@ -152,6 +156,10 @@ def load_hf_folder(path) -> Checkpoint:
         config.bos_token_id = tok.bos_token_id
     config.eos_token_ids += [i for i in tok.eos_token_ids if i not in config.eos_token_ids]
 
+    if quant is not None and quant["head_converted"] and config.tie_word_embeddings:
+        raise ValueError(f"{cfg_path}: quantization_config.modules_to_not_convert does not name lm_head, so "
+                         f"transformers makes the output head a BitNet linear, but tie_word_embeddings ties it "
+                         f"to the float embedding; add \"lm_head\" to modules_to_not_convert")
     specs = schema.specs(config)
     declared = {spec.hf_name for spec in specs}
     makers, stored = {}, {}
@@ -180,7 +188,8 @@ def load_hf_folder(path) -> Checkpoint:
         if spec.is_norm:
             makers[name] = _float_vector(st, key, shape)
             continue
-        ternary = quant is not None and spec.role == "matrix" and _converted_by_bitnet(module, quant)
+        ternary = quant is not None and (spec.role == "matrix" and _converted_by_bitnet(module, quant)
+                                         or spec.role == "head" and quant["head_converted"])
         if config.linear_norm and spec.role == "matrix" and not ternary:
             raise ValueError(f"{cfg_path}: quantization_config.use_rms_norm = true with {module!r} matched by "
                              f"modules_to_not_convert is not supported (ternlm gives every layer linear an "

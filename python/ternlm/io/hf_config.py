@@ -84,7 +84,8 @@ def _quantization(quant, arch_name: str, where: str):
     if method != "bitnet":            # on any class: its layer linears become BitNet linears
         raise ValueError(f"{where}: quantization_config quant_method {method!r:.100} is not supported "
                          f"for {arch_name} (ternlm reads BitNet's 'bitnet' method)")
-    skip = quant.get("modules_to_not_convert") or []
+    given = quant.get("modules_to_not_convert")
+    skip = given or []
     if not isinstance(skip, list) or not all(isinstance(k, str) for k in skip):
         raise ValueError(f"{where}: quantization_config.modules_to_not_convert must be a list of "
                          f"module names, got {skip!r:.200}")
@@ -96,6 +97,9 @@ def _quantization(quant, arch_name: str, where: str):
            "modules_to_not_convert": skip,
            "not_converted": ModulePatterns(skip, where),
            "use_rms_norm": use_rms_norm}
+    # transformers skips the output head by default only when modules_to_not_convert is
+    # null (get_keys_to_not_convert); a given list that does not name it converts lm_head too
+    out["head_converted"] = given is not None and not out["not_converted"].matches("lm_head")
     if out["linear_class"] not in ("bitlinear", "autobitlinear"):
         raise ValueError(f"{where}: quantization_config.linear_class {out['linear_class']!r:.100} is unknown "
                          f"(transformers knows 'bitlinear' and 'autobitlinear')")
