@@ -57,8 +57,8 @@ def _download(fn, spec: str, repo_id: str, revision, **kwargs) -> str:
         raise FileNotFoundError(f"{spec}: the Hub repository {repo_id} is gated: accept its terms on "
                                 f"huggingface.co and log in (`hf auth login` or HF_TOKEN)") from e
     except RepositoryNotFoundError as e:
-        raise FileNotFoundError(f"{spec}: no Hub repository {repo_id} (or it is private: log in with "
-                                f"`hf auth login` or set HF_TOKEN)") from e
+        raise FileNotFoundError(f"{spec}: no such file or folder, and no Hub repository {repo_id} (or it is "
+                                f"private: log in with `hf auth login` or set HF_TOKEN)") from e
     except RevisionNotFoundError as e:
         raise FileNotFoundError(f"{spec}: the Hub repository {repo_id} has no revision {revision!r}") from e
     except IncompleteSnapshotError as e:    # (a LocalEntryNotFoundError)
