@@ -73,13 +73,5 @@ def missing_model_message(path) -> str:
     return f"{s}: no such file or folder"
 
 
-def check_model_path(path) -> str:
-    """os.fspath(path) if it exists, else FileNotFoundError with missing_model_message."""
-    s = os.fspath(path)
-    if not os.path.exists(s):
-        raise FileNotFoundError(missing_model_message(s))
-    return s
-
-
 __all__ = ["TernlmWarning", "available_cores", "warn_threads", "warn_context", "looks_like_hub_id",
-           "missing_model_message", "check_model_path"]
+           "missing_model_message"]
