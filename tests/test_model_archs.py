@@ -233,3 +233,14 @@ def test_save_and_load_keeps_biases_and_norms(arch_folders, tmp_path, name):
     back = ternlm.load(tmp_path / "saved", context=64, threads=2, progress=False)
     assert back.config == m.config
     np.testing.assert_array_equal(back.logits(ids), want)
+
+
+def test_window_batched_sequences_equal_each_alone(mistral_long):
+    """Sequences decoded together in one batch (continuous batching: each segment at its
+    own positions, its own window edge and split) generate what each generates alone."""
+    folder, ids, _ = mistral_long
+    prompts = [ids[:n] for n in (380, 290, 5, 70)]       # past the window of 300, split, short
+    alone = ternlm.load(folder, context=512, threads=2, progress=False, max_sequences=1)
+    want = [alone.generate(p, max_new_tokens=12) for p in prompts]
+    m = ternlm.load(folder, context=512, threads=2, progress=False, max_sequences=4)
+    assert m.generate(prompts, max_new_tokens=12) == want
