@@ -14,6 +14,8 @@ import os
 # means minutes of inductor compilation for nothing. Plain eager mode computes the same.
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No test reaches the network: Hub ids resolve from local caches (tests/test_hub.py builds them).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
 import shutil  # noqa: E402

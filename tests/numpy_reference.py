@@ -1,6 +1,7 @@
-"""A numpy re-implementation of the Llama / BitNet b1.58 forward pass, written from the
-transformers modeling code and the numerics of cpp/formats/ternary.h, as an independent
-reference for tests.
+"""A numpy re-implementation of the Llama / BitNet b1.58 forward pass (with Qwen2's q/k/v
+biases, Qwen3's q/k norms, Mistral's sliding window and the BitNet quantizer's per-linear
+input norms when the config has them), written from the transformers modeling code and
+the numerics of cpp/formats/ternary.h, as an independent reference for tests.
 
 weights: canonical name -> float32 array (norms, float matrices) or ("ternary", T int8
 [out, in], row_multiplier f32 [out]) for BitNet linears, whose product is
@@ -64,13 +65,26 @@ def forward(cfg: ModelConfig, w: dict, ids, kv_dtype=None) -> np.ndarray:
     inv = rope_inv_freq(cfg)
     pos = np.arange(n)
     mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+    if cfg.sliding_window:       # transformers: kv_idx > q_idx - sliding_window
+        mask[pos[None, :] <= pos[:, None] - cfg.sliding_window] = -np.inf
     group = cfg.num_heads // cfg.num_kv_heads
+
+    def proj(p, kind, h):
+        """A layer linear: its own input norm first (linear_norm), its bias after (attention_bias)."""
+        if cfg.linear_norm:
+            h = rmsnorm(h, w[p + kind + "_in_norm"], cfg.linear_norm_eps)
+        y = linear(h, w[p + kind])
+        return y + w[p + kind + "_bias"] if cfg.attention_bias and kind in ("q", "k", "v") else y
+
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
         h = rmsnorm(x, w[p + "attn_norm"], cfg.rms_norm_eps)
-        q = apply_rope(linear(h, w[p + "q"]).reshape(n, cfg.num_heads, hd), pos, inv)
-        k = apply_rope(linear(h, w[p + "k"]).reshape(n, cfg.num_kv_heads, hd), pos, inv)
-        v = linear(h, w[p + "v"]).reshape(n, cfg.num_kv_heads, hd)
+        q = proj(p, "q", h).reshape(n, cfg.num_heads, hd)
+        k = proj(p, "k", h).reshape(n, cfg.num_kv_heads, hd)
+        if cfg.qk_norm:
+            q, k = rmsnorm(q, w[p + "q_norm"], cfg.rms_norm_eps), rmsnorm(k, w[p + "k_norm"], cfg.rms_norm_eps)
+        q, k = apply_rope(q, pos, inv), apply_rope(k, pos, inv)
+        v = proj(p, "v", h).reshape(n, cfg.num_kv_heads, hd)
         if kv_dtype is not None:
             k, v = (np.clip(a, -65504, 65504).astype(kv_dtype).astype(np.float32) for a in (k, v))
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
@@ -80,16 +94,16 @@ def forward(cfg: ModelConfig, w: dict, ids, kv_dtype=None) -> np.ndarray:
         att = np.einsum("hqk,khd->qhd", probs, v).reshape(n, cfg.num_heads * hd).astype(np.float32)
         if cfg.arch == "bitnet":
             att = rmsnorm(att, w[p + "attn_sub_norm"], cfg.rms_norm_eps)
-        x = x + linear(att, w[p + "o"])
+        x = x + proj(p, "o", att)
         h = rmsnorm(x, w[p + "ffn_norm"], cfg.rms_norm_eps)
-        g, u = linear(h, w[p + "gate"]), linear(h, w[p + "up"])
+        g, u = proj(p, "gate", h), proj(p, "up", h)
         if cfg.hidden_act == "relu2":
             a = np.square(np.maximum(g, 0)) * u
         else:
             a = g / (1 + np.exp(-g)) * u
         if cfg.arch == "bitnet":
             a = rmsnorm(a, w[p + "ffn_sub_norm"], cfg.rms_norm_eps)
-        x = x + linear(a.astype(np.float32), w[p + "down"])
+        x = x + proj(p, "down", a.astype(np.float32))
     x = rmsnorm(x, w["norm"], cfg.rms_norm_eps)
     head = w["embed"] if cfg.tie_word_embeddings else w["lm_head"]
     return linear(x, head)

@@ -60,7 +60,7 @@ def test_config_bitnet_2b4t():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, "MistralForCausalLM.*not supported"),
+    ({"architectures": ["GemmaForCausalLM"], "model_type": "gemma"}, "GemmaForCausalLM.*not supported"),
     ({"rope_scaling": {"type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 4.0}}, "llama3.*lacks low_freq_factor"),
     ({"hidden_size": None}, "missing required field 'hidden_size'"),

@@ -111,13 +111,23 @@ HWY_INLINE void ValueRows(const float* const* p, const T* values, size_t count, 
     }
 }
 
-// e^(x - max) in place over x[0, n), zeros over [n, padded); returns the max (-inf when
-// n == 0) and writes the sum of the exponentials.
-HWY_INLINE float ExpRow(float* HWY_RESTRICT x, size_t n, size_t padded, float* sum_out) {
+// e^(x - max) in place over x[skip, n), zeros over [0, skip) (positions left of a sliding
+// window) and [n, padded); returns the max (-inf when skip >= n) and writes the sum of the
+// exponentials.
+HWY_INLINE float ExpRow(float* HWY_RESTRICT x, size_t skip, size_t n, size_t padded, float* sum_out) {
   const DF d;
   const size_t N = hn::Lanes(d);
   float mx = -INFINITY, sum = 0.0f;
-  if (n > 0) {
+  for (size_t i = 0; i < skip && i < padded; ++i) x[i] = 0.0f;
+  if (skip >= n) {
+    for (size_t i = skip; i < padded; ++i) x[i] = 0.0f;
+    *sum_out = 0.0f;
+    return mx;
+  }
+  x += skip;
+  n -= skip;
+  padded -= skip;
+  {
     size_t i = 0;
     if (n >= N) {
       auto vmax = hn::LoadU(d, x);
@@ -167,6 +177,13 @@ void AttendPartialT(const AttendArgs& a) {
     const size_t visible = std::min(a.end, a.first_len + r / a.group);
     return visible > a.begin ? visible - a.begin : 0;
   };
+  // Positions [begin, begin + skip(r)) are left of row r's sliding window.
+  auto skip = [&](size_t r) -> size_t {
+    const size_t visible = a.first_len + r / a.group;
+    if (a.window == 0 || visible <= a.window) return 0;
+    const size_t lo = visible - a.window;
+    return lo > a.begin ? std::min(lo - a.begin, count(r)) : 0;
+  };
   auto q_row = [&](size_t r) { return a.q + (r / a.group) * a.q_stride + (r % a.group) * hd; };
   auto out_row = [&](size_t r) { return a.out + (r / a.group) * a.out_stride + (r % a.group) * hd; };
   auto score_row = [&](size_t r) { return a.scores + r * stride; };
@@ -185,7 +202,7 @@ void AttendPartialT(const AttendArgs& a) {
     });
   }
   for (size_t r = 0; r < rows; ++r) {
-    a.row_max[r] = ExpRow(score_row(r), count(r), stride, &a.row_sum[r]);
+    a.row_max[r] = ExpRow(score_row(r), skip(r), count(r), stride, &a.row_sum[r]);
     float* o = out_row(r);
     for (size_t i = 0; i < hd; ++i) o[i] = 0.0f;
   }

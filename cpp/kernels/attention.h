@@ -16,8 +16,10 @@ inline size_t KeyOffset(size_t pos, size_t d, size_t head_dim) {
 
 // Attention of `tokens` consecutive query tokens x `group` query heads ("rows", token-major;
 // GQA: the query heads that share this KV head) over the cached positions [begin, end) of
-// one KV head; token i sees positions [0, first_len + i) (causal). begin is a multiple of
-// kKeyBlock. For each row r, with s_t = scale * q_r . K[t] over its visible t in [begin, end):
+// one KV head; token i sees positions [0, first_len + i) (causal), or with window > 0 only
+// the last `window` of them, [first_len + i - window, first_len + i) (a sliding window:
+// transformers' kv_idx > q_idx - sliding_window). begin is a multiple of kKeyBlock. For
+// each row r, with s_t = scale * q_r . K[t] over its visible t in [begin, end):
 //   row_max[r] = max_t s_t,  row_sum[r] = sum_t e^(s_t - row_max[r]),
 //   out_r      = sum_t e^(s_t - row_max[r]) V[t]      (not yet divided by row_sum)
 // and row_max = -inf, row_sum = 0, out_r = 0 where no position is visible. One call over
@@ -40,6 +42,7 @@ struct AttendArgs {
   size_t out_stride;
   float* row_max;          // [tokens * group]
   float* row_sum;          // [tokens * group]
+  size_t window = 0;       // sliding window in positions; 0: none
 };
 inline size_t AttendScoresStride(size_t begin, size_t end) {
   return (end - begin + kKeyBlock - 1) / kKeyBlock * kKeyBlock;

@@ -60,6 +60,15 @@ ModelConfig ParseModelConfig(const ConfigValues& v) {
   else if (act == "relu2") c.hidden_act = HiddenAct::kRelu2;
   else Bad("hidden_act '" + act + "' is not 'silu' or 'relu2'");
   if (v.Has("tie_word_embeddings")) c.tie_word_embeddings = v.Bool("tie_word_embeddings");
+  if (v.Has("attention_bias")) c.attention_bias = v.Bool("attention_bias");
+  if (v.Has("qk_norm")) c.qk_norm = v.Bool("qk_norm");
+  if (v.Has("sliding_window")) {
+    const int64_t w = v.Int("sliding_window");
+    if (w < 0) Bad("sliding_window must be >= 0, got " + std::to_string(w));
+    c.sliding_window = size_t(w);
+  }
+  if (v.Has("linear_norm")) c.linear_norm = v.Bool("linear_norm");
+  if (v.Has("linear_norm_eps")) c.linear_norm_eps = float(v.Number("linear_norm_eps"));
   c.Validate();
   return c;
 }
@@ -80,6 +89,7 @@ void ModelConfig::Validate() const {
        "head_dim must be even and > 0 (rotate-half RoPE), got " + std::to_string(head_dim));
   need(rms_norm_eps > 0 && std::isfinite(rms_norm_eps), "rms_norm_eps must be > 0");
   need(rope_theta > 0 && std::isfinite(rope_theta), "rope_theta must be > 0");
+  need(!linear_norm || (linear_norm_eps > 0 && std::isfinite(linear_norm_eps)), "linear_norm_eps must be > 0");
   if (rope_scaling.enabled) {
     need(rope_scaling.factor > 0, "rope_scaling.factor must be > 0");
     need(rope_scaling.high_freq_factor > rope_scaling.low_freq_factor,

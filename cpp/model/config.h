@@ -36,6 +36,14 @@ struct ModelConfig {
   Llama3RopeScaling rope_scaling;
   HiddenAct hidden_act = HiddenAct::kSilu;
   bool tie_word_embeddings = false;
+  // Architecture features beyond Llama's blocks (each adds tensors: model/schema.cc).
+  bool attention_bias = false;  // q, k, v projections have biases (Qwen2)
+  bool qk_norm = false;         // per-head RMSNorm of q and k before RoPE (Qwen3)
+  size_t sliding_window = 0;    // each query sees its last `sliding_window` positions (Mistral); 0: all
+  // transformers' BitNet quantizer with use_rms_norm: every layer linear RMS-normalizes its
+  // own input first (BitLinear's rms_norm, a weight per linear, eps linear_norm_eps).
+  bool linear_norm = false;
+  float linear_norm_eps = 1e-6f;
 
   size_t q_dim() const { return num_heads * head_dim; }      // rows of q, cols of o
   size_t kv_dim() const { return num_kv_heads * head_dim; }  // rows of k and v

@@ -9,6 +9,9 @@ namespace {
 bool Always(const ModelConfig&) { return true; }
 bool BitNetOnly(const ModelConfig& c) { return c.arch == Arch::kBitNet; }
 bool Untied(const ModelConfig& c) { return !c.tie_word_embeddings; }
+bool QkvBias(const ModelConfig& c) { return c.attention_bias; }
+bool QkNorm(const ModelConfig& c) { return c.qk_norm; }
+bool LinearNorm(const ModelConfig& c) { return c.linear_norm; }
 
 using Id = TensorId;
 using S = TensorScope;
@@ -17,8 +20,11 @@ using D = Dim;
 using F = Fusion;
 
 // Every tensor, once, in load order; per-layer rows are repeated for each layer where
-// they stand. Source names: transformers' LlamaForCausalLM / BitNetForCausalLM state
-// dict; llama.cpp's LLM_ARCH_LLAMA / LLM_ARCH_BITNET tensor names.
+// they stand. Source names: transformers' LlamaForCausalLM / BitNetForCausalLM /
+// Qwen2ForCausalLM / Qwen3ForCausalLM / MistralForCausalLM state dict (the BitNet
+// quantizer's BitLinear keeps its input norm as <linear>.rms_norm.weight); llama.cpp's
+// LLM_ARCH_LLAMA / LLM_ARCH_BITNET / LLM_ARCH_QWEN2 / LLM_ARCH_QWEN3 tensor names (the
+// linear input norms have no GGUF counterpart).
 constexpr TensorDecl kTensors[] = {
 // id              name             scope      role           rows              cols              fusion       piece
 //   Hugging Face key                                  GGUF name                       present
@@ -32,20 +38,44 @@ constexpr TensorDecl kTensors[] = {
    "model.layers.{i}.self_attn.k_proj.weight",         "blk.{i}.attn_k.weight",        Always},
 {Id::kV,           "v",             S::kLayer, R::kMatrix,    D::kKvDim,        D::kHidden,       F::kQkv,     2,
    "model.layers.{i}.self_attn.v_proj.weight",         "blk.{i}.attn_v.weight",        Always},
+{Id::kQBias,       "q_bias",        S::kLayer, R::kBias,      D::kQDim,         D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.q_proj.bias",           "blk.{i}.attn_q.bias",          QkvBias},
+{Id::kKBias,       "k_bias",        S::kLayer, R::kBias,      D::kKvDim,        D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.k_proj.bias",           "blk.{i}.attn_k.bias",          QkvBias},
+{Id::kVBias,       "v_bias",        S::kLayer, R::kBias,      D::kKvDim,        D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.v_proj.bias",           "blk.{i}.attn_v.bias",          QkvBias},
+{Id::kQNorm,       "q_norm",        S::kLayer, R::kNorm,      D::kHeadDim,      D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.q_norm.weight",         "blk.{i}.attn_q_norm.weight",   QkNorm},
+{Id::kKNorm,       "k_norm",        S::kLayer, R::kNorm,      D::kHeadDim,      D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.k_norm.weight",         "blk.{i}.attn_k_norm.weight",   QkNorm},
+{Id::kQInNorm,     "q_in_norm",     S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.q_proj.rms_norm.weight", "",                            LinearNorm},
+{Id::kKInNorm,     "k_in_norm",     S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.k_proj.rms_norm.weight", "",                            LinearNorm},
+{Id::kVInNorm,     "v_in_norm",     S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.v_proj.rms_norm.weight", "",                            LinearNorm},
 {Id::kAttnSubNorm, "attn_sub_norm", S::kLayer, R::kNorm,      D::kQDim,         D::kNone,         F::kNone,    0,
    "model.layers.{i}.self_attn.attn_sub_norm.weight",  "blk.{i}.attn_sub_norm.weight", BitNetOnly},
 {Id::kO,           "o",             S::kLayer, R::kMatrix,    D::kHidden,       D::kQDim,         F::kNone,    0,
    "model.layers.{i}.self_attn.o_proj.weight",         "blk.{i}.attn_output.weight",   Always},
+{Id::kOInNorm,     "o_in_norm",     S::kLayer, R::kNorm,      D::kQDim,         D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.o_proj.rms_norm.weight", "",                            LinearNorm},
 {Id::kFfnNorm,     "ffn_norm",      S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
    "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight",      Always},
 {Id::kGate,        "gate",          S::kLayer, R::kMatrix,    D::kIntermediate, D::kHidden,       F::kGateUp,  0,
    "model.layers.{i}.mlp.gate_proj.weight",            "blk.{i}.ffn_gate.weight",      Always},
 {Id::kUp,          "up",            S::kLayer, R::kMatrix,    D::kIntermediate, D::kHidden,       F::kGateUp,  1,
    "model.layers.{i}.mlp.up_proj.weight",              "blk.{i}.ffn_up.weight",        Always},
+{Id::kGateInNorm,  "gate_in_norm",  S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.mlp.gate_proj.rms_norm.weight",   "",                             LinearNorm},
+{Id::kUpInNorm,    "up_in_norm",    S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.mlp.up_proj.rms_norm.weight",     "",                             LinearNorm},
 {Id::kFfnSubNorm,  "ffn_sub_norm",  S::kLayer, R::kNorm,      D::kIntermediate, D::kNone,         F::kNone,    0,
    "model.layers.{i}.mlp.ffn_sub_norm.weight",         "blk.{i}.ffn_sub_norm.weight",  BitNetOnly},
 {Id::kDown,        "down",          S::kLayer, R::kMatrix,    D::kHidden,       D::kIntermediate, F::kNone,    0,
    "model.layers.{i}.mlp.down_proj.weight",            "blk.{i}.ffn_down.weight",      Always},
+{Id::kDownInNorm,  "down_in_norm",  S::kLayer, R::kNorm,      D::kIntermediate, D::kNone,         F::kNone,    0,
+   "model.layers.{i}.mlp.down_proj.rms_norm.weight",   "",                             LinearNorm},
 {Id::kNorm,        "norm",          S::kModel, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
    "model.norm.weight",                                "output_norm.weight",           Always},
 {Id::kLmHead,      "lm_head",       S::kModel, R::kHead,      D::kVocab,        D::kHidden,       F::kNone,    0,
@@ -80,6 +110,7 @@ const char* RoleName(TensorRole role) {
     case TensorRole::kHead: return "head";
     case TensorRole::kNorm: return "norm";
     case TensorRole::kMatrix: return "matrix";
+    case TensorRole::kBias: return "bias";
   }
   return "?";
 }

@@ -13,9 +13,9 @@
 //
 // One table serves every architecture: Llama-family models differ in which tensors they
 // have, not in the names or shapes of those they share, so a row's presence predicate
-// (on the config: arch, tie_word_embeddings, later flags such as attention_bias) says
-// which models have it. Adding a tensor (a Qwen2 q/k/v bias, a Qwen3 per-head q/k norm,
-// BitLinear's input norm) is one row in kTensors plus its numerics: a TensorId, the
+// (on the config: arch, tie_word_embeddings, attention_bias, qk_norm, linear_norm) says
+// which models have it. Adding a tensor (as the Qwen2 q/k/v biases, the Qwen3 per-head q/k
+// norms, BitLinear's input norms were) is one row in kTensors plus its numerics: a TensorId, the
 // member of Weights that holds it (weights.h, its slot in weights.cc) and the code that
 // uses it in the forward pass. An architecture whose checkpoints name a shared tensor
 // differently would get its own row for it, with its own predicate.
@@ -34,6 +34,9 @@ enum class TensorId : uint8_t {
   kEmbed, kLmHead, kNorm,
   kAttnNorm, kQ, kK, kV, kAttnSubNorm, kO,
   kFfnNorm, kGate, kUp, kFfnSubNorm, kDown,
+  kQBias, kKBias, kVBias,             // attention_bias (Qwen2)
+  kQNorm, kKNorm,                     // qk_norm (Qwen3)
+  kQInNorm, kKInNorm, kVInNorm, kOInNorm, kGateInNorm, kUpInNorm, kDownInNorm,  // linear_norm
 };
 
 enum class TensorScope : uint8_t {
@@ -46,8 +49,9 @@ enum class TensorRole : uint8_t {
   kHead,       // [vocab, hidden] output projection
   kNorm,       // float vector: RMSNorm weight
   kMatrix,     // layer projection [out, in]
+  kBias,       // float vector: added to a projection's output
 };
-const char* RoleName(TensorRole role);  // "embedding", "head", "norm", "matrix"
+const char* RoleName(TensorRole role);  // "embedding", "head", "norm", "matrix", "bias"
 // Stored as a QuantizedMatrix in some weight format; the other roles are float vectors.
 inline bool HasFormat(TensorRole role) {
   return role == TensorRole::kEmbedding || role == TensorRole::kHead || role == TensorRole::kMatrix;

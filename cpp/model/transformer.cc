@@ -1,13 +1,17 @@
 // The forward pass, top to bottom like the math (transformers' LlamaDecoderLayer /
 // BitNetDecoderLayer):
 //   x = embed[token]
-//   per layer:  h = rmsnorm(x)·attn_norm;  q|k|v = h·Wqkvᵀ;  rope(q, k);  cache k, v
-//               a = attention(q, K, V)  [BitNet: a = rmsnorm(a)·attn_sub_norm]
+//   per layer:  h = rmsnorm(x)·attn_norm;  q|k|v = h·Wqkvᵀ  [+ q|k|v bias: Qwen2]
+//               [Qwen3: q, k = rmsnorm(each head)·q_norm, k_norm];  rope(q, k);  cache k, v
+//               a = attention(q, K, V)  [Mistral: over the last sliding_window positions]
+//               [BitNet: a = rmsnorm(a)·attn_sub_norm]
 //               x += a·Woᵀ
 //               h = rmsnorm(x)·ffn_norm;  g|u = h·Wgate_upᵀ
 //               f = silu(g)·u (Llama) | relu(g)²·u (BitNet)  [BitNet: f = rmsnorm(f)·ffn_sub_norm]
 //               x += f·Wdownᵀ
 //   logits = (rmsnorm(x)·norm)·Wheadᵀ
+// With linear_norm (transformers' BitNet quantizer, use_rms_norm) every layer linear W
+// computes (rmsnorm(in)·in_norm_W)·Wᵀ: its own input norm, with linear_norm_eps.
 #include "model/transformer.h"
 
 #include <unistd.h>  // sysconf
@@ -133,6 +137,8 @@ Transformer::Transformer(const ModelConfig& config, Weights weights, size_t cont
   s_.gate_up = Allocate(chunk * 2 * c.intermediate_size, total, "activations");
   s_.act = Allocate(chunk * c.intermediate_size, total, "activations");
   s_.proj = Allocate(chunk * proj_cols, total, "activations");
+  s_.lin_in = Allocate(c.linear_norm ? chunk * std::max({c.hidden_size, c.q_dim(), c.intermediate_size}) : 0,
+                       total, "activations");
   s_.scores_per_thread = score_rows * AttendScoresStride(0, context);
   s_.scores = Allocate(threads * s_.scores_per_thread, total, "attention scores");
   s_.row_stats = Allocate(threads * 2 * kAttendTokens * group, total, "attention scores");
@@ -339,15 +345,27 @@ void Transformer::Batch(BatchEntry* e, size_t k) {
   }
 }
 
+const float* Transformer::LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n) {
+  if (norm.empty()) return in;
+  float* out = s_.lin_in.get();
+  ForEachToken(n, [&](size_t t) {
+    RmsNorm(in + t * cols, norm.data(), cols, config_.linear_norm_eps, out + t * cols);
+  });
+  return out;
+}
+
 // out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.
-void Transformer::Project(const FusedProjection& p, const float* in, size_t n, float* out) {
+// With in_norms (never fused: weights.cc) each piece reads its own normalized input.
+void Transformer::Project(const FusedProjection& p, const float* in, size_t n, float* out,
+                          const std::vector<float>* in_norms) {
   if (p.is_fused()) {
     MatMul(p.fused, in, n, out, pool_);
     return;
   }
   size_t offset = 0;
-  for (const QuantizedMatrix& m : p.pieces) {
-    MatMul(m, in, n, s_.proj.get(), pool_);
+  for (size_t j = 0; j < p.pieces.size(); ++j) {
+    const QuantizedMatrix& m = p.pieces[j];
+    MatMul(m, in_norms ? LinearInput(in_norms[j], in, m.cols(), n) : in, n, s_.proj.get(), pool_);
     for (size_t t = 0; t < n; ++t)
       std::memcpy(out + t * p.rows + offset, s_.proj.get() + t * m.rows(), m.rows() * sizeof(float));
     offset += m.rows();
@@ -389,11 +407,24 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     ForEachToken(n, [&](size_t t) {
       RmsNorm(x + t * hidden, lw.attn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
     });
-    Project(lw.qkv, xb, n, s_.qkv.get());
-    ForEachToken(n, [&](size_t t) {  // RoPE on q and k, then k and v into the cache
+    const std::vector<float>* in_norms = c.linear_norm ? lw.in_norm.data() : nullptr;
+    Project(lw.qkv, xb, n, s_.qkv.get(), in_norms ? in_norms + kLinearQ : nullptr);
+    ForEachToken(n, [&](size_t t) {  // [bias, q/k norms,] RoPE on q and k, then k and v into the cache
       const size_t pos = row_pos_[t];
       KvCache& kv = slots_[row_slot_[t]].kv;
       float* row = s_.qkv.get() + t * qkv_cols;
+      if (c.attention_bias) {
+        AddInPlace(lw.q_bias.data(), c.q_dim(), row);
+        AddInPlace(lw.k_bias.data(), c.kv_dim(), row + c.q_dim());
+        AddInPlace(lw.v_bias.data(), c.kv_dim(), row + c.q_dim() + c.kv_dim());
+      }
+      if (c.qk_norm) {
+        for (size_t h = 0; h < c.num_heads; ++h)
+          RmsNorm(row + h * hd, lw.q_norm.data(), hd, c.rms_norm_eps, row + h * hd);
+        float* kh = row + c.q_dim();
+        for (size_t h = 0; h < c.num_kv_heads; ++h)
+          RmsNorm(kh + h * hd, lw.k_norm.data(), hd, c.rms_norm_eps, kh + h * hd);
+      }
       const float* cs = s_.rope_cos.get() + pos * half;
       const float* sn = s_.rope_sin.get() + pos * half;
       for (size_t h = 0; h < c.num_heads + c.num_kv_heads; ++h) RopeRotateHalf(row + h * hd, cs, sn, hd);
@@ -407,14 +438,15 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
         RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
                 s_.att.get() + t * c.q_dim());
       });
-    MatMul(lw.o, s_.att.get(), n, s_.proj.get(), pool_);
+    MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
+           s_.proj.get(), pool_);
     AddInPlace(s_.proj.get(), n * hidden, x);
 
     // --- feed-forward block
     ForEachToken(n, [&](size_t t) {
       RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
     });
-    Project(lw.gate_up, xb, n, s_.gate_up.get());
+    Project(lw.gate_up, xb, n, s_.gate_up.get(), in_norms ? in_norms + kLinearGate : nullptr);
     ForEachToken(n, [&](size_t t) {
       const float* gate = s_.gate_up.get() + t * 2 * inter;
       float* act = s_.act.get() + t * inter;
@@ -425,7 +457,8 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
       }
       if (c.is_bitnet()) RmsNorm(act, lw.ffn_sub_norm.data(), inter, c.rms_norm_eps, act);
     });
-    MatMul(lw.down, s_.act.get(), n, s_.proj.get(), pool_);
+    MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
+           s_.proj.get(), pool_);
     AddInPlace(s_.proj.get(), n * hidden, x);
   }
   for (size_t i = 0; i < nseg; ++i) slots_[segs[i].slot].pos += segs[i].n;

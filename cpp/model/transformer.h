@@ -52,6 +52,7 @@ struct RunState {
   Buffer gate_up;         // [chunk, 2*intermediate]   gate|up rows, then act(gate)*up in gate
   Buffer act;             // [chunk, intermediate]     act(gate)*up, contiguous for down
   Buffer proj;            // [chunk, max(hidden, max piece rows)] o/down output; unfused piece output
+  Buffer lin_in;          // [chunk, max linear cols] a linear's own normalized input (linear_norm only)
   Buffer scores;          // [threads, scores_per_thread] attention scores per thread
   size_t scores_per_thread = 0;  // kAttendTokens * group * context (rounded up to kKeyBlock)
   Buffer row_stats;       // [threads, 2 * kAttendTokens * group] AttendPartial max / sum per row
@@ -168,7 +169,11 @@ class Transformer {
   void Attention(size_t layer, Segment* segs, size_t nseg);  // transformer_attention.cc
   void AttendTask(size_t layer, const Segment& seg, size_t task, size_t thread);
   void CombineParts(const Segment& seg);
-  void Project(const FusedProjection& p, const float* in, size_t n, float* out);
+  // in_norms: nullptr, or (linear_norm) the input norm weight of each piece of p.
+  void Project(const FusedProjection& p, const float* in, size_t n, float* out,
+               const std::vector<float>* in_norms);
+  // in [n, cols], RMS-normalized with weight `norm` into lin_in when norm is not empty.
+  const float* LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n);
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
   void LogitsOfRows(const size_t* rows, size_t k, float* out);  // same over chosen rows
   template <class Fn>

@@ -8,6 +8,10 @@
 // parts, one task each, whose partial softmax sums are combined afterwards
 // (AttendPartial's contract).
 //
+// With a sliding window (Mistral) a query sees only its last sliding_window positions:
+// a segment's attention starts at its first query's window edge (FirstVisible), and
+// AttendPartial masks the positions of that key block left of each row's own edge.
+//
 // The split of a segment depends only on that segment (its length, the thread count and
 // the KV heads), never on the rest of the batch: a sequence's attention is the same,
 // bit for bit, whether it runs alone or beside others. Unsplit segments all run in one
@@ -36,6 +40,12 @@ HeadShape HeadShapeOf(const ModelConfig& c) {
           c.q_dim() + 2 * c.kv_dim(), 1.0f / std::sqrt(float(c.head_dim))};
 }
 
+// The first cached position the query at `pos` sees, rounded down to a key block (0
+// without a window).
+size_t FirstVisible(size_t pos, size_t window) {
+  return window && pos + 1 > window ? (pos + 1 - window) / kKeyBlock * kKeyBlock : 0;
+}
+
 }  // namespace
 
 void Transformer::Attention(size_t layer, Segment* segs, size_t nseg) {
@@ -45,14 +55,15 @@ void Transformer::Attention(size_t layer, Segment* segs, size_t nseg) {
   size_t unsplit_tasks = 0;
   for (size_t i = 0; i < nseg; ++i) {
     Segment& g = segs[i];
-    const size_t token_blocks = (g.n + kAttendTokens - 1) / kAttendTokens, len = g.pos + g.n;
+    const size_t token_blocks = (g.n + kAttendTokens - 1) / kAttendTokens;
+    const size_t span = g.pos + g.n - FirstVisible(g.pos, config_.sliding_window);  // positions seen
     g.parts = 1;
     if (token_blocks == 1 && s_.max_parts > 1 && shape.kv_heads < 4 * threads) {
       const size_t want = std::min((4 * threads + shape.kv_heads - 1) / shape.kv_heads, s_.max_parts);
-      g.parts = std::max<size_t>(1, std::min(want, len / kMinPartPositions));
+      g.parts = std::max<size_t>(1, std::min(want, span / kMinPartPositions));
     }
-    g.part_len = AttendScoresStride(0, (len + g.parts - 1) / g.parts);
-    g.parts = (len + g.part_len - 1) / g.part_len;
+    g.part_len = AttendScoresStride(0, (span + g.parts - 1) / g.parts);
+    g.parts = (span + g.part_len - 1) / g.part_len;
     g.first_task = unsplit_tasks;
     if (g.parts == 1) unsplit_tasks += token_blocks * shape.kv_heads;
   }
@@ -93,7 +104,9 @@ void Transformer::AttendTask(size_t layer, const Segment& g, size_t task, size_t
   a.keys = kv.Keys(layer, kvh);
   a.values = kv.Values(layer, kvh);
   a.f16 = kv.f16();
-  a.begin = part * g.part_len;
+  const size_t window = config_.sliding_window;
+  a.begin = g.parts == 1 ? FirstVisible(g.pos + t0, window) : FirstVisible(g.pos, window) + part * g.part_len;
+  a.window = window;
   a.end = std::min(a.first_len + rows_tokens - 1, a.begin + g.part_len);
   a.head_dim = shape.dim;
   a.scale = shape.scale;

@@ -19,9 +19,12 @@ size_t FusedProjection::nbytes() const {
 
 size_t Weights::nbytes() const {
   size_t b = embed.nbytes() + lm_head.nbytes() + norm.size() * 4;
-  for (const LayerWeights& l : layers)
+  for (const LayerWeights& l : layers) {
     b += l.qkv.nbytes() + l.o.nbytes() + l.gate_up.nbytes() + l.down.nbytes() +
-         4 * (l.attn_norm.size() + l.attn_sub_norm.size() + l.ffn_norm.size() + l.ffn_sub_norm.size());
+         4 * (l.attn_norm.size() + l.attn_sub_norm.size() + l.ffn_norm.size() + l.ffn_sub_norm.size() +
+              l.q_bias.size() + l.k_bias.size() + l.v_bias.size() + l.q_norm.size() + l.k_norm.size());
+    for (const std::vector<float>& v : l.in_norm) b += 4 * v.size();
+  }
   return b;
 }
 
@@ -29,9 +32,21 @@ namespace {
 
 // Where each declared tensor lives in Weights. W is Weights or const Weights.
 template <class W>
-auto& VectorOf(W& w, const TensorSpec& s) {  // the float vectors: norm weights
+auto& VectorOf(W& w, const TensorSpec& s) {  // the float vectors: norm weights and biases
   switch (s.id()) {
     case TensorId::kNorm: return w.norm;
+    case TensorId::kQBias: return w.layers[s.layer].q_bias;
+    case TensorId::kKBias: return w.layers[s.layer].k_bias;
+    case TensorId::kVBias: return w.layers[s.layer].v_bias;
+    case TensorId::kQNorm: return w.layers[s.layer].q_norm;
+    case TensorId::kKNorm: return w.layers[s.layer].k_norm;
+    case TensorId::kQInNorm: return w.layers[s.layer].in_norm[kLinearQ];
+    case TensorId::kKInNorm: return w.layers[s.layer].in_norm[kLinearK];
+    case TensorId::kVInNorm: return w.layers[s.layer].in_norm[kLinearV];
+    case TensorId::kOInNorm: return w.layers[s.layer].in_norm[kLinearO];
+    case TensorId::kGateInNorm: return w.layers[s.layer].in_norm[kLinearGate];
+    case TensorId::kUpInNorm: return w.layers[s.layer].in_norm[kLinearUp];
+    case TensorId::kDownInNorm: return w.layers[s.layer].in_norm[kLinearDown];
     case TensorId::kAttnNorm: return w.layers[s.layer].attn_norm;
     case TensorId::kAttnSubNorm: return w.layers[s.layer].attn_sub_norm;
     case TensorId::kFfnNorm: return w.layers[s.layer].ffn_norm;
@@ -96,10 +111,10 @@ void RejectUnexpected(const ModelConfig& c, const std::vector<TensorSpec>& specs
 }
 
 // The pieces of one projection, in output-row order; concatenated when all formats (and
-// int4 groups) agree.
-FusedProjection Fuse(std::vector<QuantizedMatrix> pieces) {
+// int4 groups) agree and the pieces share their input (no per-linear input norm).
+FusedProjection Fuse(std::vector<QuantizedMatrix> pieces, bool shared_input) {
   FusedProjection p;
-  bool same = true;
+  bool same = shared_input;
   for (const QuantizedMatrix& m : pieces) {
     p.rows += m.rows();
     same = same && m.format() == pieces[0].format() && m.group_size() == pieces[0].group_size();
@@ -151,7 +166,8 @@ Weights AssembleWeights(const ModelConfig& c, TensorSource& source) {
     if (pieces.size() <= s.piece()) pieces.resize(s.piece() + 1);
     pieces[s.piece()] = std::move(m);
   }
-  for (auto& [key, pieces] : projections) ProjectionOf(w, key.first, key.second) = Fuse(std::move(pieces));
+  for (auto& [key, pieces] : projections)
+    ProjectionOf(w, key.first, key.second) = Fuse(std::move(pieces), !c.linear_norm);
   return w;
 }
 

@@ -2,6 +2,7 @@
 // pass reads (transformer.h); and their assembly from tensors under canonical names,
 // checked against the tensor schema (schema.h).
 #pragma once
+#include <array>
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -15,8 +16,8 @@ namespace ternlm {
 // (ConcatRows), so the activations are prepared once per fused MatMul:
 //   qkv      = [q; k; v]   rows q_dim + 2*kv_dim   -> output row [q | k | v]
 //   gate_up  = [gate; up]  rows 2*intermediate     -> output row [gate | up]
-// When the formats differ, the pieces stay separate matrices and their outputs are
-// copied into the same row layout.
+// When the formats differ, or each piece normalizes its own input (linear_norm), the
+// pieces stay separate matrices and their outputs are copied into the same row layout.
 struct FusedProjection {
   QuantizedMatrix fused;                // all pieces stacked; empty when they are not fused
   std::vector<QuantizedMatrix> pieces;  // the pieces unfused, in output-row order; else empty
@@ -24,6 +25,10 @@ struct FusedProjection {
   bool is_fused() const { return pieces.empty(); }
   size_t nbytes() const;
 };
+
+// The layer linears in the order of LayerWeights::in_norm.
+enum LayerLinear : size_t { kLinearQ, kLinearK, kLinearV, kLinearO, kLinearGate, kLinearUp, kLinearDown,
+                            kLayerLinears };
 
 struct LayerWeights {
   std::vector<float> attn_norm;      // [hidden]
@@ -34,6 +39,10 @@ struct LayerWeights {
   FusedProjection gate_up;           // [2*intermediate, hidden]
   std::vector<float> ffn_sub_norm;   // [intermediate], BitNet only
   QuantizedMatrix down;              // [hidden, intermediate]
+  std::vector<float> q_bias, k_bias, v_bias;  // [q_dim], [kv_dim], [kv_dim]: attention_bias only
+  std::vector<float> q_norm, k_norm;          // [head_dim]: qk_norm only
+  // linear_norm only: each linear's input RMSNorm weight [its cols], by LayerLinear.
+  std::array<std::vector<float>, kLayerLinears> in_norm;
 };
 
 struct Weights {

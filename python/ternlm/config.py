@@ -46,7 +46,7 @@ def token_ids(value, field: str, where: str) -> list:
 
 @dataclass
 class ModelConfig:
-    arch: str                      # "llama" | "bitnet"
+    arch: str                      # "llama" (Llama, Qwen2, Qwen3, Mistral) | "bitnet"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -64,6 +64,14 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     bos_token_id: Optional[int] = None
     eos_token_ids: list = field(default_factory=list)
+    # Beyond Llama's blocks (each adds tensors to the schema, cpp/model/schema.cc):
+    attention_bias: bool = False   # q, k, v projections have biases (Qwen2)
+    qk_norm: bool = False          # per-head RMSNorm of q and k before RoPE (Qwen3)
+    sliding_window: int = 0        # attend to the last sliding_window positions only (Mistral); 0: all
+    # transformers' BitNet quantizer with use_rms_norm: each layer linear RMS-normalizes its
+    # input first, with its own weight and this eps.
+    linear_norm: bool = False
+    linear_norm_eps: float = 1e-6
 
     def validate(self, where: str) -> "ModelConfig":
         """Check every field (the C++ engine's checks, cpp/model/config.cc, plus types)
@@ -95,6 +103,14 @@ class ModelConfig:
             raise ValueError(f"{where}: hidden_act {self.hidden_act!r} is not 'silu' or 'relu2'")
         if not isinstance(self.tie_word_embeddings, bool):
             raise ValueError(f"{where}: tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
+        for name in ("attention_bias", "qk_norm", "linear_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
+        if self.sliding_window is None:
+            self.sliding_window = 0
+        if self.sliding_window:
+            self.sliding_window = config_int(self.sliding_window, "sliding_window", where)
+        self.linear_norm_eps = config_float(self.linear_norm_eps, "linear_norm_eps", where)
         if self.bos_token_id is not None:
             self.bos_token_id = config_int(self.bos_token_id, "bos_token_id", where, minimum=0)
         self.eos_token_ids = token_ids(self.eos_token_ids, "eos_token_ids", where)

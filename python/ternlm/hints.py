@@ -66,20 +66,12 @@ def missing_model_message(path) -> str:
     """The message for a model path that does not exist, naming the likely mistake."""
     s = os.fspath(path)
     if looks_like_hub_id(s):
-        return (f"{s}: no such file or folder. It looks like a Hugging Face Hub id, and ternlm loads "
-                f"local files only (it does not download from the Hub yet). Download the model first, "
-                f"e.g. `hf download {s} --local-dir ./{s.split('/')[-1]}` (huggingface_hub), "
+        return (f"{s}: no such file or folder. It looks like a Hugging Face Hub id, which ternlm "
+                f"fetches through huggingface_hub's cache when the Hub can be reached. Or download it "
+                f"where it can, e.g. `hf download {s} --local-dir ./{s.split('/')[-1]}` (huggingface_hub), "
                 f"then pass that folder: ternlm.load('./{s.split('/')[-1]}') or --model ./{s.split('/')[-1]}")
     return f"{s}: no such file or folder"
 
 
-def check_model_path(path) -> str:
-    """os.fspath(path) if it exists, else FileNotFoundError with missing_model_message."""
-    s = os.fspath(path)
-    if not os.path.exists(s):
-        raise FileNotFoundError(missing_model_message(s))
-    return s
-
-
 __all__ = ["TernlmWarning", "available_cores", "warn_threads", "warn_context", "looks_like_hub_id",
-           "missing_model_message", "check_model_path"]
+           "missing_model_message"]

@@ -117,10 +117,12 @@ def _convert_one(value, want, fm):
     return fm.quantize(np.ascontiguousarray(value, dtype=np.float32), want)
 
 
-def read_checkpoint(path) -> Checkpoint:
-    """Any supported source -> Checkpoint (before format conversion)."""
-    from .hints import check_model_path
-    path = check_model_path(path)         # names a Hub id as such
+def read_checkpoint(path, revision=None) -> Checkpoint:
+    """Any supported source -> Checkpoint (before format conversion). A Hugging Face Hub id
+    ("org/name", "org/name/file.gguf"; revision: a branch, tag or commit) is resolved
+    through huggingface_hub's cache first (ternlm.hub)."""
+    from .hub import resolve
+    path = resolve(path, revision=revision)
     if os.path.isdir(path):
         from .io.own_format import HEADER_FILE, load_own_folder
         if os.path.exists(os.path.join(path, HEADER_FILE)):
@@ -174,9 +176,12 @@ MAX_SEQUENCES = 64      # Transformer::kMaxSequences: a decode step of all of th
 
 
 def load(path, weights=None, threads=None, context=DEFAULT_CONTEXT, head=None, progress=True,
-         kv_dtype="f32", max_sequences=None) -> Model:
-    """Load a model from a Hugging Face folder, a GGUF file or a folder written by
-    Model.save, converting its matrices to `weights` (see the module docstring for the
+         kv_dtype="f32", max_sequences=None, revision=None) -> Model:
+    """Load a model from a Hugging Face folder, a GGUF file, a folder written by
+    Model.save, or a Hugging Face Hub id ("org/name", or "org/name/file.gguf" for one GGUF
+    file of a repository; revision= a branch, tag or commit): only the files ternlm reads
+    are downloaded, into huggingface_hub's cache (HF_HOME, HF_HUB_OFFLINE respected; see
+    ternlm/hub.py). Its matrices are converted to `weights` (see the module docstring for the
     formats and the hybrid embed/lm_head policy). threads=None uses all cores (more
     threads than cores is a TernlmWarning: they would share cores and run slower).
     context: the KV-cache length in tokens (default 4096); None = 4096 or the model's
@@ -198,7 +203,7 @@ def load(path, weights=None, threads=None, context=DEFAULT_CONTEXT, head=None, p
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
     warn_threads(threads)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, revision=revision)
     trained = int(ckpt.config.max_position_embeddings or 0)
     if context is None:
         context = min(DEFAULT_CONTEXT, trained) if trained >= 2 else DEFAULT_CONTEXT

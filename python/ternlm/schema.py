@@ -6,14 +6,14 @@ weights from) and resolved here for one ModelConfig.
         spec.name        "layers.3.q"           what loaders hand to the engine
         spec.kind        "q"                    the name without the layer
         spec.layer       3 (None for embed, norm, lm_head)
-        spec.role        "embedding" | "head" | "norm" | "matrix" (a layer projection)
+        spec.role        "embedding" | "head" | "norm" | "matrix" (a layer projection) | "bias"
         spec.shape       (rows, cols) or (n,) for a vector
         spec.fusion      "qkv" | "gate_up" | None, and spec.piece its index there
         spec.hf_name     "model.layers.3.self_attn.q_proj.weight"   (Hugging Face key)
         spec.gguf_name   "blk.3.attn_q.weight"                       (GGUF tensor name)
 
-Norm weights are float32 numpy arrays; every tensor with spec.has_format is a
-ternlm.QuantizedMatrix in the engine.
+Norm weights and biases (spec.is_vector) are float32 numpy arrays; every tensor with
+spec.has_format is a ternlm.QuantizedMatrix in the engine.
 """
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ class TensorSpec:
     def is_norm(self) -> bool:
         return self.role == "norm"
 
+    @property
+    def is_vector(self) -> bool:
+        """A float vector (a norm weight or a bias), not a matrix."""
+        return self.role in ("norm", "bias")
+
 
 def specs(config) -> list[TensorSpec]:
     """Every tensor of a model with this ModelConfig, in load order."""
@@ -55,7 +60,9 @@ def check_layer_count(config, present: int, where: str, field: str = "num_layers
     file claiming 10^9 layers fails here in microseconds instead of building a
     billion-entry name list first. Loaders call it right after reading the config."""
     import dataclasses
-    one_layer = [s for s in specs(dataclasses.replace(config, num_layers=1)) if s.layer is not None]
+    # a BitLinear's input norm (kind "*_in_norm") may be absent from a checkpoint: not counted
+    one_layer = [s for s in specs(dataclasses.replace(config, num_layers=1))
+                 if s.layer is not None and not s.kind.endswith("_in_norm")]
     need = config.num_layers * len(one_layer)
     if need > present:
         raise ValueError(f"{where}: {field} = {config.num_layers} needs at least {need} tensors "

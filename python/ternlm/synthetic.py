@@ -149,7 +149,7 @@ def _write_weights(path: str, config, seed: int) -> None:
     for t in specs:
         if t.role == "embedding":
             entries.append((t.hf_name, "BF16", t.shape))
-        elif t.is_norm:
+        elif t.is_vector:
             entries.append((t.hf_name, "F32", t.shape))
         elif t.role == "matrix":
             entries.append((t.hf_name, "U8", ((t.shape[0] + 3) // 4, t.shape[1])))
@@ -162,7 +162,7 @@ def _write_weights(path: str, config, seed: int) -> None:
                 for begin in range(0, config.vocab_size, EMBED_BLOCK):
                     end = min(config.vocab_size, begin + EMBED_BLOCK)
                     w.write(t.hf_name, float32_to_bf16_bits(embedding_rows(config, seed, begin, end)))
-            elif t.is_norm:
+            elif t.is_vector:
                 w.write(t.hf_name, np.ones(t.shape, np.float32))
             else:
                 tern, s = ternary_matrix(t, seed)

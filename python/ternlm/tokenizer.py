@@ -41,7 +41,14 @@ def _has_byte_level(component) -> bool:
     return False
 
 
-def _apply_class_pipeline(backend, tcfg: dict, tok_json: dict, where: str):
+# config.json model types whose tokenizer transformers registers as TokenizersBackend (or
+# MistralCommonBackend, which needs Mistral's own tokenizer files): for them a differing
+# tokenizer_class (Mistral's repos say LlamaTokenizer) is not used, tokenizer.json is
+# taken as it is (AutoTokenizer.from_pretrained, transformers v5).
+_MODEL_TYPES_KEEPING_TOKENIZER_JSON = frozenset({"mistral"})
+
+
+def _apply_class_pipeline(backend, tcfg: dict, tok_json: dict, where: str, model_type=None):
     """transformers v5 does not use tokenizer.json's normalizer / pre-tokenizer / decoder for
     tokenizer classes with their own constructor: it keeps the vocabulary, merges, added
     tokens and post-processor and rebuilds the rest as the class defines it. For the classes
@@ -50,14 +57,15 @@ def _apply_class_pipeline(backend, tcfg: dict, tok_json: dict, where: str):
         "first" unless legacy, so no "▁" after special tokens), byte-fallback decoder;
         a ByteLevel tokenizer.json declared as LlamaTokenizer is left alone (as transformers).
       GPT2Tokenizer (SmolLM2): ByteLevel pre-tokenizer and decoder only.
-    Any other class (PreTrainedTokenizerFast, TokenizersBackend: Llama 3, BitNet) keeps
-    tokenizer.json as is."""
+    Any other class (PreTrainedTokenizerFast, TokenizersBackend: Llama 3, BitNet; Qwen2Tokenizer,
+    whose pipeline tokenizer.json holds already) keeps tokenizer.json as is, and so does any
+    class in a folder whose config.json model_type is one of _MODEL_TYPES_KEEPING_TOKENIZER_JSON."""
     from tokenizers import decoders, pre_tokenizers
     cls = tcfg.get("tokenizer_class") or ""
     if not isinstance(cls, str):
         raise ValueError(f"{where}: tokenizer_class must be a string, got {cls!r:.80}")
     cls = cls.removesuffix("Fast")
-    if tok_json.get("model", {}).get("type") != "BPE":
+    if tok_json.get("model", {}).get("type") != "BPE" or model_type in _MODEL_TYPES_KEEPING_TOKENIZER_JSON:
         return
     if cls == "LlamaTokenizer":
         if _has_byte_level(tok_json.get("pre_tokenizer")) or _has_byte_level(tok_json.get("decoder")):
@@ -177,7 +185,7 @@ class Tokenizer:
             if i is not None and i not in eos_ids:
                 eos_ids.append(i)
 
-        _apply_class_pipeline(backend, tcfg, tok_json, tcfg_path)
+        _apply_class_pipeline(backend, tcfg, tok_json, tcfg_path, mcfg.get("model_type"))
         # With a tokenizer.json, transformers ignores tokenizer_config's add_bos_token /
         # add_eos_token: the file's post-processor alone decides (none = add nothing).
         template, template_source = cls._find_chat_template(path, tcfg)

@@ -112,12 +112,13 @@ def compare(model, formats=FORMATS, text=None, threads=None, prompt_tokens=128, 
     format (isolated only). Raises FormatError naming the format the model cannot take.
     """
     from .. import bandwidth as bw_mod
-    from ..hints import check_model_path, warn_threads
+    from ..hints import warn_threads
+    from ..hub import resolve
     from ..progress import progress_bar
     from ..texts import as_text
 
     formats = _check_formats(formats)
-    model_path = check_model_path(model)
+    model_path = resolve(model)
     n_threads = bw_mod.resolve_threads(threads)
     warn_threads(n_threads)
     for name, value, lo in (("prompt_tokens", prompt_tokens, 1), ("decode_tokens", decode_tokens, 1),

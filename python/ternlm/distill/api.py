@@ -190,9 +190,18 @@ def _read_teacher(teacher):
         raise TypeError(f"teacher must be a path (Hugging Face folder, .gguf file or ternlm folder), "
                         f"got {type(teacher).__name__}")
     try:
-        return read_checkpoint(teacher)
+        ckpt = read_checkpoint(teacher)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise ValueError(f"teacher {os.fspath(teacher)}: ternlm cannot load it ({e})") from e
+    # the student (student.py) has Llama / BitNet blocks only
+    c = ckpt.config
+    extra = [name for name, on in (("q/k/v biases (Qwen2)", c.attention_bias), ("q/k norms (Qwen3)", c.qk_norm),
+                                   ("a sliding window (Mistral)", c.sliding_window),
+                                   ("BitNet use_rms_norm linear input norms", c.linear_norm)) if on]
+    if extra:
+        raise ValueError(f"teacher {os.fspath(teacher)}: ternlm distill's student has Llama / BitNet blocks; "
+                         f"this model has {', '.join(extra)}, which it does not model")
+    return ckpt
 
 
 def _eval_ids(eval_text, tokenizer, limit: int) -> list:

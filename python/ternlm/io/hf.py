@@ -1,11 +1,11 @@
 """Hugging Face checkpoint folder -> Checkpoint (config + tensors under canonical names).
 
-Supported: LlamaForCausalLM (Llama 2/3 incl. rope_scaling "llama3", SmolLM2, TinyLlama;
-tied or untied embeddings; GQA; explicit head_dim) and BitNetForCausalLM. Every quirk of
-the checkpoint layout lives in this file (mlx-lm's "sanitize" idea):
+Supported: LlamaForCausalLM (Llama 2/3 incl. rope_scaling "llama3", SmolLM2, TinyLlama,
+Falcon3; tied or untied embeddings; GQA; explicit head_dim), BitNetForCausalLM,
+Qwen2ForCausalLM, Qwen3ForCausalLM and MistralForCausalLM, each float or with transformers'
+BitNet quantizer. Every quirk of the checkpoint layout lives here and in hf_config.py
+(config.json; mlx-lm's "sanitize" idea):
 
-- config.json: rope parameters come either as rope_theta + rope_scaling (older files, key
-  "type" or "rope_type") or as rope_parameters (transformers >= 5).
 - Tensor names: model.layers.{i}.self_attn.q_proj.weight -> layers.{i}.q, etc. (the
   tensor schema's hf_name, ternlm/schema.py).
 - BitNet (quantization_config.quant_method == "bitnet"): linear weights are either packed
@@ -19,9 +19,18 @@ the checkpoint layout lives in this file (mlx-lm's "sanitize" idea):
       "autobitlinear", mode offline   y = (x_hat . T) * weight_scale     -> multiplier weight_scale
       "autobitlinear", mode online    float master weights, quantized at load with absmean
   A BitNet checkpoint without quantization_config is a plain float model to transformers
-  (nn.Linear everywhere), and so it is to us. lm_head is never ternary. The same
-  quantization_config on a LlamaForCausalLM (what `ternlm distill` writes) makes its layer
-  linears BitLinear in transformers, and ternary here, with the Llama blocks unchanged.
+  (nn.Linear everywhere), and so it is to us. lm_head stays float unless
+  modules_to_not_convert is a list that does not name it: transformers then converts the
+  head too (its default skip list applies only to a null modules_to_not_convert), and so do
+  we (a tied head that way is refused: transformers cannot load it either). The same
+  quantization_config on any other class (LlamaForCausalLM as `ternlm distill` writes it,
+  HF1BitLLM's and Falcon3-1.58bit's; Qwen2, Qwen3, Mistral) makes its layer linears BitNet
+  linears in transformers, and ternary here, with the blocks of the class unchanged.
+  A linear bias (Qwen2's q/k/v) is added after the linear's output; "autobitlinear"
+  offline multiplies the biased output by weight_scale, so its bias is read times
+  weight_scale. use_rms_norm: each converted linear's <module>.rms_norm.weight is its
+  input norm (layers.{i}.q_in_norm, ...); a checkpoint without it gets transformers'
+  initial value, ones.
 
 Tensors are produced lazily (one at a time, when the converter asks), so a large bf16
 checkpoint is never held twice in memory.
@@ -35,133 +44,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import schema
-from ..config import BF16Bits, Checkpoint, ModelConfig, config_float, config_int
+from ..config import BF16Bits, Checkpoint
 from ..tokenizer import Tokenizer
-from .jsonfile import id_list, read_json
+from .hf_config import SUPPORTED_ARCHITECTURES, config_from_hf  # noqa: F401 (re-exported)
+from .jsonfile import read_json
 from .module_names import ModulePatterns
 from .safetensors import SafetensorsFolder
-
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "BitNetForCausalLM": "bitnet"}
-
-# ---- config.json ---------------------------------------------------------------------------
-def _get(d: dict, key, default):
-    """d[key], or default when the key is absent or null."""
-    v = d.get(key)
-    return default if v is None else v
-
-
-def _object(d: dict, key, where) -> dict:
-    """A field that must be a JSON object (or absent / null: {})."""
-    v = d.get(key)
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise ValueError(f"{where}: {key} must be an object or null, got {v!r:.200}")
-    return v
-
-
-def _rope(cfg: dict, default_theta: float, where: str):
-    """(rope_theta, rope_scaling or None) from either config.json dialect."""
-    params = _object(cfg, "rope_parameters", where)
-    scaling = _object(cfg, "rope_scaling", where)
-    theta = config_float(_get(params, "rope_theta", _get(cfg, "rope_theta", default_theta)), "rope_theta", where)
-    src = params if params.get("rope_type") else scaling
-    rtype = src.get("rope_type") or src.get("type") or "default"
-    if rtype == "default":
-        return theta, None
-    if rtype == "llama3":
-        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-        missing = [k for k in keys if k not in src]
-        if missing:
-            raise ValueError(f"{where}: rope scaling 'llama3' lacks {', '.join(missing)}")
-        out = {"rope_type": "llama3", **{k: config_float(src[k], f"rope_scaling.{k}", where) for k in keys[:3]}}
-        out[keys[3]] = config_int(src[keys[3]], f"rope_scaling.{keys[3]}", where)
-        return theta, out
-    raise ValueError(f"{where}: rope scaling type {rtype!r:.100} is not supported (supported: default, llama3)")
-
-
-def _quantization(quant, arch_name: str, where: str):
-    """config.json's quantization_config -> the BitNet dict load_hf_folder uses, or None."""
-    if quant is None:
-        return None
-    if not isinstance(quant, dict):
-        raise ValueError(f"{where}: quantization_config must be an object, got {quant!r:.200}")
-    method = quant.get("quant_method")
-    if method != "bitnet":            # on Llama too: a Llama whose linears are BitLinear
-        raise ValueError(f"{where}: quantization_config quant_method {method!r:.100} is not supported "
-                         f"for {arch_name} (ternlm reads BitNet's 'bitnet' method)")
-    skip = quant.get("modules_to_not_convert") or []
-    if not isinstance(skip, list) or not all(isinstance(k, str) for k in skip):
-        raise ValueError(f"{where}: quantization_config.modules_to_not_convert must be a list of "
-                         f"module names, got {skip!r:.200}")
-    quant = {"linear_class": quant.get("linear_class", "bitlinear"),
-             "quantization_mode": quant.get("quantization_mode", "offline"),
-             "modules_to_not_convert": skip,
-             "not_converted": ModulePatterns(skip, where),
-             "use_rms_norm": bool(quant.get("use_rms_norm", False))}
-    if quant["linear_class"] not in ("bitlinear", "autobitlinear"):
-        raise ValueError(f"{where}: quantization_config.linear_class {quant['linear_class']!r:.100} is unknown")
-    if quant["quantization_mode"] not in ("online", "offline"):
-        raise ValueError(f"{where}: quantization_mode {quant['quantization_mode']!r:.100} is unknown")
-    if quant["use_rms_norm"]:
-        raise ValueError(f"{where}: quantization_config.use_rms_norm = true is not supported")
-    return quant
-
-
-def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json",
-                   gen_where: str = "generation_config.json"):
-    """config.json (+ generation_config.json) -> (ModelConfig, BitNet quantization dict or None).
-    Every field is type- and range-checked (ModelConfig.validate): a bad value is a
-    ValueError naming the file and the field."""
-    gen = gen or {}
-    archs = cfg.get("architectures") or []
-    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise ValueError(f"{where}: architectures must be a list of names, got {archs!r:.200}")
-    arch_name = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
-    if arch_name is None:
-        model_type = cfg.get("model_type")
-        by_type = {"llama": "LlamaForCausalLM", "bitnet": "BitNetForCausalLM"}
-        if archs or not isinstance(model_type, str) or model_type not in by_type:
-            raise ValueError(f"{where}: architecture {archs or model_type!r:.200} is not supported "
-                             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-        arch_name = by_type[model_type]
-    arch = SUPPORTED_ARCHITECTURES[arch_name]
-
-    def need(key):
-        if key not in cfg or cfg[key] is None:
-            raise ValueError(f"{where}: missing required field {key!r} for {arch_name}")
-        return config_int(cfg[key], key, where)
-
-    hidden, heads = need("hidden_size"), need("num_attention_heads")
-    kv_heads = config_int(_get(cfg, "num_key_value_heads", heads), "num_key_value_heads", where)
-    head_dim = config_int(_get(cfg, "head_dim", hidden // heads), "head_dim", where)
-    if heads % kv_heads:
-        raise ValueError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise ValueError(f"{where}: attention_bias / mlp_bias = true is not supported")
-    act = cfg.get("hidden_act", "silu" if arch == "llama" else "relu2")
-    if act != ("silu" if arch == "llama" else "relu2"):
-        raise ValueError(f"{where}: hidden_act {act!r:.100} is not supported for {arch_name}")
-    theta, scaling = _rope(cfg, 10000.0 if arch == "llama" else 500000.0, where)
-    quant = _quantization(cfg.get("quantization_config"), arch_name, where)
-
-    eos = []
-    for v in (id_list(cfg.get("eos_token_id"), "eos_token_id", where),
-              id_list(gen.get("eos_token_id"), "eos_token_id", gen_where)):
-        eos += [i for i in v if i not in eos]
-    bos = cfg.get("bos_token_id", gen.get("bos_token_id"))
-    mc = ModelConfig(
-        arch=arch, vocab_size=need("vocab_size"), hidden_size=hidden,
-        intermediate_size=need("intermediate_size"), num_layers=need("num_hidden_layers"),
-        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        rms_norm_eps=config_float(_get(cfg, "rms_norm_eps", 1e-6 if arch == "llama" else 1e-5), "rms_norm_eps", where),
-        rope_theta=theta, rope_scaling=scaling,
-        max_position_embeddings=config_int(_get(cfg, "max_position_embeddings", 4096), "max_position_embeddings",
-                                           where),
-        hidden_act=act, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bos_token_id=None if bos is None else config_int(bos, "bos_token_id", where, minimum=0), eos_token_ids=eos)
-    return mc.validate(where), quant
-
 
 # ---- BitNet packed weights ------------------------------------------------------------------
 def unpack_bitnet_weight(packed: np.ndarray, out_rows: int, where: str = "") -> np.ndarray:
@@ -246,8 +134,9 @@ class LazyTensors(Mapping):
 
 
 def _converted_by_bitnet(module: str, quant: dict) -> bool:
-    """transformers' should_convert_module over modules_to_not_convert (io/module_names.py);
-    lm_head is never converted."""
+    """Whether transformers' BitNet quantizer converts the layer linear `module`
+    (should_convert_module over modules_to_not_convert, io/module_names.py). The head is
+    decided by quant["head_converted"] (hf_config.py); here lm_head is never converted."""
     patterns = quant.get("not_converted") or ModulePatterns(quant["modules_to_not_convert"], "config.json")
     return module != "lm_head" and not patterns.matches(module)
 
@@ -267,21 +156,44 @@ def load_hf_folder(path) -> Checkpoint:
         config.bos_token_id = tok.bos_token_id
     config.eos_token_ids += [i for i in tok.eos_token_ids if i not in config.eos_token_ids]
 
+    if quant is not None and quant["head_converted"] and config.tie_word_embeddings:
+        raise ValueError(f"{cfg_path}: quantization_config.modules_to_not_convert does not name lm_head, so "
+                         f"transformers makes the output head a BitNet linear, but tie_word_embeddings ties it "
+                         f"to the float embedding; add \"lm_head\" to modules_to_not_convert")
+    specs = schema.specs(config)
+    declared = {spec.hf_name for spec in specs}
     makers, stored = {}, {}
-    for spec in schema.specs(config):
+    for spec in specs:
         name, key, shape = spec.name, spec.hf_name, spec.shape
-        module = key.removesuffix(".weight")
+        if spec.kind.endswith("_in_norm"):
+            # BitLinear's input norm (use_rms_norm): absent, transformers keeps its initial ones
+            makers[name] = (_float_vector(st, key, shape) if key in st
+                            else (lambda shape=shape: np.ones(shape, np.float32)))
+            continue
         if key not in st:
             raise ValueError(f"{path}: tensor {key!r} (ternlm {name!r}) is missing from the checkpoint")
-        if module + ".bias" in st:
-            raise ValueError(f"{path}: tensor {module + '.bias'!r}: linear biases are not supported")
+        if spec.role == "bias":
+            module = key.removesuffix(".bias")
+            scaled = (quant is not None and quant["linear_class"] == "autobitlinear"
+                      and quant["quantization_mode"] == "offline" and _converted_by_bitnet(module, quant))
+            makers[name] = (_scaled_bias(st, key, module + ".weight_scale", shape) if scaled
+                            else _float_vector(st, key, shape))
+            continue
+        module = key.removesuffix(".weight")
+        if module + ".bias" in st and module + ".bias" not in declared:
+            raise ValueError(f"{path}: tensor {module + '.bias'!r}: a bias on this linear is not supported "
+                             f"for this architecture")
         info = st.info(key)
         where = f"{st.file_of(key).path}: tensor {key!r}"
         if spec.is_norm:
-            _check_shape(where, info, shape)
-            makers[name] = (lambda k=key: np.ascontiguousarray(st.to_float32(k)))
+            makers[name] = _float_vector(st, key, shape)
             continue
-        ternary = quant is not None and spec.role == "matrix" and _converted_by_bitnet(module, quant)
+        ternary = quant is not None and (spec.role == "matrix" and _converted_by_bitnet(module, quant)
+                                         or spec.role == "head" and quant["head_converted"])
+        if config.linear_norm and spec.role == "matrix" and not ternary:
+            raise ValueError(f"{cfg_path}: quantization_config.use_rms_norm = true with {module!r} matched by "
+                             f"modules_to_not_convert is not supported (ternlm gives every layer linear an "
+                             f"input norm, or none)")
         if not ternary:
             if info.dtype == "U8":
                 raise ValueError(f"{where}: uint8 (packed) weight, but config.json has no BitNet "
@@ -303,6 +215,28 @@ def load_hf_folder(path) -> Checkpoint:
         makers[name] = (lambda k=key, s=scale_key, rows=shape[0], cols=shape[1], w=where:
                         _ternary_matrix(st, k, s, rows, cols, quant, w))
     return Checkpoint(config=config, tensors=LazyTensors(makers), stored=stored, tokenizer=tok, source=path)
+
+
+def _float_vector(st, key, shape):
+    """A maker for the float32 vector (norm weight, bias) under key, its shape checked now."""
+    _check_shape(f"{st.file_of(key).path}: tensor {key!r}", st.info(key), shape)
+    return lambda: np.ascontiguousarray(st.to_float32(key))
+
+
+def _scaled_bias(st, key, scale_key, shape):
+    """A maker for an "autobitlinear" offline linear's bias times its weight_scale: that
+    linear computes (x_hat . W + bias) * weight_scale."""
+    read = _float_vector(st, key, shape)
+    if scale_key not in st:
+        raise ValueError(f"{st.file_of(key).path}: tensor {scale_key!r} is missing (needed for {key!r})")
+
+    def make():
+        scale = st.to_float32(scale_key).reshape(-1)
+        if scale.size not in (1, shape[0]):
+            raise ValueError(f"{st.file_of(key).path}: tensor {scale_key!r} has {scale.size} values, "
+                             f"expected 1 or {shape[0]}")
+        return np.ascontiguousarray(read() * scale, dtype=np.float32)
+    return make
 
 
 def _check_shape(where, info, shape):

@@ -137,7 +137,7 @@ def _write_folder(model, folder):
     for spec in schema.specs(model.config):
         name = spec.name
         value = model._matrices[name]
-        if spec.is_norm:
+        if spec.is_vector:
             arrays[name] = np.ascontiguousarray(value, dtype=np.float32)
             norms.append(name)
             continue
@@ -224,7 +224,7 @@ def load_own_folder(folder) -> Checkpoint:
     matrices = header["matrices"]
     for spec in schema.specs(config):
         name = spec.name
-        if spec.is_norm:
+        if spec.is_vector:
             if name not in st:
                 raise _header_error(hpath, f"norm {name!r} is missing from {WEIGHTS_FILE}")
             if st.info(name).shape != tuple(spec.shape):
