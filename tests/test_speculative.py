@@ -164,16 +164,29 @@ def test_sampling_distribution_unchanged(m):
 
 def test_lookup_index():
     d = LookupDrafter(Lookup(draft=3, ngram=2, min_ngram=1), [1, 2, 3, 4, 1, 2])
+    d.rate = 0.99                      # drafts do well: full length
     assert d.draft(10) == [3, 4, 1]    # "1 2" was followed by 3 4 1
     assert d.draft(2) == [3, 4]
     d.push(9)                          # "2 9" never seen, "9" never seen: no draft
     assert d.draft(10) == []
     d.push(1)                          # "9 1" unseen; "1" last followed by 2 (position 5)
     assert d.draft(10) == [2, 9, 1]
-    d.verified(3, 0)
-    assert d.draft(10) == [2]          # after a rejection: what was kept + 1
-    d.verified(1, 1)
-    assert d.draft(10) == [2, 9, 1]
+
+
+def test_draft_length_follows_acceptance():
+    d = LookupDrafter(Lookup(draft=8, ngram=1, min_ngram=1), list(range(20)) + [0])   # "0": 1, 2, ..
+    assert len(d.draft(16)) == 2       # a new sequence starts with 2 (RATE_START)
+    for _ in range(20):
+        d.verified(8, 8)
+    assert len(d.draft(16)) == 8       # kept whole again and again: the full length
+    assert len(d.draft(3)) == 3        # never past the scheduler's limit
+    for _ in range(6):
+        d.verified(1, 0)
+    drafts = [len(d.draft(16)) for _ in range(40)]
+    assert sum(drafts) == 2 and set(drafts) == {0, 1}   # rejected outright: only a probe now and then
+    for _ in range(10):
+        d.verified(1, 1)               # the probes are kept: drafting resumes
+    assert len(d.draft(16)) >= 4
 
 
 def test_bad_options(m):

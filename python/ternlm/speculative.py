@@ -28,6 +28,10 @@ one n-gram per n, so a draft costs a few dict look-ups however long the sequence
 from __future__ import annotations
 
 MAX_DRAFT = 16   # Transformer::kMaxDraft (cpp/model/transformer.h)
+RATE_START = 0.7     # acceptance estimate of a new sequence: drafts 2 tokens at first
+RATE_WEIGHT = 0.2    # moving-average weight of each drafted token's outcome
+WORTH = 0.35         # draft the k-th token while its chance of being kept is at least this
+PROBE_EVERY = 16     # steps between one-token drafts while none is worth it
 
 
 class Lookup:
@@ -65,19 +69,37 @@ class LookupDrafter:
     def __init__(self, options: Lookup, tokens):
         self.options = options
         self.tokens: list = []
-        self.length = options.draft     # the current draft length (verified() adapts it)
+        self.rate = RATE_START          # estimated probability that a drafted token is kept
+        self._idle = 0                  # steps since the last draft
         self._index = {n: {} for n in range(options.min_ngram, options.ngram + 1)}
         for t in tokens:
             self.push(int(t))
 
     def verified(self, drafted: int, accepted: int):
-        """Adapts the draft length: +2 after a draft kept whole, else what was kept + 1, so
-        text that stops repeating its input soon verifies short drafts (a verify row costs
-        a little, a rejected one is wasted)."""
-        if accepted == drafted:
-            self.length = min(self.options.draft, self.length + 2)
-        else:
-            self.length = max(1, accepted + 1)
+        """Updates the acceptance estimate with one verify's outcome: `accepted` drafts kept,
+        then one rejected unless all were (a moving average over drafted tokens)."""
+        for _ in range(accepted):
+            self.rate += RATE_WEIGHT * (1.0 - self.rate)
+        if accepted < drafted:
+            self.rate -= RATE_WEIGHT * self.rate
+
+    def _length(self, limit: int) -> int:
+        """How many tokens to draft: the k-th draft token is kept with probability about
+        rate^k, and verifying it costs a fraction of a step (a verify of 1 + k rows is a
+        small GEMM, dearer than the decode row's GEMV), so draft while rate^k >= WORTH; when
+        that is no token, still one every PROBE_EVERY steps, so the estimate can recover
+        when the text starts repeating."""
+        k, p = 0, self.rate
+        while k < limit and p >= WORTH:
+            k += 1
+            p *= self.rate
+        if k == 0:
+            self._idle += 1
+            if self._idle >= PROBE_EVERY:
+                k = min(1, limit)
+        if k > 0:
+            self._idle = 0
+        return k
 
     def push(self, token: int):
         seq = self.tokens
@@ -88,8 +110,9 @@ class LookupDrafter:
                 index[tuple(seq[end - n:end])] = end
 
     def draft(self, limit: int) -> list:
-        """Up to min(limit, the current length) tokens, longest matching suffix first; [] if none."""
-        limit = min(limit, self.length)
+        """Up to min(limit, options.draft) tokens (fewer while drafts do badly: _length),
+        from the longest matching suffix; [] if none."""
+        limit = min(limit, self.options.draft)
         if limit <= 0:
             return []
         seq = self.tokens
@@ -98,5 +121,25 @@ class LookupDrafter:
                 continue
             at = self._index[n].get(tuple(seq[-n:]))
             if at is not None:
-                return seq[at:at + limit]
+                k = self._length(limit)
+                return seq[at:at + k] if k else []
         return []
+
+
+def add_cli_args(p):
+    """`ternlm generate` / `chat` options (cli.py)."""
+    g = p.add_argument_group("speculative decoding")
+    g.add_argument("--speculative", choices=("lookup",), default=None,
+                   help="prompt-lookup speculative decoding: drafts from n-grams of the prompt and the output, "
+                        "verified in one forward; same greedy text, faster when the output repeats the input")
+    g.add_argument("--draft", type=int, default=8, metavar="N", help=f"most drafted tokens per step, 1..{MAX_DRAFT} "
+                   "(default: 8)")
+    g.add_argument("--ngram", type=int, default=3, metavar="N", help="longest n-gram matched (default: 3; down to 2)")
+
+
+def from_cli(args):
+    """The Lookup that add_cli_args' options ask for, or None (Lookup's errors name the option)."""
+    if args.speculative is None:
+        return None
+    return Lookup(draft=args.draft, ngram=args.ngram, min_ngram=min(2, args.ngram))
+
