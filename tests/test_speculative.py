@@ -205,3 +205,17 @@ def test_bad_options(m):
         m._engine.batch([(1, np.asarray([1] * 18, np.int32), s, True, 17)])
     with pytest.raises(ValueError, match="decode entry"):
         m._engine.batch([(1, np.asarray([1, 2, 3], np.int32), s, True, 1)])
+
+
+def test_cli_flags(tmp_path, capsys):
+    from ternlm import cli
+    path = write_synthetic_bitnet(tmp_path / "m", "tiny", seed=4)
+    base = ["generate", "--model", path, "-p", "abcabcabcabc", "--max-new-tokens", "24", "--threads", "1",
+            "--no-chat-template"]
+    assert cli.main(base) == 0
+    plain = capsys.readouterr().out
+    assert cli.main(base + ["--speculative", "lookup", "--draft", "4", "--ngram", "2"]) == 0
+    got = capsys.readouterr()
+    assert got.out == plain and "drafts accepted" in got.err
+    assert cli.main(base + ["--speculative", "lookup", "--draft", "40"]) == 2
+    assert "draft must be in [1, 16], got 40" in capsys.readouterr().err
