@@ -20,7 +20,7 @@ SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_
              num_key_value_heads=1, vocab_size=512, max_position_embeddings=16384)
 CONTEXT = 16384
 
-# The child prints "ready <call>" just before each long call and "interrupted <call> <position>"
+# The child prints "ready <call>" just before each long call and "interrupted <call> <slots in use>"
 # when the KeyboardInterrupt arrives; the prompt is sized so that the call would run for
 # at least 8 s (one chunk timed first).
 def _child_source():

@@ -151,6 +151,12 @@ def test_requests_beyond_the_slots_wait_or_time_out(folder, solo):
     with pytest.raises(ternlm.SequencesBusyError, match="max_sequences=1"):
         m1.session(timeout=0.2)
     assert time.monotonic() - t0 >= 0.2
+    with pytest.raises(ternlm.SequencesBusyError, match="max_sequences=1"):
+        m1.generate(PROMPTS[0], max_new_tokens=4, timeout=0.1)
+    with pytest.raises(ternlm.SequencesBusyError):
+        m1.generate([PROMPTS[0]], max_new_tokens=4, timeout=0)
+    with pytest.raises(ValueError, match="timeout"):
+        m1.generate(PROMPTS[0], timeout=-1)
     got = []
     waiter = threading.Thread(target=lambda: got.append(m1.generate(PROMPTS[0], max_new_tokens=24)))
     waiter.start()

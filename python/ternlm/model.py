@@ -39,7 +39,7 @@ Concurrency (python/ternlm/sequences.py, docs/ARCHITECTURE.md): every generation
 its own sequence, a KV-cache slot of the engine's max_sequences (ternlm.load); calls from
 many threads, interleaved streams and m.generate([p1, p2, ...]) (a list of prompts -> a list
 of texts) are decoded together, one pass over the weights per step, each returning what it
-returns alone. A call beyond the free slots waits for one. A conversation's next chat turn
+returns alone. A call beyond the free slots waits for one (timeout=: SequencesBusyError). A conversation's next chat turn
 reuses the cached tokens it shares with the previous turn; m.session() holds a sequence of
 its own, whose calls all reuse its cache (generation.py); generate / stream start afresh. m.max_sequences, m.active_sequences: slots in all, in use now.
 
@@ -213,13 +213,16 @@ class Model:
 
     def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True, *, max_tokens=None,
-               speculative=None, _session=None, _reuse_cache=False, _stats=None):
+               timeout=None, speculative=None, _session=None, _reuse_cache=False, _stats=None):
         """Yield the generated text in pieces as it is decoded (complete UTF-8 only). A stop
         string is never yielded, not even in part: text that could be the start of one is
         held back until it is ruled out. Raw text, as generate(); max_tokens: alias of
-        max_new_tokens. The generation starts (takes a slot) at the first next().
+        max_new_tokens. The generation starts (takes a slot) at the first next(); while all
+        max_sequences slots are in use it waits, or with timeout (seconds) raises
+        SequencesBusyError once that has passed.
         _stats: a dict this generation's stats are written into (m.stats is the latest
         generation started, which another thread's may replace; the server reads its own)."""
+        _check_timeout(timeout)
         max_new_tokens = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new_tokens, temperature, top_k, top_p, min_p,
                                      repetition_penalty, seed, stop)
@@ -234,7 +237,7 @@ class Model:
             _stats.update(stats)
             stats = _stats
         pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops, stats, _session, _reuse_cache,
-                                       lookup)
+                                       timeout, lookup)
         # chat() renders its prompt with the template and passes _add_special_tokens=False:
         # only a raw text prompt can be "the wrong way to ask an instruct model"
         if _add_special_tokens and isinstance(prompt, str) and self.tokenizer.chat_template and not self._hinted_chat:
@@ -254,27 +257,29 @@ class Model:
                           TernlmWarning, stacklevel=3)
 
     def _generate_pieces(self, ids, max_new, params, seed, stops, stats, session=None, reuse_cache=False,
-                         lookup=None):
+                         timeout=None, lookup=None):
         if session is not None:
             session.enter()
         try:
-            req, t0 = self._start(ids, max_new, params, seed, stats, session, reuse_cache, lookup)
+            req, t0 = self._start(ids, max_new, params, seed, stats, session, reuse_cache, timeout, lookup)
             yield from generation.pieces(self, req, stats, stops, t0)
         finally:
             if session is not None:
                 session.exit()
 
-    def _start(self, ids, max_new, params, seed, stats, session=None, reuse_cache=False, lookup=None):
+    def _start(self, ids, max_new, params, seed, stats, session=None, reuse_cache=False, timeout=None,
+               lookup=None):
         """Takes a slot and submits the generation (generation.start); (request, start time)."""
         self.stats = stats
         if session is not None:
             session.stats = stats
         t0 = time.perf_counter()
         return generation.start(self, ids, max_new, self._new_sampler(seed, params), stats, session,
-                                reuse_cache, lookup=lookup), t0
+                                reuse_cache, timeout, lookup=lookup), t0
 
     def generate(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                 repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None, speculative=None) -> str:
+                 repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None, timeout=None,
+                 speculative=None) -> str:
         """The generated continuation of `prompt` (str or token ids), without the prompt.
 
         This is the raw language model: the prompt is continued as text, without the chat
@@ -283,18 +288,21 @@ class Model:
         happens on a model that has a chat template). max_tokens: alias of max_new_tokens.
 
         A list of prompts (str or token-id lists) returns the list of their continuations,
-        decoded together (a seed, if given, seeds each prompt's sampler alike)."""
+        decoded together (a seed, if given, seeds each prompt's sampler alike). timeout: as
+        stream()'s, for each prompt's slot."""
         if _is_batch(prompt):
             return self._generate_batch(list(prompt), max_new_tokens, temperature, top_k, top_p, min_p,
-                                        repetition_penalty, seed, stop, max_tokens, speculative)
+                                        repetition_penalty, seed, stop, max_tokens, timeout, speculative)
         return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
-                                   repetition_penalty, seed, stop, max_tokens=max_tokens, speculative=speculative))
+                                   repetition_penalty, seed, stop, max_tokens=max_tokens, timeout=timeout,
+                                   speculative=speculative))
 
     def _generate_batch(self, prompts, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
-                        seed, stop, max_tokens, speculative=None):
+                        seed, stop, max_tokens, timeout, speculative=None):
         """Every prompt submitted before any is read: the engine decodes them together,
         each finishing (and freeing its slot) without waiting for its reader, so prompts
         beyond max_sequences wait for a slot here."""
+        _check_timeout(timeout)
         max_new = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
         lookup = speculative_options(speculative)
@@ -305,7 +313,7 @@ class Model:
         try:
             for ids in all_ids:
                 stats = generation.new_stats(len(ids))
-                req, t0 = self._start(ids, max_new, params, seed, stats, lookup=lookup)
+                req, t0 = self._start(ids, max_new, params, seed, stats, timeout=timeout, lookup=lookup)
                 started.append((req, stats, t0))
             return ["".join(generation.pieces(self, req, stats, stops, t0)) for req, stats, t0 in started]
         finally:
@@ -315,7 +323,7 @@ class Model:
 
     def chat(self, messages, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
              repetition_penalty=1.0, seed=None, stop=None, stream=False, *, max_tokens=None, tools=None,
-             speculative=None, _session=None, **template_kwargs):
+             timeout=None, speculative=None, _session=None, **template_kwargs):
         """Reply to a conversation [{"role", "content"}, ...] rendered with the model's chat
         template. The rendered text is tokenized without adding special tokens (the template
         writes BOS itself), as transformers' apply_chat_template does. stream=True returns
@@ -334,7 +342,7 @@ class Model:
                                                     **template_kwargs)
         pieces = self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
                              repetition_penalty, seed, stop, _add_special_tokens=False, max_tokens=max_tokens,
-                             speculative=speculative, _session=_session, _reuse_cache=True)
+                             timeout=timeout, speculative=speculative, _session=_session, _reuse_cache=True)
         return pieces if stream else "".join(pieces)
 
     # ---- scoring --------------------------------------------------------------------------
@@ -413,6 +421,13 @@ class Model:
 from .loading import (  # noqa: E402,F401
     HEAD_CHOICES, WEIGHT_CHOICES, build_engine, convert_checkpoint, load, read_checkpoint, target_formats,
 )
+
+
+def _check_timeout(timeout):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer,
+                                                                                      np.floating))
+                                or not timeout >= 0):
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
 
 
 def _is_batch(prompt) -> bool:
