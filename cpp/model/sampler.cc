@@ -66,14 +66,17 @@ void CheckFinite(const float* x, size_t n) {
 
 }  // namespace
 
-int32_t Sampler::Sample(const float* logits) {
+size_t Sampler::Candidates(const float* logits, int32_t* best_id) {
   const size_t vocab = seen_.size();
   if (vocab == 0)
     throw std::invalid_argument("sample: the sampler has no vocabulary yet (set its history first)");
   CheckFinite(logits, vocab);
   const SamplingParams& p = params_;
   const bool penalise = p.repetition_penalty != 1.0f && !distinct_.empty();
-  if (!penalise && p.temperature == 0.0f) return int32_t(Argmax(logits, vocab));  // greedy: no copy
+  if (!penalise && p.temperature == 0.0f) {  // greedy: no copy
+    *best_id = int32_t(Argmax(logits, vocab));
+    return 0;
+  }
   work_.assign(logits, logits + vocab);
   float* w = work_.data();
 
@@ -85,7 +88,8 @@ int32_t Sampler::Sample(const float* logits) {
       w[id] = std::clamp(v, -FLT_MAX, FLT_MAX);
     }
   const size_t best = Argmax(w, vocab);
-  if (p.temperature == 0.0f) return int32_t(best);
+  *best_id = int32_t(best);
+  if (p.temperature == 0.0f) return 0;
   const float mx = w[best];
 
   // Unnormalised probabilities e[id] = exp((w[id] - max) / temperature), in double; the
@@ -146,8 +150,16 @@ int32_t Sampler::Sample(const float* logits) {
     }
   }
 
+  return n;
+}
+
+int32_t Sampler::Sample(const float* logits) {
+  int32_t best = 0;
+  const size_t n = Candidates(logits, &best);
+  if (n == 0) return best;
   // n >= 1: every filter keeps the best id (e = 1 >= the k-th value, >= min_p, and top-p
   // keeps at least one), and u < total = the last acc.
+  const double* e = probs_.data();
   double total = 0;
   for (size_t i = 0; i < n; ++i) total += e[order_[i]];
   const double u = Uniform() * total;
@@ -157,6 +169,35 @@ int32_t Sampler::Sample(const float* logits) {
     if (u < acc) return order_[i];
   }
   return order_[n - 1];
+}
+
+// Speculative sampling with a deterministic draft (its q is one-hot on `draft`): accept
+// with probability min(1, p(draft) / q(draft)) = p(draft); on rejection draw from
+// max(0, p - q) normalised, which is p with the draft removed. Either way the token has
+// distribution p, so the output matches plain sampling in distribution (not draw for draw:
+// this takes one or two uniforms where Sample takes one).
+int32_t Sampler::SampleDraft(const float* logits, int32_t draft) {
+  int32_t best = 0;
+  const size_t n = Candidates(logits, &best);
+  if (n == 0) return best;  // greedy: p is one-hot on the argmax
+  const double* e = probs_.data();
+  double total = 0, pd = 0;
+  for (size_t i = 0; i < n; ++i) {
+    total += e[order_[i]];
+    if (order_[i] == draft) pd = e[draft];
+  }
+  if (pd > 0 && Uniform() * total < pd) return draft;
+  // total - pd > 0 here: if the draft held all the mass it was accepted (u < 1).
+  const double u = Uniform() * (total - pd);
+  double acc = 0;
+  int32_t last = best;
+  for (size_t i = 0; i < n; ++i) {
+    if (order_[i] == draft) continue;
+    last = order_[i];
+    acc += e[last];
+    if (u < acc) return last;
+  }
+  return last;
 }
 
 }  // namespace ternlm

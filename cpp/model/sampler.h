@@ -70,8 +70,16 @@ class Sampler {
   // Throws std::invalid_argument before any SetHistory (vocab() == 0), NonFiniteLogits
   // ("logit <id> is nan") when a logit is NaN or Inf.
   int32_t Sample(const float* logits);
+  // Verifies a drafted token (speculative decoding): returns `draft` when it is accepted,
+  // else another token drawn from the same distribution with the draft removed, so that the
+  // result is distributed as Sample's (greedy: the argmax either way). Throws as Sample.
+  int32_t SampleDraft(const float* logits, int32_t draft);
 
  private:
+  // The penalised, filtered distribution of logits: returns n and leaves the candidates in
+  // order_[0, n) with unnormalised probabilities probs_[id]; 0 for greedy (temperature 0),
+  // with the argmax in *best (set in every case).
+  size_t Candidates(const float* logits, int32_t* best);
   double Uniform();  // [0, 1)
 
   std::mt19937_64 rng_;

@@ -59,7 +59,7 @@ struct RunState {
   Buffer parts;           // [max_parts, kAttendTokens, q_dim] attention of split positions,
   Buffer part_stats;      // [max_parts, 2, kAttendTokens, heads] and its max / sum per row
   size_t max_parts = 1;
-  Buffer logits;          // [sequences, vocab]        last-row logits for Prefill / Step / Batch
+  Buffer logits;          // [max(sequences, kMaxDraft + 1), vocab] logits of the sampled rows
   Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position, filled as positions are
   size_t rope_ready = 0;      // first reached: [0, rope_ready) hold their values
   std::vector<float> inv_freq;  // [head_dim/2] RoPE inverse frequencies
@@ -80,7 +80,13 @@ struct BatchEntry {
   Sampler* sampler = nullptr;  // null: nothing sampled (a prefill chunk before the last)
   bool decode = false;         // tokens[0] is the last sampled token: it joins the sampler's
                                // history first (as Step); else the history is left as set
+  size_t draft = 0;            // > 0: verify (speculative decoding, decode entries only):
+                               // tokens = [last sampled, d1 .. d_draft]; every row's logits
+                               // are computed, d1.. are accepted while Sampler::SampleDraft
+                               // keeps them, the slot keeps the rows of the last sampled token
+                               // and the accepted drafts only, and `next` is drawn after them
   int32_t next = -1;           // out: the token sampled from the last row's logits
+  size_t accepted = 0;         // out: drafts accepted (tokens[1 .. accepted])
   std::string error;           // out: why sampling failed (non-finite logits), else empty
 };
 
@@ -91,6 +97,7 @@ class Transformer {
 
   static constexpr size_t kMaxSequences = kMaxChunk;  // a decode step is one chunk
   static constexpr size_t kDefaultSequences = 8;
+  static constexpr size_t kMaxDraft = 16;  // drafted tokens one Batch entry may verify
 
   // Takes the weights; context = KV-cache length in tokens per sequence; sequences = KV
   // slots (1..kMaxSequences; 0: the most up to kDefaultSequences whose caches fit, at least
@@ -142,6 +149,7 @@ class Transformer {
   // all than chunk(), what CheckTokens rejects per entry, or a sampler whose history is
   // over another vocabulary. Every entry's row is computed as alone (bit for bit for the
   // integer formats; the float kernels may sum a GEMM row in another order than a GEMV).
+  // A verify entry (draft > 0) must be a decode entry of draft + 1 <= kMaxDraft + 1 rows.
   void Batch(BatchEntry* entries, size_t k);
 
   // Called on the calling thread between two chunks of a Forward or Prefill (not before
@@ -165,7 +173,8 @@ class Transformer {
   void ForwardRows(const int32_t* tokens, size_t rows, Segment* segs, size_t nseg);
   void ForwardOne(const int32_t* tokens, size_t n, size_t slot);  // one segment; holds mu_
   void FillRope(size_t end);  // RoPE table rows [rope_ready, end)
-  int32_t SampleAt(const char* what, Sampler& sampler, size_t pos, const float* logits);
+  int32_t SampleAt(const char* what, Sampler& sampler, size_t pos, const float* logits, int32_t draft = -1);
+  void SampleEntry(BatchEntry& e, size_t pos0, const float* logits);  // one Batch entry's draw(s)
   void Attention(size_t layer, Segment* segs, size_t nseg);  // transformer_attention.cc
   void AttendTask(size_t layer, const Segment& seg, size_t task, size_t thread);
   void CombineParts(const Segment& seg);
@@ -190,7 +199,9 @@ class Transformer {
   std::vector<size_t> row_slot_;     // [chunk] the slot of each row
   std::vector<size_t> row_pos_;      // [chunk] the position of each row
   std::vector<Segment> segs_;        // [chunk]
-  std::vector<size_t> sample_rows_;  // [sequences]
+  std::vector<size_t> sample_rows_;  // [logit_rows_] rows whose logits a Batch computes
+  std::vector<size_t> first_pos_;    // [sequences] each entry's slot position before a Batch
+  size_t logit_rows_ = 0;            // rows of s_.logits: max(sequences, kMaxDraft + 1)
   std::mutex mu_;
   std::function<void()> between_chunks_;
 };

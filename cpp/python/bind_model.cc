@@ -251,7 +251,8 @@ py::list RunBatch(PyTransformer& self, const py::list& entries) {
   toks.clear();
   for (size_t i = 0; i < k; ++i) {
     const py::tuple item = entries[i].cast<py::tuple>();
-    if (item.size() != 4) throw py::value_error("batch: each entry is (slot, tokens, sampler, decode)");
+    if (item.size() != 4 && item.size() != 5)
+      throw py::value_error("batch: each entry is (slot, tokens, sampler, decode[, draft])");
     BatchEntry& e = self.entries[i];
     e.slot = SlotOf(self, item[0].cast<long long>());
     const size_t before = toks.size();
@@ -264,6 +265,9 @@ py::list RunBatch(PyTransformer& self, const py::list& entries) {
     e.n = toks.size() - before;
     e.sampler = item[2].is_none() ? nullptr : item[2].cast<Sampler*>();
     e.decode = item[3].cast<bool>();
+    const long long draft = item.size() == 5 ? item[4].cast<long long>() : 0;
+    if (draft < 0) throw py::value_error("batch: draft must be >= 0, got " + std::to_string(draft));
+    e.draft = size_t(draft);
   }
   size_t offset = 0;  // toks is complete: no more reallocation, the pointers hold
   for (size_t i = 0; i < k; ++i) {
@@ -279,6 +283,11 @@ py::list RunBatch(PyTransformer& self, const py::list& entries) {
     const BatchEntry& e = self.entries[i];
     if (!e.error.empty()) {
       out[i] = py::str(e.error);
+    } else if (e.draft > 0) {  // verify: the accepted drafts, then the sampled token
+      py::list got(e.accepted + 1);
+      for (size_t j = 0; j < e.accepted; ++j) got[j] = py::int_(e.tokens[j + 1]);
+      got[e.accepted] = py::int_(e.next);
+      out[i] = std::move(got);
     } else if (e.sampler) {
       out[i] = py::int_(e.next);
     } else {
@@ -387,10 +396,12 @@ void BindModel(py::module_& m) {
            "sampled token.")
       .def("batch", &RunBatch, py::arg("entries"),
            "One forward chunk over several slots (continuous batching). entries: a list of "
-           "(slot, tokens, sampler or None, decode): tokens an int (one token) or an int array; "
-           "decode=True adds the token to the sampler's history first (as step). Returns one item per "
-           "entry: the sampled token id, None (no sampler) or a str saying why the logits could not "
-           "be sampled (not finite).")
+           "(slot, tokens, sampler or None, decode[, draft]): tokens an int (one token) or an int array; "
+           "decode=True adds the token to the sampler's history first (as step). draft > 0 (speculative "
+           "decoding): tokens = [last sampled, draft drafted tokens], verified in this one pass; the "
+           "rejected ones leave the cache. Returns one item per "
+           "entry: the sampled token id, a list (a verify entry: the accepted drafts, then the sampled "
+           "token), None (no sampler) or a str saying why the logits could not be sampled (not finite).")
       .def_property_readonly("position", [](PyTransformer& self) { return self.t->position(0); },
                              "Tokens in the KV cache of slot 0.")
       .def("position_of", [](PyTransformer& self, long long slot) { return self.t->position(SlotOf(self, slot)); },

@@ -9,6 +9,7 @@ from .formats import (  # noqa: E402,F401
 from .model import Model, load  # noqa: E402,F401
 from .generation import Session  # noqa: E402,F401
 from .sequences import SequencesBusyError  # noqa: E402,F401
+from .speculative import Lookup  # noqa: E402,F401
 from . import bandwidth, texts  # noqa: E402,F401
 from .compare import compare  # noqa: E402,F401  (the function; the module is ternlm.compare in sys.modules)
 from .compare.table import ComparisonTable  # noqa: E402,F401

@@ -19,6 +19,8 @@ import os
 import sys
 import warnings
 
+from . import speculative
+
 WEIGHTS = ("bf16", "bf16c", "int4", "ternary")
 MODEL_HELP = ("a Hugging Face folder (config.json + *.safetensors), a .gguf file (llama "
               "architecture), a folder written by `ternlm convert`, or a Hugging Face Hub id: ORG/NAME, "
@@ -96,6 +98,7 @@ def _add_sampling_args(p):
                    help="penalize tokens already seen, e.g. 1.1 (1 = off)")
     g.add_argument("--seed", type=_nonneg_int, default=None, metavar="S",
                    help="random seed for sampling (default: a fresh one each run)")
+    speculative.add_cli_args(p)
 
 
 def _positive_int(s):
@@ -124,7 +127,8 @@ def _int_list(s):
 
 def _sampling_kwargs(args) -> dict:
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                speculative=speculative.from_cli(args))
 
 
 def _model_path(args) -> str:
@@ -155,6 +159,8 @@ def _load(args, progress=True):
 def _stats_line(m) -> str:
     s = m.stats
     decode = f"{s['decode_tokens']} tokens, {s['decode_tok_s']:.1f} tok/s" if s["decode_tokens"] else "0 tokens"
+    if s.get("drafted_tokens"):
+        decode += f", {s['accepted_tokens']}/{s['drafted_tokens']} drafts accepted"
     return (f"[prompt: {s['prompt_tokens']} tokens, {s['prompt_tok_s']:.1f} tok/s | decode: {decode} | "
             f"peak memory: {s['peak_rss_mb']:.0f} MB | weights: {'/'.join(sorted(set(m.formats.values())))}]")
 

@@ -15,20 +15,23 @@ import time
 
 from .memory import peak_rss_mb
 from .sequences import Request, common_prefix
+from .speculative import LookupDrafter
 
 
 def new_stats(prompt_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0,
             "prompt_tok_s": 0.0, "decode_tok_s": 0.0, "prompt_s": 0.0, "decode_s": 0.0,
+            "drafted_tokens": 0, "accepted_tokens": 0,
             "stop_reason": "max_new_tokens", "peak_rss_mb": 0.0}
 
 
-def start(model, ids, max_new, sampler, stats, session=None, reuse_cache=False, timeout=None):
+def start(model, ids, max_new, sampler, stats, session=None, reuse_cache=False, timeout=None, lookup=None):
     """Takes a slot (the session's, or a free one from the model's pool: may wait); with
     reuse_cache (chat turns, sessions) keeps the longest prefix of its cached tokens that ids
     start with (leaving at least the last prompt token to prefill: its logits give the first
     token), else starts from position 0; and submits the request. Returns the Request, or
-    None for max_new == 0 (nothing runs).
+    None for max_new == 0 (nothing runs). lookup: speculative.Lookup options (drafts from
+    ids and the output), or None.
 
     generate / stream start afresh: their prefill is what a caller times (ternlm bench
     warms up on a prefix of the prompt it then measures)."""
@@ -47,8 +50,9 @@ def start(model, ids, max_new, sampler, stats, session=None, reuse_cache=False, 
         raise
     stats["cached_tokens"] = reuse
     stats["prefill_tokens"] = len(ids) - reuse
+    drafter = LookupDrafter(lookup, ids) if lookup is not None else None
     req = Request(slot, sampler, ids, reuse, max_new, set(model.eos_token_ids), model.context,
-                  owns_slot=session is None)
+                  owns_slot=session is None, drafter=drafter)
     model._scheduler.submit(req)
     return req
 
@@ -109,6 +113,8 @@ def pieces(model, req, stats, stops, t0):
             stats["prompt_s"] = time.perf_counter() - t0
         stats["prompt_tok_s"] = stats["prompt_tokens"] / max(stats["prompt_s"], 1e-9)
         stats["decode_tokens"] = generated
+        if req is not None:
+            stats["drafted_tokens"], stats["accepted_tokens"] = req.drafted, req.accepted
         stats["decode_s"] = busy
         stats["decode_tok_s"] = (generated - 1) / busy if generated > 1 and busy > 0 else 0.0
         stats["peak_rss_mb"] = peak_rss_mb()

@@ -4,7 +4,7 @@
     m = ternlm.load(path, weights=None, threads=None, context=4096, head=None, kv_dtype="f32",
                     max_sequences=None)
     m.generate(prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-               repetition_penalty=1.0, seed=None, stop=None) -> str
+               repetition_penalty=1.0, seed=None, stop=None, speculative=None) -> str
     m.stream(prompt, **same) -> iterator of text pieces
     m.chat(messages, **same, stream=False, tools=None, **template_kwargs) -> str
     m.generate([prompt, ...], **same) -> [str, ...]      (decoded together)
@@ -49,7 +49,12 @@ reused from the slot's cache), decode_tokens (generated, EOS excluded),
 prompt_s (prefill + choosing the first token: time to first token), prompt_tok_s,
 decode_s (the rest, excluding time the caller spends between streamed pieces),
 decode_tok_s ((decode_tokens - 1) / decode_s, each a forward + sample), stop_reason
-("eos" | "stop" | "max_new_tokens" | "context"), peak_rss_mb (the process's peak so far).
+("eos" | "stop" | "max_new_tokens" | "context"), peak_rss_mb (the process's peak so far),
+drafted_tokens / accepted_tokens (speculative decoding: drafts verified, and kept).
+
+speculative="lookup" (or ternlm.Lookup(draft=, ngram=, min_ngram=)): prompt-lookup
+speculative decoding (speculative.py): greedy text identical to plain decoding, sampled
+text distributed as plain sampling's.
 """
 from __future__ import annotations
 
@@ -65,6 +70,7 @@ import numpy as np
 from . import generation
 from .config import ModelConfig
 from .sequences import Scheduler, SlotPool
+from .speculative import parse as speculative_options
 from .tokenizer import Tokenizer
 
 
@@ -207,7 +213,7 @@ class Model:
 
     def stream(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                repetition_penalty=1.0, seed=None, stop=None, _add_special_tokens=True, *, max_tokens=None,
-               timeout=None, _session=None, _reuse_cache=False, _stats=None):
+               timeout=None, speculative=None, _session=None, _reuse_cache=False, _stats=None):
         """Yield the generated text in pieces as it is decoded (complete UTF-8 only). A stop
         string is never yielded, not even in part: text that could be the start of one is
         held back until it is ruled out. Raw text, as generate(); max_tokens: alias of
@@ -220,6 +226,7 @@ class Model:
         max_new_tokens = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new_tokens, temperature, top_k, top_p, min_p,
                                      repetition_penalty, seed, stop)
+        lookup = speculative_options(speculative)
         ids = self._prompt_ids(prompt, _add_special_tokens)
         # top_k beyond any vocabulary means "off", as does the binding's largest
         params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
@@ -230,7 +237,7 @@ class Model:
             _stats.update(stats)
             stats = _stats
         pieces = self._generate_pieces(ids, max_new_tokens, params, seed, stops, stats, _session, _reuse_cache,
-                                       timeout)
+                                       timeout, lookup)
         # chat() renders its prompt with the template and passes _add_special_tokens=False:
         # only a raw text prompt can be "the wrong way to ask an instruct model"
         if _add_special_tokens and isinstance(prompt, str) and self.tokenizer.chat_template and not self._hinted_chat:
@@ -250,27 +257,29 @@ class Model:
                           TernlmWarning, stacklevel=3)
 
     def _generate_pieces(self, ids, max_new, params, seed, stops, stats, session=None, reuse_cache=False,
-                         timeout=None):
+                         timeout=None, lookup=None):
         if session is not None:
             session.enter()
         try:
-            req, t0 = self._start(ids, max_new, params, seed, stats, session, reuse_cache, timeout)
+            req, t0 = self._start(ids, max_new, params, seed, stats, session, reuse_cache, timeout, lookup)
             yield from generation.pieces(self, req, stats, stops, t0)
         finally:
             if session is not None:
                 session.exit()
 
-    def _start(self, ids, max_new, params, seed, stats, session=None, reuse_cache=False, timeout=None):
+    def _start(self, ids, max_new, params, seed, stats, session=None, reuse_cache=False, timeout=None,
+               lookup=None):
         """Takes a slot and submits the generation (generation.start); (request, start time)."""
         self.stats = stats
         if session is not None:
             session.stats = stats
         t0 = time.perf_counter()
         return generation.start(self, ids, max_new, self._new_sampler(seed, params), stats, session,
-                                reuse_cache, timeout), t0
+                                reuse_cache, timeout, lookup=lookup), t0
 
     def generate(self, prompt, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                 repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None, timeout=None) -> str:
+                 repetition_penalty=1.0, seed=None, stop=None, *, max_tokens=None, timeout=None,
+                 speculative=None) -> str:
         """The generated continuation of `prompt` (str or token ids), without the prompt.
 
         This is the raw language model: the prompt is continued as text, without the chat
@@ -283,18 +292,20 @@ class Model:
         stream()'s, for each prompt's slot."""
         if _is_batch(prompt):
             return self._generate_batch(list(prompt), max_new_tokens, temperature, top_k, top_p, min_p,
-                                        repetition_penalty, seed, stop, max_tokens, timeout)
+                                        repetition_penalty, seed, stop, max_tokens, timeout, speculative)
         return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
-                                   repetition_penalty, seed, stop, max_tokens=max_tokens, timeout=timeout))
+                                   repetition_penalty, seed, stop, max_tokens=max_tokens, timeout=timeout,
+                                   speculative=speculative))
 
     def _generate_batch(self, prompts, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
-                        seed, stop, max_tokens, timeout):
+                        seed, stop, max_tokens, timeout, speculative=None):
         """Every prompt submitted before any is read: the engine decodes them together,
         each finishing (and freeing its slot) without waiting for its reader, so prompts
         beyond max_sequences wait for a slot here."""
         _check_timeout(timeout)
         max_new = _max_new_tokens(max_new_tokens, max_tokens)
         stops = self._check_sampling(max_new, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
+        lookup = speculative_options(speculative)
         params = (float(temperature), min(int(top_k), 2**62), float(top_p), float(min_p),
                   float(repetition_penalty))
         all_ids = [self._prompt_ids(p) for p in prompts]
@@ -302,7 +313,7 @@ class Model:
         try:
             for ids in all_ids:
                 stats = generation.new_stats(len(ids))
-                req, t0 = self._start(ids, max_new, params, seed, stats, timeout=timeout)
+                req, t0 = self._start(ids, max_new, params, seed, stats, timeout=timeout, lookup=lookup)
                 started.append((req, stats, t0))
             return ["".join(generation.pieces(self, req, stats, stops, t0)) for req, stats, t0 in started]
         finally:
@@ -312,7 +323,7 @@ class Model:
 
     def chat(self, messages, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
              repetition_penalty=1.0, seed=None, stop=None, stream=False, *, max_tokens=None, tools=None,
-             timeout=None, _session=None, **template_kwargs):
+             timeout=None, speculative=None, _session=None, **template_kwargs):
         """Reply to a conversation [{"role", "content"}, ...] rendered with the model's chat
         template. The rendered text is tokenized without adding special tokens (the template
         writes BOS itself), as transformers' apply_chat_template does. stream=True returns
@@ -331,7 +342,7 @@ class Model:
                                                     **template_kwargs)
         pieces = self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
                              repetition_penalty, seed, stop, _add_special_tokens=False, max_tokens=max_tokens,
-                             timeout=timeout, _session=_session, _reuse_cache=True)
+                             timeout=timeout, speculative=speculative, _session=_session, _reuse_cache=True)
         return pieces if stream else "".join(pieces)
 
     # ---- scoring --------------------------------------------------------------------------

@@ -101,7 +101,7 @@ class Request:
     """One generation on a slot (see the module docstring)."""
 
     def __init__(self, slot: Slot, sampler, prompt: list, reuse: int, max_new: int, eos, context: int,
-                 owns_slot: bool = True):
+                 owns_slot: bool = True, drafter=None):
         self.slot = slot
         self.sampler = sampler
         self.prompt_len = len(prompt)
@@ -119,6 +119,9 @@ class Request:
         self.reason = None                 # "eos" | "max_new_tokens" | "context"
         self.error = None                  # an exception for the reader
         self.cancelled = False
+        self.drafter = drafter             # speculative.LookupDrafter, or None: plain decoding
+        self.drafted = 0                   # drafted tokens verified
+        self.accepted = 0                  # of those, accepted
 
 
 class Scheduler:
@@ -196,8 +199,8 @@ class Scheduler:
                     self._cond.wait(0.1)
                     continue
             try:
-                results = self._engine.batch([(r.slot.index, tokens, sampler, decode)
-                                              for r, tokens, sampler, decode in batch])
+                results = self._engine.batch([(r.slot.index, tokens, sampler, decode, draft)
+                                              for r, tokens, sampler, decode, draft in batch])
             except BaseException as e:  # noqa: BLE001 -- handed to every reader in the batch
                 with self._cond:
                     for r, *_ in batch:
@@ -205,31 +208,53 @@ class Scheduler:
                         self._release(r)
                 continue
             with self._cond:
-                for (r, tokens, sampler, decode), got in zip(batch, results):
-                    self._deliver(r, tokens, decode, got)
+                for (r, tokens, sampler, decode, draft), got in zip(batch, results):
+                    self._deliver(r, tokens, decode, draft, got)
                 self._cond.notify_all()
 
     def _plan(self):
-        """This turn's entries: one decode row per decoding request, then prefill rows
-        for the others in arrival order, up to a chunk in all."""
+        """This turn's entries (request, tokens, sampler, decode, drafted): one decode row
+        per decoding request, plus the drafts of speculative ones (verified in the same
+        pass), then prefill rows for the others in arrival order, up to a chunk in all.
+        Drafts take at most what every decode row leaves, and half the chunk while a
+        prompt waits, so prefill always moves."""
+        decoding = [r for r in self._requests if r.pending is not None]
+        waiting = any(r.pending is None and r.done_rows < len(r.todo) for r in self._requests)
+        room = self._chunk - len(decoding) - (self._chunk // 2 if waiting else 0)
         batch, rows = [], 0
-        for r in self._requests:
-            if r.pending is not None:
-                batch.append((r, int(r.pending), r.sampler, True))
-                rows += 1
+        for r in decoding:
+            draft = []
+            if r.drafter is not None and room > 0:
+                # never past max_new_tokens or the context: a verify yields up to 1 + len(draft)
+                left = min(r.max_new - r.generated, r.context - r.prompt_len - r.generated) - 1
+                draft = r.drafter.draft(min(room, left))
+            if draft:
+                room -= len(draft)
+                batch.append((r, np.asarray([r.pending] + draft, dtype=np.int32), r.sampler, True, len(draft)))
+            else:
+                batch.append((r, int(r.pending), r.sampler, True, 0))
+            rows += 1 + len(draft)
         for r in self._requests:
             if r.pending is None and rows < self._chunk and r.done_rows < len(r.todo):
                 take = min(self._chunk - rows, len(r.todo) - r.done_rows)
                 tokens = r.todo[r.done_rows:r.done_rows + take]
                 last = r.done_rows + take == len(r.todo)
-                batch.append((r, tokens, r.sampler if last else None, False))
+                batch.append((r, tokens, r.sampler if last else None, False, 0))
                 rows += take
         return batch
 
-    def _deliver(self, r: Request, tokens, decode, got):  # holds the condition
+    def _deliver(self, r: Request, tokens, decode, draft, got):  # holds the condition
         if r.released:
             return
-        if decode:
+        if draft:
+            r.slot.tokens.append(int(tokens[0]))
+            r.pending = None
+            if isinstance(got, list):       # the accepted drafts are in the cache too
+                r.slot.tokens.extend(got[:-1])
+                r.drafted += draft
+                r.accepted += len(got) - 1
+                r.drafter.verified(draft, len(got) - 1)
+        elif decode:
             r.slot.tokens.append(int(tokens))
             r.pending = None
         else:
@@ -241,16 +266,21 @@ class Scheduler:
             r.error = ValueError(f"logits at step {r.generated} are not finite (NaN weights or overflow); {got}")
             self._release(r)
             return
-        r.out.append(got)
-        if got in r.eos:
-            r.reason = "eos"
-        else:
+        for tok in (got if isinstance(got, list) else (got,)):
+            r.out.append(tok)
+            if tok in r.eos:
+                r.reason = "eos"
+                break
             r.generated += 1
+            if r.drafter is not None:
+                r.drafter.push(tok)
             if r.generated >= r.max_new:
                 r.reason = "max_new_tokens"
-            elif r.prompt_len + r.generated >= r.context:
+                break
+            if r.prompt_len + r.generated >= r.context:
                 r.reason = "context"
-            else:
-                r.pending = got
-                return
+                break
+        else:
+            r.pending = tok
+            return
         self._release(r)
