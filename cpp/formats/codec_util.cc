@@ -86,6 +86,7 @@ void StoredBuffers::RejectUnknown() const {
 QuantizedMatrix StackRowsByCopy(const std::vector<RowRange>& ranges, CopyRowFn copy_row) {
   const QuantizedMatrix& first = *ranges[0].m;
   const bool tiled = Traits(first.format()).tiled;
+  const bool multiplier = Traits(first.format()).has_row_multiplier;
   size_t rows = 0;
   for (const RowRange& p : ranges) rows += p.r1 - p.r0;
   QuantizedMatrix m = QuantizedMatrix::Allocate(first.format(), rows, first.cols(), first.group_size());
@@ -99,6 +100,7 @@ QuantizedMatrix StackRowsByCopy(const std::vector<RowRange>& ranges, CopyRowFn c
       CopyBytes(m.mutable_data() + d0 * rb, p.m->data() + s0 * rb, i * rb);  // int4: with scales
     }
     for (; i < n; ++i) copy_row(m, d0 + i, *p.m, s0 + i);
+    if (multiplier) CopyBytes(m.mutable_row_multiplier() + d0, p.m->row_multiplier() + s0, n * sizeof(float));
     d0 += n;
   }
   return m;

@@ -55,7 +55,8 @@ void CheckCount(const char* name, size_t got, size_t expected);
 
 // Stacks ranges of a format whose rows can be copied one at a time: whole tiles by memcpy
 // where the source and destination rows both start on a tile (every row for an untiled
-// format), the rest by copy_row(dst, dst_row, src, src_row).
+// format), the rest by copy_row(dst, dst_row, src, src_row); the row multipliers too, for a
+// format that has them.
 using CopyRowFn = void (*)(QuantizedMatrix& dst, size_t dst_row, const QuantizedMatrix& src, size_t src_row);
 QuantizedMatrix StackRowsByCopy(const std::vector<RowRange>& ranges, CopyRowFn copy_row);
 

@@ -74,15 +74,7 @@ void Int8CopyRow(QuantizedMatrix& dst, size_t d, const QuantizedMatrix& src, siz
   for (size_t c = 0; c < src.cols(); ++c) SetQ(dst, d, c, GetQ(src, s, c));
 }
 
-QuantizedMatrix Int8StackRows(const std::vector<RowRange>& ranges) {
-  QuantizedMatrix m = StackRowsByCopy(ranges, Int8CopyRow);
-  size_t d0 = 0;
-  for (const RowRange& p : ranges) {
-    std::memcpy(m.mutable_row_multiplier() + d0, p.m->row_multiplier() + p.r0, (p.r1 - p.r0) * 4);
-    d0 += p.r1 - p.r0;
-  }
-  return m;
-}
+QuantizedMatrix Int8StackRows(const std::vector<RowRange>& ranges) { return StackRowsByCopy(ranges, Int8CopyRow); }
 
 }  // namespace
 

@@ -108,15 +108,7 @@ void TernaryCopyRow(QuantizedMatrix& dst, size_t d, const QuantizedMatrix& src, 
     TernarySetCode(dst.mutable_data(), dst.padded_cols(), d, c, TernaryCode(src.data(), src.padded_cols(), s, c));
 }
 
-QuantizedMatrix TernaryStackRows(const std::vector<RowRange>& ranges) {
-  QuantizedMatrix m = StackRowsByCopy(ranges, TernaryCopyRow);
-  size_t d0 = 0;
-  for (const RowRange& p : ranges) {
-    std::memcpy(m.mutable_row_multiplier() + d0, p.m->row_multiplier() + p.r0, (p.r1 - p.r0) * 4);
-    d0 += p.r1 - p.r0;
-  }
-  return m;
-}
+QuantizedMatrix TernaryStackRows(const std::vector<RowRange>& ranges) { return StackRowsByCopy(ranges, TernaryCopyRow); }
 
 }  // namespace
 
