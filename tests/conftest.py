@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -294,3 +295,11 @@ def edit_json(path, edit):
     edit(data)
     with open(path, "w") as f:
         json.dump(data, f)
+
+
+def default_sigint():
+    """In the child before exec: SIGINT to its default action. A test run started in the
+    background by a non-interactive shell inherits SIGINT ignored, and Python installs its
+    KeyboardInterrupt handler only where SIGINT was not ignored at startup; a user's
+    terminal leaves it at the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

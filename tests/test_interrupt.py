@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from conftest import default_sigint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ~50M multiply-adds per token, a KV cache of 8 KB per token
 SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=4,
@@ -64,7 +66,8 @@ def test_ctrl_c_stops_a_long_prompt_within_half_a_second(long_prompt_model):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.join(ROOT, "python") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     p = subprocess.Popen([sys.executable, "-c", _child_source(), str(long_prompt_model), str(CONTEXT)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=default_sigint)
     out = queue.Queue()
     threading.Thread(target=lambda: [out.put(line.strip()) for line in p.stdout] + [out.put(None)],
                      daemon=True).start()

@@ -27,7 +27,7 @@ openai = pytest.importorskip("openai")
 import ternlm  # noqa: E402
 from ternlm.server import create_app  # noqa: E402
 
-from conftest import CHAT_TEMPLATE  # noqa: E402
+from conftest import CHAT_TEMPLATE, default_sigint  # noqa: E402
 
 CONTEXT = 32768            # long enough that an unfinished generation takes seconds
 MAX_SEQUENCES = 8
@@ -476,7 +476,7 @@ def test_ternlm_serve_command(llama_folder):
     """python -m ternlm.server (= ternlm serve) in a process of its own, stopped by Ctrl-C."""
     cmd = [sys.executable, "-m", "ternlm.server", "--model", llama_folder, "--port", "0", "--threads", "1",
            "--context", "256", "--name", "cli-model", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         line = proc.stderr.readline()
         assert "OpenAI API at http://127.0.0.1:" in line, line + proc.stderr.read()
