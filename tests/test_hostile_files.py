@@ -37,6 +37,14 @@ def _raises_fast(exc, match, fn, seconds=1.0):
     return info.value
 
 
+@pytest.mark.parametrize("value", [[1], {}, 7])
+def test_a_model_type_that_is_not_a_string_is_named(llama_folders, tmp_path, value):
+    """Found by the fuzzer: a list model_type reached a set lookup (TypeError: unhashable)."""
+    d = _copy(llama_folders["gqa_f32"], tmp_path / "m")
+    _edit_json(d / "config.json", lambda c: c.update(model_type=value))
+    with pytest.raises(ValueError, match=r"config\.json: model_type must be a string"):
+        read_checkpoint(d)
+
 # ---- 5: layer counts and sizes the tensors present cannot back --------------------------------------
 def test_huge_num_hidden_layers_fails_before_any_per_layer_list(llama_folders, tmp_path):
     d = _copy(llama_folders["gqa_f32"], tmp_path / "m")

@@ -185,7 +185,11 @@ class Tokenizer:
             if i is not None and i not in eos_ids:
                 eos_ids.append(i)
 
-        _apply_class_pipeline(backend, tcfg, tok_json, tcfg_path, mcfg.get("model_type"))
+        model_type = mcfg.get("model_type")
+        if model_type is not None and not isinstance(model_type, str):
+            raise ValueError(f"{os.path.join(path, 'config.json')}: model_type must be a string, "
+                             f"got {model_type!r:.80}")
+        _apply_class_pipeline(backend, tcfg, tok_json, tcfg_path, model_type)
         # With a tokenizer.json, transformers ignores tokenizer_config's add_bos_token /
         # add_eos_token: the file's post-processor alone decides (none = add nothing).
         template, template_source = cls._find_chat_template(path, tcfg)
