@@ -303,3 +303,14 @@ def default_sigint():
     KeyboardInterrupt handler only where SIGINT was not ignored at startup; a user's
     terminal leaves it at the default."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def incremental_logits(m, ids, prefill=12):
+    """Logits of ids through the engine's KV cache: a forward of the first `prefill` tokens,
+    then one token at a time (compared with one full forward by the model tests)."""
+    eng = m._engine
+    eng.reset()
+    rows = [np.asarray(eng.forward(np.asarray(ids[:prefill], np.int32), logits="all")).reshape(prefill, -1)]
+    for t in ids[prefill:]:
+        rows.append(np.asarray(eng.forward(np.asarray([t], np.int32), logits="last")).reshape(1, -1))
+    return np.concatenate(rows)

@@ -14,7 +14,7 @@ logit within 2e-2 of max|logit| with >= 95% argmax agreement, and most sequences
 import numpy as np
 import pytest
 from arch_checkpoints import write_arch
-from conftest import hf_logits, hf_reference
+from conftest import hf_logits, hf_reference, incremental_logits
 
 import ternlm
 
@@ -125,12 +125,7 @@ def test_kv_cache_decode_equals_full_forward(loaded):
     name, _, m = loaded
     ids = _ids(60, m.config.vocab_size, 1)          # decode crosses Mistral's window
     full = m.logits(ids)
-    eng = m._engine
-    eng.reset()
-    rows = [np.asarray(eng.forward(np.asarray(ids[:12], np.int32), logits="all")).reshape(12, -1)]
-    for t in ids[12:]:
-        rows.append(np.asarray(eng.forward(np.asarray([t], np.int32), logits="last")).reshape(1, -1))
-    _close(np.concatenate(rows), full, f"{name}: KV-cache decode vs full forward", VARIANTS[name][1] is not None)
+    _close(incremental_logits(m, ids), full, f"{name}: KV-cache decode vs full forward", VARIANTS[name][1] is not None)
 
 
 def test_mistral_window_matters_and_is_exact_past_it(arch_folders):

@@ -3,7 +3,7 @@ forward against transformers' float32 forward, greedy continuations, and KV-cach
 against a full re-forward."""
 import numpy as np
 import pytest
-from conftest import LLAMA_VARIANTS, hf_logits, hf_reference
+from conftest import LLAMA_VARIANTS, hf_logits, hf_reference, incremental_logits
 
 import ternlm
 
@@ -53,13 +53,8 @@ def test_kv_cache_decode_equals_full_forward(loaded):
     _, m = loaded
     ids = _ids(30, m.config.vocab_size, 1)
     full = m.logits(ids)
-    eng = m._engine
-    eng.reset()
-    rows = [np.asarray(eng.forward(np.asarray(ids[:12], np.int32), logits="all")).reshape(12, -1)]
-    for t in ids[12:]:
-        rows.append(np.asarray(eng.forward(np.asarray([t], np.int32), logits="last")).reshape(1, -1))
-    inc = np.concatenate(rows)
-    assert eng.position == 30
+    inc = incremental_logits(m, ids)
+    assert m._engine.position == 30
     rel = float(np.abs(inc - full).max() / np.abs(full).max())
     print(f"KV-cache decode vs full forward: {rel:.2e}")
     assert rel < 1e-5

@@ -100,15 +100,21 @@ def test_session_reuse(m):
     assert b == m.generate(PROMPTS[0] + [5, 6], max_new_tokens=30)
 
 
+def _before_last_token(m, prompt, temperature, seed):
+    """Slot 0 holds prompt[:-1]; a fresh seeded sampler whose penalty history is the prompt."""
+    from ternlm._native import core
+    sampler = core.Sampler(seed, temperature, 0, 1.0, 0.0, 1.0)
+    sampler.set_history(prompt, m.config.vocab_size)
+    m._engine.truncate(0, slot=0)
+    m._engine.batch([(0, np.asarray(prompt[:-1], np.int32), None, False)])
+    return sampler
+
+
 def _verify_draws(m, prompt, draft, temperature, seeds):
     """First two tokens after prompt from verify entries [last, *draft] (one per seed)."""
-    from ternlm._native import core
     eng, out = m._engine, []
     for seed in seeds:
-        sampler = core.Sampler(seed, temperature, 0, 1.0, 0.0, 1.0)
-        sampler.set_history(prompt, m.config.vocab_size)
-        eng.truncate(0, slot=0)
-        eng.batch([(0, np.asarray(prompt[:-1], np.int32), None, False)])
+        sampler = _before_last_token(m, prompt, temperature, seed)
         got = eng.batch([(0, np.asarray([prompt[-1]] + draft, np.int32), sampler, True, len(draft))])[0]
         assert isinstance(got, list) and 1 <= len(got) <= len(draft) + 1
         assert eng.position_of(0) == len(prompt) + len(got) - 1   # rejected rows left the cache
@@ -119,13 +125,9 @@ def _verify_draws(m, prompt, draft, temperature, seeds):
 
 
 def _plain_draws(m, prompt, temperature, seeds):
-    from ternlm._native import core
     eng, out = m._engine, []
     for seed in seeds:
-        sampler = core.Sampler(seed, temperature, 0, 1.0, 0.0, 1.0)
-        sampler.set_history(prompt, m.config.vocab_size)
-        eng.truncate(0, slot=0)
-        eng.batch([(0, np.asarray(prompt[:-1], np.int32), None, False)])
+        sampler = _before_last_token(m, prompt, temperature, seed)
         t1 = eng.batch([(0, np.asarray(prompt[-1:], np.int32), sampler, False)])[0]
         t2 = eng.batch([(0, t1, sampler, True)])[0]
         out.append((t1, t2))
