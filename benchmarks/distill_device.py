@@ -49,12 +49,12 @@ def models(cfg, tensors, device):
     return teacher, student
 
 
-def sampler(setup, teacher, batch, seq_len, seed, device, gen_batch):
+def sampler(setup, teacher, batch, seq_len, seed, device, gen_batch, reuse=1):
     import torch
     from ternlm.distill.data import TeacherSamples
     return TeacherSamples(teacher, seq_len, batch, setup["prefixes"], setup["first_ids"], device=device,
                           gen_batch=gen_batch, temperature=1.0, seed=seed,
-                          autocast_dtype=torch.bfloat16 if device == "cuda" else None)
+                          autocast_dtype=torch.bfloat16 if device == "cuda" else None, reuse=reuse)
 
 
 def cmd_measure(args, setup, cfg):
@@ -185,7 +185,7 @@ def cmd_train(args, setup, cfg):
                      lr=lr, lambda_warmup=args.lambda_warmup, compile=args.compile, checkpoint_every=500,
                      log_every=max(1, args.steps // 200), seed=args.seed)
     make = lambda start: iter(sampler(setup, teacher, args.batch, args.seq_len, args.seed + start, dev,  # noqa: E731
-                                      args.gen_batch))
+                                      args.gen_batch, args.reuse))
     left = args.seconds - (time.perf_counter() - t_start)
     res = train(student, teacher, make, tc, dev, checkpoint_path=ckpt, resume=args.resume, progress=False,
                 log=log, max_seconds=max(30.0, left))
@@ -197,7 +197,7 @@ def cmd_train(args, setup, cfg):
     run["history"] = res["history"]
     run["steps"] = args.steps
     run["settings"] = {k: getattr(args, k) for k in ("batch", "micro_batch", "seq_len", "gen_batch", "lambda_warmup",
-                                                       "compile", "seed")}
+                                                       "compile", "seed", "reuse")}
     with open(run_path, "w") as f:
         json.dump(run, f)
     # outputs: packed ternary layers (two files) + norms, and run.json
@@ -239,6 +239,7 @@ def main():
     p.add_argument("--gen-batch", type=int, default=512)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--reuse", type=int, default=1, help="train on each pool of teacher samples this many times")
     p.add_argument("--sweep", type=lambda s: [float(x) for x in s.split(",")], default=None)
     p.add_argument("--sweep-steps", type=int, default=40)
     p.add_argument("--lambda-warmup", type=int, default=None)

@@ -268,3 +268,28 @@ def test_bitnet_teacher_keeps_its_architecture(bitnet_folders, tmp_path):
     ids = _sequences(m.config.vocab_size, 3, count=1)[0]
     _compare(m.logits(ids), _student_logits(res.student, ids))
     _compare(hf_logits(res.out, ids), _student_logits(res.student, ids))
+
+
+def test_teacher_samples_reuse_each_pool(teacher):
+    """reuse=K yields every sequence of a generated pool K times (fresh order each pass)
+    before the next pool is sampled; reuse < 1 is refused."""
+    from ternlm.distill.data import TeacherSamples
+    from ternlm.distill.student import build
+    from ternlm.distill.teacher import float_tensors
+    from ternlm.loading import read_checkpoint
+    ckpt = read_checkpoint(teacher)
+    model = build(ckpt.config, float_tensors(ckpt), quantize=False, device="cpu")
+    pools = []
+    samples = TeacherSamples(model, 12, 2, [[1]], [5, 6, 7, 8], gen_batch=4, seed=1, reuse=3)
+    real_sample = samples.sample
+    samples.sample = lambda n, prefix: pools.append(real_sample(n, prefix)) or pools[-1]
+    it = iter(samples)
+    batches = [next(it) for _ in range(7)]          # 2 batches per pass x 3 passes, then a new pool
+    assert len(pools) == 2
+    rows = lambda bs: sorted(tuple(r.tolist()) for b in bs for r in b)  # noqa: E731
+    pool_rows = sorted(tuple(r.tolist()) for r in pools[0])
+    for k in range(3):
+        assert rows(batches[2 * k:2 * k + 2]) == pool_rows
+    assert tuple(batches[6][0].tolist()) in {tuple(r.tolist()) for r in pools[1]}
+    with pytest.raises(ValueError, match="reuse"):
+        TeacherSamples(model, 12, 2, [[1]], [5], gen_batch=4, reuse=0)

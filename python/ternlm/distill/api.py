@@ -65,6 +65,7 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
             micro_batch_size: int | None = None, lr: float = 3e-3, warmup_steps: int | None = None,
             lambda_warmup: int | None = None, ce_weight: float = 0.0, temperature: float = 1.0,
             train_embeddings: bool = False, sample_temperature: float = 1.0, gen_batch: int | None = None,
+            sample_reuse: int = 1,
             device: str | None = None, compile: bool = False, seed: int = 0, eval_text="default",
             eval_tokens: int = 1024, checkpoint_dir=None, checkpoint_every: int | None = None,
             resume: bool = False, keep_checkpoint: bool = False, ternlm_out=None,
@@ -75,6 +76,7 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
 
     data: None (the teacher writes its own training text), a text file path or a list of
     them, or an iterable of strings / {"text": ...} records (ternlm.distill.data).
+    sample_reuse: with teacher samples, train on each generated pool this many times.
     steps x batch_size x seq_len tokens are trained on; lr is relative to each tensor's mean
     |weight|; lambda_warmup (None: steps // 10) steps blend the quantization in; ce_weight
     adds cross-entropy on the data to the KL (meaningful with real text).
@@ -152,7 +154,7 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
         def make_batches(start):
             return iter(TeacherSamples(teacher_m, seq_len, batch_size, prefixes, first, device=dev,
                                        gen_batch=gen_batch, temperature=sample_temperature,
-                                       seed=seed + start, autocast_dtype=autocast))
+                                       seed=seed + start, autocast_dtype=autocast, reuse=sample_reuse))
     else:
         eos = tok.eos_token_ids[0] if tok.eos_token_ids else None
 

@@ -40,6 +40,9 @@ def add_parser(sub):
                    help="steps over which the quantization is blended in (default: 10%% of steps; 0: from the start)")
     d.add_argument("--ce-weight", type=float, default=0.0, metavar="W",
                    help="add W x cross-entropy on the data to the KL (default: 0)")
+    d.add_argument("--sample-reuse", type=_positive_int, default=1, metavar="K",
+                   help="without --data: train on each pool of teacher samples K times (faster, fewer distinct "
+                        "tokens; default: 1)")
     d.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     d.add_argument("--compile", action="store_true", help="torch.compile the blocks (faster on GPUs)")
     d.add_argument("--seed", type=int, default=0)
@@ -66,7 +69,7 @@ def cmd_distill(args) -> int:
         res = distill(teacher, args.out, steps=args.steps, data=args.data, batch_size=args.batch_size,
                       micro_batch_size=args.micro_batch_size, seq_len=args.seq_len, lr=args.lr,
                       warmup_steps=args.warmup_steps, lambda_warmup=args.lambda_warmup, ce_weight=args.ce_weight,
-                      device=args.device, compile=args.compile, seed=args.seed, eval_text=eval_text,
+                      sample_reuse=args.sample_reuse, device=args.device, compile=args.compile, seed=args.seed, eval_text=eval_text,
                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                       resume=args.resume, ternlm_out=args.ternlm_out)
     except (ImportError, PermissionError) as e:

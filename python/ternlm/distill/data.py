@@ -12,7 +12,9 @@ Two sources:
   then a token drawn uniformly from the ordinary vocabulary, then `greedy_tokens` argmax
   tokens (a coherent start), then tokens sampled from the teacher at `temperature`. Sequences
   are generated `gen_batch` at a time with a KV cache (default_gen_batch), one prefix per
-  generation batch, in turn.
+  generation batch, in turn. Sampling costs about as much GPU time per token as a training
+  step, so `reuse` > 1 trains on each generated pool that many times (a fresh shuffle each
+  pass) before sampling the next: more steps per second, fewer distinct tokens.
 """
 from __future__ import annotations
 
@@ -121,8 +123,11 @@ class TeacherSamples:
 
     def __init__(self, teacher, seq_len: int, batch_size: int, prefixes, first_ids, device="cpu",
                  gen_batch: int | None = None, temperature: float = 1.0, greedy_tokens: int = 3,
-                 seed: int = 0, autocast_dtype=None):
+                 seed: int = 0, autocast_dtype=None, reuse: int = 1):
         import torch
+        if int(reuse) < 1:
+            raise ValueError(f"reuse must be >= 1, got {reuse}")
+        self.reuse = int(reuse)
         self.teacher, self.seq_len, self.batch_size = teacher, int(seq_len), int(batch_size)
         self.prefixes = [list(map(int, p)) for p in prefixes] or [[]]
         longest = max(len(p) for p in self.prefixes)
@@ -172,6 +177,7 @@ class TeacherSamples:
             prefix = self.prefixes[k % len(self.prefixes)]
             k += 1
             pool = self.sample(self.gen_batch, prefix)
-            order = self.cpu_rng.permutation(self.gen_batch)
-            for i in range(0, self.gen_batch - self.batch_size + 1, self.batch_size):
-                yield pool[order[i:i + self.batch_size]]
+            for _ in range(self.reuse):
+                order = self.cpu_rng.permutation(self.gen_batch)
+                for i in range(0, self.gen_batch - self.batch_size + 1, self.batch_size):
+                    yield pool[order[i:i + self.batch_size]]
