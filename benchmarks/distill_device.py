@@ -6,7 +6,7 @@ ternlm/__init__.py. benchmarks/distill_gpu.py prepares its inputs and assembles 
     python distill_device.py measure --setup setup.json --out DIR
         training and teacher-sampling tokens/s on random weights of the model's shape
     python distill_device.py train --setup setup.json --gguf MODEL.gguf --out DIR --steps N
-        [--seconds S] [--sweep 3e-3,1e-2,3e-2] [--sweep-steps K] [--resume]
+        [--seconds S] [--sweep 3e-3,1e-2,3e-2] [--sweep-steps K] [--reuse K] [--resume]
         distill (checkpoint in --work), then write to DIR: the ternary layers packed
         (transformers' uint8 layout + s_w) and the norms in two .npz files under 16 MiB, and
         run.json (loss history, sweep, tokens, seconds, held-out perplexities)
