@@ -62,7 +62,7 @@ QuantizedMatrix QuantizedMatrix::Allocate(WeightFormat f, size_t rows, size_t co
   m.format_ = f;
   m.rows_ = rows;
   m.cols_ = cols;
-  m.group_size_ = t.grouped ? group : 0;
+  m.group_size_ = t.grouped || t.low_rank ? group : 0;
   m.padded_cols_ = t.padded_cols(cols);
   m.data_ = AlignedBytes(t.data_bytes(rows, m.padded_cols_, m.group_size_));
   if (t.has_row_multiplier) m.row_multiplier_ = AlignedBytes(rows * 4);
@@ -89,6 +89,7 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
   const FormatTraits& t = Traits(f);
   CheckShape("from_buffers", rows, cols);
   if (t.grouped) CheckGroup("from_buffers", cols, group);
+  if (t.low_rank) CheckNanoRank("from_buffers", rows, cols, group);
   StoredBuffers in(buffers, t.name);
   uint32_t version;
   std::memcpy(&version, in.Take("layout_version", "uint32", 1), 4);
@@ -99,7 +100,7 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
   if (version != kLayoutVersion)
     throw std::invalid_argument("from_buffers: layout_version is " + std::to_string(version) + ", expected " +
                                 std::to_string(kLayoutVersion));
-  QuantizedMatrix m = t.from_buffers(rows, cols, t.grouped ? group : 0, in);
+  QuantizedMatrix m = t.from_buffers(rows, cols, t.grouped || t.low_rank ? group : 0, in);
   in.RejectUnknown();
   return m;
 }
