@@ -92,9 +92,8 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
     Tensors are taken one at a time from the (lazy) checkpoint and released after use.
     progress: a bar where a person watches (ternlm.progress)."""
     from . import formats as fm
-    from .nano import parse as parse_nano
     from .progress import progress_bar
-    if any(parse_nano(f) is not None for f in formats.values()):
+    if any(isinstance(f, str) and f.startswith("nano:") for f in formats.values()):
         from .nano_calibrate import convert_checkpoint_nano
         return convert_checkpoint_nano(ckpt, formats, progress=progress)
     names = ckpt.config.tensor_names()

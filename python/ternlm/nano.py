@@ -42,9 +42,10 @@ import numpy as np
 
 NANO = "nano"
 CALIBRATION_TOKENS = 384
-ADMM_ITERS = 60
+ADMM_ITERS = 30
 SWEEPS = 2
-RHO_GROWTH = 1.1    # penalty growth per ADMM iteration: slower finds sign factors more often
+DAMP = 1.0
+RHO_GROWTH = 1.2    # penalty growth per ADMM iteration: slower finds sign factors more often
 
 
 def parse(fmt):
@@ -153,38 +154,44 @@ def _sign_descent(b, h, g, sweeps):
     return b
 
 
-def _refine(w, x, u, v, s_out, s_in, d, sweeps):
-    """Step 3 of the module docstring: output-error refinement on inputs x [T, in]."""
-    x = x.astype(np.float32)
-    y = x @ w.T
-    xtx = (x.T @ x).astype(np.float64)
-    xty = (x.T @ y).astype(np.float64)
+def _refine(w, hess, u, v, s_out, s_in, sweeps):
+    """Step 3 of the module docstring: lowers tr((W - W_hat) H (W - W_hat)^T), H the damped
+    input Hessian (_hessian)."""
+    wh = w @ hess                                               # [out, in]
 
     def scales(s_out, s_in):
         m = u @ v.T
-        p = (x * s_in) @ m.T
-        s_out = (y * p).sum(0) / np.maximum((p * p).sum(0), 1e-30)
-        g = (m * s_out[:, None]).T.astype(np.float64)          # [in, out]
-        a = xtx * (g @ g.T)
-        rhs = (g * xty).sum(1)
-        a[np.diag_indices_from(a)] += 1e-6 * float(np.mean(np.diag(a))) + 1e-30
-        s_in = np.linalg.solve(a, rhs)
-        return s_out.astype(np.float32), s_in.astype(np.float32)
+        ms = m * s_in
+        s_out = (wh * ms).sum(1) / np.maximum(((ms @ hess) * ms).sum(1), 1e-30)
+        g = (m * s_out[:, None]).astype(np.float64)             # [out, in]
+        a = hess.astype(np.float64) * (g.T @ g)
+        rhs = (g * wh).sum(0)
+        a[np.diag_indices_from(a)] += 1e-9 * float(np.mean(np.diag(a))) + 1e-30
+        return s_out.astype(np.float32), np.linalg.solve(a, rhs).astype(np.float32)
 
     def nonzero(s):
         return np.where(np.abs(s) < 1e-12, np.float32(1e-12), s)
 
     s_out, s_in = scales(s_out, s_in)
     for _ in range(sweeps):
-        z = (x * s_in) @ v                                      # [T, r]
-        u = _sign_descent(u, z.T @ z, (y.T @ z) / nonzero(s_out)[:, None], 1)
+        vt = v * s_in[:, None]                                  # [in, r]
+        u = _sign_descent(u, vt.T @ hess @ vt, (wh @ vt) / nonzero(s_out)[:, None], 1)
         ut = u * s_out[:, None]
         v = _sign_descent(v, ut.T @ ut, (w.T @ ut) / nonzero(s_in)[:, None], 1)
         s_out, s_in = scales(s_out, s_in)
     return u, v, s_out, s_in
 
 
-def factorize(w, rank, x=None, iters=ADMM_ITERS, sweeps=SWEEPS, seed=0):
+def _hessian(x, damp):
+    """X^T X / T plus damp times its diagonal: a few hundred calibration tokens span fewer
+    directions than a layer has inputs, and the undamped fit would blow the weights up
+    along the unseen ones (GPTQ damps the same way, with a smaller factor)."""
+    h = (x.T @ x) / np.float32(x.shape[0])
+    h[np.diag_indices_from(h)] *= np.float32(1 + damp)
+    return h
+
+
+def factorize(w, rank, x=None, iters=ADMM_ITERS, sweeps=SWEEPS, damp=None, seed=0):
     """(u int8 [out, r], v int8 [in, r], s_out, s_in float32) for w [out, in]; x: calibration
     inputs [T, in] or None (weights only)."""
     w = np.ascontiguousarray(w, dtype=np.float32)
@@ -196,6 +203,7 @@ def factorize(w, rank, x=None, iters=ADMM_ITERS, sweeps=SWEEPS, seed=0):
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != w.shape[1]:
             raise ValueError(f"nano: calibration inputs x have shape {x.shape}, expected (tokens, {w.shape[1]})")
+    damp = DAMP if damp is None else damp
     d = np.ones(w.shape[1], np.float32) if x is None else np.sqrt((x * x).mean(0)) + 1e-8
     wd = w * d
     row = np.sqrt((wd * wd).mean(1)) + 1e-12
@@ -211,7 +219,7 @@ def factorize(w, rank, x=None, iters=ADMM_ITERS, sweeps=SWEEPS, seed=0):
     scale = float((wn * m).sum() / max((m * m).sum(), 1e-30))
     s_out, s_in = _fit_scales(w, m, d * d, row * scale, col / d)
     if x is not None:
-        u, v, s_out, s_in = _refine(w, x, u, v, s_out, s_in, d, sweeps)
+        u, v, s_out, s_in = _refine(w, _hessian(x, damp), u, v, s_out, s_in, sweeps)
     return u.astype(np.int8), v.astype(np.int8), s_out, s_in
 
 

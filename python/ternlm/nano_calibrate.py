@@ -85,7 +85,7 @@ def convert_checkpoint_nano(ckpt, formats: dict, progress=True, tokens=nano.CALI
         raise ValueError(f"{ckpt.source}: nano calibration does not support per-linear input norms "
                          "(transformers' BitNet use_rms_norm); convert such a model to ternary or int4")
     out = {}
-    nano_names = {n for n, f in formats.items() if nano.parse(f) is not None}
+    nano_names = {n for n, f in formats.items() if isinstance(f, str) and f.startswith(nano.NANO + ":")}
     for name in c.tensor_names():
         if name not in nano_names:
             out[name] = _convert_one(ckpt.tensors[name], formats.get(name), fm)
