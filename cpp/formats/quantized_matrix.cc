@@ -18,12 +18,16 @@ namespace ternlm {
 const char* FormatName(WeightFormat f) { return Traits(f).name; }
 
 WeightFormat ParseFormat(const std::string& name) {
-  std::string names;
+  std::string names, low_rank;
   for (const FormatTraits* t : AllFormats()) {
     if (name == t->name || (t->alias && name == t->alias)) return t->format;
-    names += std::string(names.empty() ? "" : ", ") + "'" + t->name + "'";
+    std::string& list = t->low_rank ? low_rank : names;
+    list += std::string(list.empty() ? "" : ", ") + "'" + t->name + "'";
   }
-  throw std::invalid_argument("format must be one of " + names + ", got '" + name + "'");
+  // The low-rank formats (nano) are named apart: quantize() cannot make them alone (they
+  // need a bit budget: ternlm.quantize(w, 'nano:0.8')).
+  throw std::invalid_argument("format must be one of " + names + ", got '" + name + "'" +
+                              (low_rank.empty() ? "" : "; or the low-rank " + low_rank + " (from a bit budget)"));
 }
 
 // ---------------------------------------------------------------- storage
