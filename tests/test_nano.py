@@ -321,3 +321,17 @@ def test_load_rejects_bad_nano_budgets(tiny_folder):
         ternlm.load(tiny_folder, weights="nano:3", progress=False, context=64)
     with pytest.raises(ValueError, match=r"tensor 'layers.0.k': nano:0.8: a \[64, 128\] matrix needs at least 0.938 bits"):
         ternlm.load(tiny_folder, weights="nano:0.8", progress=False, context=64)
+
+
+@pytest.mark.parametrize("rank,msg", [(0, r"rank \(group_size\) must be in \[1, 65536\], got 0"),
+                                      (65000, r"'v_bits' has \d+ elements, expected \d+"),
+                                      (70000, r"group_size must be a small int, got 70000")])
+def test_a_damaged_nano_folder_is_a_clear_error(tiny_nano, tmp_path, rank, msg):
+    import json
+    folder = tmp_path / "damaged"
+    tiny_nano.save(folder)
+    header = json.loads((folder / "ternlm.json").read_text())
+    header["matrices"]["layers.0.up"]["group_size"] = rank
+    (folder / "ternlm.json").write_text(json.dumps(header))
+    with pytest.raises(ValueError, match=r"ternlm.json.*matrix 'layers.0.up': .*" + msg):
+        ternlm.load(str(folder), progress=False, context=64)
