@@ -21,10 +21,11 @@ Conversion, per matrix:
 2. Scales by alternating least squares on the weighted weight error (closed form per row /
    column).
 3. With calibration inputs X (the inputs the block sees after the blocks before it were
-   converted, so their errors are absorbed): the output error ||X W^T - X W_hat^T||
-   is reduced by exact least squares for s_out (per row) and s_in (one in x in solve), and by
-   sign coordinate descent on U (each flip lowers the output error; all rows at once), and
-   on V against the Hessian-weighted weight error; then the scales again.
+   converted, so their errors are absorbed): the output error tr((W - W_hat) H (W - W_hat)^T),
+   H = X^T X / T with its diagonal doubled (damping: a few hundred tokens do not see every
+   input direction, _hessian), is reduced by exact least squares for s_out (per row) and
+   s_in (one in x in solve), and by sign coordinate descent on U (each flip lowers it; all
+   rows at once), and on V against the weight error; then the scales again.
 The paper's block reconstruction (straight-through training of latent factors over the
 whole block) and its global KL scale calibration are not done: step 3 refines each matrix
 against its own output error on the block's real inputs.
