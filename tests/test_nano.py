@@ -335,3 +335,15 @@ def test_a_damaged_nano_folder_is_a_clear_error(tiny_nano, tmp_path, rank, msg):
     (folder / "ternlm.json").write_text(json.dumps(header))
     with pytest.raises(ValueError, match=r"ternlm.json.*matrix 'layers.0.up': .*" + msg):
         ternlm.load(str(folder), progress=False, context=64)
+
+
+def test_cli_converts_to_nano_and_rejects_bad_budgets(tiny_folder, tmp_path):
+    from test_cli import run_cli
+    out = tmp_path / "converted"
+    r = run_cli("convert", tiny_folder, out, "--weights", TINY_BUDGET, "-q")
+    assert r.returncode == 0, r.stderr
+    assert "nano:1.9" in r.stdout
+    m = ternlm.load(str(out), progress=False, context=64)
+    assert m._matrices["layers.0.gate"].format == "nano"
+    r = run_cli("convert", tiny_folder, tmp_path / "bad", "--weights", "nano:2.5", "-q")
+    assert r.returncode == 2 and "invalid choice: 'nano:2.5'" in r.stderr and "0 < bits < 2" in r.stderr
