@@ -14,8 +14,8 @@
 // Why not vpdpbusd on {0,1} codes (the ternary kernels' path): the codes would first have
 // to be widened from bits to bytes, one shuffle sequence per 64 weights, where the select
 // above needs none; and float sign-selected adds (f32 activations, no quantization) handle
-// 16 columns per vector where bytes handle 64 (benchmarks/bench_matmul.cc measures both
-// sums: BM_NanoSigned, 4.2x apart on AVX3_DL).
+// 16 columns per vector where bytes handle 64 (BM_NanoSigned in benchmarks/bench_matmul.cc
+// measures both sums).
 #if defined(TERNLM_KERNELS_NANO_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_NANO_MATMUL_INL_H_
 #undef TERNLM_KERNELS_NANO_MATMUL_INL_H_
