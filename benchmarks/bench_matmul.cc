@@ -1,4 +1,4 @@
-// Google Benchmark: ternary / INT4 / BF16 matmul at the BitNet b1.58 2B-4T shapes,
+// Google Benchmark: ternary / INT4 / BF16 / nano matmul at the BitNet b1.58 2B-4T shapes,
 // GEMV (n = 1, decode) and GEMM (n = 64, a prefill chunk), 1 and 2 threads, plus the
 // machine's read bandwidth measured the same way every time (BM_ReadBandwidth: a
 // streaming read of a 1 GiB buffer split over the same thread pool).
@@ -24,6 +24,7 @@
 #include "formats/quantized_matrix.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
+#include "kernels/nano_matmul.h"
 #include "model/kv_cache.h"
 #include "runtime/targets.h"
 #include "runtime/thread_pool.h"
@@ -127,6 +128,81 @@ void BM_MatMul(benchmark::State& state, WeightFormat f, size_t n) {
       benchmark::Counter(double(w.nbytes()) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GMAC/s"] = benchmark::Counter(double(shape.in) * shape.out * n / 1e9,
                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// nano (formats/nano.h) at `hundredths` / 100 bits per weight: random signs, rank as
+// python/ternlm/nano.py picks it (r ~ bits * out * in / (out + in), less the scales).
+const QuantizedMatrix& NanoMatrix(size_t rows, size_t cols, int hundredths) {
+  static std::map<std::tuple<size_t, size_t, int>, std::unique_ptr<QuantizedMatrix>> cache;
+  auto& slot = cache[{rows, cols, hundredths}];
+  if (slot) return *slot;
+  const double budget_bits = hundredths / 100.0 * double(rows) * double(cols);
+  const size_t rank = size_t((budget_bits - 16.0 * double(rows + cols)) / double(rows + cols)) / 64 * 64;
+  std::mt19937_64 rng(7);
+  std::vector<int8_t> u(rows * rank), v(cols * rank);
+  for (int8_t& b : u) b = (rng() & 1) ? 1 : -1;
+  for (int8_t& b : v) b = (rng() & 1) ? 1 : -1;
+  std::vector<float> s_out(rows, 0.01f), s_in(cols, 1.0f);
+  slot.reset(new QuantizedMatrix(FromNano(u.data(), v.data(), s_out.data(), s_in.data(), rows, cols, rank)));
+  return *slot;
+}
+
+// BM_MatMul for nano: the whole two-stage matmul (kernels/nano_matmul.cc); rank in the label.
+void BM_NanoMatMul(benchmark::State& state, int hundredths, size_t n) {
+  const Shape shape = kShapes[state.range(0)];
+  const size_t threads = size_t(state.range(1));
+  const QuantizedMatrix& w = NanoMatrix(shape.out, shape.in, hundredths);
+  std::vector<float> x(n * shape.in), y(n * shape.out);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(rng);
+  const std::shared_ptr<ThreadPool> held = AcquirePool(threads);
+  MatMul(w, x.data(), n, y.data(), *held);
+  for (auto _ : state) {
+    MatMul(w, x.data(), n, y.data(), *held);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel("nano:0." + std::to_string(hundredths) + " rank " +
+                 std::to_string(w.group_size()) + " " + std::to_string(shape.in) + "->" +
+                 std::to_string(shape.out) + " n=" + std::to_string(n) + " t=" + std::to_string(threads));
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(double(w.nbytes()) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GMAC/s"] = benchmark::Counter(double(shape.in) * shape.out * n / 1e9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// The two ways to sum activations selected by sign bits, one thread, one 1024 x 2560 bit
+// matrix (a stage-1 V^T at 0.8 bits of a 2560 x 2560 matrix): int8 activations through the
+// u8 select + vpsadbw kernel (the one MatMul runs; this call also biases the activations,
+// O(n)), and f32 activations with sign-selected adds (16 lanes per vector).
+void BM_NanoSigned(benchmark::State& state) {
+  const bool f32 = state.range(0) != 0;
+  const size_t rows = 1024, n = 2560;
+  std::mt19937_64 rng(3);
+  std::vector<uint8_t> bits(rows * n / 8);
+  for (uint8_t& b : bits) b = uint8_t(rng());
+  std::vector<int8_t> q(n);
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) {
+    q[i] = int8_t(int(rng() % 255) - 127);
+    x[i] = float(q[i]) * 0.01f;
+  }
+  std::vector<int32_t> out(rows);
+  std::vector<float> outf(rows);
+  for (auto _ : state) {
+    if (f32) {
+      for (size_t r = 0; r < rows; ++r) outf[r] = NanoBitDotFloat(bits.data() + r * n / 8, n, x.data());
+    } else {
+      NanoBitDotsForTest(bits.data(), rows, n, q.data(), 1, out.data());
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(outf.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(f32 ? "f32 sign-selected adds" : "int8 select + SumsOf8");
+  state.counters["Gsigns/s"] =
+      benchmark::Counter(double(rows) * double(n) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // Sum of n 64-bit words, 8 independent accumulators; compiled for AVX-512, AVX2 and
@@ -295,6 +371,9 @@ BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMV, WeightFormat::kBF16, 1)->Apply(ShapeArgs
 BENCHMARK_CAPTURE(BM_MatMul, bf16c_GEMV, WeightFormat::kBF16C, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, int8_GEMV, WeightFormat::kInt8, 1)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, q6_GEMV, WeightFormat::kQ6, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_NanoMatMul, nano080_GEMV, 80, 1)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_NanoMatMul, nano055_GEMV, 55, 1)->Apply(ShapeArgs);
+BENCHMARK(BM_NanoSigned)->Arg(0)->Arg(1)->ArgName("f32");
 BENCHMARK_CAPTURE(BM_LayerStack, ternary, WeightFormat::kTernary, 10)->Apply(StackArgs);
 BENCHMARK_CAPTURE(BM_LayerStack, int4, WeightFormat::kInt4, 4)->Apply(StackArgs);
 BENCHMARK_CAPTURE(BM_LayerStack, bf16, WeightFormat::kBF16, 2)->Apply(StackArgs);
@@ -306,6 +385,7 @@ BENCHMARK_CAPTURE(BM_MatMul, bf16_GEMM64, WeightFormat::kBF16, 64)->Apply(ShapeA
 BENCHMARK_CAPTURE(BM_MatMul, bf16c_GEMM64, WeightFormat::kBF16C, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, int8_GEMM64, WeightFormat::kInt8, 64)->Apply(ShapeArgs);
 BENCHMARK_CAPTURE(BM_MatMul, q6_GEMM64, WeightFormat::kQ6, 64)->Apply(ShapeArgs);
+BENCHMARK_CAPTURE(BM_NanoMatMul, nano080_GEMM64, 80, 64)->Apply(ShapeArgs);
 
 }  // namespace
 }  // namespace ternlm

@@ -73,7 +73,7 @@ def test_set_target_rejects_unknown_names():
     assert _core.current_target() == TARGETS[0]
 
 
-@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "bf16c", "f32", "int8", "q6"])
+@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "bf16c", "f32", "int8", "q6", "nano:1.0"])
 def test_all_targets_agree(fmt):
     rng = np.random.default_rng(0)
     q = ternlm.quantize(rng.standard_normal((130, 1152)).astype(np.float32), fmt)
@@ -87,7 +87,7 @@ def test_all_targets_agree(fmt):
         _core.reset_target()
     base = results[TARGETS[-1]]
     for t, y in results.items():
-        if fmt == "ternary":  # exact integer sums, same scaling: identical
+        if fmt in ("ternary", "nano:1.0"):  # exact integer sums, same scaling: identical
             np.testing.assert_array_equal(y, base, err_msg=t)
         else:  # only the f32 summation order differs
             np.testing.assert_allclose(y, base, rtol=1e-4, atol=1e-4, err_msg=t)

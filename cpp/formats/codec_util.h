@@ -19,6 +19,8 @@ namespace ternlm {
 void CheckShape(const char* fn, size_t rows, size_t cols);
 // group must be 32, 64 or 128 and divide cols.
 void CheckGroup(const char* fn, size_t cols, int group);
+// nano's rank (group_size) in [1, kNanoMaxRank] and its shape within kNanoMaxCols (nano.cc).
+void CheckNanoRank(const char* fn, size_t rows, size_t cols, int rank);
 // "quantize: w has a non-finite value (...) at flat index i".
 void CheckFinite(const float* w, size_t n);
 // "<what>[i] is not finite (...)": float32 values (row multipliers, stored weights).

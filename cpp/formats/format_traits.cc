@@ -8,14 +8,14 @@ namespace ternlm {
 
 // Defined by the codecs (formats/<format>.cc).
 extern const FormatTraits kF32Traits, kBF16Traits, kInt4Traits, kTernaryTraits, kBF16CTraits,
-    kInt8Traits, kQ6Traits;
+    kInt8Traits, kQ6Traits, kNanoTraits;
 
 namespace {
 
 // The table: one row per format, in the order error messages list them (most compact
 // first). Adding a format adds its row here; Traits() finds a row by its WeightFormat.
 const FormatTraits* const kFormatTraits[] = {
-    &kTernaryTraits, &kInt4Traits, &kQ6Traits, &kInt8Traits, &kBF16Traits, &kBF16CTraits, &kF32Traits,
+    &kNanoTraits, &kTernaryTraits, &kInt4Traits, &kQ6Traits, &kInt8Traits, &kBF16Traits, &kBF16CTraits, &kF32Traits,
 };
 
 }  // namespace

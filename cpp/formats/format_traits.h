@@ -58,6 +58,10 @@ struct FormatTraits {
   // A new matrix holding the given ranges (of matrices of this format, equal cols and
   // group) one after the other.
   QuantizedMatrix (*stack_rows)(const std::vector<RowRange>& ranges);
+  // A low-rank format (nano): group_size() holds the rank (checked by the codec, not as an
+  // int4 group) and the rows are not independent, so stack_rows only copies a whole matrix
+  // and the engine never fuses it with other projections.
+  bool low_rank = false;
 };
 
 // Throws std::invalid_argument for a value outside WeightFormat.

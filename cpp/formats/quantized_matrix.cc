@@ -18,12 +18,16 @@ namespace ternlm {
 const char* FormatName(WeightFormat f) { return Traits(f).name; }
 
 WeightFormat ParseFormat(const std::string& name) {
-  std::string names;
+  std::string names, low_rank;
   for (const FormatTraits* t : AllFormats()) {
     if (name == t->name || (t->alias && name == t->alias)) return t->format;
-    names += std::string(names.empty() ? "" : ", ") + "'" + t->name + "'";
+    std::string& list = t->low_rank ? low_rank : names;
+    list += std::string(list.empty() ? "" : ", ") + "'" + t->name + "'";
   }
-  throw std::invalid_argument("format must be one of " + names + ", got '" + name + "'");
+  // The low-rank formats (nano) are named apart: quantize() cannot make them alone (they
+  // need a bit budget: ternlm.quantize(w, 'nano:0.8')).
+  throw std::invalid_argument("format must be one of " + names + ", got '" + name + "'" +
+                              (low_rank.empty() ? "" : "; or the low-rank " + low_rank + " (from a bit budget)"));
 }
 
 // ---------------------------------------------------------------- storage
@@ -62,7 +66,7 @@ QuantizedMatrix QuantizedMatrix::Allocate(WeightFormat f, size_t rows, size_t co
   m.format_ = f;
   m.rows_ = rows;
   m.cols_ = cols;
-  m.group_size_ = t.grouped ? group : 0;
+  m.group_size_ = t.grouped || t.low_rank ? group : 0;
   m.padded_cols_ = t.padded_cols(cols);
   m.data_ = AlignedBytes(t.data_bytes(rows, m.padded_cols_, m.group_size_));
   if (t.has_row_multiplier) m.row_multiplier_ = AlignedBytes(rows * 4);
@@ -89,6 +93,7 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
   const FormatTraits& t = Traits(f);
   CheckShape("from_buffers", rows, cols);
   if (t.grouped) CheckGroup("from_buffers", cols, group);
+  if (t.low_rank) CheckNanoRank("from_buffers", rows, cols, group);
   StoredBuffers in(buffers, t.name);
   uint32_t version;
   std::memcpy(&version, in.Take("layout_version", "uint32", 1), 4);
@@ -99,7 +104,7 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
   if (version != kLayoutVersion)
     throw std::invalid_argument("from_buffers: layout_version is " + std::to_string(version) + ", expected " +
                                 std::to_string(kLayoutVersion));
-  QuantizedMatrix m = t.from_buffers(rows, cols, t.grouped ? group : 0, in);
+  QuantizedMatrix m = t.from_buffers(rows, cols, t.grouped || t.low_rank ? group : 0, in);
   in.RejectUnknown();
   return m;
 }

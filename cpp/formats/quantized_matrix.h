@@ -1,12 +1,12 @@
 // QuantizedMatrix: a weight matrix W [rows = out, cols = in] stored in one of
 // ternlm's formats, ready for MatMul (kernels/matmul.h). Each format's layout is drawn
-// in its own header under formats/ (ternary.h, int4.h, int8.h, q6.h, bf16.h, bf16c.h; f32 is plain
+// in its own header under formats/ (ternary.h, int4.h, int8.h, q6.h, bf16.h, bf16c.h, nano.h; f32 is plain
 // row-major with rows padded, see below), and everything format-specific lives in its
 // codec (formats/<format>.cc) behind the table of formats/format_traits.h; this file and
 // quantized_matrix.cc hold only the generic storage.
 //
 // CONTRACT (shared by kernels/, model/ and python/; keep the names):
-//   WeightFormat           kF32, kBF16, kInt4, kTernary, kBF16C, kInt8, kQ6
+//   WeightFormat           kF32, kBF16, kInt4, kTernary, kBF16C, kInt8, kQ6, kNano
 //   QuantizedMatrix        format(), rows(), cols(), group_size(), nbytes(), bits_per_weight()
 //   Quantize(...)          f32 [rows, cols] -> any format (numerics: see Quantize below)
 //   Dequantize / DequantizeRow
@@ -44,6 +44,9 @@
 //   q6           "tiles"   uint8   [round_up(rows, 16) / 16 * Q6TileBytes(padded_cols)]
 //                                  padded_cols = round_up(cols, 32), q6.h: per 256-column
 //                                  super-block 6-bit codes, int8 sub-block scales, fp16 scales
+//   nano         "v_bits", "u_bits" uint8, "s_in", "s_out" uint16: the sign bits of V and U
+//                                  and the fp16 scales of W ~ diag(s_out) U V^T diag(s_in),
+//                                  rank r = group_size(); nano.h
 // Padding weights are zero, so padded activations (zero) contribute nothing.
 #pragma once
 #include <cstddef>
@@ -55,7 +58,7 @@
 
 namespace ternlm {
 
-enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kInt4 = 2, kTernary = 3, kBF16C = 4, kInt8 = 5, kQ6 = 6 };
+enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kInt4 = 2, kTernary = 3, kBF16C = 4, kInt8 = 5, kQ6 = 6, kNano = 7 };
 
 const char* FormatName(WeightFormat f);  // "f32", "bf16", "int4", "ternary", "bf16c", "int8", "q6"
 WeightFormat ParseFormat(const std::string& name);    // throws std::invalid_argument
@@ -112,7 +115,7 @@ class QuantizedMatrix {
   WeightFormat format() const { return format_; }
   size_t rows() const { return rows_; }   // out
   size_t cols() const { return cols_; }   // in
-  int group_size() const { return group_size_; }  // int4 group (32/64/128); 0 otherwise
+  int group_size() const { return group_size_; }  // int4 group (32/64/128); nano: the rank; 0 otherwise
   size_t nbytes() const;                  // all stored bytes incl. scales and padding
   double bits_per_weight() const;         // nbytes*8 / (rows*cols)
 
@@ -195,7 +198,12 @@ QuantizedMatrix FromBF16C(const uint16_t* bits, size_t rows, size_t cols);
 // [rows, cols/16], d fp16 bits [rows, ceil(cols/256)]; w = d * sc * (u - 32). cols must be
 // a multiple of 16; throws std::invalid_argument on u > 63 or a non-finite d.
 QuantizedMatrix FromQ6(const uint8_t* u, const int8_t* sc, const uint16_t* d, size_t rows, size_t cols);
-// Stacks matrices of equal cols, format and group row-wise.
+// nano (nano.h) from its factors: u int8 {-1, 1} [rows, rank], v int8 {-1, 1} [cols, rank],
+// s_out [rows] and s_in [cols] finite float32, stored as fp16 (rounded to nearest even;
+// a value that overflows fp16 is an error).
+QuantizedMatrix FromNano(const int8_t* u, const int8_t* v, const float* s_out, const float* s_in, size_t rows,
+                         size_t cols, size_t rank);
+// Stacks matrices of equal cols, format and group row-wise (not nano: throws).
 QuantizedMatrix ConcatRows(const std::vector<const QuantizedMatrix*>& parts);
 // A copy of rows [r0, r1) of m (throws std::invalid_argument on an empty or outside range).
 QuantizedMatrix SliceRows(const QuantizedMatrix& m, size_t r0, size_t r1);

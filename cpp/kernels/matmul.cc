@@ -1,7 +1,8 @@
 // MatMul: prepares the activations once (kernels/activations.h), splits the output
 // rows into tasks for the thread pool, and runs the best kernel for this CPU
 // (Highway dynamic dispatch over ternary_matmul-inl.h, int4_matmul-inl.h,
-// int8_matmul-inl.h, q6_matmul-inl.h, float_matmul-inl.h). What runs for each weight format is one row of kFormatKernels.
+// int8_matmul-inl.h, q6_matmul-inl.h, float_matmul-inl.h). What runs for each weight format is one row of kFormatKernels;
+// nano (two dependent binary products) has its own driver, kernels/nano_matmul.cc.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "kernels/activations.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_testing.h"
+#include "kernels/nano_matmul.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/matmul.cc"
@@ -243,6 +245,8 @@ const FormatKernel& KernelFor(WeightFormat f) {
 
 void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, ThreadPool& pool) {
   if (n == 0 || w.rows() == 0) return;
+  // nano is two dependent products (V^T, then U), each split over the pool: its own driver.
+  if (w.format() == WeightFormat::kNano) return NanoMatMul(w, x, n, y, pool);
   const FormatKernel& kernel = KernelFor(w.format());
   thread_local ActivationScratch scratch;
   PreparedActivations a;

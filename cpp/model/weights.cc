@@ -7,6 +7,7 @@
 #include <string>
 #include <utility>
 
+#include "formats/format_traits.h"
 #include "model/schema.h"
 
 namespace ternlm {
@@ -111,13 +112,15 @@ void RejectUnexpected(const ModelConfig& c, const std::vector<TensorSpec>& specs
 }
 
 // The pieces of one projection, in output-row order; concatenated when all formats (and
-// int4 groups) agree and the pieces share their input (no per-linear input norm).
+// int4 groups) agree, the format stacks rows (not nano) and the pieces share their input
+// (no per-linear input norm).
 FusedProjection Fuse(std::vector<QuantizedMatrix> pieces, bool shared_input) {
   FusedProjection p;
   bool same = shared_input;
   for (const QuantizedMatrix& m : pieces) {
     p.rows += m.rows();
-    same = same && m.format() == pieces[0].format() && m.group_size() == pieces[0].group_size();
+    same = same && m.format() == pieces[0].format() && m.group_size() == pieces[0].group_size() &&
+           !Traits(m.format()).low_rank;
   }
   if (same) {
     std::vector<const QuantizedMatrix*> ptrs;

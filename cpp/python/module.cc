@@ -6,6 +6,7 @@ void BindRuntime(pybind11::module_& m);    // bind_runtime.cc: threads, targets,
 void BindFormats(pybind11::module_& m);    // bind_formats.cc: QuantizedMatrix, quantize, matmul
 void BindModel(pybind11::module_& m);      // bind_model.cc: Transformer, Sampler
 void BindBandwidth(pybind11::module_& m);  // bind_bandwidth.cc: memory-bandwidth probe
+void BindNano(pybind11::module_& m);       // bind_nano.cc: from_nano, nano_bit_dots
 }  // namespace ternlm
 
 PYBIND11_MODULE(_core, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   ternlm::BindFormats(m);
   ternlm::BindModel(m);
   ternlm::BindBandwidth(m);
+  ternlm::BindNano(m);
 }

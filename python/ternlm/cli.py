@@ -31,9 +31,22 @@ HEADS = ("f32", "bf16", "bf16c", "int8", "q6", "int4")
 HEAD_HELP = ("format of the token embedding and lm_head, overriding --weights' choice for them: f32, bf16, "
              "bf16c (bf16's values in ~12 bits: the same logits, fewer bytes per token), int8 (per-row scale), "
              "q6 (~6.6 bits, GGUF Q6_K numerics) or int4 (group 32)")
-WEIGHTS_HELP = ("weight format: bf16, bf16c (bf16's values in ~12 bits), int4 (group 32) or ternary (BitNet b1.58 "
-                "absmean). Default: as the "
-                "checkpoint stores them. int4/ternary keep embeddings and lm_head in bf16")
+WEIGHTS_HELP = ("weight format: bf16, bf16c (bf16's values in ~12 bits), int4 (group 32), ternary (BitNet b1.58 "
+                "absmean) or nano:BITS (sub-1-bit low-rank sign factors, e.g. nano:0.8; calibrated, takes minutes). "
+                "Default: as the "
+                "checkpoint stores them. int4/ternary/nano keep embeddings and lm_head in bf16")
+
+
+def _weight_format(value):
+    """--weights: one of WEIGHTS or nano:<bits> (0 < bits < 2)."""
+    from .nano import parse as parse_nano
+    try:
+        if value in WEIGHTS or parse_nano(value) is not None:
+            return value
+        why = ""
+    except ValueError as e:
+        why = f"; {e}"
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(WEIGHTS)}, nano:BITS){why}")
 
 
 class CliError(Exception):
@@ -50,7 +63,7 @@ def _add_model_args(p, weights=True):
     p.add_argument("--model", metavar="PATH", help=MODEL_HELP)
     _add_revision_arg(p)
     if weights:
-        p.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
+        p.add_argument("--weights", type=_weight_format, default=None, metavar="FORMAT", help=WEIGHTS_HELP)
         p.add_argument("--head", choices=HEADS, default=None, help=HEAD_HELP)
     _add_threads_arg(p)
     p.add_argument("--context", type=_positive_int, default=None, metavar="N",
@@ -367,7 +380,7 @@ def _add_compare_args(p):
     p.add_argument("--model", metavar="PATH", help=MODEL_HELP)
     _add_revision_arg(p)
     p.add_argument("--formats", default=",".join(FORMATS), metavar="LIST",
-                   help="comma-separated formats, from bf16,bf16c,int4,ternary (default: bf16,int4,ternary)")
+                   help="comma-separated formats, from bf16,bf16c,int4,ternary,nano:BITS (default: bf16,int4,ternary)")
     p.add_argument("--text", metavar="FILE", help="UTF-8 text for perplexity (default: the GNU GPL v3 that "
                    "Debian's base-files installs at /usr/share/common-licenses/GPL-3; see ternlm.texts)")
     _add_threads_arg(p)
@@ -435,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dst", metavar="DST", help="output folder (new or empty)")
     v.add_argument("--force", action="store_true",
                    help="replace DST if it is a ternlm folder (other non-empty folders are never replaced)")
-    v.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
+    v.add_argument("--weights", type=_weight_format, default=None, metavar="FORMAT", help=WEIGHTS_HELP)
     v.add_argument("--head", choices=HEADS, default=None, help=HEAD_HELP)
     v.add_argument("--context", type=_positive_int, default=4096, metavar="N",
                    help="context length recorded as the default for loading (default: 4096)")

@@ -27,6 +27,11 @@ what quantize() does):
            weight, sc int8 per 16 weights, d fp16 per 256 (~6.6 bits per weight); activations
            as int8; from_q6 imports Q6_K fields without loss; cpp/formats/q6.h.
 
+  nano     sub-1-bit: W ~ diag(s_out) U V^T diag(s_in) with sign matrices U [out, r], V [in, r]
+           and fp16 scales; "nano:<bits>" (0 < bits < 2) picks the rank r; the matmul is two
+           binary products on int8 activations (exact int32 sums); cpp/formats/nano.h,
+           python/ternlm/nano.py (the factorization). from_nano(u, v, s_out, s_in) builds one.
+
 Packed layouts are drawn in those headers; ``q.buffers()`` returns the stored arrays
 (layout_version 2, the only one read: ternary matrices in 16-row tiles, rows padded to 64
 weights) and ``QuantizedMatrix.from_buffers`` rebuilds a matrix from them without
@@ -45,16 +50,26 @@ values) naming the argument and the expected value.
 from ._native import core as _core
 
 QuantizedMatrix = _core.QuantizedMatrix
-quantize = _core.quantize
 pack_ternary = _core.pack_ternary
 unpack_ternary = _core.unpack_ternary
 from_ternary = _core.from_ternary
 from_int4 = _core.from_int4
 from_bf16 = _core.from_bf16
 from_q6 = _core.from_q6
+from_nano = _core.from_nano
 concat_rows = _core.concat_rows
 set_num_threads = _core.set_num_threads
 get_num_threads = _core.get_num_threads
+
+
+def quantize(w, format, group_size=32):
+    """w float32/float16 [out, in] -> QuantizedMatrix in `format` (see the module docstring);
+    "nano:<bits>" factorizes w within that many bits per weight (ternlm.nano, weights only)."""
+    from . import nano
+    bits = nano.parse(format)
+    if bits is not None:
+        return nano.quantize_nano(w, bits)
+    return _core.quantize(w, format, group_size)
 
 
 def matmul(x, q, threads=None):
@@ -70,5 +85,5 @@ def matmul(x, q, threads=None):
 
 __all__ = [
     "QuantizedMatrix", "quantize", "matmul", "pack_ternary", "unpack_ternary",
-    "from_ternary", "from_int4", "from_bf16", "from_q6", "concat_rows", "set_num_threads", "get_num_threads",
+    "from_ternary", "from_int4", "from_bf16", "from_q6", "from_nano", "concat_rows", "set_num_threads", "get_num_threads",
 ]

@@ -17,12 +17,15 @@ Weight formats at load (`weights=`):
     "int4"     the layer matrices (q k v o gate up down) int4, group 32.
     "ternary"  the layer matrices ternary (absmean per tensor: cpp/formats/quantized_matrix.h,
                Quantize).
+    "nano:<bits>"  the layer matrices as low-rank sign factors within <bits> per weight
+               (0 < bits < 2; NanoQuant's 0.55, 0.8, 1.0), calibrated block by block on the
+               model's own activations (python/ternlm/nano.py, cpp/formats/nano.h).
     "bf16c"    every matrix with bf16's values, bit for bit, stored in ~12 bits per weight
                (cpp/formats/bf16c.h: per 16-row tile a table of the 15 most frequent high
                bytes, a 4-bit code + the low byte per weight, the rare others kept exactly
                aside): 25% fewer bytes to read per token, logits equal to bf16's up to the
                f32 summation order.
-Hybrid precision: with "int4" and "ternary" the token embedding and lm_head stay bf16 (they
+Hybrid precision: with "int4", "ternary" and "nano" the token embedding and lm_head stay bf16 (they
 are a small share of the weights of a real model but the most sensitive to quantization;
 BitNet checkpoints never quantize lm_head either). `head="f32" | "bf16" | "bf16c" | "int8" |
 "q6" | "int4"` overrides the format of embed and lm_head for any `weights`; "bf16c" keeps the
@@ -57,9 +60,16 @@ if TYPE_CHECKING:
 
 
 def target_formats(ckpt: Checkpoint, weights, head) -> dict:
-    """canonical matrix name -> format it will have after load (see module docstring)."""
-    if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights={weights!r}: choose one of None (as stored), 'bf16', 'bf16c', 'int4', 'ternary'")
+    """canonical matrix name -> format it will have after load (see module docstring);
+    "nano:<bits>" names nano with its budget."""
+    from .nano import parse as parse_nano
+    try:
+        is_nano = parse_nano(weights) is not None
+    except ValueError as e:
+        raise ValueError(f"weights={weights!r}: {e}") from None
+    if weights not in WEIGHT_CHOICES and not is_nano:
+        raise ValueError(f"weights={weights!r}: choose one of None (as stored), 'bf16', 'bf16c', 'int4', 'ternary', "
+                         "'nano:<bits>' (e.g. 'nano:0.8')")
     if head not in HEAD_CHOICES:
         raise ValueError(f"head={head!r}: choose one of None, 'f32', 'bf16', 'bf16c', 'int8', 'q6', 'int4'")
     roles = {spec.name: spec.role for spec in schema.specs(ckpt.config)}
@@ -83,6 +93,9 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
     progress: a bar where a person watches (ternlm.progress)."""
     from . import formats as fm
     from .progress import progress_bar
+    if any(isinstance(f, str) and f.startswith("nano:") for f in formats.values()):
+        from .nano_calibrate import convert_checkpoint_nano
+        return convert_checkpoint_nano(ckpt, formats, progress=progress)
     names = ckpt.config.tensor_names()
     out = {}
     bar = progress_bar(names, enabled=progress, delay=0.5, desc="loading weights", unit="tensor", leave=False)

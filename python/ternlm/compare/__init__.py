@@ -35,10 +35,18 @@ from .table import ComparisonTable
 
 FORMATS = ("bf16", "int4", "ternary")          # the default set
 ACCEPTED = FORMATS + ("bf16c",)                 # bf16c: bf16's values in ~12 bits per weight
+# and "nano:<bits>" (0 < bits < 2): sub-1-bit low-rank sign factors (ternlm.nano)
 
 
 class FormatError(ValueError):
     """A model could not be loaded or measured in one of the requested formats."""
+
+
+def _is_nano(parse_nano, fmt) -> bool:
+    try:
+        return parse_nano(fmt) is not None
+    except ValueError:
+        return False
 
 
 def _check_formats(formats) -> tuple:
@@ -47,9 +55,11 @@ def _check_formats(formats) -> tuple:
     formats = tuple(formats)
     if not formats:
         raise ValueError(f"formats is empty; choose from {', '.join(ACCEPTED)}")
-    bad = [f for f in formats if f not in ACCEPTED]
+    from ..nano import parse as parse_nano
+    bad = [f for f in formats if f not in ACCEPTED and not _is_nano(parse_nano, f)]
     if bad:
-        raise ValueError(f"unknown format(s) {', '.join(map(repr, bad))}; choose from {', '.join(ACCEPTED)}")
+        raise ValueError(f"unknown format(s) {', '.join(map(repr, bad))}; choose from {', '.join(ACCEPTED)} "
+                         "or nano:<bits> (0 < bits < 2, e.g. nano:0.8)")
     if len(set(formats)) != len(formats):
         raise ValueError(f"formats has duplicates: {list(formats)}")
     return formats
