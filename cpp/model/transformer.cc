@@ -363,7 +363,7 @@ void Transformer::Batch(BatchEntry* e, size_t k) {
 const float* Transformer::LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n) {
   if (norm.empty()) return in;
   float* out = s_.lin_in.get();
-  ForEachToken(n, [&](size_t t) {
+  ForEachToken(n, cols, [&](size_t t) {
     RmsNorm(in + t * cols, norm.data(), cols, config_.linear_norm_eps, out + t * cols);
   });
   return out;
@@ -413,12 +413,14 @@ void Transformer::Project(const FusedProjection& p, const float* in, size_t n, f
   }
 }
 
-// Per-token row work (norms, RoPE, activations): over the pool for a prefill chunk,
-// inline for one decode token (a pool dispatch would cost more than the work).
+// Per-token row work (norms, RoPE, activations) of about `floats` values per token: over
+// the pool for a prefill chunk, inline when the whole is a few microseconds (a decode
+// row, a verify step's few rows), where a pool dispatch would cost more than the work.
 template <class Fn>
-void Transformer::ForEachToken(size_t n, const Fn& fn) {
-  if (n == 1) {
-    fn(size_t(0));
+void Transformer::ForEachToken(size_t n, size_t floats, const Fn& fn) {
+  constexpr size_t kInlineFloats = 8192;
+  if (n == 1 || n * floats <= kInlineFloats) {
+    for (size_t t = 0; t < n; ++t) fn(t);
     return;
   }
   pool_.Run(n, [&](size_t t, size_t /*thread*/) { fn(t); });
@@ -440,17 +442,17 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     }
   }
   if (end > s_.rope_ready) FillRope(end);
-  ForEachToken(n, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
+  ForEachToken(n, hidden, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
 
   for (size_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w_.layers[l];
     // --- attention block
-    ForEachToken(n, [&](size_t t) {
+    ForEachToken(n, hidden, [&](size_t t) {
       RmsNorm(x + t * hidden, lw.attn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
     });
     const std::vector<float>* in_norms = c.linear_norm ? lw.in_norm.data() : nullptr;
     Project(lw.qkv, xb, n, s_.qkv.get(), in_norms ? in_norms + kLinearQ : nullptr);
-    ForEachToken(n, [&](size_t t) {  // [bias, q/k norms,] RoPE on q and k, then k and v into the cache
+    ForEachToken(n, qkv_cols, [&](size_t t) {  // [bias, q/k norms,] RoPE on q and k, then k and v into the cache
       const size_t pos = row_pos_[t];
       KvCache& kv = slots_[row_slot_[t]].kv;
       float* row = s_.qkv.get() + t * qkv_cols;
@@ -475,7 +477,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     });
     Attention(l, segs, nseg);
     if (c.is_bitnet())
-      ForEachToken(n, [&](size_t t) {
+      ForEachToken(n, c.q_dim(), [&](size_t t) {
         RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
                 s_.att.get() + t * c.q_dim());
       });
@@ -484,11 +486,11 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     AddInPlace(s_.proj.get(), n * hidden, x);
 
     // --- feed-forward block
-    ForEachToken(n, [&](size_t t) {
+    ForEachToken(n, hidden, [&](size_t t) {
       RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
     });
     Project(lw.gate_up, xb, n, s_.gate_up.get(), in_norms ? in_norms + kLinearGate : nullptr);
-    ForEachToken(n, [&](size_t t) {
+    ForEachToken(n, 2 * inter, [&](size_t t) {
       const float* gate = s_.gate_up.get() + t * 2 * inter;
       float* act = s_.act.get() + t * inter;
       if (c.hidden_act == HiddenAct::kSilu) {
@@ -508,7 +510,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
 // Final norm of x rows [first_row, first_row + n) and the head matmul into out [n, vocab].
 void Transformer::Logits(size_t first_row, size_t n, float* out) {
   const size_t hidden = config_.hidden_size;
-  ForEachToken(n, [&](size_t t) {
+  ForEachToken(n, hidden, [&](size_t t) {
     RmsNorm(s_.x.get() + (first_row + t) * hidden, w_.norm.data(), hidden, config_.rms_norm_eps,
             s_.xb.get() + t * hidden);
   });
@@ -517,7 +519,7 @@ void Transformer::Logits(size_t first_row, size_t n, float* out) {
 
 void Transformer::LogitsOfRows(const size_t* rows, size_t k, float* out) {
   const size_t hidden = config_.hidden_size;
-  ForEachToken(k, [&](size_t t) {
+  ForEachToken(k, hidden, [&](size_t t) {
     RmsNorm(s_.x.get() + rows[t] * hidden, w_.norm.data(), hidden, config_.rms_norm_eps, s_.xb.get() + t * hidden);
   });
   MatMul(w_.head(), s_.xb.get(), k, out, pool_);

@@ -186,7 +186,7 @@ class Transformer {
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
   void LogitsOfRows(const size_t* rows, size_t k, float* out);  // same over chosen rows
   template <class Fn>
-  void ForEachToken(size_t n, const Fn& fn);
+  void ForEachToken(size_t n, size_t floats, const Fn& fn);
 
   ModelConfig config_;
   Weights w_;
