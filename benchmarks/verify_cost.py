@@ -12,6 +12,10 @@ step) of the same round. The drafts are tokens the model rejects (greedy: not th
 so each step keeps one row, and the slot is truncated back after it: every step runs at
 the same position. The machine's load average is recorded with the result; absolute times
 on a shared machine mean little, the same-round ratios are what to compare.
+
+Before / after a change: `--cores LABEL=DIR LABEL=DIR ...` runs the measurement in fresh
+processes, one per core build (TERNLM_CORE_DIR=DIR), alternating `--processes` times, and
+tables the median ratio per build side by side.
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ import platform
 import statistics
 import sys
 import time
+
+import subprocess
+import tempfile
 
 import numpy as np
 
@@ -95,6 +102,43 @@ def table(res) -> str:
     return "\n".join(lines)
 
 
+def compare_cores(args, argv) -> dict:
+    """Alternate fresh processes over the core builds; per build the medians of each process's ratios."""
+    builds = [c.split("=", 1) for c in args.cores]
+    child = []
+    skip = False
+    for a in argv:  # the options without --cores / --json / --processes and their values
+        if skip and not a.startswith("--"):
+            continue
+        skip = a in ("--cores", "--json", "--processes")
+        if not skip:
+            child.append(a)
+    per = {label: [] for label, _ in builds}
+    for i in range(args.processes):
+        for label, core_dir in (builds if i % 2 == 0 else list(reversed(builds))):
+            with tempfile.TemporaryDirectory(prefix="ternlm-verify-") as tmp:
+                out = os.path.join(tmp, "r.json")
+                env = dict(os.environ, TERNLM_CORE_DIR=os.path.abspath(core_dir))
+                subprocess.run([sys.executable, os.path.abspath(__file__), *child, "--json", out], env=env, check=True,
+                               stdout=subprocess.DEVNULL)
+                with open(out) as f:
+                    per[label].append(json.load(f)["results"][0])
+    return {"builds": dict(builds), "processes": args.processes, "runs": per}
+
+
+def compare_table(res) -> str:
+    labels = list(res["runs"])
+    lines = ["| rows | " + " | ".join(f"{l}: x 1-row step" for l in labels) + " |",
+             "| --- |" + " --- |" * len(labels)]
+    first = res["runs"][labels[0]][0]["rows"]
+    for i, r in enumerate(first):
+        cells = [f"{statistics.median(run['rows'][i]['ratio_to_1_row'] for run in res['runs'][l]):.2f}x" for l in labels]
+        lines.append(f"| {r['rows']} | " + " | ".join(cells) + " |")
+    loads = [x for l in labels for run in res["runs"][l] for x in run["load_average_1min"]]
+    lines.append(f"\nload average (1 min) during the runs: {min(loads):.1f} - {max(loads):.1f}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="default: the default model")
@@ -106,13 +150,26 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cores", nargs="+", default=None, metavar="LABEL=DIR")
+    ap.add_argument("--processes", type=int, default=4, help="with --cores: processes per build")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
+    if args.cores:
+        res = compare_cores(args, argv)
+        print(compare_table(res), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"command": "benchmarks/verify_cost.py " + " ".join(argv),
+                           "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared with other jobs)",
+                           "results": [res], "table": compare_table(res)}, f, indent=2)
+                f.write("\n")
+        return
     res = run(args)
     print(table(res), flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"command": "benchmarks/verify_cost.py " + " ".join(argv or sys.argv[1:]),
+            json.dump({"command": "benchmarks/verify_cost.py " + " ".join(argv),
                        "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared with other jobs)",
                        "results": [res], "table": table(res)}, f, indent=2)
             f.write("\n")

@@ -27,6 +27,7 @@
 #include "kernels/matmul.h"
 #include "kernels/vector_ops.h"
 #include "runtime/out_of_memory.h"
+#include "runtime/phase_timers.h"
 
 namespace ternlm {
 
@@ -247,6 +248,7 @@ void Transformer::ForwardOne(const int32_t* tokens, size_t n, size_t slot) {
 }
 
 int32_t Transformer::SampleAt(const char* what, Sampler& sampler, size_t pos, const float* logits, int32_t draft) {
+  TERNLM_PHASE(kSample);
   try {
     return draft < 0 ? sampler.Sample(logits) : sampler.SampleDraft(logits, draft);
   } catch (const NonFiniteLogits& e) {
@@ -428,8 +430,7 @@ void Transformer::ForEachToken(size_t n, size_t floats, const Fn& fn) {
 
 void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, size_t nseg) {
   const ModelConfig& c = config_;
-  const size_t hidden = c.hidden_size, inter = c.intermediate_size, hd = c.head_dim;
-  const size_t qkv_cols = c.q_dim() + 2 * c.kv_dim(), half = hd / 2;
+  const size_t hidden = c.hidden_size, inter = c.intermediate_size;
   float* x = s_.x.get();
   float* xb = s_.xb.get();
   size_t end = 0;
@@ -442,73 +443,107 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     }
   }
   if (end > s_.rope_ready) FillRope(end);
-  ForEachToken(n, hidden, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
+  {
+    TERNLM_PHASE(kEmbed);
+    ForEachToken(n, hidden, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
+  }
 
   for (size_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w_.layers[l];
     // --- attention block
-    ForEachToken(n, hidden, [&](size_t t) {
-      RmsNorm(x + t * hidden, lw.attn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
-    });
-    const std::vector<float>* in_norms = c.linear_norm ? lw.in_norm.data() : nullptr;
-    Project(lw.qkv, xb, n, s_.qkv.get(), in_norms ? in_norms + kLinearQ : nullptr);
-    ForEachToken(n, qkv_cols, [&](size_t t) {  // [bias, q/k norms,] RoPE on q and k, then k and v into the cache
-      const size_t pos = row_pos_[t];
-      KvCache& kv = slots_[row_slot_[t]].kv;
-      float* row = s_.qkv.get() + t * qkv_cols;
-      if (c.attention_bias) {
-        AddInPlace(lw.q_bias.data(), c.q_dim(), row);
-        AddInPlace(lw.k_bias.data(), c.kv_dim(), row + c.q_dim());
-        AddInPlace(lw.v_bias.data(), c.kv_dim(), row + c.q_dim() + c.kv_dim());
-      }
-      if (c.qk_norm) {
-        for (size_t h = 0; h < c.num_heads; ++h)
-          RmsNorm(row + h * hd, lw.q_norm.data(), hd, c.rms_norm_eps, row + h * hd);
-        float* kh = row + c.q_dim();
-        for (size_t h = 0; h < c.num_kv_heads; ++h)
-          RmsNorm(kh + h * hd, lw.k_norm.data(), hd, c.rms_norm_eps, kh + h * hd);
-      }
-      const float* cs = s_.rope_cos.get() + pos * half;
-      const float* sn = s_.rope_sin.get() + pos * half;
-      for (size_t h = 0; h < c.num_heads + c.num_kv_heads; ++h) RopeRotateHalf(row + h * hd, cs, sn, hd);
-      const float* k = row + c.q_dim();
-      const float* v = k + c.kv_dim();
-      for (size_t h = 0; h < c.num_kv_heads; ++h) kv.Store(l, h, pos, k + h * hd, v + h * hd);
-    });
-    Attention(l, segs, nseg);
-    if (c.is_bitnet())
-      ForEachToken(n, c.q_dim(), [&](size_t t) {
-        RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
-                s_.att.get() + t * c.q_dim());
+    {
+      TERNLM_PHASE(kRowWork);
+      ForEachToken(n, hidden, [&](size_t t) {
+        RmsNorm(x + t * hidden, lw.attn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
       });
-    MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
-           s_.proj.get(), pool_);
-    AddInPlace(s_.proj.get(), n * hidden, x);
+    }
+    const std::vector<float>* in_norms = c.linear_norm ? lw.in_norm.data() : nullptr;
+    {
+      TERNLM_PHASE(kQkv);
+      Project(lw.qkv, xb, n, s_.qkv.get(), in_norms ? in_norms + kLinearQ : nullptr);
+    }
+    RopeAndCache(l, n);
+    {
+      TERNLM_PHASE(kAttention);
+      Attention(l, segs, nseg);
+    }
+    {
+      TERNLM_PHASE(kO);
+      if (c.is_bitnet())
+        ForEachToken(n, c.q_dim(), [&](size_t t) {
+          RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
+                  s_.att.get() + t * c.q_dim());
+        });
+      MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
+             s_.proj.get(), pool_);
+      AddInPlace(s_.proj.get(), n * hidden, x);
+    }
 
     // --- feed-forward block
-    ForEachToken(n, hidden, [&](size_t t) {
-      RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
-    });
-    Project(lw.gate_up, xb, n, s_.gate_up.get(), in_norms ? in_norms + kLinearGate : nullptr);
-    ForEachToken(n, 2 * inter, [&](size_t t) {
-      const float* gate = s_.gate_up.get() + t * 2 * inter;
-      float* act = s_.act.get() + t * inter;
-      if (c.hidden_act == HiddenAct::kSilu) {
-        SiluMul(gate, gate + inter, inter, act);
-      } else {
-        Relu2Mul(gate, gate + inter, inter, act);
-      }
-      if (c.is_bitnet()) RmsNorm(act, lw.ffn_sub_norm.data(), inter, c.rms_norm_eps, act);
-    });
-    MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
-           s_.proj.get(), pool_);
-    AddInPlace(s_.proj.get(), n * hidden, x);
+    {
+      TERNLM_PHASE(kGateUp);
+      ForEachToken(n, hidden, [&](size_t t) {
+        RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
+      });
+      Project(lw.gate_up, xb, n, s_.gate_up.get(), in_norms ? in_norms + kLinearGate : nullptr);
+    }
+    {
+      TERNLM_PHASE(kRowWork);
+      ForEachToken(n, 2 * inter, [&](size_t t) {
+        const float* gate = s_.gate_up.get() + t * 2 * inter;
+        float* act = s_.act.get() + t * inter;
+        if (c.hidden_act == HiddenAct::kSilu) {
+          SiluMul(gate, gate + inter, inter, act);
+        } else {
+          Relu2Mul(gate, gate + inter, inter, act);
+        }
+        if (c.is_bitnet()) RmsNorm(act, lw.ffn_sub_norm.data(), inter, c.rms_norm_eps, act);
+      });
+    }
+    {
+      TERNLM_PHASE(kDown);
+      MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
+             s_.proj.get(), pool_);
+      AddInPlace(s_.proj.get(), n * hidden, x);
+    }
   }
   for (size_t i = 0; i < nseg; ++i) slots_[segs[i].slot].pos += segs[i].n;
 }
 
+// [bias, q/k norms,] RoPE on q and k of the chunk's n rows, then k and v into each row's cache.
+void Transformer::RopeAndCache(size_t l, size_t n) {
+  TERNLM_PHASE(kRowWork);
+  const ModelConfig& c = config_;
+  const LayerWeights& lw = w_.layers[l];
+  const size_t hd = c.head_dim, qkv_cols = c.q_dim() + 2 * c.kv_dim(), half = hd / 2;
+  ForEachToken(n, qkv_cols, [&](size_t t) {
+    const size_t pos = row_pos_[t];
+    KvCache& kv = slots_[row_slot_[t]].kv;
+    float* row = s_.qkv.get() + t * qkv_cols;
+    if (c.attention_bias) {
+      AddInPlace(lw.q_bias.data(), c.q_dim(), row);
+      AddInPlace(lw.k_bias.data(), c.kv_dim(), row + c.q_dim());
+      AddInPlace(lw.v_bias.data(), c.kv_dim(), row + c.q_dim() + c.kv_dim());
+    }
+    if (c.qk_norm) {
+      for (size_t h = 0; h < c.num_heads; ++h)
+        RmsNorm(row + h * hd, lw.q_norm.data(), hd, c.rms_norm_eps, row + h * hd);
+      float* kh = row + c.q_dim();
+      for (size_t h = 0; h < c.num_kv_heads; ++h)
+        RmsNorm(kh + h * hd, lw.k_norm.data(), hd, c.rms_norm_eps, kh + h * hd);
+    }
+    const float* cs = s_.rope_cos.get() + pos * half;
+    const float* sn = s_.rope_sin.get() + pos * half;
+    for (size_t h = 0; h < c.num_heads + c.num_kv_heads; ++h) RopeRotateHalf(row + h * hd, cs, sn, hd);
+    const float* k = row + c.q_dim();
+    const float* v = k + c.kv_dim();
+    for (size_t h = 0; h < c.num_kv_heads; ++h) kv.Store(l, h, pos, k + h * hd, v + h * hd);
+  });
+}
+
 // Final norm of x rows [first_row, first_row + n) and the head matmul into out [n, vocab].
 void Transformer::Logits(size_t first_row, size_t n, float* out) {
+  TERNLM_PHASE(kHead);
   const size_t hidden = config_.hidden_size;
   ForEachToken(n, hidden, [&](size_t t) {
     RmsNorm(s_.x.get() + (first_row + t) * hidden, w_.norm.data(), hidden, config_.rms_norm_eps,
@@ -518,6 +553,7 @@ void Transformer::Logits(size_t first_row, size_t n, float* out) {
 }
 
 void Transformer::LogitsOfRows(const size_t* rows, size_t k, float* out) {
+  TERNLM_PHASE(kHead);
   const size_t hidden = config_.hidden_size;
   ForEachToken(k, hidden, [&](size_t t) {
     RmsNorm(s_.x.get() + rows[t] * hidden, w_.norm.data(), hidden, config_.rms_norm_eps, s_.xb.get() + t * hidden);
