@@ -245,3 +245,19 @@ def test_rejected_probes_back_off():
     assert gaps[-1] == PROBE_MAX and max(gaps) == PROBE_MAX
     d.verified(1, 1)                   # a probe is kept: back to the first interval
     assert steps_to_next_probe() == PROBE_EVERY
+
+
+def test_phase_timers_only_in_their_build(m):
+    """Normal builds compile the phase timers out (phase_times() is None); a
+    -DTERNLM_PHASE_TIMERS=ON build (benchmarks/decode_phases.py) counts each phase of a step."""
+    from ternlm._native import core
+    core.reset_phase_times()
+    m.generate([1, 2, 3, 1, 2, 3], max_new_tokens=4, speculative="lookup")
+    p = core.phase_times()
+    if p is None:
+        return
+    seconds, calls = p["phases"]["head"]
+    assert calls >= 1 and seconds > 0   # the prompt's, then one per step (a verify may yield several tokens)
+    for name in ("qkv", "attention", "o", "gate_up", "down", "sample", "row_work"):
+        assert p["phases"][name][1] > 0, name
+    assert p["pool_runs"] > 0 and 1 <= len(p["task_s"]) <= 2   # threads=2
