@@ -11,7 +11,10 @@ speculative="lookup" back to back, the order alternating between repetitions, so
 shared machine spreads over both. Decode tok/s is m.stats' (decode tokens - 1) / decode
 time (the first token, which prefill gives, excluded); the table shows the medians over
 repetitions, "x (medians)" is lookup's / plain's of the same prompt and "x (bests)" the
-ratio of the fastest runs (the least disturbed on a machine shared with other jobs). Acceptance = accepted / drafted tokens;
+ratio of the fastest runs (the least disturbed on a machine shared with other jobs). "x (CPU
+time)" is plain's / lookup's median process CPU time per reply (prompt included, the same for
+both): with --threads 1 nothing spins, so it counts the work done and holds on a machine
+where other jobs take the cores away (wall time then measures them too). Acceptance = accepted / drafted tokens;
 "drafted / token" = drafted tokens per generated token. "same text": whether the lookup
 reply equals the plain one (greedy: it does where a verify row's logits are a decode row's
 bit for bit, i.e. integer sums; this model's f32 head and int4 group sums order their float
@@ -71,13 +74,17 @@ def run(args) -> dict:
     spec = ternlm.Lookup(draft=args.draft, ngram=args.ngram, min_ngram=args.min_ngram)
     runs = {(name, mode): [] for _, name, _ in PROMPTS for mode in ("plain", "lookup")}
     texts = {}
+    loads = []
     for rep in range(args.reps):
+        loads.append(os.getloadavg()[0])
         for _, name, prompt in PROMPTS:
             msgs = [{"role": "user", "content": prompt}]
             modes = ("plain", "lookup") if rep % 2 == 0 else ("lookup", "plain")
             for mode in modes:
+                c0 = time.process_time()
                 out = m.chat(msgs, max_new_tokens=args.decode, speculative=spec if mode == "lookup" else None)
                 s = dict(m.stats)
+                s["cpu_s"] = time.process_time() - c0
                 runs[name, mode].append(s)
                 texts[name, mode] = out
     rows = []
@@ -93,22 +100,26 @@ def run(args) -> dict:
         rows.append({"kind": kind, "prompt": name, "decode_tokens": look[-1]["decode_tokens"],
                      "plain_tok_s": p, "lookup_tok_s": q, "x": q / p,
                      "plain_best_tok_s": pb, "lookup_best_tok_s": qb, "x_best": qb / pb,
+                     "x_cpu": statistics.median(a["cpu_s"] for a in plain) / statistics.median(b["cpu_s"] for b in look),
                      "plain_runs": [s["decode_tok_s"] for s in plain], "lookup_runs": [s["decode_tok_s"] for s in look],
                      "acceptance": accepted / drafted if drafted else 0.0,
                      "drafted_per_token": drafted / tokens if tokens else 0.0,
                      "same_text": texts[name, "plain"] == texts[name, "lookup"]})
     return {"model": m.source, "formats": sorted(set(m.formats.values())), "threads": args.threads,
-            "options": repr(spec), "decode": args.decode, "reps": args.reps, "rows": rows}
+            "options": repr(spec), "decode": args.decode, "reps": args.reps, "load_average_1min": loads,
+            "rows": rows}
 
 
 def table(res) -> str:
-    lines = ["| kind | prompt | tokens | plain tok/s | lookup tok/s | x (medians) | x (bests) | acceptance | "
+    lines = ["| kind | prompt | tokens | plain tok/s | lookup tok/s | x (medians) | x (bests) | x (CPU time) | acceptance | "
              "drafted / token | same text |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"]:
         lines.append(f"| {r['kind']} | {r['prompt']} | {r['decode_tokens']} | {r['plain_tok_s']:.1f} | "
-                     f"{r['lookup_tok_s']:.1f} | {r['x']:.2f}x | {r['x_best']:.2f}x | {r['acceptance']:.0%} | "
+                     f"{r['lookup_tok_s']:.1f} | {r['x']:.2f}x | {r['x_best']:.2f}x | {r['x_cpu']:.2f}x | {r['acceptance']:.0%} | "
                      f"{r['drafted_per_token']:.2f} | {'yes' if r['same_text'] else 'no'} |")
+    loads = res.get("load_average_1min") or [0.0]
+    lines.append(f"\nload average (1 min) at each repetition: {min(loads):.1f} - {max(loads):.1f}")
     return "\n".join(lines)
 
 

@@ -143,3 +143,29 @@ def test_amx_environment_variable(value):
         _core.set_amx(True)
     with pytest.raises(ValueError, match="TERNLM_AMX='yes': expected 0"):
         _native._apply_amx_env({"TERNLM_AMX": "yes"})
+
+
+@pytest.mark.parametrize("fmt", ["ternary", "int4", "bf16", "f32", "int8", "q6"])
+def test_few_rows_match_single_rows_on_every_target(fmt):
+    """1..9 activation rows (a verify step's sizes, both sides of the 4- and 8-row kernels):
+    each row equals that row alone (bit for bit for ternary's integer sums), and the f32 kernel
+    matches numpy, on every target."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((70, 320)).astype(np.float32)
+    q = ternlm.quantize(w, fmt)
+    try:
+        for t in TARGETS:
+            _core.set_target(t)
+            for n in range(1, 10):
+                x = rng.standard_normal((n, 320)).astype(np.float32)
+                y = ternlm.matmul(x, q)
+                alone = np.stack([ternlm.matmul(x[i], q) for i in range(n)])
+                if fmt == "ternary":
+                    np.testing.assert_array_equal(y, alone, err_msg=f"{t} n={n}")
+                else:
+                    np.testing.assert_allclose(y, alone, rtol=1e-4, atol=1e-4, err_msg=f"{t} n={n}")
+                if fmt == "f32":
+                    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-4,
+                                               atol=1e-4, err_msg=f"{t} n={n}")
+    finally:
+        _core.reset_target()

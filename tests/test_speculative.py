@@ -221,3 +221,43 @@ def test_cli_flags(tmp_path, capsys):
     assert got.out == plain and "drafts accepted" in got.err
     assert cli.main(base + ["--speculative", "lookup", "--draft", "40"]) == 2
     assert "draft must be in [1, 16], got 40" in capsys.readouterr().err
+
+
+def test_rejected_probes_back_off():
+    """Probes that keep failing come ever more rarely (PROBE_EVERY doubling up to PROBE_MAX);
+    one kept draft brings the interval back."""
+    from ternlm.speculative import PROBE_EVERY, PROBE_MAX
+    d = LookupDrafter(Lookup(draft=8, ngram=1, min_ngram=1), list(range(20)) + [0])
+    for _ in range(10):
+        d.verified(1, 0)               # rate far below WORTH: probes only
+
+    def steps_to_next_probe():
+        for i in range(1, 10 * PROBE_MAX):
+            if d.draft(16):
+                return i
+        raise AssertionError("no probe")
+
+    gaps = []
+    for _ in range(7):
+        gaps.append(steps_to_next_probe())
+        d.verified(1, 0)               # the probe is rejected
+    assert gaps[:2] == [PROBE_EVERY, 2 * PROBE_EVERY]
+    assert gaps[-1] == PROBE_MAX and max(gaps) == PROBE_MAX
+    d.verified(1, 1)                   # a probe is kept: back to the first interval
+    assert steps_to_next_probe() == PROBE_EVERY
+
+
+def test_phase_timers_only_in_their_build(m):
+    """Normal builds compile the phase timers out (phase_times() is None); a
+    -DTERNLM_PHASE_TIMERS=ON build (benchmarks/decode_phases.py) counts each phase of a step."""
+    from ternlm._native import core
+    core.reset_phase_times()
+    m.generate([1, 2, 3, 1, 2, 3], max_new_tokens=4, speculative="lookup")
+    p = core.phase_times()
+    if p is None:
+        return
+    seconds, calls = p["phases"]["head"]
+    assert calls >= 1 and seconds > 0   # the prompt's, then one per step (a verify may yield several tokens)
+    for name in ("qkv", "attention", "o", "gate_up", "down", "sample", "row_work"):
+        assert p["phases"][name][1] > 0, name
+    assert p["pool_runs"] > 0 and 1 <= len(p["task_s"]) <= 2   # threads=2

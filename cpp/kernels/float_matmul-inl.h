@@ -90,12 +90,69 @@ HWY_INLINE void FloatDotsNX(size_t nx, const TW* w, size_t stride, const float* 
   }
 }
 
+// Few activation rows (a speculative verify step, a few sequences decoding): each weight
+// row is streamed once, in order, as the GEMV streams it, and multiplied by up to
+// kFewRows activation rows read from L1. Walking two weight rows at once (FloatDots) reads
+// two interleaved streams, which the hardware prefetcher follows worse (on a head larger
+// than the caches, over twice the GEMV's time at 2 rows). With NX <= 4 two sets of
+// accumulators (even / odd vectors) keep >= 4 FMA chains in flight.
+constexpr size_t kFewRows = 8;
+template <size_t NX, typename TW>
+HWY_INLINE void FloatRowDots(const TW* HWY_RESTRICT w, size_t cols, const float* const* x, float* out) {
+  const hn::CappedTag<float, 16> df;
+  const size_t N = hn::Lanes(df);
+  using V = hn::Vec<decltype(df)>;
+  constexpr size_t kSets = NX <= 4 ? 2 : 1;
+  V acc[kSets][NX];
+#pragma GCC unroll 16
+  for (size_t k = 0; k < kSets * NX; ++k) acc[k / NX][k % NX] = hn::Zero(df);
+  size_t i = 0;
+  for (; i + kSets * N <= cols; i += kSets * N) {
+#pragma GCC unroll 2
+    for (size_t s = 0; s < kSets; ++s) {
+      const V wv = LoadWeights(df, w, i + s * N);
+#pragma GCC unroll 8
+      for (size_t j = 0; j < NX; ++j) acc[s][j] = hn::MulAdd(wv, hn::LoadU(df, x[j] + i + s * N), acc[s][j]);
+    }
+  }
+  for (; i < cols; i += N) {  // cols is a multiple of N (16-column padding): at most one vector
+    const V wv = LoadWeights(df, w, i);
+#pragma GCC unroll 8
+    for (size_t j = 0; j < NX; ++j) acc[0][j] = hn::MulAdd(wv, hn::LoadU(df, x[j] + i), acc[0][j]);
+  }
+#pragma GCC unroll 8
+  for (size_t j = 0; j < NX; ++j)
+    out[j] = hn::GetLane(hn::SumOfLanes(df, kSets == 2 ? hn::Add(acc[0][j], acc[kSets - 1][j]) : acc[0][j]));
+}
+
+template <size_t NX, typename TW>
+HWY_INLINE void FloatFewRows(const TW* w, size_t stride, const PreparedActivations& a, size_t r0, size_t r1,
+                             const MatMulOutput& out) {
+  const float* xs[NX];
+  for (size_t j = 0; j < NX; ++j) xs[j] = a.xf + j * a.stride;
+  float d[NX];
+  for (size_t r = r0; r < r1; ++r) {
+    FloatRowDots<NX>(w + r * stride, stride, xs, d);
+    for (size_t j = 0; j < NX; ++j) out.y[j * out.y_stride + r] = d[j];
+  }
+}
+
 template <typename TW>
 HWY_INLINE void FloatMatMulRowsT(const TW* w, size_t stride, const PreparedActivations& a,
                                  size_t r0, size_t r1, const MatMulOutput& out) {
   if (a.n == 1) {
     for (size_t r = r0; r < r1; ++r) out.y[r] = FloatDot(w + r * stride, stride, a.xf);
     return;
+  }
+  switch (a.n) {  // once per call: each row count has its own loop
+    case 2: return FloatFewRows<2>(w, stride, a, r0, r1, out);
+    case 3: return FloatFewRows<3>(w, stride, a, r0, r1, out);
+    case 4: return FloatFewRows<4>(w, stride, a, r0, r1, out);
+    case 5: return FloatFewRows<5>(w, stride, a, r0, r1, out);
+    case 6: return FloatFewRows<6>(w, stride, a, r0, r1, out);
+    case 7: return FloatFewRows<7>(w, stride, a, r0, r1, out);
+    case 8: return FloatFewRows<8>(w, stride, a, r0, r1, out);
+    default: break;
   }
   const size_t row_bytes = stride * sizeof(TW);
   const size_t slice = std::max<size_t>(2, (128 * 1024) / row_bytes);

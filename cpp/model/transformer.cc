@@ -27,6 +27,7 @@
 #include "kernels/matmul.h"
 #include "kernels/vector_ops.h"
 #include "runtime/out_of_memory.h"
+#include "runtime/phase_timers.h"
 
 namespace ternlm {
 
@@ -247,6 +248,7 @@ void Transformer::ForwardOne(const int32_t* tokens, size_t n, size_t slot) {
 }
 
 int32_t Transformer::SampleAt(const char* what, Sampler& sampler, size_t pos, const float* logits, int32_t draft) {
+  TERNLM_PHASE(kSample);
   try {
     return draft < 0 ? sampler.Sample(logits) : sampler.SampleDraft(logits, draft);
   } catch (const NonFiniteLogits& e) {
@@ -295,104 +297,13 @@ int32_t Transformer::Step(int32_t token, Sampler& sampler, size_t slot) {
   return SampleAt("step", sampler, slots_[slot].pos - 1, s_.logits.get());
 }
 
-void Transformer::Batch(BatchEntry* e, size_t k) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (k == 0) throw std::invalid_argument("batch: no entries given");
-  if (k > slots_.size())
-    throw std::invalid_argument("batch: " + std::to_string(k) + " entries for " + std::to_string(slots_.size()) +
-                                " sequences");
-  size_t rows = 0;
-  for (size_t i = 0; i < k; ++i) {
-    if (e[i].slot >= slots_.size())
-      throw std::invalid_argument("batch: slot " + std::to_string(e[i].slot) + " is out of range [0, " +
-                                  std::to_string(slots_.size()) + ")");
-    for (size_t j = 0; j < i; ++j)
-      if (e[j].slot == e[i].slot)
-        throw std::invalid_argument("batch: slot " + std::to_string(e[i].slot) + " is given twice");
-    CheckTokens("batch", e[i].tokens, e[i].n, e[i].slot);
-    if (e[i].decode && (e[i].n != 1 + e[i].draft || !e[i].sampler))
-      throw std::invalid_argument("batch: a decode entry appends one token (and its drafts) and samples the next");
-    if (e[i].draft > kMaxDraft || (e[i].draft > 0 && !e[i].decode))
-      throw std::invalid_argument("batch: a verify entry is a decode entry with 1 to " + std::to_string(kMaxDraft) +
-                                  " drafted tokens, got " + std::to_string(e[i].draft));
-    if (e[i].sampler && e[i].sampler->vocab() != config_.vocab_size)
-      throw std::invalid_argument("batch: the sampler's history is over a vocabulary of " +
-                                  std::to_string(e[i].sampler->vocab()) + " tokens, this model's has " +
-                                  std::to_string(config_.vocab_size) + " (set its history first)");
-    rows += e[i].n;
-  }
-  if (rows > s_.chunk)
-    throw std::invalid_argument("batch: " + std::to_string(rows) + " rows in all, more than a chunk of " +
-                                std::to_string(s_.chunk));
-  size_t row = 0;
-  for (size_t i = 0; i < k; ++i) {
-    first_pos_[i] = slots_[e[i].slot].pos;
-    segs_[i] = Segment{e[i].slot, first_pos_[i], row, e[i].n};
-    std::copy(e[i].tokens, e[i].tokens + e[i].n, row_tokens_.begin() + ptrdiff_t(row));
-    row += e[i].n;
-    e[i].next = -1;
-    e[i].accepted = 0;
-    e[i].error.clear();
-  }
-  ForwardRows(row_tokens_.data(), rows, segs_.data(), k);
-  // The sampled rows' logits: each entry's last row, a verify entry's every row, in groups
-  // of at most logit_rows_ rows (one head pass per group: one group unless several
-  // sequences verify at once).
-  const size_t vocab = config_.vocab_size;
-  size_t begin = 0;
-  while (begin < k) {
-    size_t end = begin, sampled = 0;
-    for (; end < k; ++end) {
-      if (!e[end].sampler) continue;
-      const size_t want = e[end].draft + 1;
-      if (sampled + want > logit_rows_) break;
-      const size_t last = segs_[end].row + segs_[end].n;
-      for (size_t r = last - want; r < last; ++r) sample_rows_[sampled++] = r;
-    }
-    if (sampled > 0) LogitsOfRows(sample_rows_.data(), sampled, s_.logits.get());
-    size_t at = 0;
-    for (size_t i = begin; i < end; ++i) {
-      if (!e[i].sampler) continue;
-      SampleEntry(e[i], first_pos_[i], s_.logits.get() + at * vocab);
-      at += e[i].draft + 1;
-    }
-    begin = end;
-  }
-}
-
 const float* Transformer::LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n) {
   if (norm.empty()) return in;
   float* out = s_.lin_in.get();
-  ForEachToken(n, [&](size_t t) {
+  ForEachToken(n, cols, [&](size_t t) {
     RmsNorm(in + t * cols, norm.data(), cols, config_.linear_norm_eps, out + t * cols);
   });
   return out;
-}
-
-// Draws entry e's next token from its logits rows [draft + 1, vocab] (one row unless it
-// verifies drafts); pos0: its slot's position before the Batch.
-void Transformer::SampleEntry(BatchEntry& e, size_t pos0, const float* logits) {
-  Sampler& sampler = *e.sampler;
-  const size_t vocab = config_.vocab_size;
-  if (e.decode) sampler.Append(e.tokens[0]);
-  const char* what = e.decode ? "step" : "prefill";
-  try {
-    size_t a = 0;
-    for (; a < e.draft; ++a) {  // row a's logits judge draft a + 1 (tokens[a + 1])
-      const int32_t t = SampleAt(what, sampler, pos0 + a, logits + a * vocab, e.tokens[a + 1]);
-      if (t != e.tokens[a + 1]) {
-        e.next = t;
-        break;
-      }
-      sampler.Append(t);
-      e.accepted = a + 1;
-    }
-    if (a == e.draft) e.next = SampleAt(what, sampler, slots_[e.slot].pos - 1, logits + a * vocab);
-  } catch (const NonFiniteLogits& err) {
-    e.error = err.what();
-  }
-  // The rejected drafts' rows leave the cache (their K/V are overwritten by what comes next).
-  if (e.draft > 0) slots_[e.slot].pos = pos0 + 1 + e.accepted;
 }
 
 // out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.
@@ -413,12 +324,14 @@ void Transformer::Project(const FusedProjection& p, const float* in, size_t n, f
   }
 }
 
-// Per-token row work (norms, RoPE, activations): over the pool for a prefill chunk,
-// inline for one decode token (a pool dispatch would cost more than the work).
+// Per-token row work (norms, RoPE, activations) of about `floats` values per token: over
+// the pool for a prefill chunk, inline when the whole is a few microseconds (a decode
+// row, a verify step's few rows), where a pool dispatch would cost more than the work.
 template <class Fn>
-void Transformer::ForEachToken(size_t n, const Fn& fn) {
-  if (n == 1) {
-    fn(size_t(0));
+void Transformer::ForEachToken(size_t n, size_t floats, const Fn& fn) {
+  constexpr size_t kInlineFloats = 8192;
+  if (n == 1 || n * floats <= kInlineFloats) {
+    for (size_t t = 0; t < n; ++t) fn(t);
     return;
   }
   pool_.Run(n, [&](size_t t, size_t /*thread*/) { fn(t); });
@@ -426,8 +339,7 @@ void Transformer::ForEachToken(size_t n, const Fn& fn) {
 
 void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, size_t nseg) {
   const ModelConfig& c = config_;
-  const size_t hidden = c.hidden_size, inter = c.intermediate_size, hd = c.head_dim;
-  const size_t qkv_cols = c.q_dim() + 2 * c.kv_dim(), half = hd / 2;
+  const size_t hidden = c.hidden_size, inter = c.intermediate_size;
   float* x = s_.x.get();
   float* xb = s_.xb.get();
   size_t end = 0;
@@ -440,75 +352,109 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     }
   }
   if (end > s_.rope_ready) FillRope(end);
-  ForEachToken(n, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
+  {
+    TERNLM_PHASE(kEmbed);
+    ForEachToken(n, hidden, [&](size_t t) { DequantizeRow(w_.embed, size_t(tokens[t]), x + t * hidden); });
+  }
 
   for (size_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w_.layers[l];
     // --- attention block
-    ForEachToken(n, [&](size_t t) {
-      RmsNorm(x + t * hidden, lw.attn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
-    });
-    const std::vector<float>* in_norms = c.linear_norm ? lw.in_norm.data() : nullptr;
-    Project(lw.qkv, xb, n, s_.qkv.get(), in_norms ? in_norms + kLinearQ : nullptr);
-    ForEachToken(n, [&](size_t t) {  // [bias, q/k norms,] RoPE on q and k, then k and v into the cache
-      const size_t pos = row_pos_[t];
-      KvCache& kv = slots_[row_slot_[t]].kv;
-      float* row = s_.qkv.get() + t * qkv_cols;
-      if (c.attention_bias) {
-        AddInPlace(lw.q_bias.data(), c.q_dim(), row);
-        AddInPlace(lw.k_bias.data(), c.kv_dim(), row + c.q_dim());
-        AddInPlace(lw.v_bias.data(), c.kv_dim(), row + c.q_dim() + c.kv_dim());
-      }
-      if (c.qk_norm) {
-        for (size_t h = 0; h < c.num_heads; ++h)
-          RmsNorm(row + h * hd, lw.q_norm.data(), hd, c.rms_norm_eps, row + h * hd);
-        float* kh = row + c.q_dim();
-        for (size_t h = 0; h < c.num_kv_heads; ++h)
-          RmsNorm(kh + h * hd, lw.k_norm.data(), hd, c.rms_norm_eps, kh + h * hd);
-      }
-      const float* cs = s_.rope_cos.get() + pos * half;
-      const float* sn = s_.rope_sin.get() + pos * half;
-      for (size_t h = 0; h < c.num_heads + c.num_kv_heads; ++h) RopeRotateHalf(row + h * hd, cs, sn, hd);
-      const float* k = row + c.q_dim();
-      const float* v = k + c.kv_dim();
-      for (size_t h = 0; h < c.num_kv_heads; ++h) kv.Store(l, h, pos, k + h * hd, v + h * hd);
-    });
-    Attention(l, segs, nseg);
-    if (c.is_bitnet())
-      ForEachToken(n, [&](size_t t) {
-        RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
-                s_.att.get() + t * c.q_dim());
+    {
+      TERNLM_PHASE(kRowWork);
+      ForEachToken(n, hidden, [&](size_t t) {
+        RmsNorm(x + t * hidden, lw.attn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
       });
-    MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
-           s_.proj.get(), pool_);
-    AddInPlace(s_.proj.get(), n * hidden, x);
+    }
+    const std::vector<float>* in_norms = c.linear_norm ? lw.in_norm.data() : nullptr;
+    {
+      TERNLM_PHASE(kQkv);
+      Project(lw.qkv, xb, n, s_.qkv.get(), in_norms ? in_norms + kLinearQ : nullptr);
+    }
+    RopeAndCache(l, n);
+    {
+      TERNLM_PHASE(kAttention);
+      Attention(l, segs, nseg);
+    }
+    {
+      TERNLM_PHASE(kO);
+      if (c.is_bitnet())
+        ForEachToken(n, c.q_dim(), [&](size_t t) {
+          RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
+                  s_.att.get() + t * c.q_dim());
+        });
+      MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
+             s_.proj.get(), pool_);
+      AddInPlace(s_.proj.get(), n * hidden, x);
+    }
 
     // --- feed-forward block
-    ForEachToken(n, [&](size_t t) {
-      RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
-    });
-    Project(lw.gate_up, xb, n, s_.gate_up.get(), in_norms ? in_norms + kLinearGate : nullptr);
-    ForEachToken(n, [&](size_t t) {
-      const float* gate = s_.gate_up.get() + t * 2 * inter;
-      float* act = s_.act.get() + t * inter;
-      if (c.hidden_act == HiddenAct::kSilu) {
-        SiluMul(gate, gate + inter, inter, act);
-      } else {
-        Relu2Mul(gate, gate + inter, inter, act);
-      }
-      if (c.is_bitnet()) RmsNorm(act, lw.ffn_sub_norm.data(), inter, c.rms_norm_eps, act);
-    });
-    MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
-           s_.proj.get(), pool_);
-    AddInPlace(s_.proj.get(), n * hidden, x);
+    {
+      TERNLM_PHASE(kGateUp);
+      ForEachToken(n, hidden, [&](size_t t) {
+        RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
+      });
+      Project(lw.gate_up, xb, n, s_.gate_up.get(), in_norms ? in_norms + kLinearGate : nullptr);
+    }
+    {
+      TERNLM_PHASE(kRowWork);
+      ForEachToken(n, 2 * inter, [&](size_t t) {
+        const float* gate = s_.gate_up.get() + t * 2 * inter;
+        float* act = s_.act.get() + t * inter;
+        if (c.hidden_act == HiddenAct::kSilu) {
+          SiluMul(gate, gate + inter, inter, act);
+        } else {
+          Relu2Mul(gate, gate + inter, inter, act);
+        }
+        if (c.is_bitnet()) RmsNorm(act, lw.ffn_sub_norm.data(), inter, c.rms_norm_eps, act);
+      });
+    }
+    {
+      TERNLM_PHASE(kDown);
+      MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
+             s_.proj.get(), pool_);
+      AddInPlace(s_.proj.get(), n * hidden, x);
+    }
   }
   for (size_t i = 0; i < nseg; ++i) slots_[segs[i].slot].pos += segs[i].n;
 }
 
+// [bias, q/k norms,] RoPE on q and k of the chunk's n rows, then k and v into each row's cache.
+void Transformer::RopeAndCache(size_t l, size_t n) {
+  TERNLM_PHASE(kRowWork);
+  const ModelConfig& c = config_;
+  const LayerWeights& lw = w_.layers[l];
+  const size_t hd = c.head_dim, qkv_cols = c.q_dim() + 2 * c.kv_dim(), half = hd / 2;
+  ForEachToken(n, qkv_cols, [&](size_t t) {
+    const size_t pos = row_pos_[t];
+    KvCache& kv = slots_[row_slot_[t]].kv;
+    float* row = s_.qkv.get() + t * qkv_cols;
+    if (c.attention_bias) {
+      AddInPlace(lw.q_bias.data(), c.q_dim(), row);
+      AddInPlace(lw.k_bias.data(), c.kv_dim(), row + c.q_dim());
+      AddInPlace(lw.v_bias.data(), c.kv_dim(), row + c.q_dim() + c.kv_dim());
+    }
+    if (c.qk_norm) {
+      for (size_t h = 0; h < c.num_heads; ++h)
+        RmsNorm(row + h * hd, lw.q_norm.data(), hd, c.rms_norm_eps, row + h * hd);
+      float* kh = row + c.q_dim();
+      for (size_t h = 0; h < c.num_kv_heads; ++h)
+        RmsNorm(kh + h * hd, lw.k_norm.data(), hd, c.rms_norm_eps, kh + h * hd);
+    }
+    const float* cs = s_.rope_cos.get() + pos * half;
+    const float* sn = s_.rope_sin.get() + pos * half;
+    for (size_t h = 0; h < c.num_heads + c.num_kv_heads; ++h) RopeRotateHalf(row + h * hd, cs, sn, hd);
+    const float* k = row + c.q_dim();
+    const float* v = k + c.kv_dim();
+    for (size_t h = 0; h < c.num_kv_heads; ++h) kv.Store(l, h, pos, k + h * hd, v + h * hd);
+  });
+}
+
 // Final norm of x rows [first_row, first_row + n) and the head matmul into out [n, vocab].
 void Transformer::Logits(size_t first_row, size_t n, float* out) {
+  TERNLM_PHASE(kHead);
   const size_t hidden = config_.hidden_size;
-  ForEachToken(n, [&](size_t t) {
+  ForEachToken(n, hidden, [&](size_t t) {
     RmsNorm(s_.x.get() + (first_row + t) * hidden, w_.norm.data(), hidden, config_.rms_norm_eps,
             s_.xb.get() + t * hidden);
   });
@@ -516,8 +462,9 @@ void Transformer::Logits(size_t first_row, size_t n, float* out) {
 }
 
 void Transformer::LogitsOfRows(const size_t* rows, size_t k, float* out) {
+  TERNLM_PHASE(kHead);
   const size_t hidden = config_.hidden_size;
-  ForEachToken(k, [&](size_t t) {
+  ForEachToken(k, hidden, [&](size_t t) {
     RmsNorm(s_.x.get() + rows[t] * hidden, w_.norm.data(), hidden, config_.rms_norm_eps, s_.xb.get() + t * hidden);
   });
   MatMul(w_.head(), s_.xb.get(), k, out, pool_);

@@ -175,6 +175,7 @@ class Transformer {
   void FillRope(size_t end);  // RoPE table rows [rope_ready, end)
   int32_t SampleAt(const char* what, Sampler& sampler, size_t pos, const float* logits, int32_t draft = -1);
   void SampleEntry(BatchEntry& e, size_t pos0, const float* logits);  // one Batch entry's draw(s)
+  void RopeAndCache(size_t layer, size_t n);  // the chunk's q and k rotated, k and v cached
   void Attention(size_t layer, Segment* segs, size_t nseg);  // transformer_attention.cc
   void AttendTask(size_t layer, const Segment& seg, size_t task, size_t thread);
   void CombineParts(const Segment& seg);
@@ -186,7 +187,7 @@ class Transformer {
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
   void LogitsOfRows(const size_t* rows, size_t k, float* out);  // same over chosen rows
   template <class Fn>
-  void ForEachToken(size_t n, const Fn& fn);
+  void ForEachToken(size_t n, size_t floats, const Fn& fn);
 
   ModelConfig config_;
   Weights w_;

@@ -1,11 +1,13 @@
 // Threads, Highway targets and the kernel-path switches of runtime/targets.h:
 // set_num_threads, get_num_threads, supported_targets, current_target, set_target,
-// reset_target, avx3_vnni / arm_dotprod / amx (+ set_), prefetch_distance (+ set_, default_).
+// reset_target, avx3_vnni / arm_dotprod / amx (+ set_), prefetch_distance (+ set_, default_),
+// phase_times / reset_phase_times (a -DTERNLM_PHASE_TIMERS=ON build).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <string>
 
+#include "runtime/phase_timers.h"
 #include "runtime/targets.h"
 #include "runtime/thread_pool.h"
 
@@ -14,6 +16,22 @@ namespace py = pybind11;
 namespace ternlm {
 
 void BindRuntime(py::module_& m) {
+  m.def("phase_times", [] {
+    const PhaseSnapshot s = ReadPhaseTimers();
+    if (!s.enabled) return py::object(py::none());
+    py::dict phases;
+    for (int i = 0; i < int(Phase::kCount); ++i)
+      phases[PhaseName(Phase(i))] = py::make_tuple(s.seconds[i], s.calls[i]);
+    py::dict out;
+    out["phases"] = phases;
+    out["pool_runs"] = s.pool_runs;
+    out["caller_wait_s"] = s.caller_wait_s;
+    out["task_s"] = s.task_s;
+    return py::object(out);
+  }, "Per-phase forward totals since reset_phase_times(): {'phases': {name: (seconds, calls)}, "
+     "'pool_runs', 'caller_wait_s', 'task_s': [seconds per pool thread]}; None unless the core was "
+     "built with -DTERNLM_PHASE_TIMERS=ON (runtime/phase_timers.h).");
+  m.def("reset_phase_times", &ResetPhaseTimers, "Zero the phase totals (phase_times).");
   m.def("set_num_threads", [](long n) {
     if (n < 0) throw py::value_error("set_num_threads: n must be >= 0 (0 = all cores), got " + std::to_string(n));
     SetNumThreads(size_t(n));

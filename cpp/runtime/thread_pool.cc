@@ -9,6 +9,8 @@
 // sharing one line made each Run() of a small matmul cost ~20 us at 4-16 threads.
 #include "runtime/thread_pool.h"
 
+#include "runtime/phase_timers.h"
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -55,12 +57,18 @@ struct ThreadPool::Impl {
 
   void Work(size_t thread) {
     size_t done_here = 0;
+#ifdef TERNLM_PHASE_TIMERS
+    const uint64_t t0 = PhaseClockNs();
+#endif
     for (;;) {
       const size_t task = next_task.fetch_add(1, std::memory_order_relaxed);
       if (task >= num_tasks) break;
       (*fn)(task, thread);
       ++done_here;
     }
+#ifdef TERNLM_PHASE_TIMERS
+    if (done_here != 0) AddTaskTime(thread, PhaseClockNs() - t0);
+#endif
     // One release per thread publishes its tasks' writes; the caller acquires them.
     if (done_here != 0 && completed.fetch_add(done_here, std::memory_order_acq_rel) + done_here == num_tasks) {
       std::lock_guard<std::mutex> lock(mu);
@@ -160,6 +168,9 @@ void ThreadPool::Run(size_t num_tasks, const std::function<void(size_t, size_t)>
   }
   s.wake.notify_all();
   s.Work(0);
+#ifdef TERNLM_PHASE_TIMERS
+  const uint64_t wait0 = PhaseClockNs();
+#endif
   for (int i = 0; s.completed.load() != num_tasks && i < kSpinIterations; ++i) TERNLM_PAUSE();
   if (s.completed.load() != num_tasks) {
     std::unique_lock<std::mutex> lock(s.mu);
@@ -168,6 +179,9 @@ void ThreadPool::Run(size_t num_tasks, const std::function<void(size_t, size_t)>
   s.job_open.store(false);
   // A worker that entered just now finds no task left and leaves at once.
   while (s.active.load() != 0) TERNLM_PAUSE();
+#ifdef TERNLM_PHASE_TIMERS
+  AddPoolRun(PhaseClockNs() - wait0);
+#endif
 }
 
 // ---------------------------------------------------------------- shared pools

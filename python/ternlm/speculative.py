@@ -31,7 +31,8 @@ MAX_DRAFT = 16   # Transformer::kMaxDraft (cpp/model/transformer.h)
 RATE_START = 0.7     # acceptance estimate of a new sequence: drafts 2 tokens at first
 RATE_WEIGHT = 0.2    # moving-average weight of each drafted token's outcome
 WORTH = 0.35         # draft the k-th token while its chance of being kept is at least this
-PROBE_EVERY = 16     # steps between one-token drafts while none is worth it
+PROBE_EVERY = 16     # steps between one-token drafts while none is worth it ...
+PROBE_MAX = 256      # ... doubled after each probe that is rejected, up to this
 
 
 class Lookup:
@@ -71,6 +72,8 @@ class LookupDrafter:
         self.tokens: list = []
         self.rate = RATE_START          # estimated probability that a drafted token is kept
         self._idle = 0                  # steps since the last draft
+        self._probe_every = PROBE_EVERY  # steps between probes (_length)
+        self._probing = False           # the last draft was a probe
         self._index = {n: {} for n in range(options.min_ngram, options.ngram + 1)}
         for t in tokens:
             self.push(int(t))
@@ -82,21 +85,29 @@ class LookupDrafter:
             self.rate += RATE_WEIGHT * (1.0 - self.rate)
         if accepted < drafted:
             self.rate -= RATE_WEIGHT * self.rate
+        if accepted:
+            self._probe_every = PROBE_EVERY
+        elif self._probing:
+            self._probe_every = min(2 * self._probe_every, PROBE_MAX)
 
     def _length(self, limit: int) -> int:
         """How many tokens to draft: the k-th draft token is kept with probability about
         rate^k, and verifying it costs a fraction of a step (a verify of 1 + k rows is a
         small GEMM, dearer than the decode row's GEMV), so draft while rate^k >= WORTH; when
         that is no token, still one every PROBE_EVERY steps, so the estimate can recover
-        when the text starts repeating."""
+        when the text starts repeating. Each rejected probe doubles that interval (up to
+        PROBE_MAX) and a kept draft resets it: text that never repeats its input (an open
+        question) soon pays almost nothing for the lookup."""
         k, p = 0, self.rate
         while k < limit and p >= WORTH:
             k += 1
             p *= self.rate
+        self._probing = False
         if k == 0:
             self._idle += 1
-            if self._idle >= PROBE_EVERY:
+            if self._idle >= self._probe_every:
                 k = min(1, limit)
+                self._probing = k > 0
         if k > 0:
             self._idle = 0
         return k
