@@ -39,7 +39,8 @@ def test_threads_take_the_same_form_in_every_command():
 def test_compare_is_parsed_by_the_main_parser():
     args = parse("compare", "--model", "m.gguf", "--formats", "int4,ternary", "--threads", "2", "--json", "o.json",
                  "--plot", "o.png", "--window", "64", "-q")
-    assert args.func is cli.cmd_compare and args.command == "compare"
+    from ternlm.compare.cli import cmd_compare
+    assert args.func is cmd_compare and args.command == "compare"
     assert (args.model, args.formats, args.threads, args.json, args.plot, args.window, args.quiet) == \
         ("m.gguf", "int4,ternary", [2], "o.json", "o.png", 64, True)
     with pytest.raises(SystemExit):

@@ -350,62 +350,6 @@ def _synthetic_folder(shape) -> str:
     return folder
 
 
-# ---- compare ---------------------------------------------------------------------------------------
-def cmd_compare(args) -> int:
-    from pathlib import Path
-
-    from .compare import compare
-    if args.plot:                                 # before minutes of measuring, not after
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise CliError("--plot needs matplotlib: pip install matplotlib (or 'ternlm[plot]')") from None
-    table = compare(_model_path(args), formats=args.formats, text=Path(args.text) if args.text else None,
-                    threads=_one_thread_count(args), prompt_tokens=args.prompt_tokens,
-                    decode_tokens=args.decode_tokens, max_tokens_ppl=args.ppl_tokens, window=args.window,
-                    stride=args.stride, repeats=args.repeats, bandwidth=args.bandwidth,
-                    refresh_bandwidth=args.refresh_bandwidth, progress=not args.quiet)
-    print(table.to_markdown() if args.markdown else table)
-    if args.json:
-        table.to_json(args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        table.plot(args.plot)
-        print(f"wrote {args.plot}")
-    return 0
-
-
-def _add_compare_args(p):
-    from .compare import FORMATS
-    p.add_argument("--model", metavar="PATH", help=MODEL_HELP)
-    _add_revision_arg(p)
-    p.add_argument("--formats", default=",".join(FORMATS), metavar="LIST",
-                   help="comma-separated formats, from bf16,bf16c,int4,ternary,nano:BITS (default: bf16,int4,ternary)")
-    p.add_argument("--text", metavar="FILE", help="UTF-8 text for perplexity (default: the GNU GPL v3 that "
-                   "Debian's base-files installs at /usr/share/common-licenses/GPL-3; see ternlm.texts)")
-    _add_threads_arg(p)
-    p.add_argument("--json", metavar="FILE", help="also write the table as JSON here")
-    p.add_argument("--plot", metavar="FILE", help="write a figure here (PNG/SVG/PDF; needs matplotlib)")
-    p.add_argument("--prompt-tokens", type=_positive_int, default=128, metavar="N",
-                   help="prompt length for the prefill speed (default: 128)")
-    p.add_argument("--decode-tokens", type=_positive_int, default=32, metavar="N",
-                   help="tokens decoded for the decode speed (default: 32)")
-    p.add_argument("--ppl-tokens", type=_positive_int, default=1024, metavar="N",
-                   help="score at most N tokens of the text (default: 1024)")
-    p.add_argument("--window", type=_positive_int, default=512, metavar="N",
-                   help="perplexity window in tokens (default: 512)")
-    p.add_argument("--stride", type=_positive_int, default=256, metavar="N",
-                   help="perplexity stride in tokens (default: 256)")
-    p.add_argument("--repeats", type=_positive_int, default=3, metavar="N",
-                   help="timed runs per format; the best is kept (default: 3)")
-    p.add_argument("--bandwidth", type=float, default=None, metavar="GB/S",
-                   help="use this read bandwidth instead of the measured one")
-    p.add_argument("--refresh-bandwidth", action="store_true",
-                   help="measure the read bandwidth again (a cached figure is re-measured after 7 days)")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-
-
 # ---- parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -481,12 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     b.set_defaults(func=cmd_bench)
 
-    cmp = sub.add_parser("compare", help="compare bf16 / int4 / ternary: size, speed, perplexity",
-                         description="Load the model in each format, each in a fresh process, and print size, "
-                                     "peak memory, load time, prefill and decode speed, perplexity on a text and "
-                                     "the memory-bandwidth roofline as a table with a legend.")
-    _add_compare_args(cmp)
-    cmp.set_defaults(func=cmd_compare)
+    from .compare.cli import add_parser as add_compare_parser   # ternlm compare
+    add_compare_parser(sub)
 
     from .distill.cli import add_parser as add_distill_parser   # ternlm distill (torch imported lazily)
     add_distill_parser(sub)
