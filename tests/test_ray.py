@@ -35,6 +35,7 @@ psutil = pytest.importorskip("psutil")
 
 import ternlm  # noqa: E402
 import ternlm.batch  # noqa: E402
+import ternlm.ray  # noqa: E402
 from ternlm.cli import main  # noqa: E402
 
 from conftest import default_sigint  # noqa: E402
