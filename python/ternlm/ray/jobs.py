@@ -261,6 +261,11 @@ def _write_replace(path, write):
         raise
 
 
+def _write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+
+
 def _write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
@@ -288,7 +293,7 @@ class _Parts:
                 raise ValueError(f"{self.folder} holds the partial output of another job ({found}); remove it "
                                  f"to start this one, or rerun that job to finish it")
         else:
-            _write_replace(job, lambda p: json.dump(manifest, open(p, "w", encoding="utf-8")))
+            _write_replace(job, lambda p: _write_json(p, manifest))
 
     def load(self) -> dict:
         """Rows saved by earlier runs of this job: {row: record}."""
