@@ -39,6 +39,7 @@ import ternlm.ray  # noqa: E402
 from ternlm.cli import main  # noqa: E402
 
 from conftest import default_sigint  # noqa: E402
+from test_hub import add_snapshot  # noqa: E402
 from test_server import write_llama_numpy  # noqa: E402
 
 CONTEXT = 512
@@ -56,8 +57,18 @@ def model(folder):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def hf_home(tmp_path_factory):
+    """A Hugging Face cache holding the model as the Hub repository test-org/tiny-llama."""
+    return str(tmp_path_factory.mktemp("ray_hf_home"))
+
+
+@pytest.fixture(scope="module")
+def cluster(hf_home):
+    """The Ray cluster. Its processes inherit HF_HOME (the cache above) and
+    HF_HUB_OFFLINE=1 (conftest.py) from this process's environment as it starts."""
     from ray.cluster_utils import Cluster
+    saved = os.environ.get("HF_HOME")
+    os.environ["HF_HOME"] = hf_home
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
         c.add_node(num_cpus=2)
@@ -66,6 +77,10 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
+        if saved is None:
+            os.environ.pop("HF_HOME", None)
+        else:
+            os.environ["HF_HOME"] = saved
 
 
 def ray_processes(marker):
@@ -295,3 +310,16 @@ def test_batch_inputs_and_perplexity(cluster, model, tmp_path):
         ternlm.batch.generate(str(tmp_path / "texts.parquet"), model=model.source, progress=False)
     with pytest.raises(ValueError, match="in.jsonl:1: expected a JSON object with the key 'prompt'"):
         ternlm.batch.generate(str(jsonl), model=model.source, progress=False)
+
+
+def test_actors_find_a_hub_id_in_their_nodes_cache(cluster, hf_home, folder, model):
+    """model= a Hub id: each actor resolves it through the Hugging Face cache of its node
+    (HF_HOME, offline), not through the driver."""
+    add_snapshot(hf_home, "test-org/tiny-llama", {f: os.path.join(folder, f) for f in os.listdir(folder)},
+                 commit="a" * 40)
+    prompts = [f"hub {i}" for i in range(12)]
+    assert ternlm.batch.generate(prompts, model="test-org/tiny-llama", actors=2, max_new_tokens=6, context=CONTEXT,
+                                 progress=False) == model.generate(prompts, max_new_tokens=6)
+    with pytest.raises(RuntimeError, match="could not load the model 'test-org/not-there': FileNotFoundError: "
+                                           "test-org/not-there: no such file"):
+        ternlm.batch.generate(prompts, model="test-org/not-there", max_new_tokens=6, progress=False)

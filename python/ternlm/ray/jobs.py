@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import uuid
 
@@ -164,7 +165,8 @@ class Job:
             bar = progress_bar(total=todo, enabled=progress is True, delay=1.0, unit="row", desc=f"batch {self.kind}")
             done = 0
             try:
-                for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+                batches = mapped.iter_batches(batch_size=None, batch_format="numpy")
+                for batch in _actor_errors_named(batches, ray, self.kind, self.model):
                     records = {}
                     for i, row in enumerate(batch[ROW]):
                         row = int(row)
@@ -192,6 +194,19 @@ class Job:
     def _manifest(self, total):
         return {"kind": self.kind, "model": self.model, "column": self.column, "rows": total,
                 "options": self.options, "load_options": self.load_options}
+
+
+def _actor_errors_named(batches, ray, kind, model):
+    """The batches; an actor that could not even start (the model not found on its node,
+    say) as a RuntimeError ending with its exception's line, instead of Ray's report."""
+    try:
+        yield from batches
+    except ray.exceptions.RayActorError as e:
+        if not getattr(e, "actor_init_failed", False):
+            raise
+        lines = [ln.strip() for ln in str(e).splitlines()]
+        cause = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)), lines[-1])
+        raise RuntimeError(f"batch {kind}: an actor could not load the model {model!r}: {cause}") from None
 
 
 def _plain(v):
