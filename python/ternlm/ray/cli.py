@@ -10,6 +10,7 @@ head node.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -88,6 +89,7 @@ def cmd_serve_ray(args) -> int:
     ray = init(args.ray_address, logging_level="WARNING", log_to_driver=args.log_level in ("info", "debug"))
     own_ray = args.ray_address is None
     from ray import serve
+    logging.getLogger("ray.serve").setLevel(args.log_level.upper())     # the driver's own lines
     # SIGTERM ends the command as Ctrl-C does, so the application is taken down either way
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -98,8 +100,9 @@ def cmd_serve_ray(args) -> int:
         except Exception as e:               # a replica failed to start: the model's error
             raise CliError(f"the Serve application did not start: {type(e).__name__}: {e}") from None
         shown = f"[{args.host}]" if ":" in args.host else args.host
-        scaling = (f"{replicas} replicas" if args.min_replicas is None and args.max_replicas is None
-                   else f"{replicas} replicas, autoscaling {args.min_replicas or replicas}..{args.max_replicas or replicas}")
+        scaling = f"{replicas} replica{'s' if replicas > 1 else ''}"
+        if args.min_replicas is not None or args.max_replicas is not None:
+            scaling += f", autoscaling {args.min_replicas or replicas}..{args.max_replicas or replicas}"
         print(f"ternlm serve: {model} on Ray ({scaling}), OpenAI API at http://{shown}:{args.port}/v1",
               file=sys.stderr, flush=True)
         while True:
