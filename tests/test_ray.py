@@ -42,7 +42,8 @@ from conftest import default_sigint  # noqa: E402
 from test_hub import add_snapshot  # noqa: E402
 from test_server import write_llama_numpy  # noqa: E402
 
-CONTEXT = 512
+CONTEXT = 512              # batch jobs
+SERVE_CONTEXT = 4096       # the served model: room for requests long enough to kill a replica under
 PROMPTS = ["Hello", "The quick brown fox", "abc", "12345", "Once upon a time", "zebra", "Q: why?", "x=1;"]
 
 
@@ -53,7 +54,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(folder):
-    return ternlm.load(folder, context=CONTEXT, threads=1, max_sequences=8, progress=False)
+    return ternlm.load(folder, context=SERVE_CONTEXT, threads=1, max_sequences=8, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def served(cluster, folder):
     """`ternlm serve --ray --replicas 2` in a process of its own, on the test's cluster."""
     port = free_port()
     cmd = [sys.executable, "-m", "ternlm.server", "--ray", "--ray-address", cluster.address, "--replicas", "2",
-           "--model", folder, "--threads", "1", "--max-sequences", "4", "--context", str(CONTEXT),
+           "--model", folder, "--threads", "1", "--max-sequences", "4", "--context", str(SERVE_CONTEXT),
            "--name", "tiny", "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
@@ -198,15 +199,16 @@ def test_a_killed_replica_is_replaced(served, model):
     prompts = [p + "!" for p in PROMPTS]
 
     def slow(p):
-        return complete(client(served, retries=4), p, 200)[0]
+        return complete(client(served, retries=4), p, 3000)[0]
 
     threads_out = {}
     runner = threading.Thread(target=lambda: threads_out.setdefault("texts", concurrently(slow, [(p,) for p in prompts])))
     runner.start()
-    time.sleep(1.0)
+    time.sleep(0.5)
     os.kill(before[0], signal.SIGKILL)
+    assert runner.is_alive()                  # killed while the requests ran
     runner.join(300)
-    assert threads_out["texts"] == [model.generate(p, max_new_tokens=200) for p in prompts]
+    assert threads_out["texts"] == model.generate(prompts, max_new_tokens=3000)
     deadline = time.monotonic() + 120
     while True:
         now = ray_processes("ServeReplica")
@@ -298,6 +300,11 @@ def test_batch_inputs_and_perplexity(cluster, model, tmp_path):
     ds = ray.data.from_items([{"prompt": p, "n": i} for i, p in enumerate(PROMPTS * 3)])
     assert ternlm.batch.generate(ds, model=model.source, max_new_tokens=5, batch_size=4, context=CONTEXT,
                                  progress=False) == model.generate(PROMPTS * 3, max_new_tokens=5)
+    sampled = ternlm.batch.generate(PROMPTS, model=model.source, temperature=0.9, top_k=40, seed=7, batch_size=3,
+                                    max_new_tokens=8, context=CONTEXT, progress=False)
+    assert sampled == [model.generate(p, temperature=0.9, top_k=40, seed=7 + i, max_new_tokens=8)
+                       for i, p in enumerate(PROMPTS)]                      # row i samples with seed + i
+    assert sampled != model.generate(PROMPTS, max_new_tokens=8)
     texts = ["The quick brown fox jumps over the lazy dog. " * (1 + i % 3) for i in range(12)]
     import pyarrow as pa
     import pyarrow.parquet as pq
