@@ -17,7 +17,7 @@ replicas while the ongoing requests per replica stay above target_ongoing_reques
 removes them when they fall below (the model loads in each new replica).
 
 A replica that dies (killed, out of memory, its node lost) is replaced by Serve; the
-requests it was answering fail (502/500 from the proxy, or a stream cut short), and
+requests it was answering fail (a 5xx from the proxy, or a stream cut short), and
 clients retry them (the openai client retries failed requests twice by default). Each
 answer carries the header x-ternlm-replica naming the replica that produced it.
 """
