@@ -3,6 +3,7 @@
 #   make test   set up (with test extras), then run the whole test suite
 #   make fuzz   the loaders' mutation fuzzer for FUZZ_SECONDS (tests/fuzz_loaders.py)
 #   make test-sanitize  the C++ core built with ASan + UBSan, every test that needs no torch under it
+#   make test-ray   the extra ternlm[ray] (Ray Serve + Ray Data) and its tests on a local 2-node Ray
 # and for packaging:
 #   make wheel       a manylinux wheel in dist/ that bundles libhwy (auditwheel repair)
 #   make test-wheel  that wheel built from a read-only copy of the tree, installed into a
@@ -21,7 +22,7 @@ DEMO_PROMPT ?= Explain in two sentences why the sky is blue.
 # in a temporary folder and a read-only source tree builds too): rebuilds stay incremental.
 EDITABLE_BUILD_DIR := --config-settings=build-dir=build/{wheel_tag}
 
-.PHONY: demo test fuzz test-sanitize setup setup-test apt build bench clean check-arm test-arm wheel test-wheel
+.PHONY: demo test test-ray fuzz test-sanitize setup setup-test apt build bench clean check-arm test-arm wheel test-wheel
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -52,7 +53,16 @@ demo: setup
 	$(VENV)/bin/ternlm generate --prompt "$(DEMO_PROMPT)" --max-new-tokens 96
 
 test: setup-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/test_ray.py
+
+# ternlm on Ray, kept out of `make test`: the extra is large (Ray ~80 MB, pyarrow, pandas) and
+# its tests start a Ray cluster (a head and one more node on 127.0.0.1, torn down at the end).
+$(VENV)/.ray-deps: $(VENV)/.test-deps pyproject.toml
+	$(PIP) install -e ".[test,server,ray]" --no-build-isolation $(EDITABLE_BUILD_DIR)
+	touch $@
+
+test-ray: apt $(VENV)/.ray-deps build
+	$(PY) -m pytest -q tests/test_ray.py
 
 # Seeded mutation fuzzing of every loader, each input loaded in a forked child under a memory
 # cap and a timeout: a crash, a hang, a sanitizer report, a MemoryError or an exception other
@@ -73,10 +83,11 @@ fuzz: setup-test
 # it. SANITIZE_RUN prefixes any command with it (e.g. the loader fuzzer:
 # `$(SANITIZE_RUN) $(PY) tests/fuzz_loaders.py`). test-sanitize runs the test suite there:
 # tests that need torch skip themselves (tests/conftest.py), the notebooks are left out
-# (two minutes under ASan, mostly plotting), and --capture=sys leaves file descriptor 2
+# (two minutes under ASan, mostly plotting) and so are the Ray tests (Ray's own processes would
+# load the instrumented module), and --capture=sys leaves file descriptor 2
 # alone so a sanitizer report reaches the log even when it kills the process.
 SANITIZE_RUN := PYTHON=$(abspath $(PY)) tests/sanitize_env.sh
-SANITIZE_TESTS ?= tests --ignore=tests/test_notebooks.py
+SANITIZE_TESTS ?= tests --ignore=tests/test_notebooks.py --ignore=tests/test_ray.py
 test-sanitize: setup-test
 	$(SANITIZE_RUN) $(abspath $(PY)) -m pytest -q --capture=sys $(SANITIZE_TESTS)
 

@@ -3,6 +3,7 @@
     ternlm serve [--model PATH] [--host 127.0.0.1] [--port 8000] [--threads N]
                  [--max-sequences N] [--weights ...] [--head ...] [--context N] [--kv-dtype ...]
                  [--name ID] [--log-level LEVEL]
+    ternlm serve --ray [--replicas N] [--ray-address ADDR] ...   on Ray Serve (ternlm/ray/cli.py)
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def add_parser(sub):
                    help="the model id clients see in /v1/models and answers (default: the model folder's name)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default: info: one line per request)")
+    from ..ray.cli import add_arguments as add_ray_arguments     # no Ray import until --ray runs
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -64,6 +67,10 @@ def _listen(host, port) -> socket.socket:
 
 
 def cmd_serve(args) -> int:
+    from ..ray.cli import check_ray_args, cmd_serve_ray
+    check_ray_args(args)
+    if args.ray:
+        return cmd_serve_ray(args)
     from . import _require_extra, create_app
     try:
         _require_extra()
