@@ -302,6 +302,8 @@ HWY_NOINLINE void Int4MatMulRows(const uint8_t* tiles, size_t padded_cols, int g
     if (a.n >= kAmxMinRows && AmxEnabled() && Int4G32MatMulRowsAmx(tiles, padded_cols, a, r0, r1, out)) return;
 #endif
     ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
+      // Each tiled kernel points at its rows' codes, block scales and a per-format third array
+      // (group sums, sub-block sums): the gathering looks the same, what it gathers differs.
       const int8_t* xs[kMaxActivationRows];
       const float* inv[kMaxActivationRows];
       const float* gs[kMaxActivationRows];

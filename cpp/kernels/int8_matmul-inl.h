@@ -12,6 +12,9 @@
 //   every other target (SSE4, NEON, EMU128, SCALAR): portable Highway in i32 lanes, one
 //     lane per tile row, each weight byte sign-extended by shifts
 #if defined(TERNLM_KERNELS_INT8_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
+// Highway compiles this header once per target (foreach_target), so the guard below toggles
+// instead of blocking; the includes and namespaces after it are the preamble every
+// kernels/*-inl.h shares.
 #ifdef TERNLM_KERNELS_INT8_MATMUL_INL_H_
 #undef TERNLM_KERNELS_INT8_MATMUL_INL_H_
 #else
@@ -142,6 +145,8 @@ HWY_NOINLINE void Int8MatMulRows(const uint8_t* tiles, size_t padded_cols, const
   const size_t nb32 = padded_cols / 32, tile_bytes = Int8TileBytes(padded_cols);
   HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
   ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
+    // Each tiled kernel points at its rows' codes, block scales and a per-format third array
+    // (group sums, sub-block sums): the gathering looks the same, what it gathers differs.
     const int8_t* xs[kMaxActivationRows];
     const float* inv[kMaxActivationRows];
     const int32_t* sums[kMaxActivationRows];

@@ -17,6 +17,9 @@
 // 16 columns per vector where bytes handle 64 (BM_NanoSigned in benchmarks/bench_matmul.cc
 // measures both sums).
 #if defined(TERNLM_KERNELS_NANO_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
+// Highway compiles this header once per target (foreach_target), so the guard below toggles
+// instead of blocking; the includes and namespaces after it are the preamble every
+// kernels/*-inl.h shares.
 #ifdef TERNLM_KERNELS_NANO_MATMUL_INL_H_
 #undef TERNLM_KERNELS_NANO_MATMUL_INL_H_
 #else

@@ -13,6 +13,9 @@
 //   every other target (SSE4, NEON, EMU128, SCALAR): portable Highway in i32 lanes, one
 //     lane per tile row, each code shifted out of its lane
 #if defined(TERNLM_KERNELS_Q6_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
+// Highway compiles this header once per target (foreach_target), so the guard below toggles
+// instead of blocking; the includes and namespaces after it are the preamble every
+// kernels/*-inl.h shares.
 #ifdef TERNLM_KERNELS_Q6_MATMUL_INL_H_
 #undef TERNLM_KERNELS_Q6_MATMUL_INL_H_
 #else
@@ -206,6 +209,8 @@ HWY_NOINLINE void Q6MatMulRows(const uint8_t* tiles, size_t padded_cols, const P
   const size_t nb32 = padded_cols / 32, nsub = padded_cols / kQ6SubCols, tile_bytes = Q6TileBytes(padded_cols);
   HWY_ALIGN float acc[kMaxActivationRows * kTileRows];
   ForEachTileGroup(r0, r1, a.n, tile_bytes, [&](size_t t, size_t x0, size_t nx) HWY_ATTR {
+    // Each tiled kernel points at its rows' codes, block scales and a per-format third array
+    // (group sums, sub-block sums): the gathering looks the same, what it gathers differs.
     const int8_t* xs[kMaxActivationRows];
     const float* inv[kMaxActivationRows];
     const int32_t* sums[kMaxActivationRows];

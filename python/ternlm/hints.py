@@ -75,3 +75,16 @@ def missing_model_message(path) -> str:
 
 __all__ = ["TernlmWarning", "available_cores", "warn_threads", "warn_context", "looks_like_hub_id",
            "missing_model_message"]
+
+
+def require_modules(modules, hint: str, what: str = "not installed") -> None:
+    """Import each of `modules`; an ImportError that starts with `hint` (how to install the
+    extra that provides them) and names the missing ones."""
+    missing = []
+    for mod in modules:
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise ImportError(f"{hint} ({', '.join(missing)} {what})")

@@ -32,14 +32,8 @@ def require_extra():
     an ImportError naming the extra when Ray, Serve or Data is missing."""
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    missing = []
-    for mod in ("ray", "ray.serve", "ray.data"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    if missing:
-        raise ImportError(f"{EXTRA_HINT} ({', '.join(missing)} not importable)")
+    from ..hints import require_modules
+    require_modules(("ray", "ray.serve", "ray.data"), EXTRA_HINT, "not importable")
     import ray
     return ray
 

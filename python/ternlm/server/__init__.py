@@ -21,14 +21,8 @@ EXTRA_HINT = "ternlm serve needs FastAPI and uvicorn: pip install 'ternlm[server
 
 def _require_extra():
     """ImportError naming the extra when FastAPI or uvicorn is missing."""
-    missing = []
-    for mod in ("fastapi", "uvicorn"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    if missing:
-        raise ImportError(f"{EXTRA_HINT} ({', '.join(missing)} not installed)")
+    from ..hints import require_modules
+    require_modules(("fastapi", "uvicorn"), EXTRA_HINT)
 
 
 def create_app(model, model_name: str | None = None):
