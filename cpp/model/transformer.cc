@@ -3,15 +3,16 @@
 //   x = embed[token]
 //   per layer:  h = rmsnorm(x)·attn_norm;  q|k|v = h·Wqkvᵀ  [+ q|k|v bias: Qwen2]
 //               [Qwen3: q, k = rmsnorm(each head)·q_norm, k_norm];  rope(q, k);  cache k, v
-//               a = attention(q, K, V)  [Mistral: over the last sliding_window positions]
+//               a = attention(q, K, V)  [sliding layers: over the last sliding_window positions]
 //               [BitNet: a = rmsnorm(a)·attn_sub_norm]
-//               x += a·Woᵀ
-//               h = rmsnorm(x)·ffn_norm;  g|u = h·Wgate_upᵀ
+//               x += a·Woᵀ  [+ o bias: o_bias]
+//               h = rmsnorm(x)·ffn_norm;  g|u = h·Wgate_upᵀ  [+ gate|up biases: mlp_bias]
 //               f = silu(g)·u (Llama) | relu(g)²·u (BitNet)  [BitNet: f = rmsnorm(f)·ffn_sub_norm]
-//               x += f·Wdownᵀ
+//               x += f·Wdownᵀ  [+ down bias: mlp_bias]
 //   logits = (rmsnorm(x)·norm)·Wheadᵀ
 // With linear_norm (transformers' BitNet quantizer, use_rms_norm) every layer linear W
-// computes (rmsnorm(in)·in_norm_W)·Wᵀ: its own input norm, with linear_norm_eps.
+// computes (rmsnorm(in)·in_norm_W)·Wᵀ: its own input norm, with linear_norm_eps (but the
+// linears in plain_linears, left float by modules_to_not_convert, which read in as it is).
 #include "model/transformer.h"
 
 #include <unistd.h>  // sysconf
@@ -369,6 +370,11 @@ const float* Transformer::LinearInput(const std::vector<float>& norm, const floa
   return out;
 }
 
+// rows[n, bias.size()] += bias (an o / down projection's bias, before the residual add).
+void Transformer::AddRowBias(const std::vector<float>& bias, size_t n, float* rows) {
+  for (size_t t = 0; t < n; ++t) AddInPlace(bias.data(), bias.size(), rows + t * bias.size());
+}
+
 // Draws entry e's next token from its logits rows [draft + 1, vocab] (one row unless it
 // verifies drafts); pos0: its slot's position before the Batch.
 void Transformer::SampleEntry(BatchEntry& e, size_t pos0, const float* logits) {
@@ -481,6 +487,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
       });
     MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
            s_.proj.get(), pool_);
+    if (c.o_bias) AddRowBias(lw.o_bias, n, s_.proj.get());
     AddInPlace(s_.proj.get(), n * hidden, x);
 
     // --- feed-forward block
@@ -491,6 +498,11 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     ForEachToken(n, [&](size_t t) {
       const float* gate = s_.gate_up.get() + t * 2 * inter;
       float* act = s_.act.get() + t * inter;
+      if (c.mlp_bias) {
+        float* g = s_.gate_up.get() + t * 2 * inter;
+        AddInPlace(lw.gate_bias.data(), inter, g);
+        AddInPlace(lw.up_bias.data(), inter, g + inter);
+      }
       if (c.hidden_act == HiddenAct::kSilu) {
         SiluMul(gate, gate + inter, inter, act);
       } else {
@@ -500,6 +512,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     });
     MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
            s_.proj.get(), pool_);
+    if (c.mlp_bias) AddRowBias(lw.down_bias, n, s_.proj.get());
     AddInPlace(s_.proj.get(), n * hidden, x);
   }
   for (size_t i = 0; i < nseg; ++i) slots_[segs[i].slot].pos += segs[i].n;
