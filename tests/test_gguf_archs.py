@@ -192,6 +192,14 @@ def test_window_pattern_marks_full_layers(folders, tmp_path):
     assert read_checkpoint(period).config.full_attention_layers == [1]
 
 
+def test_window_pattern_of_the_wrong_length_is_named(folders, tmp_path):
+    path = gguf_from_arch_folder(folders["mistral"], tmp_path / "bad.gguf", {"embed": "F32", "lm_head": "F32",
+                                 "matrix": "F32"}, sliding_window=24, window_pattern=[True])
+    with pytest.raises(ValueError, match=r"bad.gguf: metadata key llama.attention.sliding_window_pattern must "
+                                         r"hold one bool per layer \(2\)"):
+        ternlm.load(path, progress=False)
+
+
 def test_llama_file_with_permuted_q_bias(tmp_path):
     """A `llama` file's optional attn_q / attn_k biases are permuted with their rows
     (llama.cpp's converter permutes q_proj.bias too) and un-permuted on import."""
