@@ -292,7 +292,8 @@ def _gguf_seeds(root, state, shape, rng, add):
                                        {"embed": "F16", "lm_head": "Q8_0", "matrix": "F16", "attn_q": "Q4_0"})
     hd = shape["h"] // shape["heads"]
     for i in range(shape["layers"]):
-        for kind, rows in (("attn_q", shape["heads"] * hd), ("attn_k", shape["kv"] * hd), ("attn_v", shape["kv"] * hd)):
+        for kind, rows in (("attn_q", shape["heads"] * hd), ("attn_k", shape["kv"] * hd),
+                           ("attn_v", shape["kv"] * hd)):
             tensors[f"blk.{i}.{kind}.bias"] = ((rng.standard_normal(rows) * 0.1).astype("float32"), "F32")
     folder = os.path.join(root, "gguf_qwen2")
     os.makedirs(folder)

@@ -1,9 +1,10 @@
 """The forward pass's architecture features without torch (so they also run under the
 sanitizer build and on emulated aarch64): Qwen2's q/k/v biases, Qwen3's per-head q/k
 RMSNorm, Mistral's sliding window, o / MLP biases, windows on some layers only, and the
-BitNet quantizer's per-linear input norms (some linears left plain), alone and together, in f32 and ternary weights, with odd sizes (every SIMD tail path),
-against the numpy reference (numpy_reference.py), in prefill chunks and decode steps with
-the window split over threads.
+BitNet quantizer's per-linear input norms (some linears left plain), alone and together,
+in f32 and ternary weights, with odd sizes (every SIMD tail path), against the numpy
+reference (numpy_reference.py), in prefill chunks and decode steps with the window split
+over threads.
 
 Tolerances: f32 weights, f32 against numpy's f64 matmuls: 1e-4 of max|logit|. Ternary:
 int8 activations; a rounding tie may flip with the summation order (tests/test_model_bitnet.py),

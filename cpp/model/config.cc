@@ -72,9 +72,11 @@ ModelConfig ParseModelConfig(const ConfigValues& v) {
   if (v.Has("linear_norm_eps")) c.linear_norm_eps = float(v.Number("linear_norm_eps"));
   if (v.Has("o_bias")) c.o_bias = v.Bool("o_bias");
   if (v.Has("mlp_bias")) c.mlp_bias = v.Bool("mlp_bias");
-  if (v.Has("full_attention_layers")) {
+  const std::vector<int64_t> full = v.Has("full_attention_layers") ? v.Ints("full_attention_layers")
+                                                                   : std::vector<int64_t>();
+  if (!full.empty()) {
     c.full_attention.assign(c.num_layers, false);
-    for (const int64_t l : v.Ints("full_attention_layers")) {
+    for (const int64_t l : full) {
       if (l < 0 || size_t(l) >= c.num_layers)
         Bad("full_attention_layers holds layer " + std::to_string(l) + ", outside [0, " +
             std::to_string(c.num_layers) + ")");

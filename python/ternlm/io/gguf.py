@@ -142,6 +142,8 @@ def _sliding_window(reader, arch, layers, path):
                              f"got {pattern!r:.100}")
         return w, [i for i, b in enumerate(pattern) if not b]
     n = config_int(pattern, f"metadata key {key}_pattern", path)
+    if layers > len(reader.tensors):
+        return w, []        # no list per layer: the layer count check refuses the file next
     return w, [i for i in range(layers) if i % n == n - 1]
 
 

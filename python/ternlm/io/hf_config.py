@@ -35,6 +35,8 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": ("llama", "qwen3"),
     "MistralForCausalLM": ("llama", "mistral"),
 }
+# No model has more layers; a config that claims more with per-layer windows is damaged.
+MAX_WINDOW_LAYERS = 1 << 16
 # transformers' config defaults where config.json may omit a field: (rope_theta, rms_norm_eps)
 _DEFAULTS = {"llama": (10000.0, 1e-6), "bitnet": (500000.0, 1e-5), "qwen2": (10000.0, 1e-6),
              "qwen3": (10000.0, 1e-6), "mistral": (10000.0, 1e-6)}
@@ -141,7 +143,12 @@ def _sliding_window(cfg: dict, model_type: str, layers: int, where: str):
     types = cfg.get("layer_types")
     if types is None:
         first = config_int(_get(cfg, "max_window_layers", 28), "max_window_layers", where, minimum=0)
-        types = ["sliding_attention" if w is not None and i >= first else "full_attention" for i in range(layers)]
+        if w is None or first >= layers:
+            return 0, []
+        if layers > MAX_WINDOW_LAYERS:    # before a list per layer (a damaged or hostile file)
+            raise ValueError(f"{where}: num_hidden_layers = {layers} with sliding windows from max_window_layers: "
+                             f"more than {MAX_WINDOW_LAYERS} layers")
+        return w, list(range(first))
     kinds = ("full_attention", "sliding_attention")
     if not isinstance(types, list) or len(types) != layers or not all(t in kinds for t in types):
         raise ValueError(f"{where}: layer_types must list {layers} entries (num_hidden_layers), each "
