@@ -133,3 +133,16 @@ def test_greedy_continuation_identical(folders):
         assert m.stats["decode_tokens"] == len(want) and len(want) >= 16, name
         dec = m.tokenizer.stream_decoder()
         assert text == "".join(dec.push(t) for t in want) + dec.flush(), name
+
+
+@pytest.mark.parametrize("name", ["llama_bias_rms_norm_plain", "qwen2_mixed"])
+def test_save_and_load_keeps_the_layout(folders, tmp_path, name):
+    """A ternlm folder keeps the biases, per-layer windows and plain linears: equal logits."""
+    m = ternlm.load(folders[name], context=128, threads=2, progress=False)
+    m.save(tmp_path / "saved")
+    back = ternlm.load(tmp_path / "saved", context=128, threads=2, progress=False)
+    c = back.config
+    assert (c.o_bias, c.mlp_bias, c.full_attention_layers, c.plain_linears) == (
+        m.config.o_bias, m.config.mlp_bias, m.config.full_attention_layers, m.config.plain_linears)
+    ids = _ids(70, c.vocab_size, 9)
+    np.testing.assert_array_equal(back.logits(ids), m.logits(ids))
