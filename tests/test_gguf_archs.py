@@ -3,7 +3,8 @@ llama.cpp's converter writes them (tests/gguf_files.py gguf_from_arch_folder): `
 (q/k/v biases), `qwen3` (attn_q_norm / attn_k_norm, key_length wider than hidden / heads)
 and Mistral as `llama` (q/k rows permuted; a sliding window only when the file has
 `llama.attention.sliding_window`), with F32 / F16 / BF16 / Q8_0 / Q4_0 / Q4_1 / Q6_K
-tensors, against the same model's Hugging Face folder.
+tensors, against the same model's Hugging Face folder (and, for qwen2 / qwen3, against
+transformers' own GGUF loading of the file).
 
 References and tolerances. "The same model's HF folder" is the folder the file was written
 from with every tensor replaced by gguf's own dequantization of the file's (q/k un-permuted):
@@ -110,6 +111,26 @@ def test_logits_match_the_same_models_hf_folder(folders, files, name, kind):
         assert agree == 1.0
     else:
         assert rel_rms < 5e-2 and np.abs(err).max() < 0.1 * np.abs(ref).max() and agree >= 0.9
+
+
+@pytest.mark.parametrize("name, kind", [("qwen2", "F32"), ("qwen3", "F32"), ("qwen2", "Q8_0"), ("qwen3", "F16")])
+def test_logits_and_tokens_match_transformers_gguf_loading(files, name, kind):
+    """transformers' own GGUF loader (model and tokenizer) on the same qwen2 / qwen3 file:
+    an independent reading of the metadata, names and tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = files[name, kind]
+    folder, fname = os.path.dirname(path), os.path.basename(path)
+    ref_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32,
+                                                     attn_implementation="eager").eval()
+    ref_tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    m = ternlm.load(path, context=64, threads=2, progress=False)
+    for text in TEXTS[:3]:
+        assert m.tokenizer.encode(text) == ref_tok.encode(text), text
+    ids = m.tokenizer.encode(TEXTS[1])
+    with torch.no_grad():
+        ref = ref_model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(m.logits(ids), ref, atol=2e-4 * np.abs(ref).max(), rtol=0)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
