@@ -61,6 +61,33 @@ FAMILIES = {
                              num_key_value_heads=2, rope_theta=500000.0, rms_norm_eps=1e-5,
                              tie_word_embeddings=False, max_position_embeddings=256)),
 }
+# Layouts beside the published defaults: Llama's attention_bias (q/k/v/o) and mlp_bias,
+# Qwen3's attention_bias, and Qwen2 / Qwen3 mixing sliding and full attention layers
+# (max_window_layers, as Qwen2.5 configs carry it; layer_types, as transformers 5 saves it).
+FAMILIES.update({
+    "llama_bias": dict(FAMILIES["llama"], shape=dict(FAMILIES["llama"]["shape"], attention_bias=True,
+                                                     mlp_bias=True)),
+    "qwen3_bias": dict(FAMILIES["qwen3"], shape=dict(FAMILIES["qwen3"]["shape"], attention_bias=True)),
+    "qwen2_mixed": dict(FAMILIES["qwen2"], shape=dict(FAMILIES["qwen2"]["shape"], num_hidden_layers=3,
+                                                      use_sliding_window=True, sliding_window=24,
+                                                      max_window_layers=1)),
+    "qwen3_layer_types": dict(FAMILIES["qwen3"], shape=dict(
+        FAMILIES["qwen3"]["shape"], num_hidden_layers=3, use_sliding_window=True, sliding_window=20,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+})
+# GGUF's Q6_K and k-quant blocks are 256 weights wide: the same families 256 wide, with
+# Qwen2's real pre-tokenizer (its split regex + NFC) for the GGUF tokenizer tests.
+_WIDE = dict(hidden_size=256, intermediate_size=512)
+FAMILIES.update({
+    "qwen2_256": dict(FAMILIES["qwen2"], tokenizer="qwen2", shape=dict(FAMILIES["qwen2"]["shape"], **_WIDE)),
+    "qwen3_256": dict(FAMILIES["qwen3"], tokenizer="qwen2", shape=dict(FAMILIES["qwen3"]["shape"], **_WIDE,
+                                                                       head_dim=128)),
+    "mistral_256": dict(FAMILIES["mistral"], shape=dict(FAMILIES["mistral"]["shape"], **_WIDE)),
+})
+# Qwen2's tokenizer.json pre-tokenizer split (Qwen/Qwen2.5-*): contractions, letters with
+# one leading non-letter, single digits, punctuation runs, newlines, spaces.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def _template_into_config(folder, fast):
@@ -75,11 +102,16 @@ def _template_into_config(folder, fast):
     return path, cfg
 
 
-def _qwen_tokenizer(folder):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _qwen_tokenizer(folder, real_split=False):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if real_split:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
@@ -140,7 +172,9 @@ def write_arch(folder, family, quant=None, seed=0, rms_weights=True):
     from safetensors.torch import save_file
     spec = FAMILIES[family]
     os.makedirs(folder, exist_ok=True)
-    fast, bos, eos = (_qwen_tokenizer if spec["tokenizer"] == "qwen" else _mistral_tokenizer)(folder)
+    kind = spec["tokenizer"]
+    fast, bos, eos = (_mistral_tokenizer(folder) if kind == "mistral" else
+                      _qwen_tokenizer(folder, real_split=kind == "qwen2"))
     cfg = getattr(transformers, spec["config"])(vocab_size=len(fast), bos_token_id=bos, eos_token_id=eos,
                                                 **spec["shape"])
     torch.manual_seed(seed)

@@ -42,8 +42,8 @@ for f in cpp/kernels/matmul.cc cpp/kernels/vector_ops.cc cpp/kernels/attention.c
   echo "$f: $n NEON symbols, $m scalar-fallback symbols"
 done
 o="$work/obj/cpp_kernels_dotprod_aarch64.cc.o"
-for k in TernaryTileDotsDotProd Int4TileBlockDotsDotProd; do
+for k in TernaryTileDotsDotProd Int4TileBlockDotsDotProd Int8TileBlockDotsDotProd Q6SubDotsDotProd; do
   aarch64-linux-gnu-nm -C "$o" | grep -q "T ternlm::$k" || { echo "no $k (vdotq_s32) in dotprod_aarch64.cc"; exit 1; }
 done
-echo "cpp/kernels/dotprod_aarch64.cc: the vdotq_s32 ternary and INT4 kernels are built"
+echo "cpp/kernels/dotprod_aarch64.cc: the vdotq_s32 ternary, INT4, int8 and q6 kernels are built"
 echo "aarch64 (NEON) build of the core: ok"

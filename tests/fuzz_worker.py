@@ -263,7 +263,8 @@ def build_seeds(root):
 
 def _gguf_seeds(root, state, shape, rng, add):
     """A Llama GGUF (F16 / Q8_0 / Q4_0 / Q4_1 / F32), a ternary one (TQ2_0 / TQ1_0, rows of
-    256), written by tests/gguf_files.py with the gguf package's quantizers, and a `bitnet`
+    256), a `qwen2` one (q/k/v biases, a sliding window key), written by tests/gguf_files.py
+    with the gguf package's quantizers, and a `bitnet`
     one (I2_S, TQ2_0, a `.scale` tensor, a Q6_K output) through tests/gguf_files.py's encoders."""
     from gguf_files import hf_state_to_gguf_tensors, tokenizer_meta_from_fast, write_gguf
     with open(os.path.join(root, "hf_bitnet", "tokenizer.json"), encoding="utf-8") as fh:
@@ -286,6 +287,21 @@ def _gguf_seeds(root, state, shape, rng, add):
         write_gguf(os.path.join(folder, "model.gguf"), cfg,
                    hf_state_to_gguf_tensors(st, sh["heads"], sh["kv"], sh["layers"], kinds), tok)
         add(name, {"model.gguf": "gguf"}, load="model.gguf")
+    # a `qwen2` file: q/k/v biases, and a sliding window key (llama.cpp's names)
+    tensors = hf_state_to_gguf_tensors(state, shape["heads"], shape["kv"], shape["layers"],
+                                       {"embed": "F16", "lm_head": "Q8_0", "matrix": "F16", "attn_q": "Q4_0"})
+    hd = shape["h"] // shape["heads"]
+    for i in range(shape["layers"]):
+        for kind, rows in (("attn_q", shape["heads"] * hd), ("attn_k", shape["kv"] * hd),
+                           ("attn_v", shape["kv"] * hd)):
+            tensors[f"blk.{i}.{kind}.bias"] = ((rng.standard_normal(rows) * 0.1).astype("float32"), "F32")
+    folder = os.path.join(root, "gguf_qwen2")
+    os.makedirs(folder)
+    cfg = {"hidden": shape["h"], "ffn": shape["f"], "layers": shape["layers"], "heads": shape["heads"],
+           "kv_heads": shape["kv"], "ctx": 128, "eps": 1e-6, "theta": 1000000.0}
+    write_gguf(os.path.join(folder, "model.gguf"), cfg, tensors, dict(tok, pre="qwen2"), arch="qwen2",
+               extra={"qwen2.attention.sliding_window": 16})
+    add("gguf_qwen2", {"model.gguf": "gguf"}, load="model.gguf")
     folder = os.path.join(root, "gguf_bitnet")
     os.makedirs(folder)
     sh = dict(shape, h=256, f=256, layers=1)

@@ -190,3 +190,107 @@ def gguf_from_hf_folder(folder, path, types, tok_kind="gpt2", pre="gpt-2"):
             "theta": cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))}
     tensors = hf_state_to_gguf_tensors(state, heads, kv, cfg["num_hidden_layers"], types)
     return write_gguf(path, gcfg, tensors, tok)
+
+
+# llama.cpp's tensor names of a decoder layer: HF module suffix -> GGUF name (its TensorNameMap)
+_LAYER_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+                "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+                "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                "mlp.down_proj": "ffn_down"}
+
+
+def _as_type(w, kind):
+    """(data, raw type) of a float matrix in GGUF type `kind` (Q6_K through ternlm's q6,
+    whose numerics are Q6_K's: gguf.quants cannot encode it)."""
+    if kind == "Q6_K":
+        import ternlm
+        from head_reference import q6_fields
+        u, sc, d = q6_fields(ternlm.quantize(np.ascontiguousarray(w, np.float32), "q6"))
+        return tensor_bytes((u[:, :w.shape[1]].astype(np.uint8), sc[:, :w.shape[1] // 16], d), "Q6_K")
+    return tensor_bytes(w, kind)
+
+
+def gguf_from_arch_folder(folder, path, types, sliding_window=None, window_pattern=None):
+    """A Qwen2 / Qwen3 / Mistral HF folder (tests/arch_checkpoints.py) as llama.cpp's
+    convert_hf_to_gguf.py writes it: Qwen2ForCausalLM -> arch `qwen2`, Qwen3ForCausalLM ->
+    `qwen3` (both NEOX RoPE: q/k as they are), MistralForCausalLM -> `llama` (q/k rows
+    permuted, `llama.vocab_size` and `rope.dimension_count`, no sliding-window key unless
+    sliding_window is given). Metadata: the base converter's keys (context, embedding, ffn,
+    block count, heads, kv heads, rope.freq_base, rms eps, key/value_length when config.json
+    has head_dim). Tensors: llama.cpp's names; norms and biases F32; types: {"embed", "lm_head",
+    "matrix"} -> GGUF type name. Tokenizer: byte-level BPE with pre `qwen2` (Qwen) or
+    SentencePiece-style "llama" tokens with their merges (Mistral)."""
+    import os
+
+    import gguf
+    from safetensors.numpy import load_file
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    mtype = cfg["model_type"]
+    arch = {"qwen2": "qwen2", "qwen3": "qwen3", "mistral": "llama"}[mtype]
+    state = {k: v.astype(np.float32) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if cfg.get("head_dim") is not None:
+        w.add_key_length(cfg["head_dim"])
+        w.add_value_length(cfg["head_dim"])
+    if arch == "llama":
+        w.add_vocab_size(cfg["vocab_size"])
+        w.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    if sliding_window is not None:
+        w.add_sliding_window(sliding_window)
+    if window_pattern is not None:
+        w.add_sliding_window_pattern(window_pattern)
+    tok_json = json.load(open(os.path.join(folder, "tokenizer.json"), encoding="utf-8"))
+    tcfg = json.load(open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8"))
+    specials = {a["content"] for a in tok_json.get("added_tokens", []) if a.get("special")}
+    kind = "llama" if arch == "llama" else "gpt2"
+    tokens, ttypes, merges, scores = tokenizer_meta_from_fast(tok_json, kind, specials)
+    w.add_tokenizer_model(kind)
+    if kind == "gpt2":
+        w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(ttypes)
+    w.add_token_merges(merges)
+    if kind == "llama":
+        w.add_token_scores(scores)
+    gen = json.load(open(os.path.join(folder, "generation_config.json")))
+    if cfg.get("bos_token_id") is not None:
+        w.add_bos_token_id(cfg["bos_token_id"])
+    eos = cfg.get("eos_token_id", gen.get("eos_token_id"))
+    w.add_eos_token_id(eos[0] if isinstance(eos, list) else eos)
+    w.add_add_bos_token(kind == "llama")
+    if tcfg.get("chat_template"):
+        w.add_chat_template(tcfg["chat_template"])
+
+    def put(name, arr, kind):
+        data, raw = _as_type(arr, kind) if arr.ndim == 2 else tensor_bytes(arr, "F32")
+        w.add_tensor(name, data, raw_dtype=raw) if raw is not None else w.add_tensor(name, data)
+
+    put("token_embd.weight", state["model.embed_tokens.weight"], types["embed"])
+    for i in range(cfg["num_hidden_layers"]):
+        for hf, gg in _LAYER_NAMES.items():
+            for suffix in ("weight", "bias"):
+                key = f"model.layers.{i}.{hf}.{suffix}"
+                if key not in state:
+                    continue
+                a = state[key]
+                if arch == "llama" and gg in ("attn_q", "attn_k"):
+                    a = llamacpp_permute(a, heads if gg == "attn_q" else kv)
+                put(f"blk.{i}.{gg}.{suffix}", a, types.get(gg, types["matrix"]))
+    put("output_norm.weight", state["model.norm.weight"], "F32")
+    if "lm_head.weight" in state and not cfg.get("tie_word_embeddings"):
+        put("output.weight", state["lm_head.weight"], types["lm_head"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)

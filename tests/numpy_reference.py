@@ -1,6 +1,6 @@
 """A numpy re-implementation of the Llama / BitNet b1.58 forward pass (with Qwen2's q/k/v
-biases, Qwen3's q/k norms, Mistral's sliding window and the BitNet quantizer's per-linear
-input norms when the config has them), written from the transformers modeling code and
+biases, Qwen3's q/k norms, o and MLP biases, sliding windows per layer and the BitNet
+quantizer's per-linear input norms when the config has them), written from the transformers modeling code and
 the numerics of cpp/formats/ternary.h, as an independent reference for tests.
 
 weights: canonical name -> float32 array (norms, float matrices) or ("ternary", T int8
@@ -64,17 +64,21 @@ def forward(cfg: ModelConfig, w: dict, ids, kv_dtype=None) -> np.ndarray:
     x = w["embed"][ids].astype(np.float32)
     inv = rope_inv_freq(cfg)
     pos = np.arange(n)
-    mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+    full_mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+    mask = full_mask.copy()
     if cfg.sliding_window:       # transformers: kv_idx > q_idx - sliding_window
         mask[pos[None, :] <= pos[:, None] - cfg.sliding_window] = -np.inf
     group = cfg.num_heads // cfg.num_kv_heads
 
     def proj(p, kind, h):
-        """A layer linear: its own input norm first (linear_norm), its bias after (attention_bias)."""
-        if cfg.linear_norm:
+        """A layer linear: its own input norm first (linear_norm, unless in plain_linears),
+        its bias after (attention_bias: q/k/v; o_bias; mlp_bias: gate/up/down)."""
+        if cfg.linear_norm and p + kind not in cfg.plain_linears:
             h = rmsnorm(h, w[p + kind + "_in_norm"], cfg.linear_norm_eps)
         y = linear(h, w[p + kind])
-        return y + w[p + kind + "_bias"] if cfg.attention_bias and kind in ("q", "k", "v") else y
+        biased = ((cfg.attention_bias and kind in ("q", "k", "v")) or (cfg.o_bias and kind == "o")
+                  or (cfg.mlp_bias and kind in ("gate", "up", "down")))
+        return y + w[p + kind + "_bias"] if biased else y
 
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
@@ -88,7 +92,8 @@ def forward(cfg: ModelConfig, w: dict, ids, kv_dtype=None) -> np.ndarray:
         if kv_dtype is not None:
             k, v = (np.clip(a, -65504, 65504).astype(kv_dtype).astype(np.float32) for a in (k, v))
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
+        layer_mask = full_mask if i in cfg.full_attention_layers else mask
+        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + layer_mask
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         probs = scores / scores.sum(-1, keepdims=True)
         att = np.einsum("hqk,khd->qhd", probs, v).reshape(n, cfg.num_heads * hd).astype(np.float32)

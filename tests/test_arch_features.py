@@ -1,9 +1,10 @@
 """The forward pass's architecture features without torch (so they also run under the
 sanitizer build and on emulated aarch64): Qwen2's q/k/v biases, Qwen3's per-head q/k
-RMSNorm, Mistral's sliding window and the BitNet quantizer's per-linear input norms, alone
-and all together, in f32 and ternary weights, with odd sizes (every SIMD tail path),
-against the numpy reference (numpy_reference.py), in prefill chunks and decode steps with
-the window split over threads.
+RMSNorm, Mistral's sliding window, o / MLP biases, windows on some layers only, and the
+BitNet quantizer's per-linear input norms (some linears left plain), alone and together,
+in f32 and ternary weights, with odd sizes (every SIMD tail path), against the numpy
+reference (numpy_reference.py), in prefill chunks and decode steps with the window split
+over threads.
 
 Tolerances: f32 weights, f32 against numpy's f64 matmuls: 1e-4 of max|logit|. Ternary:
 int8 activations; a rounding tie may flip with the summation order (tests/test_model_bitnet.py),
@@ -30,6 +31,11 @@ FEATURES = {
     "all": dict(attention_bias=True, qk_norm=True, sliding_window=37, linear_norm=True, linear_norm_eps=1e-6),
     "all_bitnet": dict(arch="bitnet", hidden_act="relu2", attention_bias=True, qk_norm=True, sliding_window=37,
                        linear_norm=True),
+    "o_mlp_bias": dict(attention_bias=True, o_bias=True, mlp_bias=True),
+    "mixed_window": dict(num_layers=3, sliding_window=37, full_attention_layers=[1]),
+    "plain_linears": dict(linear_norm=True, plain_linears=["layers.0.o", "layers.1.gate", "layers.1.q"]),
+    "all_layouts": dict(num_layers=3, attention_bias=True, o_bias=True, mlp_bias=True, sliding_window=37,
+                        full_attention_layers=[0, 2], linear_norm=True, plain_linears=["layers.2.down"]),
 }
 
 

@@ -16,19 +16,24 @@ from head_reference import head_block_dots_ref, head_matmul_ref, int8_fields, q6
 
 TARGETS = _core.supported_targets()
 # On an AVX-512 VNNI CPU the AVX3 target uses vpdpbusd; "AVX3-no-VNNI" runs its pmaddubsw path.
-KERNEL_PATHS = TARGETS + (["AVX3-no-VNNI"] if "AVX3" in TARGETS and _core.avx3_vnni() else [])
+# On aarch64 with the dot-product extension NEON uses SDOT; "NEON-no-DOTPROD" runs its
+# portable path (as on Cortex-A53/A72).
+KERNEL_PATHS = (TARGETS + (["AVX3-no-VNNI"] if "AVX3" in TARGETS and _core.avx3_vnni() else [])
+                + (["NEON-no-DOTPROD"] if "NEON" in TARGETS and _core.arm_dotprod() else []))
 FORMATS = ["int8", "q6"]
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(params=KERNEL_PATHS)
 def target(request):
-    name = request.param.replace("-no-VNNI", "")
+    name = request.param.replace("-no-VNNI", "").replace("-no-DOTPROD", "")
     _core.set_target(name)
     _core.set_avx3_vnni(not request.param.endswith("-no-VNNI"))
+    _core.set_arm_dotprod(not request.param.endswith("-no-DOTPROD"))
     assert _core.current_target() == name
     yield request.param
     _core.set_avx3_vnni(True)
+    _core.set_arm_dotprod(True)
     _core.reset_target()
 
 

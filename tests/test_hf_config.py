@@ -61,22 +61,45 @@ def test_qwen25_qwen3_mistral_and_llama_bitnet_configs():
                                                             ("q", "k", "v", "o", "gate", "up", "down")]
 
 
-def test_qwen_sliding_window_only_when_every_layer_slides():
+def test_qwen_sliding_window_per_layer():
+    """transformers' Qwen2Config: the window only with use_sliding_window; layer_types, when
+    absent, slides the layers from max_window_layers on."""
     cfg = {**QWEN25_05B, "use_sliding_window": True, "sliding_window": 4096}
-    with pytest.raises(ValueError, match=r"x/config.json: use_sliding_window with layer_types / max_window_layers "
-                                         r"that mix sliding and full"):
-        config_from_hf(cfg, where="x/config.json")          # layers 21..23 slide, 0..20 do not
-    assert config_from_hf({**cfg, "max_window_layers": 0})[0].sliding_window == 4096
+    c = config_from_hf(cfg, where="x/config.json")[0]          # layers 21..23 slide, 0..20 do not
+    assert c.sliding_window == 4096 and c.full_attention_layers == list(range(21))
+    c = config_from_hf({**cfg, "max_window_layers": 0})[0]
+    assert c.sliding_window == 4096 and c.full_attention_layers == []
     assert config_from_hf({**cfg, "max_window_layers": 24})[0].sliding_window == 0
     assert config_from_hf({**cfg, "layer_types": ["full_attention"] * 24})[0].sliding_window == 0
     assert config_from_hf(QWEN25_05B)[0].sliding_window == 0   # sliding_window set, use_sliding_window false
+    types = ["sliding_attention", "full_attention"] * 14
+    c = config_from_hf({**QWEN3_06B, "use_sliding_window": True, "sliding_window": 512, "layer_types": types})[0]
+    assert c.sliding_window == 512 and c.full_attention_layers == list(range(1, 28, 2))
+
+
+def test_attention_and_mlp_biases_per_class():
+    """attention_bias: q/k/v and o biases on Llama / Qwen3 / BitNet; Qwen2 has q/k/v
+    biases whatever it says; mlp_bias: Llama only (the other classes' MLPs have none)."""
+    q3 = config_from_hf({**QWEN3_06B, "attention_bias": True})[0]
+    assert (q3.attention_bias, q3.o_bias, q3.mlp_bias) == (True, True, False)
+    ll = config_from_hf({**LLAMA3_8B_158, "attention_bias": True, "mlp_bias": True})[0]
+    assert (ll.attention_bias, ll.o_bias, ll.mlp_bias) == (True, True, True)
+    q2 = config_from_hf({**QWEN25_05B, "attention_bias": True, "mlp_bias": True})[0]
+    assert (q2.attention_bias, q2.o_bias, q2.mlp_bias) == (True, False, False)
+    mi = config_from_hf({**MISTRAL_7B, "attention_bias": True})[0]
+    assert (mi.attention_bias, mi.o_bias) == (False, False)
 
 
 @pytest.mark.parametrize("base, change, message", [
-    (QWEN3_06B, {"attention_bias": True}, r"attention_bias = true is not supported for Qwen3ForCausalLM"),
+    (QWEN3_06B, {"layer_types": ["sliding_attention"] * 28},
+     r"layer_types marks sliding_attention layers, but there is no window \(use_sliding_window is false"),
+    (QWEN3_06B, {"layer_types": ["full_attention"] * 3}, r"layer_types must list 28 entries"),
+    (QWEN3_06B, {"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 2,
+                 "num_hidden_layers": 10**9},
+     r"num_hidden_layers = 1000000000 with sliding windows from max_window_layers: more than 65536 layers"),
     (MISTRAL_7B, {"sliding_window": 0}, r"sliding_window must be an integer"),
     (MISTRAL_7B, {"hidden_act": "gelu"}, r"hidden_act 'gelu' is not supported for MistralForCausalLM"),
-    (QWEN25_05B, {"mlp_bias": True}, r"mlp_bias = true is not supported"),
+    (LLAMA3_8B_158, {"mlp_bias": "yes"}, r"mlp_bias must be true or false"),
     (LLAMA3_8B_158, {"quantization_config": {"quant_method": "bitnet", "use_rms_norm": "yes"}},
      r"quantization_config.use_rms_norm must be true or false"),
     (LLAMA3_8B_158, {"quantization_config": {"quant_method": "bitnet", "use_rms_norm": True, "rms_norm_eps": None}},
@@ -100,13 +123,15 @@ def _edited_copy(src, dst, edit):
     return dst
 
 
-def test_use_rms_norm_with_an_unconverted_layer_linear_is_refused(tmp_path):
+def test_packed_weight_of_an_unconverted_layer_linear_is_refused(tmp_path):
+    """modules_to_not_convert naming a linear whose weight the file holds packed: transformers
+    would build a float nn.Linear for it; ternlm names the tensor."""
     src = write_arch(tmp_path / "src", "llama", {"linear_class": "autobitlinear", "quantization_mode": "offline",
                                                  "use_rms_norm": True})
     d = _edited_copy(src, tmp_path / "m", lambda c: c[
         "quantization_config"].update(modules_to_not_convert=["lm_head", "model.layers.1.mlp.down_proj"]))
-    with pytest.raises(ValueError, match=r"config.json: quantization_config.use_rms_norm = true with "
-                                         r"'model.layers.1.mlp.down_proj' matched by modules_to_not_convert"):
+    with pytest.raises(ValueError, match=r"'model.layers.1.mlp.down_proj.weight': uint8 \(packed\) weight, but "
+                                         r"config.json has no BitNet quantization_config covering this module"):
         load_hf_folder(d)
 
 

@@ -65,7 +65,7 @@ def test_config_bitnet_2b4t():
     ({"rope_scaling": {"rope_type": "llama3", "factor": 4.0}}, "llama3.*lacks low_freq_factor"),
     ({"hidden_size": None}, "missing required field 'hidden_size'"),
     ({"num_key_value_heads": 5}, "not a multiple"),
-    ({"attention_bias": True}, "bias"),
+    ({"attention_bias": "yes"}, "bias"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"quantization_config": {"quant_method": "gptq"}}, "quant_method 'gptq'"),
 ])

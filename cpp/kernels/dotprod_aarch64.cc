@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "formats/int4.h"
+#include "formats/q6.h"
 
 #if defined(__ARM_FEATURE_DOTPROD)
 #define TERNLM_DOTPROD_ATTR
@@ -80,7 +81,76 @@ TERNLM_DOTPROD_ATTR void Int4Dots(const uint8_t* tile, size_t b0, size_t nb, siz
   }
 }
 
+// INT8 head: a 64-byte group s of a 32-column block holds, per row, its weights of columns
+// 4s..4s+3 as int8 (|w| <= 127): one SDOT per 4 rows, 32 products of <= 127 * 128 per lane.
+template <size_t NX>
+TERNLM_DOTPROD_ATTR void Int8Dots(const uint8_t* tile, size_t nb, const int8_t* const* x, int32_t* out) {
+  for (size_t b = 0; b < nb; ++b) {
+    int32x4_t acc[NX][4];
+    for (size_t j = 0; j < NX; ++j)
+      for (size_t g = 0; g < 4; ++g) acc[j][g] = vdupq_n_s32(0);
+    for (size_t s = 0; s < 8; ++s) {
+      int8x16_t xs[NX];
+      for (size_t j = 0; j < NX; ++j) xs[j] = Dup4(x[j] + 32 * b + 4 * s);
+      for (size_t g = 0; g < 4; ++g) {  // rows 4g .. 4g + 3
+        const int8x16_t w = vreinterpretq_s8_u8(vld1q_u8(tile + 512 * b + 64 * s + 16 * g));
+        for (size_t j = 0; j < NX; ++j) acc[j][g] = vdotq_s32(acc[j][g], w, xs[j]);
+      }
+    }
+    for (size_t j = 0; j < NX; ++j)
+      for (size_t g = 0; g < 4; ++g) vst1q_s32(out + (j * nb + b) * 16 + 4 * g, acc[j][g]);
+  }
+}
+
+// q6: a sub-block's 192 code bytes are three 64-byte groups lo_a, lo_b, hi with 4 bytes per
+// row; byte i of a row's lane holds column 4k + i of code u = low nibble | 2 high bits << 4:
+//   k = 0: lo_a & 15 | (hi & 3) << 4      k = 1: lo_a >> 4 | (hi >> 2 & 3) << 4
+//   k = 2: lo_b & 15 | (hi >> 4 & 3) << 4  k = 3: lo_b >> 4 | (hi >> 6) << 4
+// (u8 shifts stay within their byte); u <= 63 is a valid s8, so one SDOT per k.
+template <size_t NX>
+TERNLM_DOTPROD_ATTR void Q6Dots(const uint8_t* codes, size_t nsub, const int8_t* const* x, int32_t* out) {
+  const uint8x16_t m15 = vdupq_n_u8(15), m3 = vdupq_n_u8(3);
+  for (size_t i = 0; i < nsub; ++i) {
+    const uint8_t* c = codes + kQ6SubCodeBytes * i;
+    int8x16_t xs[NX][4];
+    for (size_t j = 0; j < NX; ++j)
+      for (size_t k = 0; k < 4; ++k) xs[j][k] = Dup4(x[j] + 16 * i + 4 * k);
+    for (size_t g = 0; g < 4; ++g) {  // rows 4g .. 4g + 3
+      const uint8x16_t lo_a = vld1q_u8(c + 16 * g), lo_b = vld1q_u8(c + 64 + 16 * g);
+      const uint8x16_t hi = vld1q_u8(c + 128 + 16 * g);
+      const int8x16_t u[4] = {
+          vreinterpretq_s8_u8(vorrq_u8(vandq_u8(lo_a, m15), vshlq_n_u8(vandq_u8(hi, m3), 4))),
+          vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(lo_a, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(hi, 2), m3), 4))),
+          vreinterpretq_s8_u8(vorrq_u8(vandq_u8(lo_b, m15), vshlq_n_u8(vandq_u8(vshrq_n_u8(hi, 4), m3), 4))),
+          vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(lo_b, 4), vshlq_n_u8(vshrq_n_u8(hi, 6), 4)))};
+      for (size_t j = 0; j < NX; ++j) {
+        int32x4_t acc = vdupq_n_s32(0);
+        for (size_t k = 0; k < 4; ++k) acc = vdotq_s32(acc, u[k], xs[j][k]);
+        vst1q_s32(out + (j * nsub + i) * 16 + 4 * g, acc);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void Int8TileBlockDotsDotProd(size_t nx, const uint8_t* tile, size_t nb, const int8_t* const* x, int32_t* out) {
+  switch (nx) {
+    case 4: Int8Dots<4>(tile, nb, x, out); break;
+    case 3: Int8Dots<3>(tile, nb, x, out); break;
+    case 2: Int8Dots<2>(tile, nb, x, out); break;
+    default: Int8Dots<1>(tile, nb, x, out); break;
+  }
+}
+
+void Q6SubDotsDotProd(size_t nx, const uint8_t* codes, size_t nsub, const int8_t* const* x, int32_t* out) {
+  switch (nx) {
+    case 4: Q6Dots<4>(codes, nsub, x, out); break;
+    case 3: Q6Dots<3>(codes, nsub, x, out); break;
+    case 2: Q6Dots<2>(codes, nsub, x, out); break;
+    default: Q6Dots<1>(codes, nsub, x, out); break;
+  }
+}
 
 void TernaryTileDotsDotProd(size_t nx, const uint8_t* tile, size_t nblocks, const int8_t* const* x, int32_t* out) {
   switch (nx) {

@@ -9,8 +9,10 @@
 //     finishes each lane's four products in i32 (kernels/int8_dots-inl.h)
 //   AVX3_DL (and AVX3 on CPUs with AVX512-VNNI): vpdpbusd on the weights + 128 (u8, one XOR)
 //     and the activations (s8), less 128 * sum(x) per block (Int8TileVnni)
-//   every other target (SSE4, NEON, EMU128, SCALAR): portable Highway in i32 lanes, one
-//     lane per tile row, each weight byte sign-extended by shifts
+//   NEON on aarch64 CPUs with the dot-product extension: SDOT block dots
+//     (kernels/dotprod_aarch64.h), the rest in Highway ops as below (Int8TileDotProd)
+//   every other target (SSE4, NEON without it, EMU128, SCALAR): portable Highway in i32
+//     lanes, one lane per tile row, each weight byte sign-extended by shifts
 #if defined(TERNLM_KERNELS_INT8_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 // Highway compiles this header once per target (foreach_target), so the guard below toggles
 // instead of blocking; the includes and namespaces after it are the preamble every
@@ -24,9 +26,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <algorithm>
+
 #include "formats/int8.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/dotprod_aarch64.h"
 #include "kernels/int8_dots-inl.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
@@ -93,6 +98,42 @@ HWY_INLINE void Int8Tile(const uint8_t* HWY_RESTRICT tile, const float* HWY_REST
   }
 }
 
+#if TERNLM_PATH_NEON && TERNLM_DOTPROD_KERNELS
+// Int8Tile with the block dots of runs of kRun blocks from SDOT; then the same f32
+// operations in the same order per lane (so the same results bit for bit).
+template <size_t NX>
+HWY_INLINE void Int8TileDotProd(const uint8_t* HWY_RESTRICT tile, const float* HWY_RESTRICT mult, size_t nb32,
+                                const int8_t* const* x, const float* const* inv, float* HWY_RESTRICT out,
+                                int32_t* HWY_RESTRICT int_out) {
+  constexpr size_t kRun = 8;
+  const HeadDI32 di;
+  const hn::Rebind<float, HeadDI32> df;
+  const size_t N = hn::Lanes(di);
+  hn::Vec<decltype(df)> acc[NX][kTileRows];  // [j][row0 / N]
+  for (size_t j = 0; j < NX; ++j)
+    for (size_t g = 0; g < kTileRows / N; ++g) acc[j][g] = hn::Zero(df);
+  HWY_ALIGN int32_t dots[kMaxActivationRows * kRun * kTileRows];
+  for (size_t b0 = 0; b0 < nb32; b0 += kRun) {
+    const size_t nb = std::min(kRun, nb32 - b0);
+    const int8_t* xs[NX];
+    for (size_t j = 0; j < NX; ++j) xs[j] = x[j] + 32 * b0;
+    Int8TileBlockDotsDotProd(NX, tile + 512 * b0, nb, xs, dots);
+    for (size_t b = 0; b < nb; ++b) {
+      if (int_out) std::copy(dots + 16 * b, dots + 16 * (b + 1), int_out + 16 * (b0 + b));
+      for (size_t row0 = 0; row0 < kTileRows; row0 += N)
+        for (size_t j = 0; j < NX; ++j) {
+          const auto dot = hn::Load(di, dots + (j * nb + b) * kTileRows + row0);
+          acc[j][row0 / N] = hn::MulAdd(hn::ConvertTo(df, dot), hn::Set(df, inv[j][b0 + b]), acc[j][row0 / N]);
+        }
+    }
+  }
+  for (size_t row0 = 0; row0 < kTileRows; row0 += N) {
+    const auto m = hn::LoadU(df, mult + row0);
+    for (size_t j = 0; j < NX; ++j) hn::StoreU(hn::Mul(m, acc[j][row0 / N]), df, out + 16 * j + row0);
+  }
+}
+#endif
+
 #if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
 // Int8Tile with vpdpbusd: sum (w + 128) x - 128 sum(x) = the same exact block dots, the same
 // f32 operations in the same order. sub_sum[j]: sum of x[j] per 16 columns. Not inlined:
@@ -134,6 +175,9 @@ HWY_INLINE void Int8TileBest(const uint8_t* HWY_RESTRICT tile, const float* HWY_
   if (Avx3VnniEnabled()) return Int8TileVnni<NX>(tile, mult, nb32, x, inv, sub_sum, out, int_out);
 #endif
   (void)sub_sum;
+#if TERNLM_PATH_NEON && TERNLM_DOTPROD_KERNELS
+  if (ArmDotProdEnabled()) return Int8TileDotProd<NX>(tile, mult, nb32, x, inv, out, int_out);
+#endif
   Int8Tile<NX>(tile, mult, nb32, x, inv, out, int_out);
 #endif
 }

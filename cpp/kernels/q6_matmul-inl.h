@@ -10,8 +10,10 @@
 //     128 = 32256, no saturation), pmaddwd by 1 -> i32 (kernels/int8_dots-inl.h)
 //   AVX3_DL (and AVX3 on CPUs with AVX512-VNNI): the same codes, vpdpbusd (u8 x s8, four
 //     products summed into i32 per lane) instead, in Q6TileVnni
-//   every other target (SSE4, NEON, EMU128, SCALAR): portable Highway in i32 lanes, one
-//     lane per tile row, each code shifted out of its lane
+//   NEON on aarch64 CPUs with the dot-product extension: SDOT sub-block dots
+//     (kernels/dotprod_aarch64.h), the rest in Highway ops as below (Q6TileDotProd)
+//   every other target (SSE4, NEON without it, EMU128, SCALAR): portable Highway in i32
+//     lanes, one lane per tile row, each code shifted out of its lane
 #if defined(TERNLM_KERNELS_Q6_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 // Highway compiles this header once per target (foreach_target), so the guard below toggles
 // instead of blocking; the includes and namespaces after it are the preamble every
@@ -28,6 +30,7 @@
 #include "formats/q6.h"
 #include "hwy/highway.h"
 #include "kernels/activations.h"
+#include "kernels/dotprod_aarch64.h"
 #include "kernels/int8_dots-inl.h"
 #include "kernels/target_paths.h"
 #include "kernels/tiles-inl.h"
@@ -135,6 +138,61 @@ HWY_INLINE void Q6Tile(const uint8_t* HWY_RESTRICT tile, size_t padded_cols, con
   }
 }
 
+#if TERNLM_PATH_NEON && TERNLM_DOTPROD_KERNELS
+// Q6Tile with the raw code dots of each super-block's sub-blocks from SDOT; the centring,
+// sub-block scales and f32 operations as Q6Tile's, in the same order per lane (so the same
+// results bit for bit).
+template <size_t NX>
+HWY_INLINE void Q6TileDotProd(const uint8_t* HWY_RESTRICT tile, size_t padded_cols, const int8_t* const* x,
+                              const float* const* inv, const int32_t* const* sub_sum, float* HWY_RESTRICT out,
+                              int32_t* HWY_RESTRICT int_out) {
+  const HeadDI32 di;
+  const hn::Rebind<float, HeadDI32> df;
+  const hn::Rebind<int8_t, HeadDI32> di8;
+  const hn::Rebind<hwy::float16_t, HeadDI32> df16;
+  const size_t N = hn::Lanes(di);
+  hn::Vec<decltype(df)> acc[NX][kTileRows];  // [j][row0 / N]
+  for (size_t j = 0; j < NX; ++j)
+    for (size_t g = 0; g < kTileRows / N; ++g) acc[j][g] = hn::Zero(df);
+  HWY_ALIGN int32_t dots[kMaxActivationRows * (kQ6SuperCols / kQ6SubCols) * kTileRows];
+  const uint8_t* sb = tile;
+  for (size_t s = 0; s < Q6SuperBlocks(padded_cols); ++s) {
+    const size_t n = Q6SuperCols(padded_cols, s), nsub = n / kQ6SubCols, c0 = s * kQ6SuperCols;
+    const uint8_t* scales = sb + nsub * kQ6SubCodeBytes;
+    const int8_t* xs[NX];
+    for (size_t j = 0; j < NX; ++j) xs[j] = x[j] + c0;
+    Q6SubDotsDotProd(NX, sb, nsub, xs, dots);
+    const auto* dp = reinterpret_cast<const hwy::float16_t*>(sb + Q6SuperBytes(n) - 32);
+    for (size_t row0 = 0; row0 < kTileRows; row0 += N) {
+      hn::Vec<decltype(df)> part[NX];
+      for (size_t j = 0; j < NX; ++j) part[j] = hn::Zero(df);
+      for (size_t b = 0; b < nsub / 2; ++b) {
+        hn::Vec<HeadDI32> blk[NX];
+        for (size_t j = 0; j < NX; ++j) blk[j] = hn::Zero(di);
+        for (size_t h = 0; h < 2; ++h) {
+          const size_t sub = 2 * b + h, col = c0 + kQ6SubCols * sub;
+          const auto sc = hn::PromoteTo(di, hn::LoadU(di8, reinterpret_cast<const int8_t*>(scales + 16 * sub + row0)));
+          for (size_t j = 0; j < NX; ++j) {
+            const auto dot = hn::Load(di, dots + (j * nsub + sub) * kTileRows + row0);
+            const auto centred = hn::Sub(dot, hn::Set(di, 32 * sub_sum[j][col / kQ6SubCols]));
+            blk[j] = hn::Add(blk[j], hn::Mul(centred, sc));
+          }
+        }
+        const size_t bg = c0 / 32 + b;
+        if (int_out) hn::StoreU(blk[0], di, int_out + 16 * bg + row0);
+        for (size_t j = 0; j < NX; ++j)
+          part[j] = hn::MulAdd(hn::ConvertTo(df, blk[j]), hn::Set(df, inv[j][bg]), part[j]);
+      }
+      const auto d = hn::PromoteTo(df, hn::LoadU(df16, dp + row0));
+      for (size_t j = 0; j < NX; ++j) acc[j][row0 / N] = hn::MulAdd(d, part[j], acc[j][row0 / N]);
+    }
+    sb += Q6SuperBytes(n);
+  }
+  for (size_t row0 = 0; row0 < kTileRows; row0 += N)
+    for (size_t j = 0; j < NX; ++j) hn::StoreU(acc[j][row0 / N], df, out + 16 * j + row0);
+}
+#endif
+
 #if TERNLM_PATH_VNNI || TERNLM_PATH_AVX3
 // Q6Tile with vpdpbusd, all 16 rows in one register; the same integer sums and the same f32
 // operations in the same order (so the same results bit for bit). Not inlined: it adds
@@ -198,6 +256,9 @@ HWY_INLINE void Q6TileBest(const uint8_t* HWY_RESTRICT tile, size_t padded_cols,
 #else
 #if TERNLM_PATH_AVX3
   if (Avx3VnniEnabled()) return Q6TileVnni<NX>(tile, padded_cols, x, inv, sub_sum, out, int_out);
+#endif
+#if TERNLM_PATH_NEON && TERNLM_DOTPROD_KERNELS
+  if (ArmDotProdEnabled()) return Q6TileDotProd<NX>(tile, padded_cols, x, inv, sub_sum, out, int_out);
 #endif
   Q6Tile<NX>(tile, padded_cols, x, inv, sub_sum, out, int_out);
 #endif

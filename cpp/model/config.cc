@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -69,6 +70,23 @@ ModelConfig ParseModelConfig(const ConfigValues& v) {
   }
   if (v.Has("linear_norm")) c.linear_norm = v.Bool("linear_norm");
   if (v.Has("linear_norm_eps")) c.linear_norm_eps = float(v.Number("linear_norm_eps"));
+  if (v.Has("o_bias")) c.o_bias = v.Bool("o_bias");
+  if (v.Has("mlp_bias")) c.mlp_bias = v.Bool("mlp_bias");
+  const std::vector<int64_t> full = v.Has("full_attention_layers") ? v.Ints("full_attention_layers")
+                                                                   : std::vector<int64_t>();
+  if (!full.empty()) {
+    c.full_attention.assign(c.num_layers, false);
+    for (const int64_t l : full) {
+      if (l < 0 || size_t(l) >= c.num_layers)
+        Bad("full_attention_layers holds layer " + std::to_string(l) + ", outside [0, " +
+            std::to_string(c.num_layers) + ")");
+      c.full_attention[size_t(l)] = true;
+    }
+  }
+  if (v.Has("plain_linears")) {
+    c.plain_linears = v.Texts("plain_linears");
+    std::sort(c.plain_linears.begin(), c.plain_linears.end());
+  }
   c.Validate();
   return c;
 }
@@ -98,6 +116,10 @@ void ModelConfig::Validate() const {
     need(rope_scaling.original_max_position_embeddings > 0,
          "rope_scaling.original_max_position_embeddings must be > 0");
   }
+}
+
+bool ModelConfig::IsPlainLinear(const std::string& name) const {
+  return std::binary_search(plain_linears.begin(), plain_linears.end(), name);
 }
 
 void RopeInverseFrequencies(const ModelConfig& c, float* inv_freq) {

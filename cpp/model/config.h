@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace ternlm {
 
@@ -40,14 +41,27 @@ struct ModelConfig {
   bool attention_bias = false;  // q, k, v projections have biases (Qwen2)
   bool qk_norm = false;         // per-head RMSNorm of q and k before RoPE (Qwen3)
   size_t sliding_window = 0;    // each query sees its last `sliding_window` positions (Mistral); 0: all
+  // With a window: full_attention[l] marks a layer that sees every position (Qwen2 / Qwen3
+  // layer_types); empty or shorter than num_layers: the others slide.
+  std::vector<bool> full_attention;
+  bool o_bias = false;          // the o projection has a bias (attention_bias on Llama, Qwen3, BitNet)
+  bool mlp_bias = false;        // gate, up and down have biases (Llama's mlp_bias)
   // transformers' BitNet quantizer with use_rms_norm: every layer linear RMS-normalizes its
   // own input first (BitLinear's rms_norm, a weight per linear, eps linear_norm_eps).
   bool linear_norm = false;
   float linear_norm_eps = 1e-6f;
+  // With linear_norm: the layer linears ("layers.3.o", sorted) left float by the quantizer's
+  // modules_to_not_convert, which take their input as it is (no input norm tensor).
+  std::vector<std::string> plain_linears;
 
   size_t q_dim() const { return num_heads * head_dim; }      // rows of q, cols of o
   size_t kv_dim() const { return num_kv_heads * head_dim; }  // rows of k and v
   bool is_bitnet() const { return arch == Arch::kBitNet; }
+  // The window layer `layer` attends over (0: every position).
+  size_t WindowOf(size_t layer) const {
+    return layer < full_attention.size() && full_attention[layer] ? 0 : sliding_window;
+  }
+  bool IsPlainLinear(const std::string& name) const;  // name in plain_linears
 
   // Throws std::invalid_argument naming the field when the numbers cannot describe a
   // model (zero sizes, heads not a multiple of kv heads, odd head_dim, ...).
@@ -65,6 +79,8 @@ class ConfigValues {
   virtual bool Bool(const std::string& key) const = 0;
   virtual std::string Text(const std::string& key) const = 0;
   virtual std::unique_ptr<ConfigValues> Group(const std::string& key) const = 0;  // nested object
+  virtual std::vector<int64_t> Ints(const std::string& key) const = 0;       // a list of integers
+  virtual std::vector<std::string> Texts(const std::string& key) const = 0;  // a list of strings
 };
 
 // The fields of python/ternlm/config.py's ModelConfig.to_dict() that the engine uses (the

@@ -12,6 +12,8 @@ bool Untied(const ModelConfig& c) { return !c.tie_word_embeddings; }
 bool QkvBias(const ModelConfig& c) { return c.attention_bias; }
 bool QkNorm(const ModelConfig& c) { return c.qk_norm; }
 bool LinearNorm(const ModelConfig& c) { return c.linear_norm; }
+bool OBias(const ModelConfig& c) { return c.o_bias; }
+bool MlpBias(const ModelConfig& c) { return c.mlp_bias; }
 
 using Id = TensorId;
 using S = TensorScope;
@@ -58,6 +60,8 @@ constexpr TensorDecl kTensors[] = {
    "model.layers.{i}.self_attn.attn_sub_norm.weight",  "blk.{i}.attn_sub_norm.weight", BitNetOnly},
 {Id::kO,           "o",             S::kLayer, R::kMatrix,    D::kHidden,       D::kQDim,         F::kNone,    0,
    "model.layers.{i}.self_attn.o_proj.weight",         "blk.{i}.attn_output.weight",   Always},
+{Id::kOBias,       "o_bias",        S::kLayer, R::kBias,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.self_attn.o_proj.bias",           "blk.{i}.attn_output.bias",     OBias},
 {Id::kOInNorm,     "o_in_norm",     S::kLayer, R::kNorm,      D::kQDim,         D::kNone,         F::kNone,    0,
    "model.layers.{i}.self_attn.o_proj.rms_norm.weight", "",                            LinearNorm},
 {Id::kFfnNorm,     "ffn_norm",      S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
@@ -66,6 +70,10 @@ constexpr TensorDecl kTensors[] = {
    "model.layers.{i}.mlp.gate_proj.weight",            "blk.{i}.ffn_gate.weight",      Always},
 {Id::kUp,          "up",            S::kLayer, R::kMatrix,    D::kIntermediate, D::kHidden,       F::kGateUp,  1,
    "model.layers.{i}.mlp.up_proj.weight",              "blk.{i}.ffn_up.weight",        Always},
+{Id::kGateBias,    "gate_bias",     S::kLayer, R::kBias,      D::kIntermediate, D::kNone,         F::kNone,    0,
+   "model.layers.{i}.mlp.gate_proj.bias",              "blk.{i}.ffn_gate.bias",        MlpBias},
+{Id::kUpBias,      "up_bias",       S::kLayer, R::kBias,      D::kIntermediate, D::kNone,         F::kNone,    0,
+   "model.layers.{i}.mlp.up_proj.bias",                "blk.{i}.ffn_up.bias",          MlpBias},
 {Id::kGateInNorm,  "gate_in_norm",  S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
    "model.layers.{i}.mlp.gate_proj.rms_norm.weight",   "",                             LinearNorm},
 {Id::kUpInNorm,    "up_in_norm",    S::kLayer, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
@@ -74,6 +82,8 @@ constexpr TensorDecl kTensors[] = {
    "model.layers.{i}.mlp.ffn_sub_norm.weight",         "blk.{i}.ffn_sub_norm.weight",  BitNetOnly},
 {Id::kDown,        "down",          S::kLayer, R::kMatrix,    D::kHidden,       D::kIntermediate, F::kNone,    0,
    "model.layers.{i}.mlp.down_proj.weight",            "blk.{i}.ffn_down.weight",      Always},
+{Id::kDownBias,    "down_bias",     S::kLayer, R::kBias,      D::kHidden,       D::kNone,         F::kNone,    0,
+   "model.layers.{i}.mlp.down_proj.bias",              "blk.{i}.ffn_down.bias",        MlpBias},
 {Id::kDownInNorm,  "down_in_norm",  S::kLayer, R::kNorm,      D::kIntermediate, D::kNone,         F::kNone,    0,
    "model.layers.{i}.mlp.down_proj.rms_norm.weight",   "",                             LinearNorm},
 {Id::kNorm,        "norm",          S::kModel, R::kNorm,      D::kHidden,       D::kNone,         F::kNone,    0,
@@ -100,6 +110,16 @@ TensorSpec Resolve(const TensorDecl& d, const ModelConfig& c, int layer) {
   s.hf_name = ForLayer(d.hf_name, layer);
   s.gguf_name = ForLayer(d.gguf_name, layer);
   return s;
+}
+
+// An input norm ("o_in_norm") of a linear that c.plain_linears leaves without one.
+bool PlainInput(const TensorDecl& d, const ModelConfig& c, size_t layer) {
+  static const std::string kSuffix = "_in_norm";
+  const std::string name = d.name;
+  if (c.plain_linears.empty() || name.size() <= kSuffix.size() ||
+      name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0)
+    return false;
+  return c.IsPlainLinear("layers." + std::to_string(layer) + "." + name.substr(0, name.size() - kSuffix.size()));
 }
 
 }  // namespace
@@ -151,7 +171,8 @@ std::vector<TensorSpec> TensorSpecs(const ModelConfig& c) {
     while (end < n && kTensors[end].scope == TensorScope::kLayer) ++end;
     for (size_t layer = 0; layer < c.num_layers; ++layer)
       for (size_t j = i; j < end; ++j)
-        if (kTensors[j].present(c)) out.push_back(Resolve(kTensors[j], c, int(layer)));
+        if (kTensors[j].present(c) && !PlainInput(kTensors[j], c, layer))
+          out.push_back(Resolve(kTensors[j], c, int(layer)));
   }
   return out;
 }

@@ -13,8 +13,9 @@
 //
 // One table serves every architecture: Llama-family models differ in which tensors they
 // have, not in the names or shapes of those they share, so a row's presence predicate
-// (on the config: arch, tie_word_embeddings, attention_bias, qk_norm, linear_norm) says
-// which models have it. Adding a tensor (as the Qwen2 q/k/v biases, the Qwen3 per-head q/k
+// (on the config: arch, tie_word_embeddings, attention_bias, o_bias, mlp_bias, qk_norm,
+// linear_norm) says which models have it; a linear's input norm is also left out for the
+// linears in plain_linears (TensorSpecs). Adding a tensor (as the Qwen2 q/k/v biases, the Qwen3 per-head q/k
 // norms, BitLinear's input norms were) is one row in kTensors plus its numerics: a TensorId, the
 // member of Weights that holds it (weights.h, its slot in weights.cc) and the code that
 // uses it in the forward pass. An architecture whose checkpoints name a shared tensor
@@ -37,6 +38,8 @@ enum class TensorId : uint8_t {
   kQBias, kKBias, kVBias,             // attention_bias (Qwen2)
   kQNorm, kKNorm,                     // qk_norm (Qwen3)
   kQInNorm, kKInNorm, kVInNorm, kOInNorm, kGateInNorm, kUpInNorm, kDownInNorm,  // linear_norm
+  kOBias,                             // o_bias (attention_bias on Llama, Qwen3, BitNet)
+  kGateBias, kUpBias, kDownBias,      // mlp_bias (Llama)
 };
 
 enum class TensorScope : uint8_t {

@@ -3,18 +3,17 @@
 //   x = embed[token]
 //   per layer:  h = rmsnorm(x)·attn_norm;  q|k|v = h·Wqkvᵀ  [+ q|k|v bias: Qwen2]
 //               [Qwen3: q, k = rmsnorm(each head)·q_norm, k_norm];  rope(q, k);  cache k, v
-//               a = attention(q, K, V)  [Mistral: over the last sliding_window positions]
+//               a = attention(q, K, V)  [sliding layers: over the last sliding_window positions]
 //               [BitNet: a = rmsnorm(a)·attn_sub_norm]
-//               x += a·Woᵀ
-//               h = rmsnorm(x)·ffn_norm;  g|u = h·Wgate_upᵀ
+//               x += a·Woᵀ  [+ o bias: o_bias]
+//               h = rmsnorm(x)·ffn_norm;  g|u = h·Wgate_upᵀ  [+ gate|up biases: mlp_bias]
 //               f = silu(g)·u (Llama) | relu(g)²·u (BitNet)  [BitNet: f = rmsnorm(f)·ffn_sub_norm]
-//               x += f·Wdownᵀ
+//               x += f·Wdownᵀ  [+ down bias: mlp_bias]
 //   logits = (rmsnorm(x)·norm)·Wheadᵀ
 // With linear_norm (transformers' BitNet quantizer, use_rms_norm) every layer linear W
-// computes (rmsnorm(in)·in_norm_W)·Wᵀ: its own input norm, with linear_norm_eps.
+// computes (rmsnorm(in)·in_norm_W)·Wᵀ: its own input norm, with linear_norm_eps (but the
+// linears in plain_linears, left float by modules_to_not_convert, which read in as it is).
 #include "model/transformer.h"
-
-#include <unistd.h>  // sysconf
 
 #include <algorithm>
 #include <cmath>
@@ -26,6 +25,7 @@
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/vector_ops.h"
+#include "model/context_memory.h"
 #include "runtime/out_of_memory.h"
 #include "runtime/phase_timers.h"
 
@@ -40,63 +40,6 @@ RunState::Buffer Allocate(size_t count, size_t& total, const char* what) {
   if (!b) throw OutOfMemory(std::string("Transformer: could not allocate ") + std::to_string(count * sizeof(float)) +
                             " bytes for " + what);
   return b;
-}
-
-size_t PhysicalMemoryBytes() {  // 0 when unknown
-#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  if (pages > 0 && page > 0) return size_t(pages) * size_t(page);
-#endif
-  return 0;
-}
-
-std::string Gigabytes(double bytes) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.3g GB (%.0f bytes)", bytes / 1e9, bytes);
-  return buf;
-}
-
-// The buffers that grow with the context, in bytes, computed in double so that no
-// context overflows them: the KV caches of every slot (slabs of round_up(context,
-// kKeyBlock) positions), the RoPE tables and the per-thread attention scores. Refused when
-// they and the weights exceed physical memory (they are only reserved until positions are
-// reached, but a context that cannot be filled is a mistake better reported at load than
-// as the OOM killer mid-generation).
-struct ContextBytes {
-  double kv, rest;  // kv: one slot's cache
-};
-ContextBytes ContextNeeds(const ModelConfig& c, size_t context, size_t threads, size_t score_rows, size_t kv_elem) {
-  const double positions = std::ceil(double(context) / double(kKeyBlock)) * double(kKeyBlock);
-  const double kv = 2.0 * double(c.num_layers) * double(c.num_kv_heads) * positions * double(c.head_dim) * double(kv_elem);
-  const double rope = 2.0 * double(context) * double(c.head_dim / 2) * sizeof(float);
-  const double scores = double(threads) * double(score_rows) * positions * sizeof(float);
-  return {kv, rope + scores};
-}
-
-double MemoryLimit() {
-  const double have = double(PhysicalMemoryBytes());
-  return have > 0 ? have : std::ldexp(1.0, 62);
-}
-
-void CheckFits(const ContextBytes& b, size_t context, size_t sequences, size_t weight_bytes) {
-  const double kv = b.kv * double(sequences), need = kv + b.rest;
-  const double have = double(PhysicalMemoryBytes());
-  if (need + double(weight_bytes) <= MemoryLimit()) return;
-  const std::string what = sequences == 1 ? "context=" + std::to_string(context)
-                                          : "max_sequences=" + std::to_string(sequences) + " x context=" +
-                                                std::to_string(context);
-  throw std::invalid_argument(
-      what + " needs " + Gigabytes(need) + " for the KV cache" + (sequences == 1 ? "" : "s") + " (" + Gigabytes(kv) +
-      "), RoPE tables and attention scores, beside " + Gigabytes(double(weight_bytes)) + " of weights: more than " +
-      (have > 0 ? "the " + Gigabytes(have) + " of physical memory of this machine" : std::string("any machine has")) +
-      (sequences == 1 ? "; use a smaller context" : "; use fewer sequences or a smaller context"));
-}
-
-// sequences == 0: the most slots up to `most` whose caches fit beside the weights (at least 1).
-size_t SequencesThatFit(const ContextBytes& b, size_t most, size_t weight_bytes) {
-  size_t n = most;
-  while (n > 1 && b.kv * double(n) + b.rest + double(weight_bytes) > MemoryLimit()) --n;
-  return n;
 }
 
 size_t MaxPieceRows(const FusedProjection& p) {  // 0 when fused: MatMul writes the row layout
@@ -306,6 +249,11 @@ const float* Transformer::LinearInput(const std::vector<float>& norm, const floa
   return out;
 }
 
+// rows[n, bias.size()] += bias (an o / down projection's bias, before the residual add).
+void Transformer::AddRowBias(const std::vector<float>& bias, size_t n, float* rows) {
+  for (size_t t = 0; t < n; ++t) AddInPlace(bias.data(), bias.size(), rows + t * bias.size());
+}
+
 // out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.
 // With in_norms (never fused: weights.cc) each piece reads its own normalized input.
 void Transformer::Project(const FusedProjection& p, const float* in, size_t n, float* out,
@@ -385,6 +333,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
         });
       MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
              s_.proj.get(), pool_);
+      if (c.o_bias) AddRowBias(lw.o_bias, n, s_.proj.get());
       AddInPlace(s_.proj.get(), n * hidden, x);
     }
 
@@ -399,7 +348,11 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     {
       TERNLM_PHASE(kRowWork);
       ForEachToken(n, 2 * inter, [&](size_t t) {
-        const float* gate = s_.gate_up.get() + t * 2 * inter;
+        float* gate = s_.gate_up.get() + t * 2 * inter;
+        if (c.mlp_bias) {
+          AddInPlace(lw.gate_bias.data(), inter, gate);
+          AddInPlace(lw.up_bias.data(), inter, gate + inter);
+        }
         float* act = s_.act.get() + t * inter;
         if (c.hidden_act == HiddenAct::kSilu) {
           SiluMul(gate, gate + inter, inter, act);
@@ -413,6 +366,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
       TERNLM_PHASE(kDown);
       MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
              s_.proj.get(), pool_);
+      if (c.mlp_bias) AddRowBias(lw.down_bias, n, s_.proj.get());
       AddInPlace(s_.proj.get(), n * hidden, x);
     }
   }

@@ -184,6 +184,7 @@ class Transformer {
                const std::vector<float>* in_norms);
   // in [n, cols], RMS-normalized with weight `norm` into lin_in when norm is not empty.
   const float* LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n);
+  void AddRowBias(const std::vector<float>& bias, size_t n, float* rows);
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
   void LogitsOfRows(const size_t* rows, size_t k, float* out);  // same over chosen rows
   template <class Fn>

@@ -8,7 +8,8 @@
 // parts, one task each, whose partial softmax sums are combined afterwards
 // (AttendPartial's contract).
 //
-// With a sliding window (Mistral) a query sees only its last sliding_window positions:
+// With a sliding window (Mistral; Qwen2 / Qwen3 on the layers layer_types marks) a query
+// of such a layer sees only its last sliding_window positions:
 // a segment's attention starts at its first query's window edge (FirstVisible), and
 // AttendPartial masks the positions of that key block left of each row's own edge.
 //
@@ -56,7 +57,7 @@ void Transformer::Attention(size_t layer, Segment* segs, size_t nseg) {
   for (size_t i = 0; i < nseg; ++i) {
     Segment& g = segs[i];
     const size_t token_blocks = (g.n + kAttendTokens - 1) / kAttendTokens;
-    const size_t span = g.pos + g.n - FirstVisible(g.pos, config_.sliding_window);  // positions seen
+    const size_t span = g.pos + g.n - FirstVisible(g.pos, config_.WindowOf(layer));  // positions seen
     g.parts = 1;
     if (token_blocks == 1 && s_.max_parts > 1 && shape.kv_heads < 4 * threads) {
       const size_t want = std::min((4 * threads + shape.kv_heads - 1) / shape.kv_heads, s_.max_parts);
@@ -104,7 +105,7 @@ void Transformer::AttendTask(size_t layer, const Segment& g, size_t task, size_t
   a.keys = kv.Keys(layer, kvh);
   a.values = kv.Values(layer, kvh);
   a.f16 = kv.f16();
-  const size_t window = config_.sliding_window;
+  const size_t window = config_.WindowOf(layer);
   a.begin = g.parts == 1 ? FirstVisible(g.pos + t0, window) : FirstVisible(g.pos, window) + part * g.part_len;
   a.window = window;
   a.end = std::min(a.first_len + rows_tokens - 1, a.begin + g.part_len);

@@ -23,7 +23,8 @@ size_t Weights::nbytes() const {
   for (const LayerWeights& l : layers) {
     b += l.qkv.nbytes() + l.o.nbytes() + l.gate_up.nbytes() + l.down.nbytes() +
          4 * (l.attn_norm.size() + l.attn_sub_norm.size() + l.ffn_norm.size() + l.ffn_sub_norm.size() +
-              l.q_bias.size() + l.k_bias.size() + l.v_bias.size() + l.q_norm.size() + l.k_norm.size());
+              l.q_bias.size() + l.k_bias.size() + l.v_bias.size() + l.q_norm.size() + l.k_norm.size() +
+              l.o_bias.size() + l.gate_bias.size() + l.up_bias.size() + l.down_bias.size());
     for (const std::vector<float>& v : l.in_norm) b += 4 * v.size();
   }
   return b;
@@ -39,6 +40,10 @@ auto& VectorOf(W& w, const TensorSpec& s) {  // the float vectors: norm weights 
     case TensorId::kQBias: return w.layers[s.layer].q_bias;
     case TensorId::kKBias: return w.layers[s.layer].k_bias;
     case TensorId::kVBias: return w.layers[s.layer].v_bias;
+    case TensorId::kOBias: return w.layers[s.layer].o_bias;
+    case TensorId::kGateBias: return w.layers[s.layer].gate_bias;
+    case TensorId::kUpBias: return w.layers[s.layer].up_bias;
+    case TensorId::kDownBias: return w.layers[s.layer].down_bias;
     case TensorId::kQNorm: return w.layers[s.layer].q_norm;
     case TensorId::kKNorm: return w.layers[s.layer].k_norm;
     case TensorId::kQInNorm: return w.layers[s.layer].in_norm[kLinearQ];

@@ -41,7 +41,10 @@ struct LayerWeights {
   QuantizedMatrix down;              // [hidden, intermediate]
   std::vector<float> q_bias, k_bias, v_bias;  // [q_dim], [kv_dim], [kv_dim]: attention_bias only
   std::vector<float> q_norm, k_norm;          // [head_dim]: qk_norm only
-  // linear_norm only: each linear's input RMSNorm weight [its cols], by LayerLinear.
+  std::vector<float> o_bias;                  // [hidden]: o_bias only
+  std::vector<float> gate_bias, up_bias, down_bias;  // [intermediate] x2, [hidden]: mlp_bias only
+  // linear_norm only: each linear's input RMSNorm weight [its cols], by LayerLinear (empty
+  // for a linear in plain_linears: its input is used as it is).
   std::array<std::vector<float>, kLayerLinears> in_norm;
 };
 

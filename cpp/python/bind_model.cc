@@ -54,6 +54,10 @@ class DictConfigValues : public ConfigValues {
   std::unique_ptr<ConfigValues> Group(const std::string& key) const override {
     return std::make_unique<DictConfigValues>(Get(key).cast<py::dict>());
   }
+  std::vector<int64_t> Ints(const std::string& key) const override { return Get(key).cast<std::vector<int64_t>>(); }
+  std::vector<std::string> Texts(const std::string& key) const override {
+    return Get(key).cast<std::vector<std::string>>();
+  }
 
  private:
   py::object Get(const std::string& key) const { return d_[py::str(key)]; }

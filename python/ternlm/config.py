@@ -68,10 +68,17 @@ class ModelConfig:
     attention_bias: bool = False   # q, k, v projections have biases (Qwen2)
     qk_norm: bool = False          # per-head RMSNorm of q and k before RoPE (Qwen3)
     sliding_window: int = 0        # attend to the last sliding_window positions only (Mistral); 0: all
+    # with sliding_window: the layers that attend to every position (Qwen2 / Qwen3 layer_types)
+    full_attention_layers: list = field(default_factory=list)
+    o_bias: bool = False           # the o projection has a bias (attention_bias on Llama, Qwen3, BitNet)
+    mlp_bias: bool = False         # gate, up and down have biases (Llama's mlp_bias)
     # transformers' BitNet quantizer with use_rms_norm: each layer linear RMS-normalizes its
     # input first, with its own weight and this eps.
     linear_norm: bool = False
     linear_norm_eps: float = 1e-6
+    # with linear_norm: layer linears ("layers.3.o") left float by modules_to_not_convert,
+    # which take their input as it is
+    plain_linears: list = field(default_factory=list)
 
     def validate(self, where: str) -> "ModelConfig":
         """Check every field (the C++ engine's checks, cpp/model/config.cc, plus types)
@@ -103,7 +110,7 @@ class ModelConfig:
             raise ValueError(f"{where}: hidden_act {self.hidden_act!r} is not 'silu' or 'relu2'")
         if not isinstance(self.tie_word_embeddings, bool):
             raise ValueError(f"{where}: tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
-        for name in ("attention_bias", "qk_norm", "linear_norm"):
+        for name in ("attention_bias", "qk_norm", "linear_norm", "o_bias", "mlp_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
         if self.sliding_window is None:
@@ -111,6 +118,23 @@ class ModelConfig:
         if self.sliding_window:
             self.sliding_window = config_int(self.sliding_window, "sliding_window", where)
         self.linear_norm_eps = config_float(self.linear_norm_eps, "linear_norm_eps", where)
+        layers = self.full_attention_layers
+        if not isinstance(layers, (list, tuple)):
+            raise ValueError(f"{where}: full_attention_layers must be a list of layer numbers, got {layers!r:.100}")
+        self.full_attention_layers = sorted({config_int(i, "full_attention_layers", where, minimum=0) for i in layers})
+        if self.full_attention_layers and self.full_attention_layers[-1] >= self.num_layers:
+            raise ValueError(f"{where}: full_attention_layers holds layer {self.full_attention_layers[-1]}, "
+                             f"but the model has {self.num_layers}")
+        plain = self.plain_linears
+        kinds = ("q", "k", "v", "o", "gate", "up", "down")
+        ok = isinstance(plain, (list, tuple)) and all(
+            isinstance(n, str) and len(n.split(".")) == 3 and n.split(".")[0] == "layers"
+            and n.split(".")[1].isdigit() and int(n.split(".")[1]) < self.num_layers and n.split(".")[2] in kinds
+            for n in plain)
+        if not ok:
+            raise ValueError(f"{where}: plain_linears must be a list of layer linears like 'layers.0.o' "
+                             f"(layers < {self.num_layers}), got {plain!r:.200}")
+        self.plain_linears = sorted(set(plain))
         if self.bos_token_id is not None:
             self.bos_token_id = config_int(self.bos_token_id, "bos_token_id", where, minimum=0)
         self.eos_token_ids = token_ids(self.eos_token_ids, "eos_token_ids", where)

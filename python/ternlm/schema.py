@@ -61,8 +61,8 @@ def check_layer_count(config, present: int, where: str, field: str = "num_layers
     billion-entry name list first. Loaders call it right after reading the config."""
     import dataclasses
     # a BitLinear's input norm (kind "*_in_norm") may be absent from a checkpoint: not counted
-    one_layer = [s for s in specs(dataclasses.replace(config, num_layers=1))
-                 if s.layer is not None and not s.kind.endswith("_in_norm")]
+    one = dataclasses.replace(config, num_layers=1, full_attention_layers=[], plain_linears=[])
+    one_layer = [s for s in specs(one) if s.layer is not None and not s.kind.endswith("_in_norm")]
     need = config.num_layers * len(one_layer)
     if need > present:
         raise ValueError(f"{where}: {field} = {config.num_layers} needs at least {need} tensors "

@@ -199,6 +199,7 @@ def _read_teacher(teacher):
     c = ckpt.config
     extra = [name for name, on in (("q/k/v biases (Qwen2)", c.attention_bias), ("q/k norms (Qwen3)", c.qk_norm),
                                    ("a sliding window (Mistral)", c.sliding_window),
+                                   ("o_proj / MLP biases", c.o_bias or c.mlp_bias),
                                    ("BitNet use_rms_norm linear input norms", c.linear_norm)) if on]
     if extra:
         raise ValueError(f"teacher {os.fspath(teacher)}: ternlm distill's student has Llama / BitNet blocks; "

@@ -1,4 +1,5 @@
-"""GGUF file -> Checkpoint (architectures `llama`, and `bitnet` / `bitnet-25` / `bitnet-b1.58`:
+"""GGUF file -> Checkpoint (architectures `llama` (Llama, and Mistral, which llama.cpp's
+converter writes as `llama`), `qwen2`, `qwen3`, and `bitnet` / `bitnet-25` / `bitnet-b1.58`:
 BitNet b1.58 with its sub-norms, as llama.cpp and bitnet.cpp write it).
 
     ckpt = load_gguf("model.gguf")       # ternlm.load("model.gguf", ...) calls this
@@ -10,8 +11,18 @@ layers.N.attn_sub_norm, ...) and shapes are the tensor schema's (ternlm/schema.p
 
 llama.cpp's converter permutes the rows of attn_q / attn_k of `llama` models within each
 head so that its interleaved ("GPT-J") RoPE applies; ternlm (like Hugging Face) rotates
-halves, so the permutation is undone here, as transformers' GGUF loader does. The bitnet
-architectures use llama.cpp's NEOX (halves) RoPE and are stored unpermuted.
+halves, so the permutation is undone here, as transformers' GGUF loader does (for a `llama`
+file's optional attn_q / attn_k biases too). The qwen2, qwen3 and bitnet architectures use
+llama.cpp's NEOX (halves) RoPE and are stored unpermuted.
+
+qwen2: attn_q / attn_k / attn_v biases (attention_bias). qwen3: attn_q_norm / attn_k_norm
+(qk_norm) and `qwen3.attention.key_length` = head_dim (wider q than hidden). llama:
+llama.cpp loads attn_q/k/v and attn_output biases and ffn_gate/up/down biases when
+present, and so does ternlm. Sliding window: llama.cpp's converter writes none for
+Mistral (its `llama` graph attends to every position, as ternlm does then); a file that
+has `<arch>.attention.sliding_window` (and optionally `sliding_window_pattern`, one bool
+per layer or a period n: every n-th layer is full) gets it per layer, as transformers'
+Mistral / Qwen2 do.
 
 bitnet architecture: metadata under the architecture's name (`bitnet.embedding_length`, ...),
 squared-ReLU MLP, token embedding tied to the output unless an `output.weight` is present
@@ -30,7 +41,7 @@ from ..config import Checkpoint, ModelConfig, config_float, config_int
 
 from .gguf_tensors import q4_codes, read_tensor, scale_matrix, unpermute_rows  # noqa: F401 (re-exported)
 
-LLAMA_ARCHS = ("llama",)
+LLAMA_ARCHS = ("llama", "qwen2", "qwen3")
 BITNET_ARCHS = ("bitnet", "bitnet-25", "bitnet-b1.58")
 SCALED = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
@@ -86,6 +97,7 @@ def _config(reader, path, tensors_by_name, tokenizer) -> ModelConfig:
     if "rope_freqs.weight" in tensors_by_name and arch == "llama":
         rope_scaling = _llama3_scaling_from_freqs(reader, tensors_by_name["rope_freqs.weight"], head_dim, path)
 
+    window, full_layers = _sliding_window(reader, arch, count("block_count"), path)
     eos = [tokenizer.eos_token_ids[0]] if tokenizer.eos_token_ids else []
     for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
         v = field_value(reader, key)
@@ -104,7 +116,35 @@ def _config(reader, path, tensors_by_name, tokenizer) -> ModelConfig:
         rope_scaling=rope_scaling,
         max_position_embeddings=count("context_length", 4096),
         hidden_act="relu2" if bitnet else "silu", tie_word_embeddings="output.weight" not in tensors_by_name,
-        bos_token_id=tokenizer.bos_token_id, eos_token_ids=eos).validate(path)
+        bos_token_id=tokenizer.bos_token_id, eos_token_ids=eos,
+        # qwen2 always has q/k/v biases; a llama file has them when llama.cpp would load them
+        attention_bias=arch == "qwen2" or (arch == "llama" and "blk.0.attn_q.bias" in tensors_by_name),
+        o_bias=arch == "llama" and "blk.0.attn_output.bias" in tensors_by_name,
+        mlp_bias=arch == "llama" and "blk.0.ffn_down.bias" in tensors_by_name,
+        qk_norm=arch == "qwen3", sliding_window=window, full_attention_layers=full_layers).validate(path)
+
+
+def _sliding_window(reader, arch, layers, path):
+    """(window, full-attention layers) from `<arch>.attention.sliding_window[_pattern]`
+    (llama.cpp's keys): no window key, 0: no window. The pattern is one bool per layer
+    (true: the layer slides) or a period n (layer i slides unless i % n == n - 1)."""
+    key = f"{arch}.attention.sliding_window"
+    w = field_value(reader, key)
+    if w is None or arch in BITNET_ARCHS:
+        return 0, []
+    w = config_int(w, f"metadata key {key}", path, minimum=0)
+    pattern = field_value(reader, key + "_pattern")
+    if not w or pattern is None:
+        return w, []
+    if isinstance(pattern, list):
+        if len(pattern) != layers or not all(isinstance(b, (bool, int)) for b in pattern):
+            raise ValueError(f"{path}: metadata key {key}_pattern must hold one bool per layer ({layers}), "
+                             f"got {pattern!r:.100}")
+        return w, [i for i, b in enumerate(pattern) if not b]
+    n = config_int(pattern, f"metadata key {key}_pattern", path)
+    if layers > len(reader.tensors):
+        return w, []        # no list per layer: the layer count check refuses the file next
+    return w, [i for i in range(layers) if i % n == n - 1]
 
 
 def _llama3_scaling_from_freqs(reader, t, head_dim, path):
@@ -173,7 +213,8 @@ def load_gguf(path) -> Checkpoint:
             raise ValueError(f"{path}: tensor {t.name} is not part of a {arch} model ternlm knows")
         n_perm = None
         if permuted:
-            n_perm = config.num_heads if spec.kind == "q" else config.num_kv_heads if spec.kind == "k" else None
+            n_perm = (config.num_heads if spec.kind in ("q", "q_bias") else
+                      config.num_kv_heads if spec.kind in ("k", "k_bias") else None)
         value, fmt = read_tensor(t, spec.name, path, n_perm)
         tensors[spec.name] = value
         if spec.has_format:

@@ -7,10 +7,14 @@ the Hugging Face `tokenizers` pipeline they describe:
   model "gpt2"   byte-level BPE (GPT-2 / Llama 3 / SmolLM): tokens are already spelled in
                  the byte alphabet; merges from the file; pre-tokenizer by `tokenizer.ggml.pre`
                  (llama.cpp's pre-tokenizer names: the Llama 3 / Qwen 2 / GPT-4o split regexes,
-                 SmolLM / StarCoder digit splitting, GPT-2's own regex otherwise).
+                 SmolLM / StarCoder digit splitting, GPT-2's own regex otherwise; Qwen 2's
+                 NFC normalizer).
   model "llama"  SentencePiece BPE (Llama 2, TinyLlama, Mistral): "▁" for spaces, byte
                  fallback tokens <0xNN>, no normalizer, Metaspace pre-tokenizer (prefix
-                 space per `add_space_prefix`, default on). Merges from the file, or when
+                 space per `add_space_prefix`, default on; as transformers' GGUF tokenizer
+                 and tokenizer.json files with legacy=false do, a text that starts with a
+                 space gets no second "▁", where llama.cpp and Llama 2's legacy
+                 tokenizer.json add one). Merges from the file, or when
                  absent derived from the scores: a merge's rank is the score of the token it
                  makes (llama.cpp merges the pair whose result scores highest).
 
@@ -22,7 +26,7 @@ does. BOS is added per `add_bos_token` (default: on for "llama", off for "gpt2")
 from __future__ import annotations
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 
 from ..tokenizer import Tokenizer
 
@@ -43,6 +47,10 @@ _SPLIT_BY_PRE = {
     "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
     "gpt-4o": _GPT4O_SPLIT, "llama4": _GPT4O_SPLIT,
 }
+# Families whose tokenizer.json NFC-normalizes the text before splitting (Qwen2 / Qwen2.5 /
+# Qwen3): done here too, so that a GGUF file tokenizes like the Hugging Face tokenizer
+# (llama.cpp itself skips it, which only matters for text not already in NFC).
+_NFC_PRE = {"qwen2", "deepseek-r1-qwen"}
 # Pre-tokenizers that split every digit on its own before GPT-2's regex.
 _DIGIT_PRE = {"smollm", "starcoder", "refact", "codeshell"}
 
@@ -172,6 +180,8 @@ def _build(reader, path, kind, tokens, types, merges, bos_id, eos_id, unk_id, pa
         model, alphabet = _byte_level_model(tokens, merges, path)
         backend = tokenizers.Tokenizer(model)
         backend.pre_tokenizer = _byte_level_pre_tokenizer(_meta(reader, "pre"), path)
+        if _meta(reader, "pre") in _NFC_PRE:
+            backend.normalizer = normalizers.NFC()
         backend.decoder = decoders.ByteLevel()
         add_bos_default = False
         usable = lambda t: set(t) <= alphabet          # noqa: E731  (others are mislabels)

@@ -30,13 +30,15 @@ BitNet quantizer. Every quirk of the checkpoint layout lives here and in hf_conf
   offline multiplies the biased output by weight_scale, so its bias is read times
   weight_scale. use_rms_norm: each converted linear's <module>.rms_norm.weight is its
   input norm (layers.{i}.q_in_norm, ...); a checkpoint without it gets transformers'
-  initial value, ones.
+  initial value, ones. A layer linear that modules_to_not_convert leaves float is a plain
+  nn.Linear with no input norm (ModelConfig.plain_linears).
 
 Tensors are produced lazily (one at a time, when the converter asks), so a large bf16
 checkpoint is never held twice in memory.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -160,6 +162,12 @@ def load_hf_folder(path) -> Checkpoint:
         raise ValueError(f"{cfg_path}: quantization_config.modules_to_not_convert does not name lm_head, so "
                          f"transformers makes the output head a BitNet linear, but tie_word_embeddings ties it "
                          f"to the float embedding; add \"lm_head\" to modules_to_not_convert")
+    if config.linear_norm and quant is not None:
+        # a layer linear matched by modules_to_not_convert stays a plain nn.Linear: no input norm
+        one = schema.specs(dataclasses.replace(config, plain_linears=[]))
+        config.plain_linears = [spec.name for spec in one if spec.role == "matrix"
+                                and not _converted_by_bitnet(spec.hf_name.removesuffix(".weight"), quant)]
+        config.validate(cfg_path)
     specs = schema.specs(config)
     declared = {spec.hf_name for spec in specs}
     makers, stored = {}, {}
@@ -190,10 +198,6 @@ def load_hf_folder(path) -> Checkpoint:
             continue
         ternary = quant is not None and (spec.role == "matrix" and _converted_by_bitnet(module, quant)
                                          or spec.role == "head" and quant["head_converted"])
-        if config.linear_norm and spec.role == "matrix" and not ternary:
-            raise ValueError(f"{cfg_path}: quantization_config.use_rms_norm = true with {module!r} matched by "
-                             f"modules_to_not_convert is not supported (ternlm gives every layer linear an "
-                             f"input norm, or none)")
         if not ternary:
             if info.dtype == "U8":
                 raise ValueError(f"{where}: uint8 (packed) weight, but config.json has no BitNet "

@@ -3,10 +3,12 @@ quantization dict, for every architecture ternlm runs. The classes and what sets
 from Llama's blocks (each difference is a ModelConfig flag, and its tensors are rows of the
 tensor schema, cpp/model/schema.cc):
 
-    LlamaForCausalLM     Llama 2/3 (rope_scaling "llama3"), SmolLM2, TinyLlama, Falcon3
-    BitNetForCausalLM    squared-ReLU MLP, attention / MLP sub-norms (arch "bitnet")
-    Qwen2ForCausalLM     q, k, v biases (attention_bias)
-    Qwen3ForCausalLM     per-head RMSNorm of q and k before RoPE (qk_norm)
+    LlamaForCausalLM     Llama 2/3 (rope_scaling "llama3"), SmolLM2, TinyLlama, Falcon3;
+                         attention_bias (q, k, v and o biases), mlp_bias (gate, up, down)
+    BitNetForCausalLM    squared-ReLU MLP, attention / MLP sub-norms (arch "bitnet"); attention_bias
+    Qwen2ForCausalLM     q, k, v biases (attention_bias); sliding windows per layer_types
+    Qwen3ForCausalLM     per-head RMSNorm of q and k before RoPE (qk_norm); attention_bias
+                         (q, k, v, o); sliding windows per layer_types
     MistralForCausalLM   sliding-window attention over the last sliding_window positions
 
 rope parameters come either as rope_theta + rope_scaling (older files, key "type" or
@@ -33,6 +35,8 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": ("llama", "qwen3"),
     "MistralForCausalLM": ("llama", "mistral"),
 }
+# No model has more layers; a config that claims more with per-layer windows is damaged.
+MAX_WINDOW_LAYERS = 1 << 16
 # transformers' config defaults where config.json may omit a field: (rope_theta, rms_norm_eps)
 _DEFAULTS = {"llama": (10000.0, 1e-6), "bitnet": (500000.0, 1e-5), "qwen2": (10000.0, 1e-6),
              "qwen3": (10000.0, 1e-6), "mistral": (10000.0, 1e-6)}
@@ -42,6 +46,14 @@ def _get(d: dict, key, default):
     """d[key], or default when the key is absent or null."""
     v = d.get(key)
     return default if v is None else v
+
+
+def _flag(d: dict, key, where) -> bool:
+    """A true/false field (absent or null: false)."""
+    v = d.get(key)
+    if v is not None and not isinstance(v, bool):
+        raise ValueError(f"{where}: {key} must be true or false, got {v!r:.100}")
+    return bool(v)
 
 
 def _object(d: dict, key, where) -> dict:
@@ -114,27 +126,39 @@ def _quantization(quant, arch_name: str, where: str):
     return out
 
 
-def _sliding_window(cfg: dict, model_type: str, layers: int, where: str) -> int:
-    """The window every layer attends over (0: none). Mistral applies sliding_window to
-    every layer; Qwen2 / Qwen3 only with use_sliding_window, to the layers layer_types (or
-    max_window_layers) marks "sliding_attention"."""
+def _sliding_window(cfg: dict, model_type: str, layers: int, where: str):
+    """(window, full-attention layers): the window sliding layers attend over (0: none) and
+    the layers that see every position. Mistral applies sliding_window to every layer.
+    Qwen2 / Qwen3 (their configuration's __post_init__): the window is sliding_window when
+    use_sliding_window, else none; layer_types, when absent, marks layer i
+    "sliding_attention" when there is a window and i >= max_window_layers; a layer marked
+    sliding without a window is an error in transformers too."""
     if model_type == "mistral":
         w = cfg.get("sliding_window")
-        return 0 if w is None else config_int(w, "sliding_window", where)
-    if model_type not in ("qwen2", "qwen3") or not cfg.get("use_sliding_window"):
-        return 0
-    w = cfg.get("sliding_window")
-    if w is None:
-        return 0
-    w = config_int(w, "sliding_window", where)
+        return (0 if w is None else config_int(w, "sliding_window", where)), []
+    if model_type not in ("qwen2", "qwen3"):
+        return 0, []
+    w = cfg.get("sliding_window") if cfg.get("use_sliding_window") else None
+    w = None if w is None else config_int(w, "sliding_window", where)
     types = cfg.get("layer_types")
     if types is None:
         first = config_int(_get(cfg, "max_window_layers", 28), "max_window_layers", where, minimum=0)
-        types = ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
-    if not isinstance(types, list) or len(set(map(str, types))) != 1:
-        raise ValueError(f"{where}: use_sliding_window with layer_types / max_window_layers that mix sliding "
-                         f"and full attention layers is not supported (ternlm runs one window for all layers)")
-    return w if types[0] == "sliding_attention" else 0
+        if w is None or first >= layers:
+            return 0, []
+        if layers > MAX_WINDOW_LAYERS:    # before a list per layer (a damaged or hostile file)
+            raise ValueError(f"{where}: num_hidden_layers = {layers} with sliding windows from max_window_layers: "
+                             f"more than {MAX_WINDOW_LAYERS} layers")
+        return w, list(range(first))
+    kinds = ("full_attention", "sliding_attention")
+    if not isinstance(types, list) or len(types) != layers or not all(t in kinds for t in types):
+        raise ValueError(f"{where}: layer_types must list {layers} entries (num_hidden_layers), each "
+                         f"'full_attention' or 'sliding_attention', got {types!r:.200}")
+    if "sliding_attention" not in types:
+        return 0, []
+    if w is None:
+        raise ValueError(f"{where}: layer_types marks sliding_attention layers, but there is no window "
+                         f"(use_sliding_window is false or sliding_window is null)")
+    return w, [i for i, t in enumerate(types) if t == "full_attention"]
 
 
 def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json",
@@ -166,11 +190,10 @@ def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json
     head_dim = config_int(_get(cfg, "head_dim", hidden // heads), "head_dim", where)
     if heads % kv_heads:
         raise ValueError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-    if model_type in ("llama", "bitnet", "qwen3") and cfg.get("attention_bias"):
-        raise ValueError(f"{where}: attention_bias = true is not supported for {arch_name} "
-                         f"(it adds an o_proj bias; ternlm runs q/k/v biases only, as Qwen2's)")
-    if cfg.get("mlp_bias"):
-        raise ValueError(f"{where}: mlp_bias = true is not supported")
+    # attention_bias: q/k/v and o biases on Llama, BitNet and Qwen3; Qwen2 has q/k/v biases
+    # whatever it says, Mistral none. mlp_bias: Llama's MLP only (the other classes ignore it).
+    all_biases = model_type in ("llama", "bitnet", "qwen3") and _flag(cfg, "attention_bias", where)
+    mlp_bias = model_type == "llama" and _flag(cfg, "mlp_bias", where)
     act = cfg.get("hidden_act", "relu2" if arch == "bitnet" else "silu")
     if act != ("relu2" if arch == "bitnet" else "silu"):
         raise ValueError(f"{where}: hidden_act {act!r:.100} is not supported for {arch_name}")
@@ -179,6 +202,7 @@ def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json
     quant = _quantization(cfg.get("quantization_config"), arch_name, where)
     layers = need("num_hidden_layers")
 
+    window, full_layers = _sliding_window(cfg, model_type, layers, where)
     eos = []
     for v in (id_list(cfg.get("eos_token_id"), "eos_token_id", where),
               id_list(gen.get("eos_token_id"), "eos_token_id", gen_where)):
@@ -194,8 +218,8 @@ def config_from_hf(cfg: dict, gen: dict | None = None, where: str = "config.json
                                            where),
         hidden_act=act, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         bos_token_id=None if bos is None else config_int(bos, "bos_token_id", where, minimum=0), eos_token_ids=eos,
-        attention_bias=model_type == "qwen2", qk_norm=model_type == "qwen3",
-        sliding_window=_sliding_window(cfg, model_type, layers, where),
+        attention_bias=model_type == "qwen2" or all_biases, o_bias=all_biases, mlp_bias=mlp_bias,
+        qk_norm=model_type == "qwen3", sliding_window=window, full_attention_layers=full_layers,
         linear_norm=bool(quant and quant["use_rms_norm"]),
         linear_norm_eps=quant["rms_norm_eps"] if quant and quant["use_rms_norm"] else 1e-6)
     return mc.validate(where), quant
