@@ -11,7 +11,10 @@
 //               x += f·Wdownᵀ
 //   logits = (rmsnorm(x)·norm)·Wheadᵀ
 // With linear_norm (transformers' BitNet quantizer, use_rms_norm) every layer linear W
-// computes (rmsnorm(in)·in_norm_W)·Wᵀ: its own input norm, with linear_norm_eps.
+// computes (rmsnorm(in)·in_norm_W)·Wᵀ: its own input norm, with linear_norm_eps. With
+// rotate_inputs the inputs of the named linears are rotated first (in·H, their weights
+// stored as W·H), and activation_quant quantizes every layer linear's input to 4 bits:
+// transformer_linear.cc.
 #include "model/transformer.h"
 
 #include <unistd.h>  // sysconf
@@ -360,15 +363,6 @@ void Transformer::Batch(BatchEntry* e, size_t k) {
   }
 }
 
-const float* Transformer::LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n) {
-  if (norm.empty()) return in;
-  float* out = s_.lin_in.get();
-  ForEachToken(n, [&](size_t t) {
-    RmsNorm(in + t * cols, norm.data(), cols, config_.linear_norm_eps, out + t * cols);
-  });
-  return out;
-}
-
 // Draws entry e's next token from its logits rows [draft + 1, vocab] (one row unless it
 // verifies drafts); pos0: its slot's position before the Batch.
 void Transformer::SampleEntry(BatchEntry& e, size_t pos0, const float* logits) {
@@ -393,35 +387,6 @@ void Transformer::SampleEntry(BatchEntry& e, size_t pos0, const float* logits) {
   }
   // The rejected drafts' rows leave the cache (their K/V are overwritten by what comes next).
   if (e.draft > 0) slots_[e.slot].pos = pos0 + 1 + e.accepted;
-}
-
-// out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.
-// With in_norms (never fused: weights.cc) each piece reads its own normalized input.
-void Transformer::Project(const FusedProjection& p, const float* in, size_t n, float* out,
-                          const std::vector<float>* in_norms) {
-  if (p.is_fused()) {
-    MatMul(p.fused, in, n, out, pool_);
-    return;
-  }
-  size_t offset = 0;
-  for (size_t j = 0; j < p.pieces.size(); ++j) {
-    const QuantizedMatrix& m = p.pieces[j];
-    MatMul(m, in_norms ? LinearInput(in_norms[j], in, m.cols(), n) : in, n, s_.proj.get(), pool_);
-    for (size_t t = 0; t < n; ++t)
-      std::memcpy(out + t * p.rows + offset, s_.proj.get() + t * m.rows(), m.rows() * sizeof(float));
-    offset += m.rows();
-  }
-}
-
-// Per-token row work (norms, RoPE, activations): over the pool for a prefill chunk,
-// inline for one decode token (a pool dispatch would cost more than the work).
-template <class Fn>
-void Transformer::ForEachToken(size_t n, const Fn& fn) {
-  if (n == 1) {
-    fn(size_t(0));
-    return;
-  }
-  pool_.Run(n, [&](size_t t, size_t /*thread*/) { fn(t); });
 }
 
 void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, size_t nseg) {
@@ -449,6 +414,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
       RmsNorm(x + t * hidden, lw.attn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
     });
     const std::vector<float>* in_norms = c.linear_norm ? lw.in_norm.data() : nullptr;
+    RotateInput(kRotateQkv, xb, hidden, n);
     Project(lw.qkv, xb, n, s_.qkv.get(), in_norms ? in_norms + kLinearQ : nullptr);
     ForEachToken(n, [&](size_t t) {  // [bias, q/k norms,] RoPE on q and k, then k and v into the cache
       const size_t pos = row_pos_[t];
@@ -479,14 +445,16 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
         RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
                 s_.att.get() + t * c.q_dim());
       });
+    RotateInput(kRotateO, s_.att.get(), c.q_dim(), n);
     MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
-           s_.proj.get(), pool_);
+           s_.proj.get(), pool_, c.activation_quant);
     AddInPlace(s_.proj.get(), n * hidden, x);
 
     // --- feed-forward block
     ForEachToken(n, [&](size_t t) {
       RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
     });
+    RotateInput(kRotateGateUp, xb, hidden, n);
     Project(lw.gate_up, xb, n, s_.gate_up.get(), in_norms ? in_norms + kLinearGate : nullptr);
     ForEachToken(n, [&](size_t t) {
       const float* gate = s_.gate_up.get() + t * 2 * inter;
@@ -498,8 +466,9 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
       }
       if (c.is_bitnet()) RmsNorm(act, lw.ffn_sub_norm.data(), inter, c.rms_norm_eps, act);
     });
+    RotateInput(kRotateDown, s_.act.get(), inter, n);
     MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
-           s_.proj.get(), pool_);
+           s_.proj.get(), pool_, c.activation_quant);
     AddInPlace(s_.proj.get(), n * hidden, x);
   }
   for (size_t i = 0; i < nseg; ++i) slots_[segs[i].slot].pos += segs[i].n;

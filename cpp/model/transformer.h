@@ -183,6 +183,8 @@ class Transformer {
                const std::vector<float>* in_norms);
   // in [n, cols], RMS-normalized with weight `norm` into lin_in when norm is not empty.
   const float* LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n);
+  // in [n, cols] rotated in place (in·H) when config().rotate_inputs has `site` (RotateSite).
+  void RotateInput(unsigned site, float* in, size_t cols, size_t n);
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
   void LogitsOfRows(const size_t* rows, size_t k, float* out);  // same over chosen rows
   template <class Fn>
@@ -205,5 +207,16 @@ class Transformer {
   std::mutex mu_;
   std::function<void()> between_chunks_;
 };
+
+// Per-token row work (norms, RoPE, activations): over the pool for a prefill chunk,
+// inline for one decode token (a pool dispatch would cost more than the work).
+template <class Fn>
+inline void Transformer::ForEachToken(size_t n, const Fn& fn) {
+  if (n == 1) {
+    fn(size_t(0));
+    return;
+  }
+  pool_.Run(n, [&](size_t t, size_t /*thread*/) { fn(t); });
+}
 
 }  // namespace ternlm
