@@ -125,8 +125,10 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
 
 def _alpha(x: torch.Tensor, clip: str) -> torch.Tensor:
     if clip == "gaussian":
-        ms = (x.double().square().sum(-1, keepdim=True) / x.shape[-1]).float()
-        return ms.sqrt() * torch.tensor(GAUSSIAN_CLIP4, dtype=torch.float32, device=x.device)
+        # in float64 with one rounding, as the engine (torch's float32 sqrt is not always
+        # correctly rounded; float64's error vanishes in the rounding to float32)
+        ms = x.double().square().sum(-1, keepdim=True) / x.shape[-1]
+        return (ms.sqrt() * float(torch.tensor(GAUSSIAN_CLIP4, dtype=torch.float32))).float()
     return x.abs().amax(-1, keepdim=True)
 
 
