@@ -64,7 +64,7 @@ HWY_INLINE float QuantizeInt4Row(const float* HWY_RESTRICT x, size_t n, bool gau
   if (gaussian) {
     double sum = 0.0;
     for (i = 0; i < n; ++i) sum += double(x[i]) * double(x[i]);
-    alpha = kGaussianClip4 * std::sqrt(float(sum / double(n)));
+    alpha = float(double(kGaussianClip4) * std::sqrt(sum / double(n)));
   } else {
     auto vmax = hn::Zero(df);
     for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + i)));

@@ -45,13 +45,14 @@ constexpr float kGaussianClip4 = 2.513930578568423f;
 // 4-bit activations of one row of n values (python/ternlm/distill/quest.py is the torch
 // twin; the codes agree bit for bit given the same x):
 //   alpha = max|x|                                       (absmax), or
-//   alpha = kGaussianClip4 * sqrt(float(sum(x^2) / n))   (gaussian: the sum in float64)
+//   alpha = float(kGaussianClip4 * sqrt(sum(x^2) / n))   (gaussian: in float64, one rounding)
 //   s = 7.5 / max(alpha, 1e-5)                           (f32)
 //   q = clamp(2 floor(x s) + 1, -15, 15)                 odd codes: the levels k - 7.5, k = 0..15
 //   x_hat = q * u,  u = 1 / (2 s)                        (returned)
 // so [-alpha, alpha] holds 16 levels 2 alpha / 15 apart and x is rounded to the nearest
-// (ties upward). A float64 sum is exact to far below a float32 ulp, so two summation
-// orders give the same alpha unless their sums straddle a float32 rounding boundary.
+// (ties upward). The float64 sum and root are exact to far below a float32 ulp, so two
+// summation orders (or a root within an ulp of float64) give the same alpha unless they
+// straddle a float32 rounding boundary (about 1e-9 of rows).
 float QuantizeActivationsInt4(const float* x, size_t n, bool gaussian, int8_t* q);
 
 }  // namespace ternlm

@@ -63,7 +63,9 @@ class BitLinear(nn.Module):
         # recompiles a torch.compile'd graph, as a Python float attribute would.
         self.lam = None
         self.spec = None            # a quest.QuantSpec other than BitNet's (set by Transformer)
-        self.rotate = False         # this linear's input and weight rows are Hadamard-rotated
+        # this linear rotates its input (x·H); its latent weight then holds W·H (rotated once
+        # at build: Transformer.rotate_latent_weights), as the engine stores it
+        self.rotate = False
 
     def forward(self, x):
         if not self.quantize:
@@ -87,11 +89,9 @@ class BitLinear(nn.Module):
 
     def quantized(self):
         """(weight codes, weight unit) of a spec'd layer: int4: (k in 0..15 [out, in], step/2
-        [out, 1]) with values (2k - 15) · unit; ternary: (T [out, in], 1 / s_w). Rotated
-        weights when this linear rotates its input."""
-        from . import quest
-        w = self.weight.float()
-        return self._quantize_weight(quest.hadamard(w) if self.rotate else w)
+        [out, 1]) with values (2k - 15) · unit; ternary: (T [out, in], 1 / s_w). Of the
+        rotated weight W·H when this linear rotates its input (which its latent weight holds)."""
+        return self._quantize_weight(self.weight.float())
 
     def _quantize_weight(self, w):
         from . import quest
@@ -107,7 +107,7 @@ class BitLinear(nn.Module):
         xf = x.float()
         w = self.weight.float()
         if self.rotate:
-            xf, w = quest.hadamard(xf), quest.hadamard(w)
+            xf = quest.hadamard(xf)
         codes, uw = self._quantize_weight(w)
         cw = 2 * codes - 15 if spec.weights == "int4" else codes
         if spec.activations == "int4":
@@ -315,6 +315,14 @@ class Transformer(nn.Module):
     def set_lambda(self, lam: float) -> None:
         self.lam.fill_(float(lam))
 
+    def rotate_latent_weights(self) -> None:
+        """W <- W·H in every linear that rotates its input (build() calls it once)."""
+        from .quest import hadamard
+        with torch.no_grad():
+            for m in self.bitlinears():
+                if m.rotate:
+                    m.weight.copy_(hadamard(m.weight.float()))
+
     def set_exact(self, exact: bool) -> None:
         for m in self.bitlinears():
             m.exact = bool(exact)
@@ -389,4 +397,5 @@ def build(cfg, tensors, quantize: bool, device=None, spec=None) -> Transformer:
     quest.QuantSpec (None: BitNet b1.58)."""
     model = Transformer(cfg, quantize=quantize, spec=spec)
     model.load_tensors(tensors)
+    model.rotate_latent_weights()
     return model.to(device) if device is not None else model
