@@ -140,9 +140,10 @@ ActivationQuant ActivationQuantOf(const std::string& name) {
   throw py::value_error("matmul: activations must be 'format', 'int4-absmax' or 'int4-gaussian', got '" + name + "'");
 }
 
-py::array_t<float> MatMulPy(py::handle x_obj, const QuantizedMatrix& q, py::object threads,
-                            const std::string& activations) {
-  const ActivationQuant aq = ActivationQuantOf(activations);
+py::array_t<float> MatMulPy(py::handle x_obj, const QuantizedMatrix& q, py::object threads, py::object activations) {
+  // None (the default) costs no string conversion on the plain path
+  const ActivationQuant aq = activations.is_none() ? ActivationQuant::kFormat
+                                                   : ActivationQuantOf(activations.cast<std::string>());
   py::array_t<float> x = Require<float>(x_obj, "matmul: x", "float32");
   if (x.ndim() != 1 && x.ndim() != 2)
     throw py::value_error("matmul: x must be 1-D [in] or 2-D [n, in], got shape " + ShapeStr(x));
@@ -328,8 +329,8 @@ void BindFormats(py::module_& m) {
     return Quantize(p, rows, cols, f, group_size);
   }, py::arg("w"), py::arg("format"), py::arg("group_size") = 32);
   m.def("matmul", &MatMulPy, py::arg("x"), py::arg("q"), py::arg("threads") = py::none(),
-        py::arg("activations") = "format",
-        "activations: 'format' (the format's own quantization) or a model's 4-bit one, 'int4-absmax' / "
+        py::arg("activations") = py::none(),
+        "activations: None or 'format' (the format's own quantization), or a model's 4-bit one, 'int4-absmax' / "
         "'int4-gaussian' (cpp/kernels/activations.h).");
   m.def("pack_ternary", &PackTernaryPy, py::arg("t"),
         "int8 {-1, 0, 1} array of any shape -> uint8 [ceil(t.size / 4)]: the values in row-major "
