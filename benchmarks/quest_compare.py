@@ -89,7 +89,8 @@ def main():
         t0 = time.time()
         ppl = m.perplexity(ids, window=512, stride=256, progress=False)
         rows.append({"model": label, "perplexity": round(ppl, 3), "weight_formats": sorted(set(m.formats.values())),
-                     "activations": f"{m.config.activation_bits}-bit {m.config.activation_clip}"
+                     "activations": (f"4-bit per token, {m.config.activation_clip} clip" if m.config.activation_bits == 4
+                                     else "the format's own (f32 / int8 per 32 / int8 per token)")
                      + (f", rotated {m.config.rotate_inputs}" if m.config.rotate_inputs else ""),
                      "eval_seconds": round(time.time() - t0, 1)})
         print(rows[-1], file=sys.stderr, flush=True)
