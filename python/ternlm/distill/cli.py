@@ -14,12 +14,13 @@ from ..cli import _positive_int  # one rule for counts in every subcommand
 
 DESCRIPTION = (
     "Make a ternary (BitNet b1.58) or, with --mode quest4, a 4-bit (QuEST) model from --teacher by "
-    "quantization-aware distillation: a student of "
-    "the same architecture whose layer linears use ternary weights and int8 activations learns the "
-    "teacher's next-token distribution (KL), on the text in --data or, without it, on text the teacher "
+    "quantization-aware distillation: a student of the same architecture whose layer linears use ternary "
+    "weights and int8 activations (quest4: int4 weights and activations on Hadamard-rotated inputs) learns "
+    "the teacher's next-token distribution (KL), on the text in --data or, without it, on text the teacher "
     "samples itself. Writes a Hugging Face folder (the teacher's architecture + quantization_config "
-    "bitnet) that transformers and ternlm both load. Needs PyTorch: pip install 'ternlm[train]'. "
-    "Runs on CUDA when present (bf16 autocast), else on the CPU.")
+    "bitnet) that transformers and ternlm both load; quest4 and the other 4-bit settings write a ternlm "
+    "folder. Needs PyTorch: pip install 'ternlm[train]'. Runs on CUDA when present (bf16 autocast), else "
+    "on the CPU.")
 
 
 def add_parser(sub):
