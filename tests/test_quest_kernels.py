@@ -165,6 +165,16 @@ def test_matmul_on_int4_activations(fmt, clip):
     assert not np.array_equal(ternlm.matmul(x, q), base)
 
 
+def test_nano_matmul_on_int4_activations_reads_the_dequantized_codes():
+    """nano's two-stage driver takes float inputs: a 4-bit-activation model gives it c * u."""
+    rng = np.random.default_rng(5)
+    q = ternlm.quantize(rng.standard_normal((64, 256)).astype(np.float32), "nano:1.0")
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    dq = np.stack([c.astype(np.float32) * np.float32(u) for c, u in
+                   (_core.quantize_activations_int4(r, "gaussian") for r in x)])
+    np.testing.assert_array_equal(_core.matmul(x, q, activations="int4-gaussian"), ternlm.matmul(dq, q))
+
+
 def test_matmul_int4_activations_from_many_threads():
     rng = np.random.default_rng(3)
     q = ternlm.quantize(rng.standard_normal((64, 512)).astype(np.float32), "int4")

@@ -307,10 +307,21 @@ const FormatKernel& KernelFor(WeightFormat f) {
 
 void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, ThreadPool& pool, ActivationQuant aq) {
   if (n == 0 || w.rows() == 0) return;
-  // nano is two dependent products (V^T, then U), each split over the pool: its own driver.
-  if (w.format() == WeightFormat::kNano) return NanoMatMul(w, x, n, y, pool);
-  const FormatKernel& kernel = KernelFor(w.format());
   thread_local ActivationScratch scratch;
+  // nano is two dependent products (V^T, then U), each split over the pool: its own driver,
+  // on float inputs (a 4-bit-activation model's: the dequantized codes).
+  if (w.format() == WeightFormat::kNano) {
+    if (aq == ActivationQuant::kFormat) return NanoMatMul(w, x, n, y, pool);
+    const size_t cols = w.cols();
+    scratch.q.resize(cols);
+    scratch.xf.resize(n * cols);
+    for (size_t i = 0; i < n; ++i) {
+      const float u = QuantizeActivationsInt4(x + i * cols, cols, aq == ActivationQuant::kInt4Gaussian, scratch.q.data());
+      for (size_t c = 0; c < cols; ++c) scratch.xf[i * cols + c] = float(scratch.q[c]) * u;
+    }
+    return NanoMatMul(w, scratch.xf.data(), n, y, pool);
+  }
+  const FormatKernel& kernel = KernelFor(w.format());
   PreparedActivations a;
   a.n = n;
   a.stride = w.padded_cols();
