@@ -7,9 +7,13 @@ ternlm/__init__.py. benchmarks/distill_gpu.py prepares its inputs and assembles 
         training and teacher-sampling tokens/s on random weights of the model's shape
     python distill_device.py train --setup setup.json --gguf MODEL.gguf --out DIR --steps N
         [--seconds S] [--sweep 3e-3,1e-2,3e-2] [--sweep-steps K] [--reuse K] [--resume]
+        [--mode bitnet|quest4]
         distill (checkpoint in --work), then write to DIR: the ternary layers packed
         (transformers' uint8 layout + s_w) and the norms in two .npz files under 16 MiB, and
-        run.json (loss history, sweep, tokens, seconds, held-out perplexities)
+        run.json (loss history, sweep, tokens, seconds, held-out perplexities); with
+        --mode quest4 (ternlm.distill.quest) the 4-bit layers as nibbles (column 2j in the
+        low 4 bits of byte j, 2j+1 in the high) + per-row units and the norms in four
+        student_q{0..3}.npz files (distill_gpu.py assemble writes either as a model folder)
 
 setup.json (written by distill_gpu.py prepare): the ModelConfig, the GGUF tensor names (from
 ternlm.schema, which needs the C++ core), the sampling prefixes and first-token ids, and the
@@ -38,14 +42,15 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def models(cfg, tensors, device):
+def models(cfg, tensors, device, mode="bitnet"):
     import torch
+    from ternlm.distill.quest import spec_for
     from ternlm.distill.student import build
     teacher = build(cfg, tensors, quantize=False, device=device)
     if device == "cuda":
         for m in teacher.bitlinears():              # frozen: bf16 matrices, float norms/embedding
             m.weight.data = m.weight.data.to(torch.bfloat16)
-    student = build(cfg, tensors, quantize=True, device=device)
+    student = build(cfg, tensors, quantize=True, device=device, spec=spec_for(mode))
     return teacher, student
 
 
@@ -62,7 +67,7 @@ def cmd_measure(args, setup, cfg):
     from ternlm.distill.train import TrainConfig, train
     dev = args.device
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    teacher, student = models(cfg, random_tensors(cfg), dev)
+    teacher, student = models(cfg, random_tensors(cfg), dev, args.mode)
     report = {}
     seq = args.seq_len
     for compile_ in args.compile_modes:
@@ -138,7 +143,7 @@ def cmd_train(args, setup, cfg):
     torch.backends.cuda.matmul.allow_tf32 = True
     t_start = time.perf_counter()
     tensors = random_tensors(cfg) if args.random else gguf_float_tensors(args.gguf, cfg, setup["gguf_names"])
-    teacher, student = models(cfg, tensors, dev)
+    teacher, student = models(cfg, tensors, dev, args.mode)
     log(f"teacher and student built ({time.perf_counter() - t_start:.1f} s)")
     os.makedirs(args.work, exist_ok=True)
     ckpt = os.path.join(args.work, "state.pt")
@@ -150,7 +155,7 @@ def cmd_train(args, setup, cfg):
     if not args.resume:
         run["ppl_teacher"] = ev(teacher)
         run["ppl_ptq"] = ev(student)
-        log(f"held-out perplexity: teacher {run['ppl_teacher']:.2f}, PTQ ternary {run['ppl_ptq']:.4g}")
+        log(f"held-out perplexity: teacher {run['ppl_teacher']:.2f}, PTQ ({args.mode}) {run['ppl_ptq']:.4g}")
     lr = args.lr
     if args.sweep and not args.resume:
         # the same teacher-sampled batches for every candidate, and a held-out set to judge them
@@ -197,9 +202,12 @@ def cmd_train(args, setup, cfg):
     run["history"] = res["history"]
     run["steps"] = args.steps
     run["settings"] = {k: getattr(args, k) for k in ("batch", "micro_batch", "seq_len", "gen_batch", "lambda_warmup",
-                                                       "compile", "seed", "reuse")}
+                                                       "compile", "seed", "reuse", "mode")}
     with open(run_path, "w") as f:
         json.dump(run, f)
+    if student.spec is not None:
+        write_quantized_parts(args, cfg, student, run)
+        return
     # outputs: packed ternary layers (two files) + norms, and run.json
     from ternlm.distill.export import pack_ternary_rows
     tern = student.ternary_weights()
@@ -217,6 +225,35 @@ def cmd_train(args, setup, cfg):
                 if name not in ("embed", "lm_head"):
                     arrays[name] = a
         np.savez(os.path.join(args.out, f"student_{part}.npz"), **arrays)
+    with open(os.path.join(args.out, "run.json"), "w") as f:
+        json.dump(run, f, indent=1)
+    log(f"wrote {sorted(os.listdir(args.out))}")
+
+
+def write_quantized_parts(args, cfg, student, run):
+    """A spec'd student's layers (nibbles or packed ternary rows + units) and norms in four
+    .npz files, and run.json (with the spec: distill_gpu.py assemble rebuilds the folder)."""
+    import numpy as np
+    from ternlm.distill.export import pack_ternary_rows
+    quant = student.quantized_weights()
+    floats = student.float_weights()
+    run["quant"] = student.spec.to_dict()
+    bounds = [cfg.num_layers * k // 4 for k in range(5)]
+    for k in range(4):
+        arrays = {}
+        for name, (codes, unit) in quant.items():
+            if not bounds[k] <= int(name.split(".")[1]) < bounds[k + 1]:
+                continue
+            if student.spec.weights == "int4":
+                padded = np.zeros((codes.shape[0], codes.shape[1] + codes.shape[1] % 2), np.uint8)
+                padded[:, :codes.shape[1]] = codes
+                arrays[name + ".nibbles"] = padded[:, 0::2] | (padded[:, 1::2] << 4)
+            else:
+                arrays[name + ".packed"] = pack_ternary_rows(codes)
+            arrays[name + ".unit"] = np.asarray(unit, dtype=np.float32)
+        if k == 3:
+            arrays.update({n: a for n, a in floats.items() if n not in ("embed", "lm_head")})
+        np.savez(os.path.join(args.out, f"student_q{k}.npz"), **arrays)
     with open(os.path.join(args.out, "run.json"), "w") as f:
         json.dump(run, f, indent=1)
     log(f"wrote {sorted(os.listdir(args.out))}")
@@ -248,6 +285,8 @@ def main():
     p.add_argument("--resume", action="store_true")
     p.add_argument("--random", action="store_true", help="random weights instead of --gguf (a smoke run)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=("bitnet", "quest4"), default="bitnet",
+                   help="the student's quantization (ternlm.distill.quest.MODES)")
     p.add_argument("--micro-batches", type=lambda s: [int(x) for x in s.split(",")], default=[16, 32])
     p.add_argument("--gen-batches", type=lambda s: [int(x) for x in s.split(",")], default=[256, 1024])
     p.add_argument("--measure-steps", type=int, default=8)

@@ -74,6 +74,8 @@ def assemble(args):
     ckpt = read_checkpoint(args.teacher)
     cfg = ckpt.config
     teacher = float_tensors(ckpt)
+    if os.path.exists(os.path.join(args.returned, "student_q0.npz")):
+        return assemble_quantized(args, ckpt, teacher)
     ternary, floats = {}, {}
     for part in ("a", "b"):
         with np.load(os.path.join(args.returned, f"student_{part}.npz")) as z:
@@ -96,6 +98,39 @@ def assemble(args):
     if args.ternlm_out:
         write_ternlm_folder(args.out, args.ternlm_out)
         print(f"wrote {args.ternlm_out}")
+
+
+def assemble_quantized(args, ckpt, teacher):
+    """distill_device.py --mode quest4's parts -> a ternlm folder (export.write_quantized_folder)."""
+    import json
+
+    import numpy as np
+
+    from ternlm.distill.export import write_quantized_folder
+    from ternlm.distill.quest import QuantSpec
+    from ternlm.io.hf import unpack_bitnet_weight
+    with open(os.path.join(args.returned, "run.json")) as f:
+        spec = QuantSpec(**json.load(f)["quant"]).check()
+    quant, floats = {}, {}
+    for k in range(4):
+        with np.load(os.path.join(args.returned, f"student_q{k}.npz")) as z:
+            for key in z.files:
+                name, _, kind = key.rpartition(".")
+                if kind == "nibbles":
+                    rows, cols = teacher[name].shape
+                    b = z[key]
+                    codes = np.stack([b & 15, b >> 4], axis=-1).reshape(rows, -1)[:, :cols]
+                    quant[name] = (np.ascontiguousarray(codes), np.asarray(z[name + ".unit"], np.float32))
+                elif kind == "packed":
+                    rows = teacher[name].shape[0]
+                    quant[name] = (unpack_bitnet_weight(z[key], rows, key), float(z[name + ".unit"]))
+                elif kind != "unit":
+                    floats[key] = np.asarray(z[key], dtype=np.float32)
+    for name in ckpt.config.tensor_names():
+        if name not in quant and name not in floats:
+            floats[name] = teacher[name]                # embedding / lm_head: the teacher's
+    write_quantized_folder(args.out, ckpt.config, spec, quant, floats, ckpt.tokenizer, source=ckpt.source)
+    print(f"wrote {args.out} (a ternlm folder: {spec.weights} weights, {spec.activations} activations)")
 
 
 def main():

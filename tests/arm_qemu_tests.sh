@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Python extension (C++ core + bindings) for aarch64 with the Debian cross
 # compiler and runs the kernel tests (tests/test_matmul.py, tests/test_kernel_targets.py,
-# tests/test_head_formats.py: the int8 / q6 head kernels with SDOT and without) and
+# tests/test_head_formats.py: the int8 / q6 head kernels with SDOT and without; tests/test_quest_kernels.py) and
 # the engine-on-every-target test (tests/test_engine_targets.py)
 # on it under qemu-aarch64 (user mode), with Debian 12's arm64 python3.11 + numpy.
 # Unlike tests/arm_cross_compile.sh (compile only), this runs the NEON kernels and the
@@ -197,11 +197,11 @@ export TOKENIZERS_PARALLELISM=false
 ARMPY=("$QEMU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11")
 cd "$ROOT"
 say "Highway targets under qemu: $("${ARMPY[@]}" -c 'from ternlm import _core; print(", ".join(_core.supported_targets()))')"
-say "pytest tests/test_matmul.py tests/test_kernel_targets.py tests/test_engine_targets.py tests/test_head_formats.py (under $QEMU)"
+say "pytest tests/test_matmul.py tests/test_kernel_targets.py tests/test_quest_kernels.py tests/test_engine_targets.py tests/test_head_formats.py (under $QEMU)"
 rc=0
 # test_models_with_small_heads writes its models with torch, which this environment lacks
 "${ARMPY[@]}" -m pytest -p no:cacheprovider --rootdir="$ROOT" \
-  tests/test_matmul.py tests/test_kernel_targets.py tests/test_engine_targets.py tests/test_head_formats.py \
+  tests/test_matmul.py tests/test_kernel_targets.py tests/test_quest_kernels.py tests/test_engine_targets.py tests/test_head_formats.py \
   --deselect tests/test_head_formats.py::test_models_with_small_heads "$@" || rc=$?
 say "done (pytest exit status $rc)"
 exit $rc

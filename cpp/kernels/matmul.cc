@@ -90,6 +90,9 @@ void HeadBlockDots(const QuantizedMatrix& w, const int8_t* q, const int32_t* sub
 float QuantizeActivationsInt8Target(const float* x, size_t n, int8_t* q) {
   return QuantizeInt8Row(x, n, q);
 }
+float QuantizeActivationsInt4Target(const float* x, size_t n, bool gaussian, int8_t* q) {
+  return QuantizeInt4Row(x, n, gaussian, q);
+}
 
 void TernaryIntDots(const QuantizedMatrix& w, const int8_t* q, int32_t q_sum, int32_t* out) {
   TernaryIntDotsRows(w.data(), w.padded_cols(), w.rows(), q, q_sum, out);
@@ -112,9 +115,13 @@ HWY_EXPORT(Int8Rows);
 HWY_EXPORT(Q6Rows);
 HWY_EXPORT(HeadBlockDots);
 HWY_EXPORT(QuantizeActivationsInt8Target);
+HWY_EXPORT(QuantizeActivationsInt4Target);
 
 float QuantizeActivationsInt8(const float* x, size_t n, int8_t* q) {
   return HWY_DYNAMIC_DISPATCH(QuantizeActivationsInt8Target)(x, n, q);
+}
+float QuantizeActivationsInt4(const float* x, size_t n, bool gaussian, int8_t* q) {
+  return HWY_DYNAMIC_DISPATCH(QuantizeActivationsInt4Target)(x, n, gaussian, q);
 }
 
 namespace {
@@ -146,21 +153,16 @@ void PrepareInt8Rows(const QuantizedMatrix& w, const float* x, ActivationScratch
   a.inv_scale = s.inv_scale.data();
 }
 
-// int4: int8 per block of 32, with 1/s_b per block and the f32 sum per group.
-void PrepareInt8Blocks(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
-  const size_t n = a.n, cols = w.cols(), stride = a.stride;
-  const size_t nb = stride / 32, group = size_t(w.group_size()), ng = stride / group;
-  s.q.assign(n * stride, 0);
-  s.inv_scale.assign(n * nb, 0.0f);
-  s.group_sum.assign(n * ng, 0.0f);
-  for (size_t i = 0; i < n; ++i) {
-    const float* xr = x + i * cols;
-    for (size_t b = 0; b < cols / 32; ++b)  // cols is a multiple of the group, so of 32
-      s.inv_scale[i * nb + b] = QuantizeActivationsInt8(xr + 32 * b, 32, s.q.data() + i * stride + 32 * b);
-    // The min term uses the sum of the *dequantized* int8 activations (as GGUF's
-    // Q8_1 does), not of x: then the whole error is sum(w_c * (x̂_c - x_c)) over
-    // centred weights, instead of sum(scale * q_c * (x̂_c - x_c)) over q in 0..15,
-    // whose terms all share a sign and do not cancel (2-3x larger on real models).
+// int4's min term: the f32 sum per group of the dequantized activations (q, inv_scale set).
+// It uses the sum of the *dequantized* int8 activations (as GGUF's Q8_1 does), not of x:
+// then the whole error is sum(w_c * (x̂_c - x_c)) over centred weights, instead of
+// sum(scale * q_c * (x̂_c - x_c)) over q in 0..15, whose terms all share a sign and do not
+// cancel (2-3x larger on real models).
+void FillGroupSums(const QuantizedMatrix& w, ActivationScratch& s, PreparedActivations& a) {
+  const size_t cols = w.cols(), stride = a.stride, nb = stride / 32;
+  const size_t group = size_t(w.group_size()), ng = stride / group;
+  s.group_sum.assign(a.n * ng, 0.0f);
+  for (size_t i = 0; i < a.n; ++i) {
     const int8_t* qr = s.q.data() + i * stride;
     for (size_t g = 0; g < cols / group; ++g) {
       float sum = 0;
@@ -172,9 +174,36 @@ void PrepareInt8Blocks(const QuantizedMatrix& w, const float* x, ActivationScrat
       s.group_sum[i * ng + g] = sum;
     }
   }
+  a.group_sum = s.group_sum.data();
+}
+
+// sum(q) per 16 inputs (q6's sub-blocks; the VNNI int8 kernel's offset correction).
+void FillSubSums(ActivationScratch& s, PreparedActivations& a) {
+  const size_t nsub = a.stride / kQ6SubCols;
+  s.sub_sum.resize(a.n * nsub);
+  for (size_t i = 0; i < a.n; ++i)
+    for (size_t j = 0; j < nsub; ++j) {
+      int32_t sum = 0;
+      for (size_t c = 0; c < kQ6SubCols; ++c) sum += s.q[i * a.stride + j * kQ6SubCols + c];
+      s.sub_sum[i * nsub + j] = sum;
+    }
+  a.sub_sum = s.sub_sum.data();
+}
+
+// int4: int8 per block of 32, with 1/s_b per block and the f32 sum per group.
+void PrepareInt8Blocks(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
+  const size_t n = a.n, cols = w.cols(), stride = a.stride;
+  const size_t nb = stride / 32;
+  s.q.assign(n * stride, 0);
+  s.inv_scale.assign(n * nb, 0.0f);
+  for (size_t i = 0; i < n; ++i) {
+    const float* xr = x + i * cols;
+    for (size_t b = 0; b < cols / 32; ++b)  // cols is a multiple of the group, so of 32
+      s.inv_scale[i * nb + b] = QuantizeActivationsInt8(xr + 32 * b, 32, s.q.data() + i * stride + 32 * b);
+  }
   a.q = s.q.data();
   a.inv_scale = s.inv_scale.data();
-  a.group_sum = s.group_sum.data();
+  FillGroupSums(w, s, a);
 }
 
 // int8, q6: int8 per block of 32 with 1/s_b per block, and sum(q) per 16 (q6's sub-blocks;
@@ -194,15 +223,7 @@ void PrepareInt8Blocks32(const QuantizedMatrix& w, const float* x, ActivationScr
 }
 void PrepareInt8Sums(const QuantizedMatrix& w, const float* x, ActivationScratch& s, PreparedActivations& a) {
   PrepareInt8Blocks32(w, x, s, a);
-  const size_t nsub = a.stride / kQ6SubCols;
-  s.sub_sum.resize(a.n * nsub);
-  for (size_t i = 0; i < a.n; ++i)
-    for (size_t j = 0; j < nsub; ++j) {
-      int32_t sum = 0;
-      for (size_t c = 0; c < kQ6SubCols; ++c) sum += s.q[i * a.stride + j * kQ6SubCols + c];
-      s.sub_sum[i * nsub + j] = sum;
-    }
-  a.sub_sum = s.sub_sum.data();
+  FillSubSums(s, a);
 }
 
 // f32, bf16, bf16c: x copied to rows of padded_cols floats, zero padded.
@@ -210,6 +231,47 @@ void PrepareFloat(const QuantizedMatrix& w, const float* x, ActivationScratch& s
   s.xf.assign(a.n * a.stride, 0.0f);
   for (size_t i = 0; i < a.n; ++i) std::memcpy(s.xf.data() + i * a.stride, x + i * w.cols(), w.cols() * 4);
   a.xf = s.xf.data();
+}
+
+// 4-bit activations (activations.h QuantizeActivationsInt4): the codes of each row with
+// one unit u per row, in the form the format's kernel reads: ternary per row (1/s_x = u,
+// sum q); int4, int8 and q6 per block of 32 (every block's 1/s_b = u) with their sums;
+// the float formats the values q * u. The integer dots stay exact (|q| <= 15).
+void PrepareInt4Activations(const QuantizedMatrix& w, const float* x, bool gaussian, ActivationScratch& s,
+                            PreparedActivations& a) {
+  const size_t n = a.n, cols = w.cols(), stride = a.stride, nb = stride / 32;
+  s.q.assign(n * stride, 0);
+  s.inv_scale.resize(n * nb + n);  // per block, then per row
+  float* unit = s.inv_scale.data() + n * nb;
+  for (size_t i = 0; i < n; ++i) unit[i] = QuantizeActivationsInt4(x + i * cols, cols, gaussian, s.q.data() + i * stride);
+  a.q = s.q.data();
+  switch (w.format()) {
+    case WeightFormat::kTernary:
+      s.q_sum.resize(n);
+      for (size_t i = 0; i < n; ++i) {
+        int32_t sum = 0;
+        for (size_t c = 0; c < cols; ++c) sum += s.q[i * stride + c];
+        s.q_sum[i] = sum;
+      }
+      a.q_sum = s.q_sum.data();
+      a.inv_scale = unit;
+      return;
+    case WeightFormat::kInt4:
+    case WeightFormat::kInt8:
+    case WeightFormat::kQ6:
+      for (size_t i = 0; i < n; ++i) std::fill(s.inv_scale.begin() + i * nb, s.inv_scale.begin() + (i + 1) * nb, unit[i]);
+      a.inv_scale = s.inv_scale.data();
+      if (w.format() == WeightFormat::kInt4)
+        FillGroupSums(w, s, a);
+      else
+        FillSubSums(s, a);
+      return;
+    default:
+      s.xf.assign(n * stride, 0.0f);
+      for (size_t i = 0; i < n; ++i)
+        for (size_t c = 0; c < cols; ++c) s.xf[i * stride + c] = float(s.q[i * stride + c]) * unit[i];
+      a.xf = s.xf.data();
+  }
 }
 
 using RowKernel = void (*)(const QuantizedMatrix&, const PreparedActivations&, size_t, size_t,
@@ -243,16 +305,30 @@ const FormatKernel& KernelFor(WeightFormat f) {
 
 }  // namespace
 
-void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, ThreadPool& pool) {
+void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, ThreadPool& pool, ActivationQuant aq) {
   if (n == 0 || w.rows() == 0) return;
-  // nano is two dependent products (V^T, then U), each split over the pool: its own driver.
-  if (w.format() == WeightFormat::kNano) return NanoMatMul(w, x, n, y, pool);
-  const FormatKernel& kernel = KernelFor(w.format());
   thread_local ActivationScratch scratch;
+  // nano is two dependent products (V^T, then U), each split over the pool: its own driver,
+  // on float inputs (a 4-bit-activation model's: the dequantized codes).
+  if (w.format() == WeightFormat::kNano) {
+    if (aq == ActivationQuant::kFormat) return NanoMatMul(w, x, n, y, pool);
+    const size_t cols = w.cols();
+    scratch.q.resize(cols);
+    scratch.xf.resize(n * cols);
+    for (size_t i = 0; i < n; ++i) {
+      const float u = QuantizeActivationsInt4(x + i * cols, cols, aq == ActivationQuant::kInt4Gaussian, scratch.q.data());
+      for (size_t c = 0; c < cols; ++c) scratch.xf[i * cols + c] = float(scratch.q[c]) * u;
+    }
+    return NanoMatMul(w, scratch.xf.data(), n, y, pool);
+  }
+  const FormatKernel& kernel = KernelFor(w.format());
   PreparedActivations a;
   a.n = n;
   a.stride = w.padded_cols();
-  kernel.prepare(w, x, scratch, a);
+  if (aq == ActivationQuant::kFormat)
+    kernel.prepare(w, x, scratch, a);
+  else
+    PrepareInt4Activations(w, x, aq == ActivationQuant::kInt4Gaussian, scratch, a);
   const RowKernel rows_kernel = kernel.rows();
   const MatMulOutput out{y, w.rows()};
   const size_t rows = w.rows();

@@ -5,11 +5,15 @@
 #include <cstddef>
 
 #include "formats/quantized_matrix.h"
+#include "kernels/activations.h"
 #include "runtime/thread_pool.h"
 
 namespace ternlm {
 
-// x: n rows of w.cols() floats (contiguous), y: n rows of w.rows() floats.
-void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, ThreadPool& pool);
+// x: n rows of w.cols() floats (contiguous), y: n rows of w.rows() floats. aq: how x is
+// quantized (kernels/activations.h): as the format's kernel does, or to 4 bits per row for
+// a model trained so (any format; the float formats get the dequantized 4-bit values).
+void MatMul(const QuantizedMatrix& w, const float* x, size_t n, float* y, ThreadPool& pool,
+            ActivationQuant aq = ActivationQuant::kFormat);
 
 }  // namespace ternlm

@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/hadamard.h"
+
 namespace ternlm {
 namespace {
 
@@ -32,6 +34,26 @@ Llama3RopeScaling ParseRopeScaling(const ConfigValues& s) {
   r.high_freq_factor = Required(s, "high_freq_factor", "rope_scaling");
   r.original_max_position_embeddings = Required(s, "original_max_position_embeddings", "rope_scaling");
   return r;
+}
+
+// "qkv,o,gate_up,down" (any subset, any order) -> RotateSite bits.
+unsigned ParseRotateSites(const std::string& text) {
+  static const struct { const char* name; unsigned bit; } kSites[] = {
+      {"qkv", kRotateQkv}, {"o", kRotateO}, {"gate_up", kRotateGateUp}, {"down", kRotateDown}};
+  unsigned bits = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string name = text.substr(start, end - start);
+    unsigned bit = 0;
+    for (const auto& site : kSites)
+      if (name == site.name) bit = site.bit;
+    if (!bit) Bad("rotate_inputs: '" + name + "' is not one of qkv, o, gate_up, down");
+    bits |= bit;
+    start = end + 1;
+  }
+  return bits;
 }
 
 }  // namespace
@@ -87,6 +109,15 @@ ModelConfig ParseModelConfig(const ConfigValues& v) {
     c.plain_linears = v.Texts("plain_linears");
     std::sort(c.plain_linears.begin(), c.plain_linears.end());
   }
+  if (v.Has("rotate_inputs")) c.rotate_inputs = ParseRotateSites(v.Text("rotate_inputs"));
+  const int64_t bits = v.Has("activation_bits") ? v.Int("activation_bits") : 8;
+  const std::string clip = v.Has("activation_clip") ? v.Text("activation_clip") : "absmax";
+  if (clip != "absmax" && clip != "gaussian") Bad("activation_clip '" + clip + "' is not 'absmax' or 'gaussian'");
+  if (bits == 4)
+    c.activation_quant = clip == "gaussian" ? ActivationQuant::kInt4Gaussian : ActivationQuant::kInt4Absmax;
+  else if (bits != 8 || clip != "absmax")
+    Bad("activation_bits " + std::to_string(bits) + " with activation_clip '" + clip +
+        "': supported are 8 (absmax, the formats' own) and 4 (absmax or gaussian)");
   c.Validate();
   return c;
 }
@@ -108,6 +139,15 @@ void ModelConfig::Validate() const {
   need(rms_norm_eps > 0 && std::isfinite(rms_norm_eps), "rms_norm_eps must be > 0");
   need(rope_theta > 0 && std::isfinite(rope_theta), "rope_theta must be > 0");
   need(!linear_norm || (linear_norm_eps > 0 && std::isfinite(linear_norm_eps)), "linear_norm_eps must be > 0");
+  const struct { unsigned bit; const char* name; size_t width; } sites[] = {
+      {kRotateQkv, "qkv", hidden_size}, {kRotateO, "o", q_dim()},
+      {kRotateGateUp, "gate_up", hidden_size}, {kRotateDown, "down", intermediate_size}};
+  for (const auto& site : sites)
+    need(!(rotate_inputs & site.bit) || HadamardBlock(site.width) != 0,
+         std::string("rotate_inputs: the input of ") + site.name + " has " + std::to_string(site.width) +
+             " values, not a multiple of " + std::to_string(kMinHadamardBlock) +
+             " (the Hadamard rotation needs n = m * 2^k with 2^k >= 16: kernels/hadamard.h)");
+  need(!(rotate_inputs && linear_norm), "rotate_inputs cannot be combined with linear_norm");
   if (rope_scaling.enabled) {
     need(rope_scaling.factor > 0, "rope_scaling.factor must be > 0");
     need(rope_scaling.high_freq_factor > rope_scaling.low_freq_factor,

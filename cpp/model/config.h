@@ -8,10 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "kernels/activations.h"
+
 namespace ternlm {
 
 enum class Arch { kLlama, kBitNet };
 enum class HiddenAct { kSilu, kRelu2 };
+// The input sites of a layer's linears that ModelConfig.rotate_inputs may name.
+enum RotateSite : unsigned { kRotateQkv = 1, kRotateO = 2, kRotateGateUp = 4, kRotateDown = 8 };
 const char* ArchName(Arch arch);  // "llama", "bitnet": the names of ModelConfig.arch
 
 // Llama 3 frequency-dependent RoPE scaling (transformers' _compute_llama3_parameters).
@@ -53,6 +57,13 @@ struct ModelConfig {
   // With linear_norm: the layer linears ("layers.3.o", sorted) left float by the quantizer's
   // modules_to_not_convert, which take their input as it is (no input norm tensor).
   std::vector<std::string> plain_linears;
+  // Models trained with rotated and quantized activations (QuEST; ternlm distill's 4-bit
+  // modes). rotate_inputs: the RotateSite bits whose input every layer rotates online
+  // (x <- x·H, kernels/hadamard.h; the weights are stored rotated), parsed from the names
+  // "qkv", "o", "gate_up", "down" (comma-separated). activation_quant: how every layer
+  // linear quantizes its input (kernels/activations.h); the head keeps its format's own.
+  unsigned rotate_inputs = 0;
+  ActivationQuant activation_quant = ActivationQuant::kFormat;
 
   size_t q_dim() const { return num_heads * head_dim; }      // rows of q, cols of o
   size_t kv_dim() const { return num_kv_heads * head_dim; }  // rows of k and v

@@ -13,6 +13,9 @@
 // With linear_norm (transformers' BitNet quantizer, use_rms_norm) every layer linear W
 // computes (rmsnorm(in)·in_norm_W)·Wᵀ: its own input norm, with linear_norm_eps (but the
 // linears in plain_linears, left float by modules_to_not_convert, which read in as it is).
+// With rotate_inputs the inputs of the named linears are rotated first (in·H, their weights
+// stored as W·H), and activation_quant quantizes every layer linear's input to 4 bits:
+// transformer_linear.cc.
 #include "model/transformer.h"
 
 #include <algorithm>
@@ -240,49 +243,9 @@ int32_t Transformer::Step(int32_t token, Sampler& sampler, size_t slot) {
   return SampleAt("step", sampler, slots_[slot].pos - 1, s_.logits.get());
 }
 
-const float* Transformer::LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n) {
-  if (norm.empty()) return in;
-  float* out = s_.lin_in.get();
-  ForEachToken(n, cols, [&](size_t t) {
-    RmsNorm(in + t * cols, norm.data(), cols, config_.linear_norm_eps, out + t * cols);
-  });
-  return out;
-}
-
 // rows[n, bias.size()] += bias (an o / down projection's bias, before the residual add).
 void Transformer::AddRowBias(const std::vector<float>& bias, size_t n, float* rows) {
   for (size_t t = 0; t < n; ++t) AddInPlace(bias.data(), bias.size(), rows + t * bias.size());
-}
-
-// out[n, p.rows] = in[n, cols] · [pieces]ᵀ, each piece's columns at its offset in a row.
-// With in_norms (never fused: weights.cc) each piece reads its own normalized input.
-void Transformer::Project(const FusedProjection& p, const float* in, size_t n, float* out,
-                          const std::vector<float>* in_norms) {
-  if (p.is_fused()) {
-    MatMul(p.fused, in, n, out, pool_);
-    return;
-  }
-  size_t offset = 0;
-  for (size_t j = 0; j < p.pieces.size(); ++j) {
-    const QuantizedMatrix& m = p.pieces[j];
-    MatMul(m, in_norms ? LinearInput(in_norms[j], in, m.cols(), n) : in, n, s_.proj.get(), pool_);
-    for (size_t t = 0; t < n; ++t)
-      std::memcpy(out + t * p.rows + offset, s_.proj.get() + t * m.rows(), m.rows() * sizeof(float));
-    offset += m.rows();
-  }
-}
-
-// Per-token row work (norms, RoPE, activations) of about `floats` values per token: over
-// the pool for a prefill chunk, inline when the whole is a few microseconds (a decode
-// row, a verify step's few rows), where a pool dispatch would cost more than the work.
-template <class Fn>
-void Transformer::ForEachToken(size_t n, size_t floats, const Fn& fn) {
-  constexpr size_t kInlineFloats = 8192;
-  if (n == 1 || n * floats <= kInlineFloats) {
-    for (size_t t = 0; t < n; ++t) fn(t);
-    return;
-  }
-  pool_.Run(n, [&](size_t t, size_t /*thread*/) { fn(t); });
 }
 
 void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, size_t nseg) {
@@ -315,6 +278,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
       });
     }
     const std::vector<float>* in_norms = c.linear_norm ? lw.in_norm.data() : nullptr;
+    RotateInput(kRotateQkv, xb, hidden, n);
     {
       TERNLM_PHASE(kQkv);
       Project(lw.qkv, xb, n, s_.qkv.get(), in_norms ? in_norms + kLinearQ : nullptr);
@@ -331,8 +295,9 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
           RmsNorm(s_.att.get() + t * c.q_dim(), lw.attn_sub_norm.data(), c.q_dim(), c.rms_norm_eps,
                   s_.att.get() + t * c.q_dim());
         });
+      RotateInput(kRotateO, s_.att.get(), c.q_dim(), n);
       MatMul(lw.o, in_norms ? LinearInput(in_norms[kLinearO], s_.att.get(), c.q_dim(), n) : s_.att.get(), n,
-             s_.proj.get(), pool_);
+             s_.proj.get(), pool_, c.activation_quant);
       if (c.o_bias) AddRowBias(lw.o_bias, n, s_.proj.get());
       AddInPlace(s_.proj.get(), n * hidden, x);
     }
@@ -343,6 +308,7 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
       ForEachToken(n, hidden, [&](size_t t) {
         RmsNorm(x + t * hidden, lw.ffn_norm.data(), hidden, c.rms_norm_eps, xb + t * hidden);
       });
+      RotateInput(kRotateGateUp, xb, hidden, n);
       Project(lw.gate_up, xb, n, s_.gate_up.get(), in_norms ? in_norms + kLinearGate : nullptr);
     }
     {
@@ -364,8 +330,9 @@ void Transformer::ForwardRows(const int32_t* tokens, size_t n, Segment* segs, si
     }
     {
       TERNLM_PHASE(kDown);
+      RotateInput(kRotateDown, s_.act.get(), inter, n);
       MatMul(lw.down, in_norms ? LinearInput(in_norms[kLinearDown], s_.act.get(), inter, n) : s_.act.get(), n,
-             s_.proj.get(), pool_);
+             s_.proj.get(), pool_, c.activation_quant);
       if (c.mlp_bias) AddRowBias(lw.down_bias, n, s_.proj.get());
       AddInPlace(s_.proj.get(), n * hidden, x);
     }

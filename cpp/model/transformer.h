@@ -185,6 +185,8 @@ class Transformer {
   // in [n, cols], RMS-normalized with weight `norm` into lin_in when norm is not empty.
   const float* LinearInput(const std::vector<float>& norm, const float* in, size_t cols, size_t n);
   void AddRowBias(const std::vector<float>& bias, size_t n, float* rows);
+  // in [n, cols] rotated in place (in·H) when config().rotate_inputs has `site` (RotateSite).
+  void RotateInput(unsigned site, float* in, size_t cols, size_t n);
   void Logits(size_t first_row, size_t n, float* out);  // final norm + head over x rows
   void LogitsOfRows(const size_t* rows, size_t k, float* out);  // same over chosen rows
   template <class Fn>
@@ -207,5 +209,18 @@ class Transformer {
   std::mutex mu_;
   std::function<void()> between_chunks_;
 };
+
+// Per-token row work (norms, RoPE, activations) of about `floats` values per token: over
+// the pool for a prefill chunk, inline when the whole is a few microseconds (a decode
+// row, a verify step's few rows), where a pool dispatch would cost more than the work.
+template <class Fn>
+inline void Transformer::ForEachToken(size_t n, size_t floats, const Fn& fn) {
+  constexpr size_t kInlineFloats = 8192;
+  if (n == 1 || n * floats <= kInlineFloats) {
+    for (size_t t = 0; t < n; ++t) fn(t);
+    return;
+  }
+  pool_.Run(n, [&](size_t t, size_t /*thread*/) { fn(t); });
+}
 
 }  // namespace ternlm

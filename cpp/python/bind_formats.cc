@@ -15,6 +15,7 @@
 #include "formats/quantized_matrix.h"
 #include "formats/ternary.h"
 #include "kernels/activations.h"
+#include "kernels/hadamard.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_testing.h"
 #include "runtime/thread_pool.h"
@@ -132,7 +133,17 @@ QuantizedMatrix FromBuffersPy(const std::string& format, py::tuple shape, int gr
                                       views);
 }
 
-py::array_t<float> MatMulPy(py::handle x_obj, const QuantizedMatrix& q, py::object threads) {
+ActivationQuant ActivationQuantOf(const std::string& name) {
+  if (name == "format") return ActivationQuant::kFormat;
+  if (name == "int4-absmax") return ActivationQuant::kInt4Absmax;
+  if (name == "int4-gaussian") return ActivationQuant::kInt4Gaussian;
+  throw py::value_error("matmul: activations must be 'format', 'int4-absmax' or 'int4-gaussian', got '" + name + "'");
+}
+
+py::array_t<float> MatMulPy(py::handle x_obj, const QuantizedMatrix& q, py::object threads, py::object activations) {
+  // None (the default) costs no string conversion on the plain path
+  const ActivationQuant aq = activations.is_none() ? ActivationQuant::kFormat
+                                                   : ActivationQuantOf(activations.cast<std::string>());
   py::array_t<float> x = Require<float>(x_obj, "matmul: x", "float32");
   if (x.ndim() != 1 && x.ndim() != 2)
     throw py::value_error("matmul: x must be 1-D [in] or 2-D [n, in], got shape " + ShapeStr(x));
@@ -151,7 +162,7 @@ py::array_t<float> MatMulPy(py::handle x_obj, const QuantizedMatrix& q, py::obje
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release release;
-    MatMul(q, xp, n, yp, *pool);
+    MatMul(q, xp, n, yp, *pool, aq);
   }
   return y;
 }
@@ -317,7 +328,10 @@ void BindFormats(py::module_& m) {
     py::gil_scoped_release release;
     return Quantize(p, rows, cols, f, group_size);
   }, py::arg("w"), py::arg("format"), py::arg("group_size") = 32);
-  m.def("matmul", &MatMulPy, py::arg("x"), py::arg("q"), py::arg("threads") = py::none());
+  m.def("matmul", &MatMulPy, py::arg("x"), py::arg("q"), py::arg("threads") = py::none(),
+        py::arg("activations") = py::none(),
+        "activations: None or 'format' (the format's own quantization), or a model's 4-bit one, 'int4-absmax' / "
+        "'int4-gaussian' (cpp/kernels/activations.h).");
   m.def("pack_ternary", &PackTernaryPy, py::arg("t"),
         "int8 {-1, 0, 1} array of any shape -> uint8 [ceil(t.size / 4)]: the values in row-major "
         "order, 4 per byte, element i as t + 1 in bits 2k..2k+1 (k = i % 4) of byte i // 4; the "
@@ -350,6 +364,28 @@ void BindFormats(py::module_& m) {
     const float inv = QuantizeActivationsInt8(x.data(), size_t(x.shape(0)), q.mutable_data());
     return py::make_tuple(q, inv);
   }, py::arg("x"), "(q int8, 1/s_x): the per-row activation quantization of formats/ternary.h (tests).");
+  m.def("quantize_activations_int4", [](py::handle x_obj, const std::string& clip) {
+    py::array_t<float> x = Require<float>(x_obj, "quantize_activations_int4: x", "float32");
+    RequireNdim(x, "quantize_activations_int4: x", 1);
+    if (clip != "absmax" && clip != "gaussian")
+      throw py::value_error("quantize_activations_int4: clip must be 'absmax' or 'gaussian', got '" + clip + "'");
+    py::array_t<int8_t> q({x.shape(0)});
+    const float unit = QuantizeActivationsInt4(x.data(), size_t(x.shape(0)), clip == "gaussian", q.mutable_data());
+    return py::make_tuple(q, unit);
+  }, py::arg("x"), py::arg("clip"),
+     "(q int8 odd codes in [-15, 15], unit): a model's 4-bit activation row (cpp/kernels/activations.h; tests).");
+  m.def("hadamard_rotate", [](py::handle x_obj) {
+    py::array_t<float> x = Require<float>(x_obj, "hadamard_rotate: x", "float32");
+    RequireNdim(x, "hadamard_rotate: x", 2);
+    const size_t rows = size_t(x.shape(0)), n = size_t(x.shape(1)), block = HadamardBlock(n);
+    if (block == 0)
+      throw py::value_error("hadamard_rotate: width " + std::to_string(n) + " is not a multiple of " +
+                            std::to_string(kMinHadamardBlock) + " (kernels/hadamard.h)");
+    py::array_t<float> y({py::ssize_t(rows), py::ssize_t(n)});
+    std::memcpy(y.mutable_data(), x.data(), rows * n * sizeof(float));
+    for (size_t r = 0; r < rows; ++r) HadamardRotate(y.mutable_data() + r * n, n, block);
+    return py::make_tuple(y, block);
+  }, py::arg("x"), "(x·H per row, block): the engine's online rotation (cpp/kernels/hadamard.h; tests).");
   m.def("ternary_int_dots", [](const QuantizedMatrix& q, py::handle x_obj) {
     py::array_t<int8_t> x = Require<int8_t>(x_obj, "ternary_int_dots: x", "int8");
     if (x.ndim() != 1 || size_t(x.shape(0)) != q.cols())

@@ -79,6 +79,15 @@ class ModelConfig:
     # with linear_norm: layer linears ("layers.3.o") left float by modules_to_not_convert,
     # which take their input as it is
     plain_linears: list = field(default_factory=list)
+    # Models trained with rotated / 4-bit activations (QuEST; ternlm distill --mode quest4):
+    # rotate_inputs names the layer-linear inputs rotated online by a Hadamard matrix
+    # ("qkv", "o", "gate_up", "down", comma-separated; their weights are stored rotated:
+    # cpp/kernels/hadamard.h); activation_bits 4 quantizes every layer linear's input per
+    # token to 16 levels clipped at max|x| ("absmax") or 2.5139 x RMS ("gaussian")
+    # (cpp/kernels/activations.h). 8: each format's own int8 activations.
+    rotate_inputs: str = ""
+    activation_bits: int = 8
+    activation_clip: str = "absmax"
 
     def validate(self, where: str) -> "ModelConfig":
         """Check every field (the C++ engine's checks, cpp/model/config.cc, plus types)
@@ -135,10 +144,38 @@ class ModelConfig:
             raise ValueError(f"{where}: plain_linears must be a list of layer linears like 'layers.0.o' "
                              f"(layers < {self.num_layers}), got {plain!r:.200}")
         self.plain_linears = sorted(set(plain))
+        self._validate_activations(where)
         if self.bos_token_id is not None:
             self.bos_token_id = config_int(self.bos_token_id, "bos_token_id", where, minimum=0)
         self.eos_token_ids = token_ids(self.eos_token_ids, "eos_token_ids", where)
         return self
+
+    def _validate_activations(self, where: str) -> None:
+        sites = self.rotate_inputs
+        if sites is None:
+            sites = ""
+        if isinstance(sites, (list, tuple)):
+            sites = ",".join(sites)
+        if not isinstance(sites, str):
+            raise ValueError(f"{where}: rotate_inputs must be a list of names or a comma-separated string, got {sites!r:.100}")
+        names = [s for s in sites.split(",") if s]
+        widths = {"qkv": self.hidden_size, "o": self.num_heads * self.head_dim, "gate_up": self.hidden_size,
+                  "down": self.intermediate_size}
+        for name in names:
+            if name not in widths:
+                raise ValueError(f"{where}: rotate_inputs: {name!r} is not one of qkv, o, gate_up, down")
+            if widths[name] % 16:
+                raise ValueError(f"{where}: rotate_inputs: the input of {name} has {widths[name]} values, not a multiple "
+                                 f"of 16 (the Hadamard rotation needs n = m * 2^k with 2^k >= 16)")
+        if names and self.linear_norm:
+            raise ValueError(f"{where}: rotate_inputs cannot be combined with linear_norm")
+        self.rotate_inputs = ",".join(n for n in widths if n in names)
+        if self.activation_bits not in (4, 8) or isinstance(self.activation_bits, bool):
+            raise ValueError(f"{where}: activation_bits must be 8 or 4, got {self.activation_bits!r}")
+        if self.activation_clip not in ("absmax", "gaussian") or (self.activation_bits == 8
+                                                                  and self.activation_clip != "absmax"):
+            raise ValueError(f"{where}: activation_clip must be 'absmax' or (with activation_bits 4) 'gaussian', "
+                             f"got {self.activation_clip!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

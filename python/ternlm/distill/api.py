@@ -69,7 +69,9 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
             device: str | None = None, compile: bool = False, seed: int = 0, eval_text="default",
             eval_tokens: int = 1024, checkpoint_dir=None, checkpoint_every: int | None = None,
             resume: bool = False, keep_checkpoint: bool = False, ternlm_out=None,
-            float_dtype: str = "bfloat16", progress: bool | None = None, log=_stderr) -> DistillResult:
+            float_dtype: str = "bfloat16", progress: bool | None = None, log=_stderr, mode: str = "bitnet",
+            weights: str | None = None, activations: str | None = None, clip: str | None = None,
+            rotate: str | None = None, trust: float | None = None) -> DistillResult:
     """Distill `teacher` (a Hugging Face folder, GGUF file or ternlm folder) into a BitNet b1.58
     student of the same architecture and write it to `out` (a Hugging Face folder, module
     ternlm.distill.export); returns a DistillResult.
@@ -86,8 +88,16 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
     steps (default: steps // 10); resume=True continues one. ternlm_out: also write a
     ternlm folder there. log: a function taking one line (None: silent); progress: a bar
     (default: when stderr is a terminal).
+    mode: "bitnet" (ternary weights, int8 activations: BitNet b1.58) or "quest4" (QuEST:
+    int4 weights and activations, Hadamard-rotated inputs, Gaussian clipping, the trust
+    estimator; ternlm.distill.quest); weights ("ternary" | "int4"), activations ("int8" |
+    "int4"), clip ("absmax" | "gaussian"), rotate ("qkv,o,gate_up,down" or a subset, "" for
+    none) and trust (a bound in half-steps; 0: plain straight-through) override the mode's.
+    A student other than plain BitNet is written to `out` as a ternlm folder (export.py).
     """
     from .export import check_output_folder
+    from .quest import spec_for
+    spec = spec_for(mode, weights=weights, activations=activations, clip=clip, rotate=rotate, trust=trust)
     from .train import TrainConfig
     tc = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, micro_batch_size=micro_batch_size,
                      lr=lr, warmup_steps=warmup_steps, lambda_warmup=lambda_warmup, ce_weight=ce_weight,
@@ -103,6 +113,8 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
     if os.path.abspath(os.fspath(teacher)) == out:
         raise ValueError(f"out {out}: is the teacher; write the student to another folder")
     check_output_folder(out)
+    if ternlm_out is not None and not spec.is_bitnet:
+        raise ValueError(f"ternlm_out: mode {mode!r} writes a ternlm folder to out already")
     if ternlm_out is not None:
         ternlm_out = os.path.abspath(os.fspath(ternlm_out))
         if ternlm_out == out:
@@ -125,7 +137,7 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
     except ImportError:
         raise ImportError("ternlm distill needs PyTorch: pip install 'ternlm[train]'") from None
     from .data import TeacherSamples, text_batches
-    from .export import write_hf_folder, write_ternlm_folder
+    from .export import write_hf_folder, write_quantized_folder, write_ternlm_folder
     from .student import build
     from .teacher import float_tensors
     from .train import perplexity, train
@@ -135,7 +147,12 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
     cfg, tok = ckpt.config, ckpt.tokenizer
     tensors = float_tensors(ckpt)
     teacher_m = build(cfg, tensors, quantize=False, device=dev)
-    student = build(cfg, tensors, quantize=True, device=dev)
+    for site in spec.sites():
+        width = {"qkv": cfg.hidden_size, "o": cfg.num_heads * cfg.head_dim, "gate_up": cfg.hidden_size,
+                 "down": cfg.intermediate_size}[site]
+        if width % 16:
+            raise ValueError(f"rotate: the input of {site} has {width} values, not a multiple of 16")
+    student = build(cfg, tensors, quantize=True, device=dev, spec=spec)
     del tensors
     if dev.type == "cuda":
         for m in teacher_m.bitlinears():
@@ -145,7 +162,7 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
         ppl["teacher"] = perplexity(teacher_m, eval_ids, dev)
         ppl["ptq"] = perplexity(student, eval_ids, dev)
         log(f"held-out perplexity ({len(eval_ids)} tokens): teacher {ppl['teacher']:.3f}, "
-            f"post-training ternary {ppl['ptq']:.4g}")
+            f"post-training {spec.weights} {ppl['ptq']:.4g}")
 
     if data is None:
         autocast = torch.bfloat16 if dev.type == "cuda" else None
@@ -165,16 +182,21 @@ def distill(teacher, out, *, steps: int = 1000, data=None, batch_size: int = 8, 
                 next(it)
             return it
 
-    log(f"distilling on {dev.type}: {steps} steps x {batch_size} x {seq_len} tokens, "
+    log(f"distilling ({mode}: {spec.weights} weights, {spec.activations} activations"
+        + (f", rotated {spec.rotate}" if spec.rotate else "") + f") on {dev.type}: {steps} steps x {batch_size} x {seq_len} tokens, "
         f"data: {'teacher samples' if data is None else 'text'}")
     res = train(student, teacher_m, make_batches, tc, dev, checkpoint_path=ckpt_path, resume=resume,
                 progress=progress, log=log)
     if eval_ids:
         ppl["student"] = perplexity(student, eval_ids, dev)
-        log(f"held-out perplexity: distilled ternary {ppl['student']:.3f}")
+        log(f"held-out perplexity: distilled {spec.weights} {ppl['student']:.3f}")
 
-    write_hf_folder(out, cfg, student.ternary_weights(), student.float_weights(), tok, source=ckpt.source,
-                    float_dtype=float_dtype)
+    if spec.is_bitnet:
+        write_hf_folder(out, cfg, student.ternary_weights(), student.float_weights(), tok, source=ckpt.source,
+                        float_dtype=float_dtype)
+    else:
+        write_quantized_folder(out, cfg, spec, student.quantized_weights(), student.float_weights(), tok,
+                               source=ckpt.source, float_dtype=float_dtype)
     log(f"wrote {out}")
     if ternlm_out is not None:
         write_ternlm_folder(out, ternlm_out)

@@ -3,6 +3,8 @@
     ternlm distill --teacher MODEL --out DIR [--steps N] [--data FILE ...] [--batch-size B]
                    [--seq-len L] [--lr LR] [--lambda-warmup N] [--ce-weight W] [--device cuda]
                    [--compile] [--resume] [--ternlm-out DIR] [--eval-text FILE | --no-eval]
+                   [--mode bitnet|quest4] [--weights ternary|int4] [--activations int8|int4]
+                   [--clip absmax|gaussian] [--rotate SITES] [--trust T]
 """
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import sys
 from ..cli import _positive_int  # one rule for counts in every subcommand
 
 DESCRIPTION = (
-    "Make a ternary (BitNet b1.58) model from --teacher by quantization-aware distillation: a student of "
-    "the same architecture whose layer linears use ternary weights and int8 activations learns the "
-    "teacher's next-token distribution (KL), on the text in --data or, without it, on text the teacher "
+    "Make a ternary (BitNet b1.58) or, with --mode quest4, a 4-bit (QuEST) model from --teacher by "
+    "quantization-aware distillation: a student of the same architecture whose layer linears use ternary "
+    "weights and int8 activations (quest4: int4 weights and activations on Hadamard-rotated inputs) learns "
+    "the teacher's next-token distribution (KL), on the text in --data or, without it, on text the teacher "
     "samples itself. Writes a Hugging Face folder (the teacher's architecture + quantization_config "
-    "bitnet) that transformers and ternlm both load. Needs PyTorch: pip install 'ternlm[train]'. "
-    "Runs on CUDA when present (bf16 autocast), else on the CPU.")
+    "bitnet) that transformers and ternlm both load; quest4 and the other 4-bit settings write a ternlm "
+    "folder. Needs PyTorch: pip install 'ternlm[train]'. Runs on CUDA when present (bf16 autocast), else "
+    "on the CPU.")
 
 
 def add_parser(sub):
@@ -43,6 +47,21 @@ def add_parser(sub):
     d.add_argument("--sample-reuse", type=_positive_int, default=1, metavar="K",
                    help="without --data: train on each pool of teacher samples K times (faster, fewer distinct "
                         "tokens; default: 1)")
+    q = d.add_argument_group("quantization (default: --mode bitnet)")
+    q.add_argument("--mode", choices=("bitnet", "quest4"), default="bitnet",
+                   help="bitnet: ternary weights, int8 activations (BitNet b1.58; a Hugging Face folder); quest4: "
+                        "int4 weights and activations, Hadamard-rotated inputs, Gaussian clipping and the trust "
+                        "estimator (QuEST; a ternlm folder)")
+    q.add_argument("--weights", choices=("ternary", "int4"), help="override the mode's weight quantization")
+    q.add_argument("--activations", choices=("int8", "int4"), help="override the mode's activation quantization")
+    q.add_argument("--clip", choices=("absmax", "gaussian"),
+                   help="clip of the 4-bit grids: max|x|, or 2.5139 x RMS (MSE-optimal for a Gaussian)")
+    q.add_argument("--rotate", metavar="SITES",
+                   help="linear inputs to Hadamard-rotate: a comma-separated subset of qkv,o,gate_up,down, or "
+                        "none (quest4: all)")
+    q.add_argument("--trust", type=float, metavar="T",
+                   help="trust estimator: gradient only where |quantization error| <= T half-steps (quest4: 1; "
+                        "0: plain straight-through)")
     d.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     d.add_argument("--compile", action="store_true", help="torch.compile the blocks (faster on GPUs)")
     d.add_argument("--seed", type=int, default=0)
@@ -71,7 +90,9 @@ def cmd_distill(args) -> int:
                       warmup_steps=args.warmup_steps, lambda_warmup=args.lambda_warmup, ce_weight=args.ce_weight,
                       sample_reuse=args.sample_reuse, device=args.device, compile=args.compile, seed=args.seed, eval_text=eval_text,
                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume, ternlm_out=args.ternlm_out)
+                      resume=args.resume, ternlm_out=args.ternlm_out, mode=args.mode, weights=args.weights,
+                      activations=args.activations, clip=args.clip,
+                      rotate="" if args.rotate == "none" else args.rotate, trust=args.trust)
     except (ImportError, PermissionError) as e:
         raise ValueError(str(e)) from None
     ppl = "  ".join(f"{k} {v:.4g}" for k, v in res.perplexity.items())

@@ -24,6 +24,25 @@ are multiples of 4 (every released Llama); ternlm opens any.
 
 The folder is written under a temporary name beside `out` and renamed into place at the end,
 so `out` either does not exist or is complete.
+
+A student of any other QuantSpec (quest.py: 4-bit weights / activations, rotated inputs)
+has no Hugging Face quantization_config that runs it; it is written as a ternlm folder
+(io/own_format.py, what ternlm.load maps without conversion):
+
+    out/ternlm.json   config = the teacher's ModelConfig + the fields that make the engine
+                      run the student's layer inputs as trained:
+                        rotate_inputs     "qkv,o,gate_up,down" (the rotated sites; their
+                                          weights below are stored rotated, W·H)
+                        activation_bits   4 (per-token 4-bit grid) or 8
+                        activation_clip   "gaussian" | "absmax"
+    layer matrices    int4 weights: the int4 format (w = scale·q + min, q = k in 0..15)
+                      with group = the largest of 128 / 64 / 32 dividing the width, every
+                      group of a row holding the row's scale = step and min = -7.5·step
+                      (both exact in fp16: quest.weight_step), so w = (k - 7.5)·step exactly
+                      and the per-row grid needs no new format (a per-row variant would only
+                      save the repeated fp16 pairs: 0.25-1 bit per weight).
+                      ternary weights: the ternary format, row multiplier 1 / s_w.
+    embed, lm_head    bf16 (or f32), norms float32; the teacher's tokenizer.
 """
 from __future__ import annotations
 
@@ -152,6 +171,54 @@ def write_hf_folder(out, config, ternary: dict, floats: dict, tokenizer, source:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def int4_group(cols: int) -> int:
+    for g in (128, 64, 32):
+        if cols % g == 0:
+            return g
+    raise ValueError(f"int4 export: width {cols} is not a multiple of 32")
+
+
+def write_quantized_folder(out, config, spec, quantized: dict, floats: dict, tokenizer, source: str = "",
+                           float_dtype: str = "bfloat16") -> str:
+    """Write a spec'd student as a ternlm folder (module docstring). quantized: canonical name
+    -> Transformer.quantized_weights() entries; floats: the rest (float32)."""
+    import dataclasses
+
+    from .. import formats as fm
+    from ..io.safetensors import float32_to_bf16_bits
+    from ..model import Model
+    if float_dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"float_dtype must be 'bfloat16' or 'float32', got {float_dtype!r}")
+    check_output_folder(out)
+    cfg = dataclasses.replace(config, **spec.config_fields()).validate(f"{out}: config")
+    tensors, formats = {}, {}
+    for name in cfg.tensor_names():
+        if name in quantized:
+            codes, unit = quantized[name]
+            if spec.weights == "int4":
+                step = (2 * unit).astype(np.float16)[:, None]
+                g = int4_group(codes.shape[1])
+                ng = codes.shape[1] // g
+                scale = np.ascontiguousarray(np.repeat(step, ng, axis=1))
+                low = np.ascontiguousarray(np.repeat((-7.5 * step.astype(np.float32)).astype(np.float16), ng, axis=1))
+                if not np.array_equal(low.astype(np.float32), -7.5 * scale.astype(np.float32)):
+                    raise ValueError(f"{name}: a row step is not exact in fp16 (quest.weight_step)")
+                tensors[name], formats[name] = fm.from_int4(np.ascontiguousarray(codes), scale, low, g), "int4"
+            else:
+                mult = np.full(codes.shape[0], unit, dtype=np.float32)
+                tensors[name], formats[name] = fm.from_ternary(np.ascontiguousarray(codes), mult), "ternary"
+        elif name in ("embed", "lm_head"):
+            a = np.ascontiguousarray(floats[name], dtype=np.float32)
+            if float_dtype == "bfloat16":
+                tensors[name], formats[name] = fm.from_bf16(float32_to_bf16_bits(a)), "bf16"
+            else:
+                tensors[name], formats[name] = fm.quantize(a, "f32"), "f32"
+        else:
+            tensors[name] = np.ascontiguousarray(floats[name], dtype=np.float32)
+    Model(None, tokenizer, cfg, formats, 4096, source=source, matrices=tensors).save(out)
+    return os.fspath(out)
 
 
 def write_ternlm_folder(hf_folder, out) -> str:

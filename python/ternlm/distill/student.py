@@ -13,7 +13,9 @@ quantization in (λ warmup of Hugging Face's "Fine-tuning LLMs to 1.58bit" recip
     y   = (x + λ sg(x_q - x)) (W + λ sg(W_q - W))^T        sg: stop gradient
 
 so at λ = 1 the forward is the quantized layer and the gradient reaches W straight through
-the rounding. With `exact=True` (evaluation, export checks) and λ = 1 a layer computes
+the rounding. A QuantSpec other than BitNet's (quest.py: 4-bit weights and activations,
+Hadamard-rotated inputs, Gaussian clipping, the trust estimator) replaces these quantizers
+with quest.py's, the same blending and straight-through gradients otherwise. With `exact=True` (evaluation, export checks) and λ = 1 a layer computes
 y = (q . T) / (s_x s_w) on the integers, as ternlm's kernels and transformers' BitLinear do
 (exact in float32, also with TF32 inputs: |q . T| <= 128 * in < 2^24).
 
@@ -60,10 +62,16 @@ class BitLinear(nn.Module):
         # λ lives in a shared 0-d tensor (set by Transformer.set_lambda): changing it never
         # recompiles a torch.compile'd graph, as a Python float attribute would.
         self.lam = None
+        self.spec = None            # a quest.QuantSpec other than BitNet's (set by Transformer)
+        # this linear rotates its input (x·H); its latent weight then holds W·H (rotated once
+        # at build: Transformer.rotate_latent_weights), as the engine stores it
+        self.rotate = False
 
     def forward(self, x):
         if not self.quantize:
             return F.linear(x, self.weight)
+        if self.spec is not None:
+            return self._forward_spec(x)
         if self.exact:
             t, s_w = ternarize(self.weight)
             q, s_x = quantize_activations(x)
@@ -78,6 +86,44 @@ class BitLinear(nn.Module):
         xf = x.float()
         x = xf + lam * (q / s_x - xf).detach()
         return F.linear(x, w)
+
+    def quantized(self):
+        """(weight codes, weight unit) of a spec'd layer: int4: (k in 0..15 [out, in], step/2
+        [out, 1]) with values (2k - 15) · unit; ternary: (T [out, in], 1 / s_w). Of the
+        rotated weight W·H when this linear rotates its input (which its latent weight holds)."""
+        return self._quantize_weight(self.weight.float())
+
+    def _quantize_weight(self, w):
+        from . import quest
+        if self.spec.weights == "int4":
+            k, step = quest.quantize_weights4(w, self.spec.clip)
+            return k, step / 2
+        t, s_w = ternarize(w)
+        return t, 1.0 / s_w
+
+    def _forward_spec(self, x):
+        from . import quest
+        spec = self.spec
+        xf = x.float()
+        w = self.weight.float()
+        if self.rotate:
+            xf = quest.hadamard(xf)
+        codes, uw = self._quantize_weight(w)
+        cw = 2 * codes - 15 if spec.weights == "int4" else codes
+        if spec.activations == "int4":
+            cx, ux = quest.quantize_activations4(xf, spec.clip)
+        else:
+            cx, s_x = quantize_activations(xf)
+            ux = 1.0 / s_x
+        if self.exact:
+            with torch.autocast(x.device.type, enabled=False):   # float32 sums of integers: exact
+                y = F.linear(cx, cw)
+            return y * ux * (uw.reshape(-1) if uw.dim() else uw)
+        lam, trust = self.lam, spec.trust
+        wq, xq = cw * uw, cx * ux
+        tw = (wq - w).abs() <= trust * uw if trust and spec.weights == "int4" else None
+        tx = (xq - xf).abs() <= trust * ux if trust and spec.activations == "int4" else None
+        return F.linear(quest.straight_through(xf, xq, lam, tx), quest.straight_through(w, wq, lam, tw))
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, quantize={self.quantize}"
@@ -198,9 +244,11 @@ class Transformer(nn.Module):
     """logits = model(ids [B, T]) -> [B, T, vocab]. quantize=False: every linear is a plain
     float linear (the teacher); True: BitLinear (the student)."""
 
-    def __init__(self, cfg, quantize: bool = True):
+    def __init__(self, cfg, quantize: bool = True, spec=None):
         super().__init__()
         self.config = cfg
+        # BitNet's spec runs BitLinear's own (original) path; any other, quest.py's quantizers
+        self.spec = None if spec is None or spec.is_bitnet else spec
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, quantize) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -209,6 +257,13 @@ class Transformer(nn.Module):
         self.register_buffer("lam", torch.ones(()), persistent=False)
         for m in self.bitlinears():
             m.lam = self.lam
+        if self.spec is not None and quantize:
+            sites = self.spec.sites()
+            from .quest import SITE_OF
+            for i in range(cfg.num_layers):
+                for part in LAYER_MATRICES:
+                    m = self.module_for(f"layers.{i}.{part}")
+                    m.spec, m.rotate = self.spec, SITE_OF[part] in sites
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
@@ -260,6 +315,14 @@ class Transformer(nn.Module):
     def set_lambda(self, lam: float) -> None:
         self.lam.fill_(float(lam))
 
+    def rotate_latent_weights(self) -> None:
+        """W <- W·H in every linear that rotates its input (build() calls it once)."""
+        from .quest import hadamard
+        with torch.no_grad():
+            for m in self.bitlinears():
+                if m.rotate:
+                    m.weight.copy_(hadamard(m.weight.float()))
+
     def set_exact(self, exact: bool) -> None:
         for m in self.bitlinears():
             m.exact = bool(exact)
@@ -303,6 +366,21 @@ class Transformer(nn.Module):
                     out[f"layers.{i}.{part}"] = (t.to(torch.int8).cpu().numpy(), float(s))
         return out
 
+    def quantized_weights(self) -> dict:
+        """canonical name -> BitLinear.quantized() as numpy of every layer matrix (a spec'd
+        student): int4 (uint8 k [out, in], float32 step/2 [out]); ternary (int8 T, 1/s_w)."""
+        out = {}
+        with torch.no_grad():
+            for i in range(self.config.num_layers):
+                for part in LAYER_MATRICES:
+                    codes, unit = self.module_for(f"layers.{i}.{part}").quantized()
+                    if self.spec.weights == "int4":
+                        out[f"layers.{i}.{part}"] = (codes.to(torch.uint8).cpu().numpy(),
+                                                     unit.reshape(-1).float().cpu().numpy())
+                    else:
+                        out[f"layers.{i}.{part}"] = (codes.to(torch.int8).cpu().numpy(), float(unit))
+        return out
+
     def float_weights(self) -> dict:
         """canonical name -> float32 numpy of every weight that is not a layer matrix."""
         out = {}
@@ -314,8 +392,10 @@ class Transformer(nn.Module):
         return out
 
 
-def build(cfg, tensors, quantize: bool, device=None) -> Transformer:
-    """A Transformer with the given float32 weights (canonical names) on `device`."""
-    model = Transformer(cfg, quantize=quantize)
+def build(cfg, tensors, quantize: bool, device=None, spec=None) -> Transformer:
+    """A Transformer with the given float32 weights (canonical names) on `device`; spec: a
+    quest.QuantSpec (None: BitNet b1.58)."""
+    model = Transformer(cfg, quantize=quantize, spec=spec)
     model.load_tensors(tensors)
+    model.rotate_latent_weights()
     return model.to(device) if device is not None else model

@@ -268,7 +268,9 @@ def train(student, teacher, make_batches, config: TrainConfig, device, checkpoin
 def _signature(student, c: TrainConfig) -> dict:
     keep = ("steps", "batch_size", "seq_len", "micro_batch_size", "lr", "min_lr_ratio", "warmup_steps",
             "lambda_warmup", "ce_weight", "temperature", "weight_decay", "train_embeddings")
-    return {"model": student.config.to_dict(), "train": {k: getattr(c, k) for k in keep}}
+    spec = getattr(student, "spec", None)
+    return {"model": student.config.to_dict(), "train": {k: getattr(c, k) for k in keep},
+            "quant": spec.to_dict() if spec is not None else None}
 
 
 def save_checkpoint(path, student, opt, c, params, step, history, tokens):
@@ -288,7 +290,8 @@ def load_checkpoint(path, student, opt, c, params):
     sig = _signature(student, c)
     if state["signature"] != sig:
         diff = [k for k in sig["train"] if state["signature"]["train"].get(k) != sig["train"][k]]
-        what = "the model" if state["signature"]["model"] != sig["model"] else ", ".join(diff)
+        what = ("the model" if state["signature"]["model"] != sig["model"]
+                else ", ".join(diff) or "the quantization mode")
         raise ValueError(f"{path}: this checkpoint was written with different settings ({what}); "
                          f"resume with the same ones, or delete it to start over")
     with torch.no_grad():
