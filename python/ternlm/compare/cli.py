@@ -42,6 +42,8 @@ def cmd_compare(args) -> int:
 
 
 def _add_compare_args(p):
+    # Distinct options declared one after another: the runs of add_argument lines look alike
+    # (here and in the other subcommands' parsers) but each declares its own flag.
     from . import FORMATS
     p.add_argument("--model", metavar="PATH", help=MODEL_HELP)
     _add_revision_arg(p)

@@ -26,11 +26,15 @@ QuantSpec says what a student's layer linears do; MODES are the presets of `--mo
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import asdict, dataclass
 
 import torch
 
 GAUSSIAN_CLIP4 = 2.513930578568423       # alpha / sigma minimizing the MSE of a 16-level grid
+# the same rounded to float32 (what the engine multiplies by), as a Python float: no tensor
+# built per call, so torch.compile traces it as a constant (no .item() graph break)
+GAUSSIAN_CLIP4_F32 = struct.unpack("<f", struct.pack("<f", GAUSSIAN_CLIP4))[0]
 SITES = ("qkv", "o", "gate_up", "down")
 SITE_OF = {"q": "qkv", "k": "qkv", "v": "qkv", "o": "o", "gate": "gate_up", "up": "gate_up", "down": "down"}
 MIN_BLOCK = 16
@@ -128,7 +132,7 @@ def _alpha(x: torch.Tensor, clip: str) -> torch.Tensor:
         # in float64 with one rounding, as the engine (torch's float32 sqrt is not always
         # correctly rounded; float64's error vanishes in the rounding to float32)
         ms = x.double().square().sum(-1, keepdim=True) / x.shape[-1]
-        return (ms.sqrt() * float(torch.tensor(GAUSSIAN_CLIP4, dtype=torch.float32))).float()
+        return (ms.sqrt() * GAUSSIAN_CLIP4_F32).float()
     return x.abs().amax(-1, keepdim=True)
 
 
