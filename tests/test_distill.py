@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import CORPUS, LLAMA_VARIANTS, hf_logits, write_llama
+from distill_helpers import _compare, _sequences, _student_logits
 from gguf_files import gguf_from_hf_folder
 
 import ternlm
@@ -50,29 +51,6 @@ def run(teacher, tmp_path_factory):
     res = ternlm.distill(teacher, d / "hf", steps=40, lr=1e-2, lambda_warmup=0, float_dtype="float32",
                          ternlm_out=d / "ternlm", **FAST)
     return res
-
-
-def _compare(ours, ref):
-    scale = float(np.abs(ref).max())
-    diff = float(np.abs(ours - ref).max()) / scale
-    agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    print(f"max |diff| / max|logit| = {diff:.2e}, argmax agreement {agree:.3f}")
-    assert diff < 2e-2 and agree >= 0.95
-    return diff < 1e-5
-
-
-def _student_logits(student, ids):
-    student.set_exact(True)
-    try:
-        with torch.no_grad():
-            return student(torch.tensor([ids]))[0].float().numpy()
-    finally:
-        student.set_exact(False)
-
-
-def _sequences(vocab, seed, count=4, n=24):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(3, vocab, n).tolist() for _ in range(count)]
 
 
 def test_loss_falls_and_result_reports(run):

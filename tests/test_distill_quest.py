@@ -17,6 +17,7 @@ import os
 import numpy as np
 import pytest
 from conftest import CORPUS, LLAMA_VARIANTS, write_llama
+from distill_helpers import _compare, _sequences, _student_logits
 
 import ternlm
 from ternlm.loading import read_checkpoint
@@ -45,29 +46,6 @@ def quest(teacher, tmp_path_factory):
     d = tmp_path_factory.mktemp("quest")
     return ternlm.distill(teacher, d / "out", steps=40, lr=1e-2, lambda_warmup=0, float_dtype="float32",
                           mode="quest4", **FAST)
-
-
-def _compare(ours, ref):
-    scale = float(np.abs(ref).max())
-    diff = float(np.abs(ours - ref).max()) / scale
-    agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    print(f"max |diff| / max|logit| = {diff:.2e}, argmax agreement {agree:.3f}")
-    assert diff < 2e-2 and agree >= 0.95
-    return diff < 1e-5
-
-
-def _student_logits(student, ids):
-    student.set_exact(True)
-    try:
-        with torch.no_grad():
-            return student(torch.tensor([ids]))[0].float().numpy()
-    finally:
-        student.set_exact(False)
-
-
-def _sequences(vocab, seed, count=4, n=24):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(3, vocab, n).tolist() for _ in range(count)]
 
 
 def test_quest4_loss_falls(quest):

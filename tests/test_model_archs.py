@@ -13,7 +13,7 @@ logit within 2e-2 of max|logit| with >= 95% argmax agreement, and most sequences
 """
 import numpy as np
 import pytest
-from arch_checkpoints import write_arch
+from arch_checkpoints import assert_close, random_ids, write_arch
 from conftest import hf_logits, hf_reference, incremental_logits
 
 import ternlm
@@ -59,20 +59,8 @@ def loaded(request, arch_folders):
     return request.param, folder, ternlm.load(folder, context=256, threads=2, progress=False)
 
 
-def _ids(n, vocab, seed):
-    return np.random.default_rng(seed).integers(3, vocab, n).tolist()
-
-
-def _close(ours, ref, label, quantized):
-    """-> True if ours and ref agree to float precision; asserts the module docstring's bounds."""
-    rel = float(np.abs(ours - ref).max() / np.abs(ref).max())
-    agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    print(f"{label}: max |diff| / max|logit| = {rel:.2e}, argmax agreement {agree:.3f}")
-    if not quantized:
-        assert rel < REL_TOL
-    else:
-        assert rel < 2e-2 and agree >= 0.95
-    return rel < 1e-5
+_ids = random_ids
+_close = assert_close
 
 
 def test_config_flags_and_formats(loaded):

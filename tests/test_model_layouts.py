@@ -15,7 +15,7 @@ Prompts of 70 tokens: past the windows of 24 / 20 positions and past one 64-toke
 """
 import numpy as np
 import pytest
-from arch_checkpoints import write_arch
+from arch_checkpoints import assert_close, random_ids, write_arch
 from conftest import hf_logits, hf_reference, incremental_logits
 
 import ternlm
@@ -52,18 +52,8 @@ def loaded(request, folders):
     return request.param, folder, ternlm.load(folder, context=128, threads=2, progress=False)
 
 
-def _ids(n, vocab, seed):
-    return np.random.default_rng(seed).integers(3, vocab, n).tolist()
-
-
-def _close(ours, ref, label, quantized):
-    rel = float(np.abs(ours - ref).max() / np.abs(ref).max())
-    agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    print(f"{label}: max |diff| / max|logit| = {rel:.2e}, argmax agreement {agree:.3f}")
-    if quantized:
-        assert rel < 2e-2 and agree >= 0.95
-    else:
-        assert rel < 1e-4
+_ids = random_ids
+_close = assert_close
 
 
 def test_config_flags(loaded):
