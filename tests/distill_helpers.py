@@ -1,6 +1,27 @@
-"""Helpers the distillation tests share: the student's exact logits, the comparison of two
+"""Helpers the distillation tests share: the tiny teacher and one-thread fixtures, the student's exact logits, the comparison of two
 logit arrays with the BitNet tests' int8-tie tolerance, random token sequences."""
 import numpy as np
+import pytest
+from conftest import CORPUS, LLAMA_VARIANTS, write_llama
+
+# fast settings for ternlm.distill on the tiny teacher
+FAST = dict(batch_size=4, seq_len=32, device="cpu", eval_text=" ".join(CORPUS[:8]), log=None, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is ~20x faster than two on a busy machine (no
+    waiting for a descheduled worker in every small matmul)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return write_llama(tmp_path_factory.mktemp("teacher"), seed=3, **LLAMA_VARIANTS["gqa_f32"])
 
 
 def _compare(ours, ref):

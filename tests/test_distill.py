@@ -16,31 +16,15 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CORPUS, LLAMA_VARIANTS, hf_logits, write_llama
-from distill_helpers import _compare, _sequences, _student_logits
+from conftest import CORPUS, hf_logits
+from distill_helpers import FAST, _compare, _sequences, _student_logits, one_thread, teacher  # noqa: F401 (fixtures)
 from gguf_files import gguf_from_hf_folder
 
 import ternlm
 
 torch = pytest.importorskip("torch")
 
-EVAL_TEXT = " ".join(CORPUS[:8])
-FAST = dict(batch_size=4, seq_len=32, device="cpu", eval_text=EVAL_TEXT, log=None, progress=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is ~20x faster than two on a busy machine (no
-    waiting for a descheduled worker in every small matmul)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    return write_llama(tmp_path_factory.mktemp("teacher"), seed=3, **LLAMA_VARIANTS["gqa_f32"])
+EVAL_TEXT = FAST["eval_text"]
 
 
 @pytest.fixture(scope="module")

@@ -16,28 +16,13 @@ import os
 
 import numpy as np
 import pytest
-from conftest import CORPUS, LLAMA_VARIANTS, write_llama
-from distill_helpers import _compare, _sequences, _student_logits
+from distill_helpers import FAST, _compare, _sequences, _student_logits, one_thread, teacher  # noqa: F401 (fixtures)
 
 import ternlm
 from ternlm.loading import read_checkpoint
 
 torch = pytest.importorskip("torch")
 
-FAST = dict(batch_size=4, seq_len=32, device="cpu", eval_text=" ".join(CORPUS[:8]), log=None, progress=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    return write_llama(tmp_path_factory.mktemp("teacher"), seed=3, **LLAMA_VARIANTS["gqa_f32"])
 
 
 @pytest.fixture(scope="module")
