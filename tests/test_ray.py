@@ -191,6 +191,18 @@ def test_concurrent_requests_use_both_replicas(served, model):
     assert len({r for _, r in got}) == 2
 
 
+def test_streams_through_serve_are_the_plain_servers_bytes(served, model, monkeypatch):
+    """12 raw HTTP streams at once through Serve's proxy (more than the 2 x 4 sequences the
+    replicas hold): each body is, byte for byte, what the plain app sends for that request
+    alone with one body chunk per event (test_server_streams.py)."""
+    from test_server_streams import asgi_stream, http_stream, normalized, reference_app, stream_requests
+    requests = stream_requests(12)
+    ref = reference_app(model, monkeypatch, model_name="tiny")
+    want = [normalized(b"".join(asgi_stream(ref, path, body))) for path, body in requests]
+    port = int(served.rsplit(":", 1)[1].split("/")[0])
+    assert concurrently(lambda path, body: normalized(http_stream(port, path, body)), requests) == want
+
+
 def test_a_killed_replica_is_replaced(served, model):
     """SIGKILL one replica while requests run: the clients' retries (the openai client's
     max_retries) get every answer right, and Serve starts a replacement."""

@@ -73,7 +73,8 @@ def app(model: str, *, replicas: int = 1, min_replicas: int | None = None, max_r
         target_ongoing_requests: float | None = None, max_ongoing_requests: int | None = None,
         num_cpus: float | None = None, name: str | None = None, threads: int | None = None,
         max_sequences: int | None = None, weights: str | None = None, head: str | None = None,
-        context: int | None = None, kv_dtype: str = "f32", revision: str | None = None):
+        context: int | None = None, kv_dtype: str = "f32", revision: str | None = None,
+        runtime_env: dict | None = None):
     """The Serve application (serve.run(app(...)) deploys it).
 
     model: a path present on every node that may run a replica, or a Hub id (each
@@ -83,7 +84,8 @@ def app(model: str, *, replicas: int = 1, min_replicas: int | None = None, max_r
     max_ongoing_requests). max_ongoing_requests: requests one replica holds at once
     (default: max_sequences, or 8). num_cpus: CPUs Ray reserves per replica (default:
     threads, or 1). name: the model id in /v1/models (default: the folder's name).
-    threads, max_sequences, weights, head, context, kv_dtype, revision: ternlm.load's."""
+    threads, max_sequences, weights, head, context, kv_dtype, revision: ternlm.load's.
+    runtime_env: Ray's runtime environment of each replica (e.g. {"env_vars": {...}})."""
     for key, v in (("replicas", replicas), ("threads", threads), ("max_sequences", max_sequences),
                    ("max_ongoing_requests", max_ongoing_requests), ("min_replicas", min_replicas),
                    ("max_replicas", max_replicas)):
@@ -91,6 +93,8 @@ def app(model: str, *, replicas: int = 1, min_replicas: int | None = None, max_r
             raise ValueError(f"{key} must be an int >= {0 if key == 'min_replicas' else 1}, got {v!r}")
     if not isinstance(model, str) or not model:
         raise ValueError(f"model must be a path or a Hub id (a non-empty str), got {model!r}")
+    if runtime_env is not None and not isinstance(runtime_env, dict):
+        raise ValueError(f"runtime_env must be a dict (Ray's runtime environment), got {runtime_env!r}")
     load_options = {"threads": threads, "weights": weights, "head": head, "context": context,
                     "kv_dtype": kv_dtype, "revision": revision}
     if max_sequences is not None:
@@ -98,6 +102,8 @@ def app(model: str, *, replicas: int = 1, min_replicas: int | None = None, max_r
     ongoing = max_ongoing_requests or max_sequences or 8
     options = {"max_ongoing_requests": ongoing,
                "ray_actor_options": {"num_cpus": float(num_cpus if num_cpus is not None else threads or 1)}}
+    if runtime_env:
+        options["ray_actor_options"]["runtime_env"] = runtime_env
     if min_replicas is not None or max_replicas is not None:
         lo = replicas if min_replicas is None else min_replicas
         hi = max(replicas, lo) if max_replicas is None else max_replicas
