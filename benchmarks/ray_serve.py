@@ -2,7 +2,7 @@
 
     PYTHONPATH=python .venv/bin/python benchmarks/ray_serve.py [--model PATH] [--grid 1x2,2x1]
         [--plain] [--clients 8] [--requests 32] [--max-tokens 64] [--max-sequences 8] [--rounds 2]
-        [--modes stream,whole | --no-stream] [--json OUT]
+        [--modes stream,whole | --no-stream] [--coalesce on,off] [--max-ongoing N,...] [--json OUT]
 
 --grid lists the configurations as REPLICASxTHREADS (2x1: two replicas of one thread each).
 Ray starts on this machine (as many logical CPUs as the largest configuration needs, no
@@ -18,6 +18,12 @@ completion token (ms/token: Serve's replicas and its proxy, or the plain server)
 /proc through psutil before and after the row. --modes stream,whole sends each
 configuration's requests streamed and then answered whole (one JSON body: no per-token
 messages), so the two rows show what streaming itself costs; --no-stream is --modes whole.
+--coalesce on,off runs every configuration twice, once as shipped (the events of a stream
+that are ready together leave as one body chunk) and once with one chunk per event
+(TERNLM_SSE_COALESCE=0 in the server's or the replicas' environment): the same bytes, a
+before/after in one run. --max-ongoing 8,16 runs each Ray configuration with each
+max_ongoing_requests (more than --max-sequences: requests wait inside a replica for a
+free sequence instead of in Serve's queue).
 Bounded: a fixed number of requests, every socket with a timeout, loopback only. Decode is
 memory-bandwidth bound: replicas beat threads where one process's threads cannot use the
 socket's bandwidth (small models, many cores); on few cores, threads and replicas share the
@@ -130,6 +136,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-sequences", type=int, default=8, help="per replica (default: 8)")
     p.add_argument("--context", type=int, default=1024, help="(default: 1024)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the grid (default: 2)")
+    p.add_argument("--max-ongoing", default=None, metavar="N[,N...]",
+                   help="Serve's max_ongoing_requests per replica; several: every Ray configuration with each "
+                        "(default: --max-sequences, ternlm.ray.app's default)")
     p.add_argument("--modes", default="stream", help="stream, whole or both (stream,whole): requests streamed "
                                                        "and/or answered whole, one row each (default: stream)")
     p.add_argument("--no-stream", action="store_true", help="whole answers only (--modes whole)")
@@ -142,6 +151,7 @@ def main(argv=None) -> int:
     modes = ["whole"] if args.no_stream else [m.strip() for m in args.modes.split(",")]
     if not modes or any(m not in MODES for m in modes):
         raise SystemExit(f"--modes: {args.modes!r} is not a list of {' and '.join(MODES)}")
+    ongoing = [int(x) for x in args.max_ongoing.split(",")] if args.max_ongoing else [args.max_sequences]
     coalescing = [c.strip() for c in args.coalesce.split(",")]
     if not coalescing or any(c not in ("on", "off") for c in coalescing):
         raise SystemExit(f"--coalesce: {args.coalesce!r} is not a list of on and off")
@@ -157,16 +167,18 @@ def main(argv=None) -> int:
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port},
                 logging_config={"log_level": "WARNING"})
     plain = {c: start_plain(args, max(t for _, t in grid), c) for c in coalescing} if args.plain else {}
-    configs = ([("plain", 1, max(t for _, t in grid))] if plain else []) + [("ray", r, t) for r, t in grid]
+    configs = (([("plain", 1, max(t for _, t in grid), args.max_sequences)] if plain else []) +
+               [("ray", r, t, o) for r, t in grid for o in ongoing])
     rows = []
     try:
         for rnd in range(args.rounds):
-            for (kind, replicas, threads), coalesce in ((c, o) for c in configs for o in coalescing):
+            for (kind, replicas, threads, max_ongoing), coalesce in ((c, o) for c in configs for o in coalescing):
                 if kind == "ray":
                     # the previous configuration's replicas go first: they hold the CPUs these need
                     serve.delete("bench")
                     serve.run(ternlm.ray.app(args.model, replicas=replicas, threads=threads,
-                                             max_sequences=args.max_sequences, context=args.context, name="m",
+                                             max_sequences=args.max_sequences, max_ongoing_requests=max_ongoing,
+                                             context=args.context, name="m",
                                              runtime_env={"env_vars": coalesce_env(coalesce)}),
                               name="bench", route_prefix="/", blocking=False)
                     target = port
@@ -183,12 +195,13 @@ def main(argv=None) -> int:
                     after = cpu_seconds(roles)
                     tokens = max(level["completion_tokens"], 1)
                     row = {"path": kind, "mode": mode, "coalesce": coalesce if stream else None, "round": rnd + 1,
-                           "replicas": replicas, "threads_per_replica": threads, **level,
+                           "replicas": replicas, "threads_per_replica": threads, "max_ongoing": max_ongoing, **level,
                            "cpu_s": {r: after[r] - before[r] for r in roles},
                            "cpu_ms_per_token": {r: (after[r] - before[r]) * 1e3 / tokens for r in roles}}
                     rows.append(row)
                     cpu = "  ".join(f"{r} {v:.2f}" for r, v in row["cpu_ms_per_token"].items())
-                    print(f"round {rnd + 1} {kind:5s} {replicas}x{threads} {mode:6s} {row['coalesce'] or '-':3s}: "
+                    print(f"round {rnd + 1} {kind:5s} {replicas}x{threads} ongoing {max_ongoing} {mode:6s} "
+                          f"{row['coalesce'] or '-':3s}: "
                           f"{row['requests_per_s']:6.2f} "
                           f"req/s {row['aggregate_tok_s']:7.1f} tok/s  TTFT p50 {ms(row['ttft_p50_s'], 1):>7s} ms  "
                           f"CPU ms/token: {cpu}  completed {row['completed']}/{row['requests']}",
@@ -202,20 +215,21 @@ def main(argv=None) -> int:
                 proc.kill()
         serve.shutdown()
         ray.shutdown()
-    print("| path | mode | coalesce | round | replicas x threads | completed | req/s | aggregate tok/s | "
+    print("| path | mode | coalesce | round | replicas x threads | max ongoing | completed | req/s | aggregate tok/s | "
           "TTFT p50 (ms) | TTFT p95 (ms) | CPU ms/token |")
-    print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         cpu = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_token"].items())
         print(f"| {r['path']} | {r['mode']} | {r['coalesce'] or '-'} | {r['round']} | "
-              f"{r['replicas']}x{r['threads_per_replica']} | "
+              f"{r['replicas']}x{r['threads_per_replica']} | {r['max_ongoing']} | "
               f"{r['completed']}/{r['requests']} | {r['requests_per_s']:.2f} | {r['aggregate_tok_s']:.1f} | "
               f"{ms(r['ttft_p50_s'])} | {ms(r['ttft_p95_s'])} | {cpu} |")
     if args.json:
         from ternlm.bench import machine_info
         report = {"command": "benchmarks/ray_serve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "model": os.path.basename(args.model), "clients": args.clients, "max_tokens": args.max_tokens,
-                  "max_sequences_per_replica": args.max_sequences, "context": args.context,
+                  "max_sequences_per_replica": args.max_sequences, "context": args.context, "modes": modes,
+                  "coalesce": coalescing,
                   "ray": ray.__version__, "machine": machine_info(), "rows": rows}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -5,14 +5,16 @@ holding its own model (threads, max_sequences), behind Serve's HTTP proxy.
                           │ router: power of two choices -- ask two random replicas how
                           │ many requests they hold, send to the one with fewer; a replica
                           │ holding max_ongoing_requests takes no more, the request waits
-                          ▼ in the proxy's queue (FIFO) until one frees
+                          ▼ in the proxy and tries again (backoff 25 ms doubling to 0.5 s)
                   replica 1 .. N   (TernlmReplica, one model each)
                     the same FastAPI app as `ternlm serve` (ternlm.server.create_app):
                     same routes, validation, errors, streaming, disconnects
 
 max_ongoing_requests defaults to max_sequences: a replica is given only what it decodes at
 once, so a request that must wait waits in Serve's queue, free to go to whichever replica
-frees first, rather than inside one replica's model. With autoscaling bounds, Serve adds
+has room at its next try, rather than inside one replica's model; the tries are not woken
+by a replica finishing a request, so a sequence may stay free until the next one
+(docs/ARCHITECTURE.md, "Many processes: Ray"). With autoscaling bounds, Serve adds
 replicas while the ongoing requests per replica stay above target_ongoing_requests and
 removes them when they fall below (the model loads in each new replica).
 

@@ -3,7 +3,8 @@ one ternlm Model (see ternlm/server/__init__.py for the overview).
 
 A request goes: body validated (protocol.py) -> prompt tokenized, chat template rendered and
 the context checked in a worker thread -> one generation per choice (runner.py) -> one JSON
-answer, or server-sent events `data: {chunk}` ending with `data: [DONE]`.
+answer, or server-sent events `data: {chunk}` ending with `data: [DONE]` (the events that
+are ready together sent as one body chunk: _body).
 """
 from __future__ import annotations
 

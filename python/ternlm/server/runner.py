@@ -5,7 +5,8 @@
     Run(model, specs).start()  ───────────> pieces = model.stream(ids, ...)   arguments checked
     await run.started()        <─────────── ("started", i) | ("error", i, exc)
     async for batch in run.batches():      for piece in pieces:
-        pieces -> SSE chunk / text <─────── ("piece", i, text)         until run.cancel()
+      the events that have arrived <─────── ("piece", i, text)         until run.cancel()
+      -> one SSE body chunk / text
     run.cancel() on disconnect ───────────> pieces.close(): the sequence's slot is freed
                                <─────────── ("done", i, finish_reason, tokens, cached tokens)
 
