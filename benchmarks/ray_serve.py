@@ -22,8 +22,8 @@ messages), so the two rows show what streaming itself costs; --no-stream is --mo
 that are ready together leave as one body chunk) and once with one chunk per event
 (TERNLM_SSE_COALESCE=0 in the server's or the replicas' environment): the same bytes, a
 before/after in one run. --max-ongoing 8,16 runs each Ray configuration with each
-max_ongoing_requests (more than --max-sequences: requests wait inside a replica for a
-free sequence instead of in Serve's queue).
+max_ongoing_requests (the requests a replica holds; beyond --max-sequences they wait
+inside it for a free sequence, the others in Serve's queue).
 Bounded: a fixed number of requests, every socket with a timeout, loopback only. Decode is
 memory-bandwidth bound: replicas beat threads where one process's threads cannot use the
 socket's bandwidth (small models, many cores); on few cores, threads and replicas share the
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the grid (default: 2)")
     p.add_argument("--max-ongoing", default=None, metavar="N[,N...]",
                    help="Serve's max_ongoing_requests per replica; several: every Ray configuration with each "
-                        "(default: --max-sequences, ternlm.ray.app's default)")
+                        "(default: ternlm.ray.app's, twice --max-sequences)")
     p.add_argument("--modes", default="stream", help="stream, whole or both (stream,whole): requests streamed "
                                                        "and/or answered whole, one row each (default: stream)")
     p.add_argument("--no-stream", action="store_true", help="whole answers only (--modes whole)")
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     modes = ["whole"] if args.no_stream else [m.strip() for m in args.modes.split(",")]
     if not modes or any(m not in MODES for m in modes):
         raise SystemExit(f"--modes: {args.modes!r} is not a list of {' and '.join(MODES)}")
-    ongoing = [int(x) for x in args.max_ongoing.split(",")] if args.max_ongoing else [args.max_sequences]
+    ongoing = [int(x) for x in args.max_ongoing.split(",")] if args.max_ongoing else [None]
     coalescing = [c.strip() for c in args.coalesce.split(",")]
     if not coalescing or any(c not in ("on", "off") for c in coalescing):
         raise SystemExit(f"--coalesce: {args.coalesce!r} is not a list of on and off")
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port},
                 logging_config={"log_level": "WARNING"})
     plain = {c: start_plain(args, max(t for _, t in grid), c) for c in coalescing} if args.plain else {}
-    configs = (([("plain", 1, max(t for _, t in grid), args.max_sequences)] if plain else []) +
+    configs = (([("plain", 1, max(t for _, t in grid), None)] if plain else []) +
                [("ray", r, t, o) for r, t in grid for o in ongoing])
     rows = []
     try:
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
                            "cpu_ms_per_token": {r: (after[r] - before[r]) * 1e3 / tokens for r in roles}}
                     rows.append(row)
                     cpu = "  ".join(f"{r} {v:.2f}" for r, v in row["cpu_ms_per_token"].items())
-                    print(f"round {rnd + 1} {kind:5s} {replicas}x{threads} ongoing {max_ongoing} {mode:6s} "
+                    print(f"round {rnd + 1} {kind:5s} {replicas}x{threads} ongoing {max_ongoing or '-'} {mode:6s} "
                           f"{row['coalesce'] or '-':3s}: "
                           f"{row['requests_per_s']:6.2f} "
                           f"req/s {row['aggregate_tok_s']:7.1f} tok/s  TTFT p50 {ms(row['ttft_p50_s'], 1):>7s} ms  "
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     for r in rows:
         cpu = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_token"].items())
         print(f"| {r['path']} | {r['mode']} | {r['coalesce'] or '-'} | {r['round']} | "
-              f"{r['replicas']}x{r['threads_per_replica']} | {r['max_ongoing']} | "
+              f"{r['replicas']}x{r['threads_per_replica']} | {r['max_ongoing'] or '-'} | "
               f"{r['completed']}/{r['requests']} | {r['requests_per_s']:.2f} | {r['aggregate_tok_s']:.1f} | "
               f"{ms(r['ttft_p50_s'])} | {ms(r['ttft_p95_s'])} | {cpu} |")
     if args.json:

@@ -183,8 +183,8 @@ def test_serve_answers_as_the_model_does(served, model):
 
 
 def test_concurrent_requests_use_both_replicas(served, model):
-    """16 clients at once: a replica holds at most max_sequences = 4 requests, so Serve's
-    router must use both; each client gets its solo greedy text."""
+    """16 clients at once: a replica holds at most 2 x max_sequences = 8 requests, so
+    Serve's router must use both; each client gets its solo greedy text."""
     prompts = [p + str(i) for i in range(2) for p in PROMPTS]
     got = concurrently(lambda p: complete(client(served), p, 24), [(p,) for p in prompts])
     assert [t for t, _ in got] == [model.generate(p, max_new_tokens=24) for p in prompts]

@@ -10,10 +10,11 @@ holding its own model (threads, max_sequences), behind Serve's HTTP proxy.
                     the same FastAPI app as `ternlm serve` (ternlm.server.create_app):
                     same routes, validation, errors, streaming, disconnects
 
-max_ongoing_requests defaults to max_sequences: a replica is given only what it decodes at
-once, so a request that must wait waits in Serve's queue, free to go to whichever replica
-has room at its next try, rather than inside one replica's model; the tries are not woken
-by a replica finishing a request, so a sequence may stay free until the next one
+max_ongoing_requests defaults to twice max_sequences: a replica holds up to one waiting
+request per sequence, inside its model (which hands a freed sequence to the next request at
+once), and the rest wait in Serve's queue. A request in Serve's queue is not woken when a
+replica finishes one: the router tries again with backoff, so with max_ongoing_requests =
+max_sequences every freed sequence would stay idle until some queued request's next try
 (docs/ARCHITECTURE.md, "Many processes: Ray"). With autoscaling bounds, Serve adds
 replicas while the ongoing requests per replica stay above target_ongoing_requests and
 removes them when they fall below (the model loads in each new replica).
@@ -83,8 +84,8 @@ def app(model: str, *, replicas: int = 1, min_replicas: int | None = None, max_r
     replica resolves it in its node's cache). replicas: how many to start (with
     autoscaling: the initial count). min_replicas / max_replicas: autoscaling bounds
     (either turns autoscaling on; target_ongoing_requests per replica, default half of
-    max_ongoing_requests). max_ongoing_requests: requests one replica holds at once
-    (default: max_sequences, or 8). num_cpus: CPUs Ray reserves per replica (default:
+    max_sequences). max_ongoing_requests: requests one replica holds at once, decoding or
+    waiting for a sequence (default: twice max_sequences, or 16). num_cpus: CPUs Ray reserves per replica (default:
     threads, or 1). name: the model id in /v1/models (default: the folder's name).
     threads, max_sequences, weights, head, context, kv_dtype, revision: ternlm.load's.
     runtime_env: Ray's runtime environment of each replica (e.g. {"env_vars": {...}})."""
@@ -101,7 +102,8 @@ def app(model: str, *, replicas: int = 1, min_replicas: int | None = None, max_r
                     "kv_dtype": kv_dtype, "revision": revision}
     if max_sequences is not None:
         load_options["max_sequences"] = max_sequences
-    ongoing = max_ongoing_requests or max_sequences or 8
+    sequences = max_sequences or 8
+    ongoing = max_ongoing_requests or 2 * sequences
     options = {"max_ongoing_requests": ongoing,
                "ray_actor_options": {"num_cpus": float(num_cpus if num_cpus is not None else threads or 1)}}
     if runtime_env:
@@ -113,7 +115,7 @@ def app(model: str, *, replicas: int = 1, min_replicas: int | None = None, max_r
             raise ValueError(f"replicas={replicas} must lie within min_replicas={lo} and max_replicas={hi}")
         options["autoscaling_config"] = {
             "min_replicas": lo, "max_replicas": hi, "initial_replicas": replicas,
-            "target_ongoing_requests": target_ongoing_requests or max(1.0, ongoing / 2)}
+            "target_ongoing_requests": target_ongoing_requests or max(1.0, sequences / 2)}
     else:
         options["num_replicas"] = replicas
     return TernlmReplica.options(**options).bind(model, load_options, name)
