@@ -85,8 +85,9 @@ def app(model: str, *, replicas: int = 1, min_replicas: int | None = None, max_r
     autoscaling: the initial count). min_replicas / max_replicas: autoscaling bounds
     (either turns autoscaling on; target_ongoing_requests per replica, default half of
     max_sequences). max_ongoing_requests: requests one replica holds at once, decoding or
-    waiting for a sequence (default: twice max_sequences, or 16). num_cpus: CPUs Ray reserves per replica (default:
-    threads, or 1). name: the model id in /v1/models (default: the folder's name).
+    waiting for a sequence (default: twice max_sequences, or 16). num_cpus: CPUs Ray
+    reserves per replica (default: threads, or 1). name: the model id in /v1/models
+    (default: the folder's name).
     threads, max_sequences, weights, head, context, kv_dtype, revision: ternlm.load's.
     runtime_env: Ray's runtime environment of each replica (e.g. {"env_vars": {...}})."""
     for key, v in (("replicas", replicas), ("threads", threads), ("max_sequences", max_sequences),
