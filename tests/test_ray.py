@@ -238,6 +238,8 @@ def test_serve_options_are_checked(folder, capsys):
         ternlm.ray.app(folder, replicas=5, min_replicas=1, max_replicas=3)
     with pytest.raises(ValueError, match="unknown argument"):
         ternlm.ray.build({"model": folder, "replica": "2"})
+    with pytest.raises(ValueError, match="runtime_env must be a dict"):
+        ternlm.ray.app(folder, runtime_env="TERNLM_SSE_COALESCE=0")
     with pytest.raises(ValueError, match="threads='x' is not a number"):
         ternlm.ray.build({"model": folder, "threads": "x"})
     application = ternlm.ray.build({"model": folder, "replicas": "2", "min_replicas": "1", "max_replicas": "4",
