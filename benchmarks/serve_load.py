@@ -34,11 +34,14 @@ TOPICS = ["the sea", "a mountain", "bread", "rain", "a library", "the moon", "bi
           "trains", "coffee", "a river", "music", "clocks", "bees", "the desert"]
 
 
-def one_request(port, i, max_tokens, timeout):
-    """Stream one chat completion; (ttft_s, total_s, completion_tokens, completed)."""
+def one_request(port, i, max_tokens, timeout, stream=True):
+    """One chat completion, streamed (or, stream=False, answered whole); (ttft_s, total_s,
+    completion_tokens, completed). A whole answer has no time to first token (None)."""
     body = {"model": "m", "messages": [{"role": "user", "content": f"Write about {TOPICS[i % len(TOPICS)]} "
                                                                    f"(request {i})."}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+            "max_tokens": max_tokens, "temperature": 0, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     t0 = time.perf_counter()
     ttft, tokens, finished, done = None, 0, False, False
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -47,6 +50,10 @@ def one_request(port, i, max_tokens, timeout):
         r = conn.getresponse()
         if r.status != 200:
             return None, time.perf_counter() - t0, 0, False
+        if not stream:
+            answer = json.loads(r.read())
+            return (None, time.perf_counter() - t0, answer["usage"]["completion_tokens"],
+                    answer["choices"][0]["finish_reason"] is not None)
         for line in r:
             line = line.strip()
             if not line.startswith(b"data: "):
@@ -84,10 +91,15 @@ def direct_request(model, i, max_tokens):
     return ttft, time.perf_counter() - t0, stats["decode_tokens"], True
 
 
+def ms(seconds, digits=0) -> str:
+    """Seconds as milliseconds for a table; '-' where there is no value (no first token)."""
+    return "-" if seconds is None else f"{seconds * 1e3:.{digits}f}"
+
+
 def percentile(xs, q):
     xs = sorted(xs)
     if not xs:
-        return float("nan")
+        return None
     k = (len(xs) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
@@ -176,7 +188,7 @@ def main(argv=None) -> int:
                 row = {"path": path, **run_level(request, n, args.requests)}
                 rows.append(row)
                 print(f"{path:6s} N={n:3d}  {row['requests_per_s']:6.2f} req/s  TTFT p50 "
-                      f"{row['ttft_p50_s'] * 1e3:7.1f} ms  p95 {row['ttft_p95_s'] * 1e3:7.1f} ms  "
+                      f"{ms(row['ttft_p50_s'], 1):>7s} ms  p95 {ms(row['ttft_p95_s'], 1):>7s} ms  "
                       f"{row['aggregate_tok_s']:7.1f} tok/s  completed {row['completed']}/{row['requests']}",
                       file=sys.stderr)
     finally:
@@ -190,7 +202,7 @@ def main(argv=None) -> int:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['path']} | {r['clients']} | {r['requests']} | {r['completed']} | {r['requests_per_s']:.2f} | "
-              f"{r['ttft_p50_s'] * 1e3:.0f} | {r['ttft_p95_s'] * 1e3:.0f} | {r['aggregate_tok_s']:.1f} |")
+              f"{ms(r['ttft_p50_s'])} | {ms(r['ttft_p95_s'])} | {r['aggregate_tok_s']:.1f} |")
     if args.json:
         report = {"command": "benchmarks/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "server_command": " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd)),

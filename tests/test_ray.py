@@ -183,12 +183,24 @@ def test_serve_answers_as_the_model_does(served, model):
 
 
 def test_concurrent_requests_use_both_replicas(served, model):
-    """16 clients at once: a replica holds at most max_sequences = 4 requests, so Serve's
-    router must use both; each client gets its solo greedy text."""
+    """16 clients at once: a replica holds at most 2 x max_sequences = 8 requests, so
+    Serve's router must use both; each client gets its solo greedy text."""
     prompts = [p + str(i) for i in range(2) for p in PROMPTS]
     got = concurrently(lambda p: complete(client(served), p, 24), [(p,) for p in prompts])
     assert [t for t, _ in got] == [model.generate(p, max_new_tokens=24) for p in prompts]
     assert len({r for _, r in got}) == 2
+
+
+def test_streams_through_serve_are_the_plain_servers_bytes(served, model, monkeypatch):
+    """12 raw HTTP streams at once through Serve's proxy (more than the 2 x 4 sequences the
+    replicas hold): each body is, byte for byte, what the plain app sends for that request
+    alone with one body chunk per event (test_server_streams.py)."""
+    from test_server_streams import asgi_stream, http_stream, normalized, reference_app, stream_requests
+    requests = stream_requests(12)
+    ref = reference_app(model, monkeypatch, model_name="tiny")
+    want = [normalized(b"".join(asgi_stream(ref, path, body))) for path, body in requests]
+    port = int(served.rsplit(":", 1)[1].split("/")[0])
+    assert concurrently(lambda path, body: normalized(http_stream(port, path, body)), requests) == want
 
 
 def test_a_killed_replica_is_replaced(served, model):
@@ -226,6 +238,8 @@ def test_serve_options_are_checked(folder, capsys):
         ternlm.ray.app(folder, replicas=5, min_replicas=1, max_replicas=3)
     with pytest.raises(ValueError, match="unknown argument"):
         ternlm.ray.build({"model": folder, "replica": "2"})
+    with pytest.raises(ValueError, match="runtime_env must be a dict"):
+        ternlm.ray.app(folder, runtime_env="TERNLM_SSE_COALESCE=0")
     with pytest.raises(ValueError, match="threads='x' is not a number"):
         ternlm.ray.build({"model": folder, "threads": "x"})
     application = ternlm.ray.build({"model": folder, "replicas": "2", "min_replicas": "1", "max_replicas": "4",

@@ -3,7 +3,8 @@ one ternlm Model (see ternlm/server/__init__.py for the overview).
 
 A request goes: body validated (protocol.py) -> prompt tokenized, chat template rendered and
 the context checked in a worker thread -> one generation per choice (runner.py) -> one JSON
-answer, or server-sent events `data: {chunk}` ending with `data: [DONE]`.
+answer, or server-sent events `data: {chunk}` ending with `data: [DONE]` (the events that
+are ready together sent as one body chunk: _body).
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def create_app(model, model_name: str | None = None) -> FastAPI:
     counters = Counters()
     created = int(time.time())
     app.state.model, app.state.counters, app.state.name = model, counters, name
+    # TERNLM_SSE_COALESCE=0: a streamed answer sends each event as its own body chunk
+    # rather than the events that are ready together as one (the same bytes; see _body)
+    app.state.coalesce = os.environ.get("TERNLM_SSE_COALESCE", "1") != "0"
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
@@ -177,8 +181,8 @@ async def _serve(request, body, stops, prompts, max_new, kind, name, counters):
     rid = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex
     meta = {"id": rid, "created": int(time.time()), "model": name}
     if body.stream:
-        chunks = _stream_chunks(run, meta, kind, len(specs), echo, prompt_tokens, body.include_usage)
-        return _EventStream(chunks, run)
+        events = _stream_events(run, meta, kind, len(specs), echo, prompt_tokens, body.include_usage)
+        return _EventStream(_body(events, request.app.state.coalesce), run)
     try:
         result = await _unless_disconnected(request, _collect(run, len(specs)), run)
     except _ClientGone:
@@ -237,7 +241,10 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _stream_chunks(run, meta, kind, count, echo, prompt_tokens, include_usage):
+async def _stream_events(run, meta, kind, count, echo, prompt_tokens, include_usage):
+    """The SSE events of a streamed answer, in lists of events that can leave together:
+    the choices' first events, then per batch of the run's events (Run.batches) their
+    chunks, the last batch with the usage and `data: [DONE]` after its chunks."""
     chat = kind == "chat.completion"
     head = {**meta, "object": "chat.completion.chunk" if chat else "text_completion"}
     extra = {"usage": None} if include_usage else {}
@@ -250,30 +257,56 @@ async def _stream_chunks(run, meta, kind, count, echo, prompt_tokens, include_us
             choice = {"index": i, "text": piece or "", "logprobs": None, "finish_reason": finish}
         return _sse({**head, "choices": [choice], **extra})
 
-    completion_tokens = cached_tokens = 0
+    completion_tokens = cached_tokens = ended = 0
+
+    def tail():
+        usage = _usage(prompt_tokens, completion_tokens, cached_tokens)
+        return ([_sse({**head, "choices": [], "usage": usage})] if include_usage else []) + ["data: [DONE]\n\n"]
+
     try:
-        for i in range(count):
-            if chat:
-                yield _sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                 "logprobs": None, "finish_reason": None}], **extra})
-            elif echo[i]:
-                yield chunk(i, echo[i])
-        async for ev in run.events():
-            if ev[0] == "piece":
-                yield chunk(ev[1], ev[2])
-            elif ev[0] == "done":
-                completion_tokens += ev[3]
-                cached_tokens += ev[4]
-                yield chunk(ev[1], None, ev[2])
-            else:
-                run.cancel()
-                yield _sse(error_body(f"generation failed: {ev[2]}", "server_error"))
-                return
-        if include_usage:
-            yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens, cached_tokens)})
-        yield "data: [DONE]\n\n"
+        if chat:
+            yield [_sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                              "logprobs": None, "finish_reason": None}], **extra})
+                   for i in range(count)]
+        elif any(echo):
+            yield [chunk(i, echo[i]) for i in range(count) if echo[i]]
+        async for batch in run.batches():
+            events = []
+            for ev in batch:
+                if ev[0] == "piece":
+                    events.append(chunk(ev[1], ev[2]))
+                elif ev[0] == "done":
+                    completion_tokens += ev[3]
+                    cached_tokens += ev[4]
+                    ended += 1
+                    events.append(chunk(ev[1], None, ev[2]))
+                else:
+                    run.cancel()
+                    yield events + [_sse(error_body(f"generation failed: {ev[2]}", "server_error"))]
+                    return
+            if ended == count:                # every choice has finished: nothing comes after
+                break
+            yield events
+        else:                                 # cancelled (the client has gone): nothing was pending
+            events = []
+        yield events + tail()
     finally:
         run.cancel()
+
+
+async def _body(groups, coalesce):
+    """Body chunks from _stream_events' lists: one chunk per list (coalesce), or one per
+    event. Either way the bytes are the same; what differs is the number of ASGI messages,
+    each of which costs the server per message on its way out (behind Ray Serve: a hop
+    between the replica's two event loops and a message to the proxy process), while a
+    client parses events, not chunks. A server that keeps up sends each token's event as
+    it comes; one that falls behind sends what has piled up at once."""
+    async for group in groups:
+        if coalesce:
+            yield "".join(group)
+        else:
+            for event in group:
+                yield event
 
 
 class _EventStream(StreamingResponse):

@@ -4,8 +4,9 @@
     ----------------------------           -----------------------------
     Run(model, specs).start()  ───────────> pieces = model.stream(ids, ...)   arguments checked
     await run.started()        <─────────── ("started", i) | ("error", i, exc)
-    async for event in run.events():       for piece in pieces:
-        piece -> SSE chunk / text  <─────── ("piece", i, text)         until run.cancel()
+    async for batch in run.batches():      for piece in pieces:
+      the events that have arrived <─────── ("piece", i, text)         until run.cancel()
+      -> one SSE body chunk / text
     run.cancel() on disconnect ───────────> pieces.close(): the sequence's slot is freed
                                <─────────── ("done", i, finish_reason, tokens, cached tokens)
 
@@ -108,13 +109,31 @@ class Run:
     async def events(self):
         """("piece", i, text), ("done", i, finish_reason, tokens, cached_tokens) and
         ("error", i, exc, stage) until every choice has ended."""
+        async for batch in self.batches():
+            for ev in batch:
+                yield ev
+
+    async def batches(self):
+        """The events of events(), in the same order, as lists: each list holds every event
+        that had arrived by the time the previous list was taken (at least one), so a reader
+        that falls behind the generations catches up in one step rather than one event at
+        a time, and a reader that keeps up gets each event alone, as soon as it arrives."""
         open_ = len(self.specs)
         while open_:
-            ev = self._held.pop(0) if self._held else await self.queue.get()
-            if ev[0] in ("done", "error", "cancelled"):
-                open_ -= 1
-            if ev[0] != "cancelled":
-                yield ev
+            if self._held:
+                arrived, self._held = self._held, []
+            else:
+                arrived = [await self.queue.get()]
+            while not self.queue.empty():
+                arrived.append(self.queue.get_nowait())
+            batch = []
+            for ev in arrived:
+                if ev[0] in ("done", "error", "cancelled"):
+                    open_ -= 1
+                if ev[0] != "cancelled":
+                    batch.append(ev)
+            if batch:
+                yield batch
 
     def cancel(self):
         """Stop every choice at its next token (safe to call more than once, from anywhere)."""
