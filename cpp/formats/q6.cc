@@ -107,15 +107,15 @@ float SubBlockScale(const float* x, size_t n) {
   return best;
 }
 
-void Q6Quantize(QuantizedMatrix& m, const float* w) {
+void Q6QuantizeRows(QuantizedMatrix& m, const float* w, size_t r0, size_t r1, const QuantizeScan&) {
   const size_t cols = m.cols(), nsub = (cols + kQ6SubCols - 1) / kQ6SubCols;
   const size_t nsup = (cols + kQ6SuperCols - 1) / kQ6SuperCols;
   std::vector<float> scale(nsub);
   std::vector<int8_t> sc(nsub);
   std::vector<uint16_t> d(nsup);
   std::vector<uint8_t> u(cols);
-  for (size_t r = 0; r < m.rows(); ++r) {
-    const float* x = w + r * cols;
+  for (size_t r = r0; r < r1; ++r) {
+    const float* x = w + (r - r0) * cols;
     for (size_t j = 0; j < nsub; ++j)
       scale[j] = SubBlockScale(x + j * kQ6SubCols, std::min(kQ6SubCols, cols - j * kQ6SubCols));
     for (size_t s = 0; s < nsup; ++s) {
@@ -167,7 +167,9 @@ QuantizedMatrix Q6StackRows(const std::vector<RowRange>& ranges) { return StackR
 extern const FormatTraits kQ6Traits = {
     WeightFormat::kQ6, "q6", nullptr, /*tiled=*/true, /*grouped=*/false,
     Q6PaddedCols, Q6RowBytes, Q6DataBytes, /*has_row_multiplier=*/false, /*has_exceptions=*/false,
-    Q6Buffers, Q6FromBuffers, Q6Quantize, Q6DequantizeRow, Q6StackRows,
+    Q6Buffers, Q6FromBuffers,
+    ScanKind::kNone, /*quantize_begin=*/nullptr, Q6QuantizeRows, /*quantize_whole=*/nullptr,
+    Q6DequantizeRow, Q6StackRows,
 };
 
 QuantizedMatrix FromQ6(const uint8_t* u, const int8_t* sc, const uint16_t* d, size_t rows, size_t cols) {
