@@ -209,7 +209,7 @@ def load_hf_folder(path) -> Checkpoint:
         stored[name] = "ternary"
         if quant["quantization_mode"] == "online" and quant["linear_class"] == "autobitlinear":
             _check_shape(where, info, shape)     # bf16/f32 master weights, absmean at load
-            makers[name] = _float_matrix(st, key, info.dtype)
+            makers[name] = (lambda k=key: st.to_float32(k))
             continue
         scale_key = module + ".weight_scale"
         if scale_key not in st:
