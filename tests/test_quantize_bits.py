@@ -6,6 +6,8 @@ bf16 / fp16 checkpoints with small heads, whose matrices and logits equal those 
 whole-matrix float32 path (ternlm.loading._convert_one)."""
 import json
 import shutil
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -133,6 +135,24 @@ def test_bad_arguments():
         ternlm.quantize_bf16(np.zeros((0, 32), np.uint16), "q6")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc/self/status")
+def test_no_float32_copy_of_the_matrix():
+    # The peak resident memory of a fresh process grows by the q6 matrix (~27 MB) and a few
+    # rows of scratch, not by a float32 copy of the weights (128 MB here).
+    code = """if True:
+        import numpy as np, ternlm
+        def hwm():
+            return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+        bits = np.random.default_rng(0).integers(0x3C00, 0x3F80, size=(4096, 8192), dtype=np.uint16)
+        ternlm.quantize_bf16(bits[:16], "q6", threads=2)          # pools and code paths warm
+        before = hwm()
+        q = ternlm.quantize_bf16(bits, "q6", threads=2)
+        print(hwm() - before, q.nbytes / 2**20)"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    grew, matrix_mb = float(out[0]), float(out[1])
+    assert 20 < matrix_mb < 35 and grew < matrix_mb + 24, (grew, matrix_mb)
+
+
 def test_many_python_threads_at_once():
     rng = np.random.default_rng(6)
     jobs = [(fmt, bf16_bits(rng, 400 + 17 * i, 320)) for i, fmt in enumerate(["int8", "q6", "int4", "ternary"])]
@@ -251,3 +271,17 @@ def test_gguf_f16_and_bf16_tensors_load_as_before(llama_folders, tmp_path):
     assert isinstance(q, np.ndarray) and q.dtype == np.float16   # a view of the file, widened at conversion
     for weights, head in [(None, "q6"), ("int4", "int8"), (None, None), ("bf16c", None), ("ternary", "int4")]:
         assert_loads_as_before(path, weights, head, BF16Bits)
+
+
+def test_hf_float16_checkpoint_loads_as_before(llama_folders, tmp_path):
+    from ternlm.io.safetensors import SafetensorsFile, save_safetensors
+    d = tmp_path / "f16"
+    shutil.copytree(llama_folders["gqa_f32"], d)
+    st = SafetensorsFile(d / "model.safetensors")
+    tensors = {k: np.array(st.raw(k)).astype(np.float16) for k in st.keys()}
+    del st
+    save_safetensors(d / "model.safetensors", tensors, metadata={"format": "pt"})
+    embed = read_checkpoint(d).tensors["embed"]
+    assert embed.dtype == np.float16                     # the file's view, widened at conversion
+    for weights, head in [(None, "q6"), ("ternary", "int8"), ("bf16c", None)]:
+        assert_loads_as_before(d, weights, head, np.ndarray)
