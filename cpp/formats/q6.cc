@@ -79,30 +79,37 @@ inline float RoundEven(float v) {
 }
 
 // The least-squares scale of x [n] for codes in [-32, 31], over a few candidate grids
-// (the largest |x| mapped to -32 and slightly off it); returns 0 for an all-zero x.
+// (the largest |x| mapped to -32 and slightly off it, t = -2..2); returns 0 for an all-zero
+// x. The five grids are worked side by side: each grid's sums still add their terms in
+// index order (the same doubles as one grid after the other), but five chains of dependent
+// additions overlap instead of running one after the other.
 float SubBlockScale(const float* x, size_t n) {
   float v = 0;
   for (size_t i = 0; i < n; ++i)
     if (std::fabs(x[i]) > std::fabs(v)) v = x[i];
   if (v == 0) return 0;
+  constexpr int kGrids = 5;
+  float iscale[kGrids], q[kGrids][kQ6SubCols], scale[kGrids];
+  double xq[kGrids] = {0}, qq[kGrids] = {0}, err[kGrids] = {0};
+  for (int g = 0; g < kGrids; ++g) iscale[g] = -(32.0f + 0.3f * float(g - 2)) / v;
+  for (size_t i = 0; i < n; ++i) {
+    for (int g = 0; g < kGrids; ++g) {
+      q[g][i] = std::min(31.0f, std::max(-32.0f, RoundEven(x[i] * iscale[g])));
+      xq[g] += double(x[i]) * q[g][i];
+      qq[g] += double(q[g][i]) * q[g][i];
+    }
+  }
+  for (int g = 0; g < kGrids; ++g) scale[g] = qq[g] == 0 ? 0.0f : float(xq[g] / qq[g]);
+  for (size_t i = 0; i < n; ++i) {
+    for (int g = 0; g < kGrids; ++g) {
+      const double e = double(x[i]) - double(scale[g]) * q[g][i];
+      err[g] += e * e;
+    }
+  }
   float best = -v / 32.0f, best_err = INFINITY;
-  for (int t = -2; t <= 2; ++t) {
-    const float iscale = -(32.0f + 0.3f * float(t)) / v;
-    double xq = 0, qq = 0;
-    float q[kQ6SubCols];
-    for (size_t i = 0; i < n; ++i) {
-      q[i] = std::min(31.0f, std::max(-32.0f, RoundEven(x[i] * iscale)));
-      xq += double(x[i]) * q[i];
-      qq += double(q[i]) * q[i];
-    }
-    if (qq == 0) continue;
-    const float scale = float(xq / qq);
-    double err = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const double e = double(x[i]) - double(scale) * q[i];
-      err += e * e;
-    }
-    if (err < best_err) best_err = float(err), best = scale;
+  for (int g = 0; g < kGrids; ++g) {
+    if (qq[g] == 0) continue;  // no code away from zero on this grid
+    if (err[g] < best_err) best_err = float(err[g]), best = scale[g];
   }
   return best;
 }
