@@ -40,10 +40,10 @@ QuantizedMatrix BF16FromBuffers(size_t rows, size_t cols, int, StoredBuffers& in
   return m;
 }
 
-void BF16Quantize(QuantizedMatrix& m, const float* w) {
+void BF16QuantizeRows(QuantizedMatrix& m, const float* w, size_t r0, size_t r1, const QuantizeScan&) {
   uint16_t* o = Words(m);
-  for (size_t r = 0; r < m.rows(); ++r)
-    for (size_t c = 0; c < m.cols(); ++c) o[BF16Index(m.padded_cols(), r, c)] = BF16FromF32(w[r * m.cols() + c]);
+  for (size_t r = r0; r < r1; ++r)
+    for (size_t c = 0; c < m.cols(); ++c) o[BF16Index(m.padded_cols(), r, c)] = BF16FromF32(w[(r - r0) * m.cols() + c]);
 }
 
 void BF16DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
@@ -64,7 +64,9 @@ QuantizedMatrix BF16StackRows(const std::vector<RowRange>& ranges) { return Stac
 extern const FormatTraits kBF16Traits = {
     WeightFormat::kBF16, "bf16", "bfloat16", /*tiled=*/true, /*grouped=*/false,
     BF16PaddedCols, BF16RowBytes, BF16DataBytes, /*has_row_multiplier=*/false, /*has_exceptions=*/false,
-    BF16Buffers, BF16FromBuffers, BF16Quantize, BF16DequantizeRow, BF16StackRows,
+    BF16Buffers, BF16FromBuffers,
+    ScanKind::kNone, /*quantize_begin=*/nullptr, BF16QuantizeRows, /*quantize_whole=*/nullptr,
+    BF16DequantizeRow, BF16StackRows,
 };
 
 QuantizedMatrix AllocateForBF16Bits(const char* fn, WeightFormat f, const uint16_t* bits, size_t rows,

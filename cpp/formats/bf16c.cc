@@ -13,6 +13,7 @@
 #include "formats/codec_util.h"
 #include "formats/format_traits.h"
 #include "formats/half.h"
+#include "formats/quantize.h"
 
 namespace ternlm {
 namespace {
@@ -183,9 +184,15 @@ QuantizedMatrix BF16CFromBuffers(size_t rows, size_t cols, int, StoredBuffers& i
   return m;
 }
 
-void BF16CQuantize(QuantizedMatrix& m, const float* w) {
-  std::vector<uint16_t> bits(m.rows() * m.cols());
-  for (size_t i = 0; i < bits.size(); ++i) bits[i] = BF16FromF32(w[i]);
+// The rows rounded to bf16 (2 bytes per weight, read a few rows at a time), then packed.
+void BF16CQuantizeWhole(QuantizedMatrix& m, const WeightRows& w) {
+  const size_t cols = m.cols();
+  std::vector<uint16_t> bits(m.rows() * cols);
+  std::vector<float> scratch(cols);
+  for (size_t r = 0; r < m.rows(); ++r) {
+    const float* x = w.Read(r, r + 1, scratch.data());
+    for (size_t c = 0; c < cols; ++c) bits[r * cols + c] = BF16FromF32(x[c]);
+  }
   CheckBF16Finite("quantize: w rounds to bf16", bits.data(), bits.size());
   PackBF16C(m, bits.data());
 }
@@ -251,7 +258,9 @@ QuantizedMatrix BF16CStackRows(const std::vector<RowRange>& ranges) {
 extern const FormatTraits kBF16CTraits = {
     WeightFormat::kBF16C, "bf16c", nullptr, /*tiled=*/true, /*grouped=*/false,
     BF16CPaddedCols, BF16CRowBytes, BF16CDataBytes, /*has_row_multiplier=*/false, /*has_exceptions=*/true,
-    BF16CBuffers, BF16CFromBuffers, BF16CQuantize, BF16CDequantizeRow, BF16CStackRows,
+    BF16CBuffers, BF16CFromBuffers,
+    ScanKind::kNone, /*quantize_begin=*/nullptr, /*quantize_rows=*/nullptr, BF16CQuantizeWhole,
+    BF16CDequantizeRow, BF16CStackRows,
 };
 
 QuantizedMatrix FromBF16C(const uint16_t* bits, size_t rows, size_t cols) {

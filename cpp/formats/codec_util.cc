@@ -25,14 +25,6 @@ void CheckGroup(const char* fn, size_t cols, int group) {
                                 " does not divide cols = " + std::to_string(cols));
 }
 
-void CheckFinite(const float* w, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(w[i]))
-      throw std::invalid_argument("quantize: w has a non-finite value (" + std::to_string(w[i]) +
-                                  ") at flat index " + std::to_string(i));
-  }
-}
-
 void CheckFiniteValues(const std::string& what, const float* v, size_t n) {
   for (size_t i = 0; i < n; ++i)
     if (!std::isfinite(v[i]))

@@ -21,8 +21,6 @@ void CheckShape(const char* fn, size_t rows, size_t cols);
 void CheckGroup(const char* fn, size_t cols, int group);
 // nano's rank (group_size) in [1, kNanoMaxRank] and its shape within kNanoMaxCols (nano.cc).
 void CheckNanoRank(const char* fn, size_t rows, size_t cols, int rank);
-// "quantize: w has a non-finite value (...) at flat index i".
-void CheckFinite(const float* w, size_t n);
 // "<what>[i] is not finite (...)": float32 values (row multipliers, stored weights).
 void CheckFiniteValues(const std::string& what, const float* v, size_t n);
 // "<what>[i] is not finite": fp16 bit patterns (int4 scales and mins), read with memcpy

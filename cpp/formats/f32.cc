@@ -26,9 +26,9 @@ QuantizedMatrix F32FromBuffers(size_t rows, size_t cols, int, StoredBuffers& in)
   return m;
 }
 
-void F32Quantize(QuantizedMatrix& m, const float* w) {
-  for (size_t r = 0; r < m.rows(); ++r)
-    std::memcpy(m.mutable_data() + r * m.row_bytes(), w + r * m.cols(), m.cols() * 4);
+void F32QuantizeRows(QuantizedMatrix& m, const float* w, size_t r0, size_t r1, const QuantizeScan&) {
+  for (size_t r = r0; r < r1; ++r)
+    std::memcpy(m.mutable_data() + r * m.row_bytes(), w + (r - r0) * m.cols(), m.cols() * 4);
 }
 
 void F32DequantizeRow(const QuantizedMatrix& m, size_t r, float* out) {
@@ -44,7 +44,9 @@ QuantizedMatrix F32StackRows(const std::vector<RowRange>& ranges) { return Stack
 extern const FormatTraits kF32Traits = {
     WeightFormat::kF32, "f32", "float32", /*tiled=*/false, /*grouped=*/false,
     F32PaddedCols, F32RowBytes, F32DataBytes, /*has_row_multiplier=*/false, /*has_exceptions=*/false,
-    F32Buffers, F32FromBuffers, F32Quantize, F32DequantizeRow, F32StackRows,
+    F32Buffers, F32FromBuffers,
+    ScanKind::kNone, /*quantize_begin=*/nullptr, F32QuantizeRows, /*quantize_whole=*/nullptr,
+    F32DequantizeRow, F32StackRows,
 };
 
 }  // namespace ternlm

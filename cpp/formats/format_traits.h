@@ -18,6 +18,15 @@
 namespace ternlm {
 
 class StoredBuffers;  // formats/codec_util.h
+class WeightRows;     // formats/quantize.h
+
+// What quantize gathers over the whole matrix before it codes any row (FormatTraits::scan).
+enum class ScanKind { kNone, kAbsSum, kRange };
+struct QuantizeScan {
+  double abs_sum = 0;    // kAbsSum: sum of |w| as double, added in flat (row-major) order
+  float lo = 0, hi = 0;  // kRange: the smallest and largest weight
+  size_t count = 0;      // rows * cols
+};
 
 // Rows [r0, r1) of one matrix: a piece of ConcatRows / SliceRows.
 struct RowRange {
@@ -51,8 +60,19 @@ struct FormatTraits {
   // never allocates; values are then validated with the checks the format's constructors
   // (FromInt4, FromBF16, ...) share. Throws std::invalid_argument naming the buffer.
   QuantizedMatrix (*from_buffers)(size_t rows, size_t cols, int group, StoredBuffers& in);
-  // Fills m (fresh from Allocate) from finite f32 weights [rows, cols].
-  void (*quantize)(QuantizedMatrix& m, const float* w);
+  // ---- quantize (formats/quantize.h drives these for f32, bf16 and fp16 weights alike).
+  // The matrix-wide statistic the rows need, gathered over every weight before any row is
+  // coded (QuantizeScan): none, the flat-order sum of |w| (ternary) or the range (int4).
+  ScanKind scan;
+  // Checks the scan before any row is coded (may throw std::invalid_argument); nullptr: none.
+  void (*quantize_begin)(const QuantizeScan& s);
+  // Rows [r0, r1) of m (fresh from Allocate) from finite f32 weights w [(r1 - r0) * cols],
+  // row r0 first. Rows are coded independently and write only their own bytes, so calls on
+  // disjoint row ranges may run at once. nullptr: the format codes the matrix whole.
+  void (*quantize_rows)(QuantizedMatrix& m, const float* w, size_t r0, size_t r1, const QuantizeScan& s);
+  // The whole matrix from its rows (bf16c: a tile's table depends on all of its rows; nano
+  // refuses); nullptr when quantize_rows is set.
+  void (*quantize_whole)(QuantizedMatrix& m, const WeightRows& w);
   // Row r < rows as f32 [cols], exactly as the kernels see it; allocates nothing.
   void (*dequantize_row)(const QuantizedMatrix& m, size_t r, float* out);
   // A new matrix holding the given ranges (of matrices of this format, equal cols and

@@ -99,18 +99,22 @@ QuantizedMatrix Int4FromBuffers(size_t rows, size_t cols, int group, StoredBuffe
   return m;
 }
 
-// GGUF Q4_1 numerics, but q is rounded against the fp16-rounded scale and min that are
-// stored, so dequantize() is what the kernels multiply by.
-void Int4Quantize(QuantizedMatrix& m, const float* w) {
-  const size_t rows = m.rows(), cols = m.cols(), group = size_t(m.group_size()), ng = cols / group;
-  for (float v : {*std::max_element(w, w + rows * cols), *std::min_element(w, w + rows * cols)})
+// The largest weight, then the smallest, must fit the fp16 scale and min.
+void Int4QuantizeBegin(const QuantizeScan& s) {
+  for (float v : {s.hi, s.lo})
     if (std::fabs(v) > 65504.0f)
       throw std::invalid_argument("quantize: int4 needs |w| <= 65504 (fp16 scale/min), got " + std::to_string(v));
+}
+
+// GGUF Q4_1 numerics, but q is rounded against the fp16-rounded scale and min that are
+// stored, so dequantize() is what the kernels multiply by.
+void Int4QuantizeRows(QuantizedMatrix& m, const float* w, size_t r0, size_t r1, const QuantizeScan&) {
+  const size_t cols = m.cols(), group = size_t(m.group_size()), ng = cols / group;
   std::vector<uint16_t> scale(ng), mins(ng);
   std::vector<uint8_t> q(cols);
-  for (size_t r = 0; r < rows; ++r) {
+  for (size_t r = r0; r < r1; ++r) {
     for (size_t g = 0; g < ng; ++g) {
-      const float* x = w + r * cols + g * group;
+      const float* x = w + (r - r0) * cols + g * group;
       const float lo = *std::min_element(x, x + group), hi = *std::max_element(x, x + group);
       const uint16_t d16 = F16FromF32((hi - lo) / 15.0f), m16 = F16FromF32(lo);
       const float d = F32FromF16(d16), mn = F32FromF16(m16);
@@ -157,7 +161,9 @@ QuantizedMatrix Int4StackRows(const std::vector<RowRange>& ranges) { return Stac
 extern const FormatTraits kInt4Traits = {
     WeightFormat::kInt4, "int4", nullptr, /*tiled=*/true, /*grouped=*/true,
     Int4PaddedCols, Int4RowBytes, Int4DataBytes, /*has_row_multiplier=*/false, /*has_exceptions=*/false,
-    Int4Buffers, Int4FromBuffers, Int4Quantize, Int4DequantizeRow, Int4StackRows,
+    Int4Buffers, Int4FromBuffers,
+    ScanKind::kRange, Int4QuantizeBegin, Int4QuantizeRows, /*quantize_whole=*/nullptr,
+    Int4DequantizeRow, Int4StackRows,
 };
 
 QuantizedMatrix FromInt4(const uint8_t* q, const uint16_t* scale, const uint16_t* mins, size_t rows, size_t cols,

@@ -49,10 +49,10 @@ QuantizedMatrix Int8FromBuffers(size_t rows, size_t cols, int, StoredBuffers& in
 }
 
 // Symmetric per row: scale = max|w| / 127, q = round_half_even(w / scale).
-void Int8Quantize(QuantizedMatrix& m, const float* w) {
+void Int8QuantizeRows(QuantizedMatrix& m, const float* w, size_t r0, size_t r1, const QuantizeScan&) {
   const size_t cols = m.cols();
-  for (size_t r = 0; r < m.rows(); ++r) {
-    const float* x = w + r * cols;
+  for (size_t r = r0; r < r1; ++r) {
+    const float* x = w + (r - r0) * cols;
     float amax = 0;
     for (size_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[c]));
     const float scale = amax / 127.0f;
@@ -81,7 +81,9 @@ QuantizedMatrix Int8StackRows(const std::vector<RowRange>& ranges) { return Stac
 extern const FormatTraits kInt8Traits = {
     WeightFormat::kInt8, "int8", nullptr, /*tiled=*/true, /*grouped=*/false,
     Int8PaddedCols, Int8RowBytes, Int8DataBytes, /*has_row_multiplier=*/true, /*has_exceptions=*/false,
-    Int8Buffers, Int8FromBuffers, Int8Quantize, Int8DequantizeRow, Int8StackRows,
+    Int8Buffers, Int8FromBuffers,
+    ScanKind::kNone, /*quantize_begin=*/nullptr, Int8QuantizeRows, /*quantize_whole=*/nullptr,
+    Int8DequantizeRow, Int8StackRows,
 };
 
 }  // namespace ternlm

@@ -78,7 +78,7 @@ QuantizedMatrix NanoFromBuffers(size_t rows, size_t cols, int rank, StoredBuffer
   return m;
 }
 
-void NanoQuantize(QuantizedMatrix&, const float*) {
+void NanoQuantize(QuantizedMatrix&, const WeightRows&) {
   throw std::invalid_argument(
       "quantize: nano weights come from a factorization with a bit budget: use "
       "ternlm.quantize(w, 'nano:0.8') (python/ternlm/nano.py) or ternlm.from_nano");
@@ -117,7 +117,9 @@ QuantizedMatrix NanoStackRows(const std::vector<RowRange>& ranges) {
 extern const FormatTraits kNanoTraits = {
     WeightFormat::kNano, "nano", nullptr, /*tiled=*/false, /*grouped=*/false,
     NanoPaddedCols, NanoRowBytes, NanoDataBytes, /*has_row_multiplier=*/false, /*has_exceptions=*/false,
-    NanoBuffers, NanoFromBuffers, NanoQuantize, NanoDequantizeRow, NanoStackRows, /*low_rank=*/true,
+    NanoBuffers, NanoFromBuffers,
+    ScanKind::kNone, /*quantize_begin=*/nullptr, /*quantize_rows=*/nullptr, NanoQuantize,
+    NanoDequantizeRow, NanoStackRows, /*low_rank=*/true,
 };
 
 QuantizedMatrix FromNano(const int8_t* u, const int8_t* v, const float* s_out, const float* s_in, size_t rows,

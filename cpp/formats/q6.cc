@@ -79,43 +79,50 @@ inline float RoundEven(float v) {
 }
 
 // The least-squares scale of x [n] for codes in [-32, 31], over a few candidate grids
-// (the largest |x| mapped to -32 and slightly off it); returns 0 for an all-zero x.
+// (the largest |x| mapped to -32 and slightly off it, t = -2..2); returns 0 for an all-zero
+// x. The five grids are worked side by side: each grid's sums still add their terms in
+// index order (the same doubles as one grid after the other), but five chains of dependent
+// additions overlap instead of running one after the other.
 float SubBlockScale(const float* x, size_t n) {
   float v = 0;
   for (size_t i = 0; i < n; ++i)
     if (std::fabs(x[i]) > std::fabs(v)) v = x[i];
   if (v == 0) return 0;
+  constexpr int kGrids = 5;
+  float iscale[kGrids], q[kGrids][kQ6SubCols], scale[kGrids];
+  double xq[kGrids] = {0}, qq[kGrids] = {0}, err[kGrids] = {0};
+  for (int g = 0; g < kGrids; ++g) iscale[g] = -(32.0f + 0.3f * float(g - 2)) / v;
+  for (size_t i = 0; i < n; ++i) {
+    for (int g = 0; g < kGrids; ++g) {
+      q[g][i] = std::min(31.0f, std::max(-32.0f, RoundEven(x[i] * iscale[g])));
+      xq[g] += double(x[i]) * q[g][i];
+      qq[g] += double(q[g][i]) * q[g][i];
+    }
+  }
+  for (int g = 0; g < kGrids; ++g) scale[g] = qq[g] == 0 ? 0.0f : float(xq[g] / qq[g]);
+  for (size_t i = 0; i < n; ++i) {
+    for (int g = 0; g < kGrids; ++g) {
+      const double e = double(x[i]) - double(scale[g]) * q[g][i];
+      err[g] += e * e;
+    }
+  }
   float best = -v / 32.0f, best_err = INFINITY;
-  for (int t = -2; t <= 2; ++t) {
-    const float iscale = -(32.0f + 0.3f * float(t)) / v;
-    double xq = 0, qq = 0;
-    float q[kQ6SubCols];
-    for (size_t i = 0; i < n; ++i) {
-      q[i] = std::min(31.0f, std::max(-32.0f, RoundEven(x[i] * iscale)));
-      xq += double(x[i]) * q[i];
-      qq += double(q[i]) * q[i];
-    }
-    if (qq == 0) continue;
-    const float scale = float(xq / qq);
-    double err = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const double e = double(x[i]) - double(scale) * q[i];
-      err += e * e;
-    }
-    if (err < best_err) best_err = float(err), best = scale;
+  for (int g = 0; g < kGrids; ++g) {
+    if (qq[g] == 0) continue;  // no code away from zero on this grid
+    if (err[g] < best_err) best_err = float(err[g]), best = scale[g];
   }
   return best;
 }
 
-void Q6Quantize(QuantizedMatrix& m, const float* w) {
+void Q6QuantizeRows(QuantizedMatrix& m, const float* w, size_t r0, size_t r1, const QuantizeScan&) {
   const size_t cols = m.cols(), nsub = (cols + kQ6SubCols - 1) / kQ6SubCols;
   const size_t nsup = (cols + kQ6SuperCols - 1) / kQ6SuperCols;
   std::vector<float> scale(nsub);
   std::vector<int8_t> sc(nsub);
   std::vector<uint16_t> d(nsup);
   std::vector<uint8_t> u(cols);
-  for (size_t r = 0; r < m.rows(); ++r) {
-    const float* x = w + r * cols;
+  for (size_t r = r0; r < r1; ++r) {
+    const float* x = w + (r - r0) * cols;
     for (size_t j = 0; j < nsub; ++j)
       scale[j] = SubBlockScale(x + j * kQ6SubCols, std::min(kQ6SubCols, cols - j * kQ6SubCols));
     for (size_t s = 0; s < nsup; ++s) {
@@ -167,7 +174,9 @@ QuantizedMatrix Q6StackRows(const std::vector<RowRange>& ranges) { return StackR
 extern const FormatTraits kQ6Traits = {
     WeightFormat::kQ6, "q6", nullptr, /*tiled=*/true, /*grouped=*/false,
     Q6PaddedCols, Q6RowBytes, Q6DataBytes, /*has_row_multiplier=*/false, /*has_exceptions=*/false,
-    Q6Buffers, Q6FromBuffers, Q6Quantize, Q6DequantizeRow, Q6StackRows,
+    Q6Buffers, Q6FromBuffers,
+    ScanKind::kNone, /*quantize_begin=*/nullptr, Q6QuantizeRows, /*quantize_whole=*/nullptr,
+    Q6DequantizeRow, Q6StackRows,
 };
 
 QuantizedMatrix FromQ6(const uint8_t* u, const int8_t* sc, const uint16_t* d, size_t rows, size_t cols) {

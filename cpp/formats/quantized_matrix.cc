@@ -1,6 +1,6 @@
-// QuantizedMatrix's generic storage and the format-independent entry points (Quantize,
-// FromBuffers, ConcatRows, SliceRows, DequantizeRow). Everything that depends on the
-// format goes through its row of the table in formats/format_traits.h.
+// QuantizedMatrix's generic storage and the format-independent entry points (FromBuffers,
+// ConcatRows, SliceRows, DequantizeRow; Quantize is in formats/quantize.cc). Everything
+// that depends on the format goes through its row of the table in formats/format_traits.h.
 #include "formats/quantized_matrix.h"
 
 #include <cstring>
@@ -110,16 +110,6 @@ QuantizedMatrix QuantizedMatrix::FromBuffers(WeightFormat f, size_t rows, size_t
 }
 
 // ---------------------------------------------------------------- constructors
-
-QuantizedMatrix Quantize(const float* w, size_t rows, size_t cols, WeightFormat f, int group) {
-  const FormatTraits& t = Traits(f);
-  CheckShape("quantize", rows, cols);
-  if (t.grouped) CheckGroup("quantize", cols, group);
-  CheckFinite(w, rows * cols);
-  QuantizedMatrix m = QuantizedMatrix::Allocate(f, rows, cols, group);
-  t.quantize(m, w);
-  return m;
-}
 
 QuantizedMatrix SliceRows(const QuantizedMatrix& m, size_t r0, size_t r1) {
   if (r0 >= r1 || r1 > m.rows())

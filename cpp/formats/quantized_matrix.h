@@ -8,7 +8,8 @@
 // CONTRACT (shared by kernels/, model/ and python/; keep the names):
 //   WeightFormat           kF32, kBF16, kInt4, kTernary, kBF16C, kInt8, kQ6, kNano
 //   QuantizedMatrix        format(), rows(), cols(), group_size(), nbytes(), bits_per_weight()
-//   Quantize(...)          f32 [rows, cols] -> any format (numerics: see Quantize below)
+//   Quantize(...)          f32 [rows, cols] -> any format (numerics: see Quantize below;
+//                          from bf16 / fp16 bits and over threads: QuantizeWeights, formats/quantize.h)
 //   Dequantize / DequantizeRow
 //   FromTernary(...)       int8 {-1,0,1} + per-row output multiplier (already-ternary checkpoints)
 //   FromInt4(...)          q uint8 [rows, cols] in [0,15] + fp16 scale/min per group (GGUF Q4_1, lossless)

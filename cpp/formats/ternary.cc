@@ -81,16 +81,15 @@ QuantizedMatrix TernaryFromBuffers(size_t rows, size_t cols, int, StoredBuffers&
   return m;
 }
 
-void TernaryQuantize(QuantizedMatrix& m, const float* w) {
-  const size_t rows = m.rows(), cols = m.cols();
-  double sum = 0;
-  for (size_t i = 0; i < rows * cols; ++i) sum += std::fabs(double(w[i]));
-  const float mean = float(sum / double(rows * cols));
+// Absmean per tensor: s_w from the scan's sum of |w| (the same float for every row range).
+void TernaryQuantizeRows(QuantizedMatrix& m, const float* w, size_t r0, size_t r1, const QuantizeScan& s) {
+  const size_t cols = m.cols();
+  const float mean = float(s.abs_sum / double(s.count));
   const float s_w = 1.0f / std::max(mean, 1e-5f);
   std::vector<int8_t> t(cols);
-  for (size_t r = 0; r < rows; ++r) {
+  for (size_t r = r0; r < r1; ++r) {
     for (size_t c = 0; c < cols; ++c) {
-      const float v = std::nearbyint(w[r * cols + c] * s_w);
+      const float v = std::nearbyint(w[(r - r0) * cols + c] * s_w);
       t[c] = int8_t(std::min(1.0f, std::max(-1.0f, v)));
     }
     TernarySetRow(m.mutable_data(), m.padded_cols(), r, t.data(), cols);
@@ -115,7 +114,9 @@ QuantizedMatrix TernaryStackRows(const std::vector<RowRange>& ranges) { return S
 extern const FormatTraits kTernaryTraits = {
     WeightFormat::kTernary, "ternary", nullptr, /*tiled=*/true, /*grouped=*/false,
     TernaryPaddedCols, TernaryRowBytes, TernaryDataBytes, /*has_row_multiplier=*/true, /*has_exceptions=*/false,
-    TernaryBuffers, TernaryFromBuffers, TernaryQuantize, TernaryDequantizeRow, TernaryStackRows,
+    TernaryBuffers, TernaryFromBuffers,
+    ScanKind::kAbsSum, /*quantize_begin=*/nullptr, TernaryQuantizeRows, /*quantize_whole=*/nullptr,
+    TernaryDequantizeRow, TernaryStackRows,
 };
 
 QuantizedMatrix FromTernary(const int8_t* t, size_t rows, size_t cols, const float* mult) {

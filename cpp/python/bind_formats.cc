@@ -9,9 +9,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 
 #include "aligned_array.h"
+#include "formats/quantize.h"
 #include "formats/quantized_matrix.h"
 #include "formats/ternary.h"
 #include "kernels/activations.h"
@@ -53,22 +55,50 @@ void RequireNdim(const py::array& a, const std::string& where, int ndim) {
     throw py::value_error(where + " must be " + std::to_string(ndim) + "-D, got shape " + ShapeStr(a));
 }
 
-py::array_t<float> Float32Weights(py::handle w, const std::string& where) {
-  if (py::isinstance<py::array>(w)) {
-    py::array a = py::reinterpret_borrow<py::array>(w);
-    if (a.dtype().is(py::dtype("float16")) && (a.flags() & py::array::c_style))
-      return py::array_t<float>(a.attr("astype")("float32"));
-  }
-  return Require<float>(w, where, "float32 or float16");
-}
-
-// The pool a matmul call runs on; the caller holds it for the call. An explicit count
-// stays cached (RecentPool), so a loop of matmul(threads=n) starts its threads once.
-std::shared_ptr<ThreadPool> PoolFor(py::object threads) {
+// The pool a matmul or quantize call runs on; the caller holds it for the call. An explicit
+// count stays cached (RecentPool), so a loop of matmul(threads=n) starts its threads once,
+// and a model loaded with threads=n finds the pool its conversion used still running.
+std::shared_ptr<ThreadPool> PoolFor(py::object threads, const char* fn = "matmul") {
   if (threads.is_none()) return DefaultPool();
   const long n = threads.cast<long>();
-  if (n < 1) throw py::value_error("matmul: threads must be >= 1 or None, got " + std::to_string(n));
+  if (n < 1) throw py::value_error(std::string(fn) + ": threads must be >= 1 or None, got " + std::to_string(n));
   return RecentPool(size_t(n));
+}
+
+TaskRunner RunnerOn(const std::shared_ptr<ThreadPool>& pool) {
+  TaskRunner r;
+  r.threads = pool->num_threads();
+  r.run = [pool](size_t n, const std::function<void(size_t, size_t)>& fn) { pool->Run(n, fn); };
+  return r;
+}
+
+// Quantizes rows x cols source weights at p (formats/quantize.h) on the pool of `threads`,
+// without the GIL; `keep` (the array p points into) is held by the caller.
+QuantizedMatrix QuantizeOnPool(const void* p, SourceType type, size_t rows, size_t cols, const std::string& format,
+                               int group_size, py::object threads) {
+  const WeightFormat f = ParseFormat(format);
+  const TaskRunner runner = RunnerOn(PoolFor(threads, "quantize"));
+  py::gil_scoped_release release;
+  return QuantizeWeights(WeightRows(p, type, rows, cols), f, group_size, runner);
+}
+
+// quantize(w): float32 as it is, float16 as its bits (widened a few rows at a time).
+QuantizedMatrix QuantizePy(py::handle w_obj, const std::string& format, int group_size, py::object threads) {
+  if (py::isinstance<py::array>(w_obj) &&
+      py::reinterpret_borrow<py::array>(w_obj).dtype().is(py::dtype("float16"))) {
+    py::array a = py::reinterpret_borrow<py::array>(w_obj);
+    if (!(a.flags() & py::array::c_style))
+      throw py::value_error("quantize: w must be C-contiguous (np.ascontiguousarray), got strides " +
+                            std::string(py::str(py::tuple(a.attr("strides")))));
+    RequireNdim(a, "quantize: w", 2);
+    a = AlignedArray(a);
+    return QuantizeOnPool(a.data(), SourceType::kF16, size_t(a.shape(0)), size_t(a.shape(1)), format, group_size,
+                          threads);
+  }
+  py::array_t<float> w = Require<float>(w_obj, "quantize: w", "float32 or float16");
+  RequireNdim(w, "quantize: w", 2);
+  return QuantizeOnPool(w.data(), SourceType::kF32, size_t(w.shape(0)), size_t(w.shape(1)), format, group_size,
+                        threads);
 }
 
 // snprintf, not an ostringstream: a stream's number formatting goes through locale facets,
@@ -228,6 +258,14 @@ QuantizedMatrix FromBF16Py(py::handle bits_obj, const std::string& format) {
   return format == "bf16" ? FromBF16(p, rows, cols) : FromBF16C(p, rows, cols);
 }
 
+// quantize() of the bits' values (any format), rows widened a few at a time.
+QuantizedMatrix QuantizeBF16Py(py::handle bits_obj, const std::string& format, int group_size, py::object threads) {
+  py::array_t<uint16_t> b = Require<uint16_t>(bits_obj, "quantize_bf16: bits", "uint16 (bf16 bit patterns)");
+  RequireNdim(b, "quantize_bf16: bits", 2);
+  return QuantizeOnPool(b.data(), SourceType::kBF16, size_t(b.shape(0)), size_t(b.shape(1)), format, group_size,
+                        threads);
+}
+
 QuantizedMatrix FromInt4Py(py::handle q_obj, py::handle s_obj, py::handle m_obj, int group) {
   py::array_t<uint8_t> q = Require<uint8_t>(q_obj, "from_int4: q", "uint8");
   RequireNdim(q, "from_int4: q", 2);
@@ -319,15 +357,10 @@ void BindFormats(py::module_& m) {
                   py::arg("group_size"), py::arg("buffers"))
       .def("__repr__", &Repr);
 
-  m.def("quantize", [](py::handle w_obj, const std::string& format, int group_size) {
-    py::array_t<float> w = Float32Weights(w_obj, "quantize: w");
-    RequireNdim(w, "quantize: w", 2);
-    const WeightFormat f = ParseFormat(format);
-    const float* p = w.data();
-    const size_t rows = size_t(w.shape(0)), cols = size_t(w.shape(1));
-    py::gil_scoped_release release;
-    return Quantize(p, rows, cols, f, group_size);
-  }, py::arg("w"), py::arg("format"), py::arg("group_size") = 32);
+  m.def("quantize", &QuantizePy, py::arg("w"), py::arg("format"), py::arg("group_size") = 32,
+        py::arg("threads") = py::none(),
+        "w float32 or float16 [out, in] -> QuantizedMatrix; rows in blocks over the pool of `threads` "
+        "(None: the process pool), bit for bit the same result for any count (cpp/formats/quantize.h).");
   m.def("matmul", &MatMulPy, py::arg("x"), py::arg("q"), py::arg("threads") = py::none(),
         py::arg("activations") = py::none(),
         "activations: None or 'format' (the format's own quantization), or a model's 4-bit one, 'int4-absmax' / "
@@ -343,6 +376,11 @@ void BindFormats(py::module_& m) {
   m.def("from_bf16", &FromBF16Py, py::arg("bits"), py::arg("format") = "bf16",
         "A bf16 (or bf16c: the same values in ~12 bits) QuantizedMatrix from bf16 bit patterns "
         "(uint16 [out, in]) without a float32 copy.");
+  m.def("quantize_bf16", &QuantizeBF16Py, py::arg("bits"), py::arg("format"), py::arg("group_size") = 32,
+        py::arg("threads") = py::none(),
+        "quantize() of the values of bf16 bit patterns (uint16 [out, in]), bit for bit, in any format, with "
+        "no float32 copy of the matrix: rows widened a few at a time over the pool of `threads` (None: the "
+        "process pool; cpp/formats/quantize.h).");
   m.def("from_int4", &FromInt4Py, py::arg("q"), py::arg("scale"), py::arg("min"),
         py::arg("group_size") = 32);
   m.def("from_q6", &FromQ6Py, py::arg("u"), py::arg("sc"), py::arg("d"),

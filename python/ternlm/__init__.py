@@ -4,7 +4,7 @@ from ._native import core as _core  # noqa: F401
 __version__ = "0.1.0"
 from .formats import (  # noqa: E402,F401
     QuantizedMatrix, concat_rows, from_bf16, from_int4, from_nano, from_q6, from_ternary, get_num_threads, matmul,
-    pack_ternary, quantize, set_num_threads, unpack_ternary,
+    pack_ternary, quantize, quantize_bf16, set_num_threads, unpack_ternary,
 )
 from .model import Model, load  # noqa: E402,F401
 from .generation import Session  # noqa: E402,F401

@@ -193,8 +193,10 @@ class ModelConfig:
 
 class BF16Bits:
     """A matrix a checkpoint stores in bf16, not read yet. The converter takes its bits
-    as they are (ternlm.from_bf16: no float32 copy) and then calls release(); anything
-    else reads it as float32 with np.asarray (exact). Loaders subclass it."""
+    (ternlm.from_bf16 keeps them as bf16 / bf16c; ternlm.quantize_bf16 makes any other format
+    from them a few rows at a time, never through a float32 copy of the matrix) and then
+    calls release();
+    anything else reads it as float32 with np.asarray (exact). Loaders subclass it."""
 
     shape: tuple
 
@@ -214,8 +216,9 @@ class Checkpoint:
     """What every loader returns before conversion: the config, the tensors under
     canonical names, and the tokenizer.
 
-    tensors[name] is either a numpy float array (f32/f16/bf16-as-float32, possibly a
-    memmap view) still to be put into a format, a BF16Bits (a checkpoint's BF16 tensor,
+    tensors[name] is either a numpy float array (f32 or f16, possibly a memmap view; f16
+    is widened by the converter a few rows at a time) still to be put into a format, a
+    BF16Bits (a checkpoint's BF16 tensor,
     read as float32 by np.asarray or as bits by .bits()), or a ternlm.QuantizedMatrix
     already in one (packed BitNet weights, GGUF Q4_1, ternlm's own folder). `stored` maps
     each matrix name to the format it is stored in ("f32", "bf16", "int4", "ternary"):

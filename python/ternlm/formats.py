@@ -3,6 +3,7 @@
     q = ternlm.quantize(w, "ternary")        # w: float32/float16 [out, in]
     q = ternlm.quantize(w, "int4", group_size=32)
     q = ternlm.quantize(w, "bf16")            # or "bf16c": the same values in ~12 bits
+    q = ternlm.quantize_bf16(bits, "q6")      # bits: uint16 bf16 patterns; any format, no float32 copy
     q = ternlm.quantize(w, "int8")            # or "q6": near-lossless embedding / head formats
     y = ternlm.matmul(x, q)                  # x: float32 [in] or [n, in]
 
@@ -55,6 +56,7 @@ unpack_ternary = _core.unpack_ternary
 from_ternary = _core.from_ternary
 from_int4 = _core.from_int4
 from_bf16 = _core.from_bf16
+quantize_bf16 = _core.quantize_bf16
 from_q6 = _core.from_q6
 from_nano = _core.from_nano
 concat_rows = _core.concat_rows
@@ -62,14 +64,19 @@ set_num_threads = _core.set_num_threads
 get_num_threads = _core.get_num_threads
 
 
-def quantize(w, format, group_size=32):
+def quantize(w, format, group_size=32, threads=None):
     """w float32/float16 [out, in] -> QuantizedMatrix in `format` (see the module docstring);
-    "nano:<bits>" factorizes w within that many bits per weight (ternlm.nano, weights only)."""
+    "nano:<bits>" factorizes w within that many bits per weight (ternlm.nano, weights only).
+
+    Rows are quantized in blocks over a thread pool (threads: None uses the process pool,
+    an int a pool of that size); the result is the same bit for bit for any count. float16
+    weights are widened a few rows at a time, never as a float32 copy of the matrix
+    (cpp/formats/quantize.h); so are bf16 bit patterns given to quantize_bf16."""
     from . import nano
     bits = nano.parse(format)
     if bits is not None:
         return nano.quantize_nano(w, bits)
-    return _core.quantize(w, format, group_size)
+    return _core.quantize(w, format, group_size, threads)
 
 
 def matmul(x, q, threads=None):
@@ -84,6 +91,6 @@ def matmul(x, q, threads=None):
 
 
 __all__ = [
-    "QuantizedMatrix", "quantize", "matmul", "pack_ternary", "unpack_ternary",
+    "QuantizedMatrix", "quantize", "quantize_bf16", "matmul", "pack_ternary", "unpack_ternary",
     "from_ternary", "from_int4", "from_bf16", "from_q6", "from_nano", "concat_rows", "set_num_threads", "get_num_threads",
 ]

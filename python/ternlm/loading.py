@@ -87,10 +87,11 @@ def target_formats(ckpt: Checkpoint, weights, head) -> dict:
     return out
 
 
-def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
+def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True, threads=None) -> dict:
     """Canonical name -> QuantizedMatrix in its target format, or float32 norm weights.
     Tensors are taken one at a time from the (lazy) checkpoint and released after use.
-    progress: a bar where a person watches (ternlm.progress)."""
+    progress: a bar where a person watches (ternlm.progress). threads: the pool a matrix's
+    rows are quantized on (None: the process pool; ternlm.quantize)."""
     from . import formats as fm
     from .progress import progress_bar
     if any(isinstance(f, str) and f.startswith("nano:") for f in formats.values()):
@@ -101,7 +102,7 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
     bar = progress_bar(names, enabled=progress, delay=0.5, desc="loading weights", unit="tensor", leave=False)
     for name in bar:
         try:
-            out[name] = _convert_one(ckpt.tensors[name], formats.get(name), fm)
+            out[name] = _convert_one(ckpt.tensors[name], formats.get(name), fm, threads)
         except ValueError as e:
             # the codecs' value checks (NaN / Inf weights, scales, multipliers) name the
             # argument; say which file and tensor it came from
@@ -111,23 +112,27 @@ def convert_checkpoint(ckpt: Checkpoint, formats: dict, progress=True) -> dict:
     return out
 
 
-def _convert_one(value, want, fm):
+def _convert_one(value, want, fm, threads=None):
     if want is None:                                  # norm weights
         value = np.ascontiguousarray(value, dtype=np.float32)
         if not np.all(np.isfinite(value)):
             raise ValueError("norm weight has a non-finite value (Inf or NaN)")
         return value
     if isinstance(value, BF16Bits):
-        if want in ("bf16", "bf16c"):                 # bit for bit, no float32 copy
-            out = fm.from_bf16(np.ascontiguousarray(value.bits()), want)
-            value.release()
-            return out
-        value = np.asarray(value)
+        # bf16 / bf16c keep the bits; any other format is quantized from them a few rows at a
+        # time over the pool (never a float32 copy of the matrix: cpp/formats/quantize.h)
+        bits = np.ascontiguousarray(value.bits())
+        out = (fm.from_bf16(bits, want) if want in ("bf16", "bf16c")
+               else fm.quantize_bf16(bits, want, threads=threads))
+        value.release()
+        return out
     if isinstance(value, fm.QuantizedMatrix):
         if value.format == want:
             return value
         value = value.dequantize()
-    return fm.quantize(np.ascontiguousarray(value, dtype=np.float32), want)
+    if isinstance(value, np.ndarray) and value.dtype == np.float16:   # GGUF F16: widened row by row
+        return fm.quantize(np.ascontiguousarray(value), want, threads=threads)
+    return fm.quantize(np.ascontiguousarray(value, dtype=np.float32), want, threads=threads)
 
 
 def read_checkpoint(path, revision=None) -> Checkpoint:
@@ -223,7 +228,7 @@ def load(path, weights=None, threads=None, context=DEFAULT_CONTEXT, head=None, p
     else:
         warn_context(int(context), trained)
     formats = target_formats(ckpt, weights, head)
-    tensors = convert_checkpoint(ckpt, formats, progress=progress)
+    tensors = convert_checkpoint(ckpt, formats, progress=progress, threads=threads)
     engine = build_engine(ckpt.config, tensors, context, threads, kv_dtype,
                           None if max_sequences is None else int(max_sequences))
     norms = {k: v for k, v in tensors.items() if k not in formats}

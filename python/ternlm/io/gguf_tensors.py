@@ -2,8 +2,10 @@
 ternlm.io.gguf (which reads the header and the config).
 
     F32            float32 array                    stored "f32"
-    F16            float32 array (exact)            stored "f32"
-    BF16           float32 array (exact)            stored "bf16"
+    F16            float16 array (the file's view;  stored "f32"
+                   the converter widens it exactly, a few rows at a time)
+    BF16           GGUFBF16Tensor: the bf16 bits    stored "bf16"
+                   (ternlm.config.BF16Bits; no float32 copy)
     Q8_0           dequantized to float32 (exact)   stored "f32"
     Q4_0, Q4_1     ternlm INT4 group 32, lossless   stored "int4"
     Q6_K           ternlm q6 (cpp/formats/q6.h: the same numerics), lossless   stored "q6"
@@ -45,6 +47,9 @@ import warnings
 
 import numpy as np
 
+from ..config import BF16Bits
+from .safetensors import bf16_bits_to_float32
+
 GROUP = 32          # Q4_0 / Q4_1 / Q8_0 block
 TQ_BLOCK = 256      # TQ1_0 / TQ2_0 / Q6_K block
 I2S_BLOCK = 128
@@ -60,6 +65,23 @@ def unpermute_rows(a: np.ndarray, n_head: int) -> np.ndarray:
         raise ValueError(f"cannot undo the RoPE row permutation: {rows} rows, {n_head} heads")
     half = rows // n_head // 2
     return np.ascontiguousarray(a.reshape(n_head, half, 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape))
+
+
+class GGUFBF16Tensor(BF16Bits):
+    """A GGUF BF16 tensor, a view of the memory-mapped file (q/k rows put back in order when
+    the bits are taken): the converter quantizes or keeps the bits as they are (no float32
+    copy of the matrix); np.asarray widens it exactly."""
+
+    def __init__(self, bits: np.ndarray, perm):
+        self._bits, self._perm = bits, perm
+        self.shape = tuple(bits.shape)
+
+    def bits(self) -> np.ndarray:
+        return self._perm(self._bits)
+
+    def __array__(self, dtype=None, copy=None):
+        a = bf16_bits_to_float32(self.bits())
+        return a if dtype is None else a.astype(dtype, copy=False)
 
 
 # ---- block decoders (numpy, bit-exact with gguf.quants) --------------------------------------
@@ -190,11 +212,9 @@ def read_tensor(t, name, path, n_head_perm):
     shape = tuple(int(x) for x in reversed(t.shape))        # ggml ne is [cols, rows]
     perm = (lambda a: unpermute_rows(a, n_head_perm)) if n_head_perm else (lambda a: a)
     if kind in ("F32", "F16"):
-        a = np.asarray(t.data).reshape(shape)
-        return perm(a.astype(np.float32) if kind == "F16" else a), "f32"
+        return perm(np.asarray(t.data).reshape(shape)), "f32"
     if kind == "BF16":
-        raw = np.asarray(t.data).view(np.uint16).reshape(shape).astype(np.uint32) << 16
-        return perm(raw.view(np.float32)), "bf16"
+        return GGUFBF16Tensor(np.asarray(t.data).view(np.uint16).reshape(shape), perm), "bf16"
     if kind == "Q8_0":
         return perm(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)), "f32"
     if kind in ("Q4_0", "Q4_1", "Q6_K", "TQ1_0", "TQ2_0", "I2_S") and len(shape) != 2:

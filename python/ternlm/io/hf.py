@@ -100,8 +100,8 @@ def bitnet_row_multiplier(weight_scale: float, quant: dict) -> float:
 # ---- the folder -----------------------------------------------------------------------------
 class BF16Tensor(BF16Bits):
     """A BF16 safetensors tensor not yet read: np.asarray() widens it to float32 (exact);
-    the converter turns it into a bf16 QuantizedMatrix straight from its bits
-    (ternlm.from_bf16), with no float32 copy, and drops its mapped pages afterwards."""
+    the converter makes its QuantizedMatrix straight from its bits (ternlm.from_bf16,
+    ternlm.quantize_bf16), with no float32 copy, and drops its mapped pages afterwards."""
 
     def __init__(self, st, key):
         self._st, self.key = st, key
@@ -204,8 +204,7 @@ def load_hf_folder(path) -> Checkpoint:
                                  "quantization_config covering this module")
             _check_shape(where, info, shape)
             stored[name] = "bf16" if info.dtype == "BF16" else "f32"
-            makers[name] = ((lambda k=key: BF16Tensor(st, k)) if info.dtype == "BF16"
-                            else (lambda k=key: st.to_float32(k)))
+            makers[name] = _float_matrix(st, key, info.dtype)
             continue
         stored[name] = "ternary"
         if quant["quantization_mode"] == "online" and quant["linear_class"] == "autobitlinear":
@@ -219,6 +218,17 @@ def load_hf_folder(path) -> Checkpoint:
         makers[name] = (lambda k=key, s=scale_key, rows=shape[0], cols=shape[1], w=where:
                         _ternary_matrix(st, k, s, rows, cols, quant, w))
     return Checkpoint(config=config, tensors=LazyTensors(makers), stored=stored, tokenizer=tok, source=path)
+
+
+def _float_matrix(st, key, dtype):
+    """A maker for a float matrix as the converter takes it: BF16 as its bits (BF16Tensor),
+    F16 as the file's float16 view (both quantized a few rows at a time, with no float32 copy
+    of the matrix), F32 as it is, anything else widened to float32."""
+    if dtype == "BF16":
+        return lambda: BF16Tensor(st, key)
+    if dtype == "F16":
+        return lambda: st.raw(key)
+    return lambda: st.to_float32(key)
 
 
 def _float_vector(st, key, shape):
