@@ -39,8 +39,10 @@ inline size_t AttentionPartLength(size_t context) {
 // combine into the softmax over their union: with M = max_j row_max_j,
 //   out_r = sum_j e^(row_max_j - M) out_j / sum_j e^(row_max_j - M) row_sum_j
 // (parts with row_sum_j = 0 skipped); Transformer::Attention (model/transformer_attention.cc)
-// combines its parts this way, one at a time. Each key block and
-// value row is read once for all rows.
+// folds its parts into this one at a time, in position order. A row's results depend only
+// on its own query, its visible positions in [begin, end) and the cache, not on the other
+// rows of the call nor on where begin lies left of its window. Each key block and value
+// row is read once for all rows.
 struct AttendArgs {
   const float* q;          // row (i, g) at q + i * q_stride + g * head_dim
   size_t q_stride, tokens, group, first_len;
