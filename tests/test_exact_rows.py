@@ -16,8 +16,8 @@ from ternlm._native import core
 from ternlm.speculative import Lookup, LookupDrafter
 from ternlm.synthetic import write_synthetic_bitnet
 
-CONTEXT = 1024     # attention parts of 256 positions (AttentionPartLength)
-PROMPT = 560       # queries after it see 3 parts
+CONTEXT = 4096     # attention parts of 1024 positions (AttentionPartLength)
+PROMPT = 2100      # queries after it see 3 parts
 NEW = 26           # = 9 + 17: one verify step of 8 drafts, one of 16
 THREADS = (1, 2, 4)
 
@@ -112,7 +112,7 @@ def test_greedy_speculative_text_is_plain_text_at_every_thread_count(spec_folder
     for threads in THREADS:
         m = ternlm.load(spec_folder, weights=weights, head=head, context=CONTEXT, threads=threads,
                         max_sequences=2, progress=False)
-        for seed, n in ((1, 420), (2, 700)):
+        for seed, n in ((1, 1300), (2, 2200)):
             prompt = long_prompt(n, seed)
             plain = m.generate(prompt, max_new_tokens=80)
             where = f"{weights}/{head} at {threads} threads, prompt of {n}"
