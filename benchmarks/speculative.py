@@ -16,9 +16,8 @@ time)" is plain's / lookup's median process CPU time per reply (prompt included,
 both): with --threads 1 nothing spins, so it counts the work done and holds on a machine
 where other jobs take the cores away (wall time then measures them too). Acceptance = accepted / drafted tokens;
 "drafted / token" = drafted tokens per generated token. "same text": whether the lookup
-reply equals the plain one (greedy: it does where a verify row's logits are a decode row's
-bit for bit, i.e. integer sums; this model's f32 head and int4 group sums order their float
-additions differently in a GEMM than a GEMV, so near-ties may resolve otherwise).
+reply equals the plain one (greedy: it must, a verify row's logits being a decode row's bit
+for bit; tests/test_exact_rows.py).
 """
 from __future__ import annotations
 

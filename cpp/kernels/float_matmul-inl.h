@@ -4,7 +4,7 @@
 // registers. Activations are f32 copies padded with zeros, so the inner loops
 // have no tail. BF16 weights are widened to f32 (a shift or an AND), f32 accumulation;
 // up to 4 activation rows per pass over the weights so prefill reads each weight once
-// per 4 tokens.
+// per 4 tokens. A row's result does not depend on how many activation rows run with it.
 #if defined(TERNLM_KERNELS_FLOAT_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TERNLM_KERNELS_FLOAT_MATMUL_INL_H_
 #undef TERNLM_KERNELS_FLOAT_MATMUL_INL_H_
@@ -37,142 +37,94 @@ HWY_INLINE hn::Vec<DF> LoadWeights(DF df, const hwy::bfloat16_t* w, size_t i) {
   return hn::PromoteTo(df, hn::LoadU(dbf, w + i));
 }
 
-// Decode: one weight row times one activation row, 4 independent FMA chains.
-template <typename TW>
-HWY_INLINE float FloatDot(const TW* HWY_RESTRICT w, size_t cols, const float* HWY_RESTRICT x) {
-  const hn::CappedTag<float, 16> df;
-  const size_t N = hn::Lanes(df);
-  auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-  size_t i = 0;
-  for (; i + 4 * N <= cols; i += 4 * N) {
-    a0 = hn::MulAdd(LoadWeights(df, w, i), hn::LoadU(df, x + i), a0);
-    a1 = hn::MulAdd(LoadWeights(df, w, i + N), hn::LoadU(df, x + i + N), a1);
-    a2 = hn::MulAdd(LoadWeights(df, w, i + 2 * N), hn::LoadU(df, x + i + 2 * N), a2);
-    a3 = hn::MulAdd(LoadWeights(df, w, i + 3 * N), hn::LoadU(df, x + i + 3 * N), a3);
-  }
-  for (; i < cols; i += N) a0 = hn::MulAdd(LoadWeights(df, w, i), hn::LoadU(df, x + i), a0);
-  return hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
-}
-
-// Prefill: R weight rows (stride apart) times NX activation rows, out[r * NX + j];
-// each weight vector is widened once and used NX times, each activation vector R times.
-template <size_t R, size_t NX, typename TW>
-HWY_INLINE void FloatDots(const TW* HWY_RESTRICT w, size_t stride, size_t cols,
-                          const float* const* x, float* out) {
-  const hn::CappedTag<float, 16> df;
-  const size_t N = hn::Lanes(df);
-  using V = hn::Vec<decltype(df)>;
-  V acc[R * NX];
-#pragma GCC unroll 8
-  for (size_t k = 0; k < R * NX; ++k) acc[k] = hn::Zero(df);
-  for (size_t i = 0; i < cols; i += N) {
-    V wv[R];
-#pragma GCC unroll 2
-    for (size_t r = 0; r < R; ++r) wv[r] = LoadWeights(df, w + r * stride, i);
-#pragma GCC unroll 4
-    for (size_t j = 0; j < NX; ++j) {
-      const V xv = hn::LoadU(df, x[j] + i);
-#pragma GCC unroll 2
-      for (size_t r = 0; r < R; ++r) acc[r * NX + j] = hn::MulAdd(wv[r], xv, acc[r * NX + j]);
-    }
-  }
-#pragma GCC unroll 8
-  for (size_t k = 0; k < R * NX; ++k) out[k] = hn::GetLane(hn::SumOfLanes(df, acc[k]));
-}
-
-template <size_t R, typename TW>
-HWY_INLINE void FloatDotsNX(size_t nx, const TW* w, size_t stride, const float* const* x, float* out) {
-  switch (nx) {
-    case 4: FloatDots<R, 4>(w, stride, stride, x, out); break;
-    case 3: FloatDots<R, 3>(w, stride, stride, x, out); break;
-    case 2: FloatDots<R, 2>(w, stride, stride, x, out); break;
-    default: FloatDots<R, 1>(w, stride, stride, x, out); break;
-  }
-}
-
-// Few activation rows (a speculative verify step, a few sequences decoding): each weight
-// row is streamed once, in order, as the GEMV streams it, and multiplied by up to
-// kFewRows activation rows read from L1. Walking two weight rows at once (FloatDots) reads
-// two interleaved streams, which the hardware prefetcher follows worse (on a head larger
-// than the caches, over twice the GEMV's time at 2 rows). With NX <= 4 two sets of
-// accumulators (even / odd vectors) keep >= 4 FMA chains in flight.
-constexpr size_t kFewRows = 8;
+// F32 weight rows times activation rows. Every row's dot product has one summation order,
+// whatever the number of activation rows (a decode row, a speculative verify step of up
+// to 9 rows, a prefill chunk): two FMA chains per activation row, over the even and the
+// odd vectors of the row (a last odd vector on the even chain), then the sum of the two
+// chains' lanes. So a token's logits are the same bit for bit in a decode step, a verify
+// step or a prefill chunk (tests/test_exact_rows.py).
+//
+// Each weight row is streamed once, in order, as a GEMV streams it, and multiplied by up
+// to 4 activation rows read from L1 (8 accumulators + 1 weight vector: fits 16 vector
+// registers). Walking two weight rows at once reads two interleaved streams, which the
+// hardware prefetcher follows worse (on a head larger than the caches, over twice the
+// GEMV's time at 2 rows).
 template <size_t NX, typename TW>
 HWY_INLINE void FloatRowDots(const TW* HWY_RESTRICT w, size_t cols, const float* const* x, float* out) {
   const hn::CappedTag<float, 16> df;
   const size_t N = hn::Lanes(df);
   using V = hn::Vec<decltype(df)>;
-  constexpr size_t kSets = NX <= 4 ? 2 : 1;
-  V acc[kSets][NX];
-#pragma GCC unroll 16
-  for (size_t k = 0; k < kSets * NX; ++k) acc[k / NX][k % NX] = hn::Zero(df);
+  V even[NX], odd[NX];
+#pragma GCC unroll 4
+  for (size_t j = 0; j < NX; ++j) even[j] = odd[j] = hn::Zero(df);
   size_t i = 0;
-  for (; i + kSets * N <= cols; i += kSets * N) {
-#pragma GCC unroll 2
-    for (size_t s = 0; s < kSets; ++s) {
-      const V wv = LoadWeights(df, w, i + s * N);
-#pragma GCC unroll 8
-      for (size_t j = 0; j < NX; ++j) acc[s][j] = hn::MulAdd(wv, hn::LoadU(df, x[j] + i + s * N), acc[s][j]);
+  for (; i + 2 * N <= cols; i += 2 * N) {
+    const V w0 = LoadWeights(df, w, i), w1 = LoadWeights(df, w, i + N);
+#pragma GCC unroll 4
+    for (size_t j = 0; j < NX; ++j) {
+      even[j] = hn::MulAdd(w0, hn::LoadU(df, x[j] + i), even[j]);
+      odd[j] = hn::MulAdd(w1, hn::LoadU(df, x[j] + i + N), odd[j]);
     }
   }
-  for (; i < cols; i += N) {  // cols is a multiple of N (16-column padding): at most one vector
-    const V wv = LoadWeights(df, w, i);
-#pragma GCC unroll 8
-    for (size_t j = 0; j < NX; ++j) acc[0][j] = hn::MulAdd(wv, hn::LoadU(df, x[j] + i), acc[0][j]);
+  if (i < cols) {  // cols is a multiple of N (16-column padding): at most one vector
+    const V w0 = LoadWeights(df, w, i);
+#pragma GCC unroll 4
+    for (size_t j = 0; j < NX; ++j) even[j] = hn::MulAdd(w0, hn::LoadU(df, x[j] + i), even[j]);
   }
-#pragma GCC unroll 8
-  for (size_t j = 0; j < NX; ++j)
-    out[j] = hn::GetLane(hn::SumOfLanes(df, kSets == 2 ? hn::Add(acc[0][j], acc[kSets - 1][j]) : acc[0][j]));
+#pragma GCC unroll 4
+  for (size_t j = 0; j < NX; ++j) out[j] = hn::GetLane(hn::SumOfLanes(df, hn::Add(even[j], odd[j])));
 }
 
+// Activation rows [x0, x0 + NX) times weight rows [r0, r1).
 template <size_t NX, typename TW>
-HWY_INLINE void FloatFewRows(const TW* w, size_t stride, const PreparedActivations& a, size_t r0, size_t r1,
-                             const MatMulOutput& out) {
+HWY_INLINE void FloatRowsNX(const TW* w, size_t stride, const PreparedActivations& a, size_t x0, size_t r0,
+                            size_t r1, const MatMulOutput& out) {
   const float* xs[NX];
-  for (size_t j = 0; j < NX; ++j) xs[j] = a.xf + j * a.stride;
+  for (size_t j = 0; j < NX; ++j) xs[j] = a.xf + (x0 + j) * a.stride;
   float d[NX];
   for (size_t r = r0; r < r1; ++r) {
     FloatRowDots<NX>(w + r * stride, stride, xs, d);
-    for (size_t j = 0; j < NX; ++j) out.y[j * out.y_stride + r] = d[j];
+    for (size_t j = 0; j < NX; ++j) out.y[(x0 + j) * out.y_stride + r] = d[j];
+  }
+}
+
+// 5 to 8 activation rows (a speculative verify step, a few sequences decoding): each
+// weight row streamed once, for rows 0-3 and then, from L1, for rows 4 .. 4 + NX2.
+template <size_t NX2, typename TW>
+HWY_INLINE void FloatRowsTwoGroups(const TW* w, size_t stride, const PreparedActivations& a, size_t r0,
+                                   size_t r1, const MatMulOutput& out) {
+  for (size_t r = r0; r < r1; ++r) {
+    FloatRowsNX<4>(w, stride, a, 0, r, r + 1, out);
+    FloatRowsNX<NX2>(w, stride, a, 4, r, r + 1, out);
   }
 }
 
 template <typename TW>
 HWY_INLINE void FloatMatMulRowsT(const TW* w, size_t stride, const PreparedActivations& a,
                                  size_t r0, size_t r1, const MatMulOutput& out) {
-  if (a.n == 1) {
-    for (size_t r = r0; r < r1; ++r) out.y[r] = FloatDot(w + r * stride, stride, a.xf);
-    return;
-  }
   switch (a.n) {  // once per call: each row count has its own loop
-    case 2: return FloatFewRows<2>(w, stride, a, r0, r1, out);
-    case 3: return FloatFewRows<3>(w, stride, a, r0, r1, out);
-    case 4: return FloatFewRows<4>(w, stride, a, r0, r1, out);
-    case 5: return FloatFewRows<5>(w, stride, a, r0, r1, out);
-    case 6: return FloatFewRows<6>(w, stride, a, r0, r1, out);
-    case 7: return FloatFewRows<7>(w, stride, a, r0, r1, out);
-    case 8: return FloatFewRows<8>(w, stride, a, r0, r1, out);
+    case 1: return FloatRowsNX<1>(w, stride, a, 0, r0, r1, out);
+    case 2: return FloatRowsNX<2>(w, stride, a, 0, r0, r1, out);
+    case 3: return FloatRowsNX<3>(w, stride, a, 0, r0, r1, out);
+    case 4: return FloatRowsNX<4>(w, stride, a, 0, r0, r1, out);
+    case 5: return FloatRowsTwoGroups<1>(w, stride, a, r0, r1, out);
+    case 6: return FloatRowsTwoGroups<2>(w, stride, a, r0, r1, out);
+    case 7: return FloatRowsTwoGroups<3>(w, stride, a, r0, r1, out);
+    case 8: return FloatRowsTwoGroups<4>(w, stride, a, r0, r1, out);
     default: break;
   }
-  const size_t row_bytes = stride * sizeof(TW);
-  const size_t slice = std::max<size_t>(2, (128 * 1024) / row_bytes);
+  // Prefill: slices of weight rows that stay in L2 while every group of 4 activation rows
+  // passes over them.
+  const size_t slice = std::max<size_t>(2, (128 * 1024) / (stride * sizeof(TW)));
   for (size_t s0 = r0; s0 < r1; s0 += slice) {
     const size_t s1 = std::min(r1, s0 + slice);
-    for (size_t x0 = 0; x0 < a.n; x0 += 4) {
-      const size_t nx = std::min<size_t>(4, a.n - x0);
-      const float* xs[4];
-      for (size_t j = 0; j < nx; ++j) xs[j] = a.xf + (x0 + j) * a.stride;
-      float d[8];
-      size_t r = s0;
-      for (; r + 2 <= s1; r += 2) {  // 2 weight rows x up to 4 activation rows
-        FloatDotsNX<2>(nx, w + r * stride, stride, xs, d);
-        for (size_t i = 0; i < 2; ++i)
-          for (size_t j = 0; j < nx; ++j) out.y[(x0 + j) * out.y_stride + r + i] = d[i * nx + j];
-      }
-      for (; r < s1; ++r) {
-        FloatDotsNX<1>(nx, w + r * stride, stride, xs, d);
-        for (size_t j = 0; j < nx; ++j) out.y[(x0 + j) * out.y_stride + r] = d[j];
-      }
+    size_t x0 = 0;
+    for (; x0 + 4 <= a.n; x0 += 4) FloatRowsNX<4>(w, stride, a, x0, s0, s1, out);
+    switch (a.n - x0) {
+      case 3: FloatRowsNX<3>(w, stride, a, x0, s0, s1, out); break;
+      case 2: FloatRowsNX<2>(w, stride, a, x0, s0, s1, out); break;
+      case 1: FloatRowsNX<1>(w, stride, a, x0, s0, s1, out); break;
+      default: break;
     }
   }
 }

@@ -88,11 +88,13 @@ Transformer::Transformer(const ModelConfig& config, Weights weights, size_t cont
                        total, "activations");
   s_.scores_per_thread = score_rows * AttendScoresStride(0, context);
   s_.scores = Allocate(threads * s_.scores_per_thread, total, "attention scores");
-  s_.row_stats = Allocate(threads * 2 * kAttendTokens * group, total, "attention scores");
-  s_.max_parts = threads > 1 ? std::min<size_t>(64, 4 * threads) : 1;
-  if (s_.max_parts > 1) {
-    s_.parts = Allocate(s_.max_parts * kAttendTokens * c.q_dim(), total, "attention parts");
-    s_.part_stats = Allocate(s_.max_parts * 2 * kAttendTokens * c.num_heads, total, "attention parts");
+  s_.row_stats = Allocate(threads * 4 * kAttendTokens * group, total, "attention scores");
+  s_.part_out = Allocate(threads * kAttendTokens * group * c.head_dim, total, "attention scores");
+  s_.part_len = AttentionPartLength(context);
+  if (threads > 1) {
+    s_.max_parts = (context + s_.part_len - 1) / s_.part_len;
+    s_.parts = Allocate(s_.max_parts * kSplitTokens * c.q_dim(), total, "attention parts");
+    s_.part_stats = Allocate(s_.max_parts * 2 * kSplitTokens * c.num_heads, total, "attention parts");
   }
   logit_rows_ = std::max(sequences, kMaxDraft + 1);
   s_.logits = Allocate(logit_rows_ * c.vocab_size, total, "logits");

@@ -55,10 +55,12 @@ struct RunState {
   Buffer lin_in;          // [chunk, max linear cols] a linear's own normalized input (linear_norm only)
   Buffer scores;          // [threads, scores_per_thread] attention scores per thread
   size_t scores_per_thread = 0;  // kAttendTokens * group * context (rounded up to kKeyBlock)
-  Buffer row_stats;       // [threads, 2 * kAttendTokens * group] AttendPartial max / sum per row
-  Buffer parts;           // [max_parts, kAttendTokens, q_dim] attention of split positions,
-  Buffer part_stats;      // [max_parts, 2, kAttendTokens, heads] and its max / sum per row
-  size_t max_parts = 1;
+  Buffer row_stats;       // [threads, 4 * kAttendTokens * group] max / sum per row: running, part's
+  Buffer part_out;        // [threads, kAttendTokens * group * head_dim] one part's attention
+  size_t part_len = 0;    // positions per attention part (transformer_attention.cc)
+  Buffer parts;           // [max_parts, kSplitTokens, q_dim] parts of a split segment (threads > 1)
+  Buffer part_stats;      // [max_parts, 2, kSplitTokens, heads] and their max / sum per row
+  size_t max_parts = 0;
   Buffer logits;          // [max(sequences, kMaxDraft + 1), vocab] logits of the sampled rows
   Buffer rope_cos, rope_sin;  // [context, head_dim/2] per position, filled as positions are
   size_t rope_ready = 0;      // first reached: [0, rope_ready) hold their values
@@ -98,6 +100,9 @@ class Transformer {
   static constexpr size_t kMaxSequences = kMaxChunk;  // a decode step is one chunk
   static constexpr size_t kDefaultSequences = 8;
   static constexpr size_t kMaxDraft = 16;  // drafted tokens one Batch entry may verify
+  // Query tokens of a segment whose attention parts may be spread over the threads (a
+  // decode row, a verify entry).
+  static constexpr size_t kSplitTokens = (kMaxDraft + kAttendTokens) / kAttendTokens * kAttendTokens;
 
   // Takes the weights; context = KV-cache length in tokens per sequence; sequences = KV
   // slots (1..kMaxSequences; 0: the most up to kDefaultSequences whose caches fit, at least
@@ -159,11 +164,13 @@ class Transformer {
   void SetBetweenChunks(std::function<void()> fn) { between_chunks_ = std::move(fn); }
 
  private:
-  // Rows [row, row + n) of a chunk: tokens of one slot from position pos. parts/part_len:
-  // how Attention splits its cached positions (set there).
+  // Rows [row, row + n) of a chunk: tokens of one slot from position pos. Set by Attention:
+  // whether its parts are spread over the threads (split), its parts [first_part,
+  // first_part + parts) and, unsplit, its first task of the shared dispatch.
   struct Segment {
     size_t slot, pos, row, n;
-    size_t parts = 1, part_len = 0, first_task = 0;
+    bool split = false;
+    size_t first_part = 0, parts = 0, first_task = 0;
   };
   // The one check of token ids and context below the Python API; `what` names the call.
   void CheckTokens(const char* what, const int32_t* tokens, size_t n, size_t slot) const;
@@ -177,7 +184,10 @@ class Transformer {
   void SampleEntry(BatchEntry& e, size_t pos0, const float* logits);  // one Batch entry's draw(s)
   void RopeAndCache(size_t layer, size_t n);  // the chunk's q and k rotated, k and v cached
   void Attention(size_t layer, Segment* segs, size_t nseg);  // transformer_attention.cc
+  bool PartArgs(size_t layer, const Segment& g, size_t t0, size_t rows_tokens, size_t kvh, size_t part,
+                size_t thread, AttendArgs& a) const;
   void AttendTask(size_t layer, const Segment& seg, size_t task, size_t thread);
+  void AttendPartTask(size_t layer, const Segment& seg, size_t task, size_t thread);
   void CombineParts(const Segment& seg);
   // in_norms: nullptr, or (linear_norm) the input norm weight of each piece of p.
   void Project(const FusedProjection& p, const float* in, size_t n, float* out,
