@@ -9,12 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 import ternlm
+from concurrency import run_threads
 from ternlm.config import BF16Bits
 from ternlm.io.safetensors import bf16_bits_to_float32
 from ternlm.loading import read_checkpoint
@@ -159,23 +159,15 @@ def test_many_python_threads_at_once():
     rng = np.random.default_rng(6)
     jobs = [(fmt, bf16_bits(rng, 400 + 17 * i, 320)) for i, fmt in enumerate(["int8", "q6", "int4", "ternary"])]
     want = [ternlm.quantize(bf16_bits_to_float32(b), fmt, threads=1).buffers() for fmt, b in jobs]
-    errors = []
 
     def work(k):
-        try:
-            for n in range(6):
-                j = (k + n) % len(jobs)
-                got = ternlm.quantize_bf16(jobs[j][1], jobs[j][0], threads=(None, 1, 2, 3)[(k + n) % 4]).buffers()
-                for name, v in want[j].items():
-                    np.testing.assert_array_equal(got[name], v)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+        for n in range(6):
+            j = (k + n) % len(jobs)
+            got = ternlm.quantize_bf16(jobs[j][1], jobs[j][0], threads=(None, 1, 2, 3)[(k + n) % 4]).buffers()
+            for name, v in want[j].items():
+                np.testing.assert_array_equal(got[name], v)
+
+    run_threads([lambda k=k: work(k) for k in range(6)])
 
 
 # ---- through ternlm.load -------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import ternlm.batch  # noqa: E402
 import ternlm.ray  # noqa: E402
 from ternlm.cli import main  # noqa: E402
 
+from concurrency import run_threads  # noqa: E402
 from conftest import default_sigint  # noqa: E402
 from test_hub import add_snapshot  # noqa: E402
 from test_server import write_llama_numpy  # noqa: E402
@@ -142,21 +143,7 @@ def complete(c, prompt, max_tokens=16):
 
 
 def concurrently(fn, args):
-    out, errors = [None] * len(args), []
-
-    def work(i):
-        try:
-            out[i] = fn(*args[i])
-        except Exception as e:                # reported below
-            errors.append(repr(e))
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(args))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert not errors
-    return out
+    return run_threads([lambda a=a: fn(*a) for a in args])
 
 
 def test_serve_answers_as_the_model_does(served, model):

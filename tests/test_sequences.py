@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from concurrency import run_threads
 from conftest import CHAT_TEMPLATE
 
 import ternlm
@@ -49,23 +50,6 @@ def solo(folder):
     """Each prompt's greedy continuation from a model that never runs two at once."""
     alone = load(folder, max_sequences=1)
     return [alone.generate(p, max_new_tokens=24) for p in PROMPTS]
-
-
-def run_threads(fns):
-    out, errors = [None] * len(fns), []
-
-    def run(i):
-        try:
-            out[i] = fns[i]()
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    return out
 
 
 def wait_idle(m, timeout=10):

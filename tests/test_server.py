@@ -27,6 +27,7 @@ openai = pytest.importorskip("openai")
 import ternlm  # noqa: E402
 from ternlm.server import create_app  # noqa: E402
 
+from concurrency import run_threads  # noqa: E402
 from conftest import CHAT_TEMPLATE, default_sigint  # noqa: E402
 
 CONTEXT = 32768            # long enough that an unfinished generation takes seconds
@@ -305,24 +306,14 @@ def test_concurrent_streaming_clients_get_their_solo_text(served):
     solo = [_stream_text(served.client(), *job) for job in jobs]
     assert len({s[0] for s in solo}) == len(jobs)
     for _ in range(2):
-        results, errors = [None] * len(jobs), []
         barrier = threading.Barrier(len(jobs))
 
-        def worker(i):
-            try:
-                c = served.client()
-                barrier.wait(30)
-                results[i] = _stream_text(c, *jobs[i])
-            except Exception as e:            # reported below, with the job
-                errors.append((jobs[i], repr(e)))
+        def one(job):
+            c = served.client()
+            barrier.wait(30)
+            return _stream_text(c, *job)
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert not errors
-        assert results == solo
+        assert run_threads([lambda j=j: one(j) for j in jobs]) == solo
     assert wait_idle(served)["active_sequences"] == 0
 
 
@@ -499,22 +490,12 @@ def test_more_clients_than_sequences_wait_their_turn(llama_folder):
     try:
         prompts = PROMPTS[:6]
         solo = [m.generate(p, max_new_tokens=32) for p in prompts]
-        out, errors = [None] * len(prompts), []
 
-        def worker(i):
-            try:
-                chunks = s.client().completions.create(model="m", prompt=prompts[i], max_tokens=32, temperature=0,
-                                                       stream=True)
-                out[i] = "".join(c.choices[0].text for c in chunks)
-            except Exception as e:            # reported below
-                errors.append(repr(e))
+        def one(prompt):
+            chunks = s.client().completions.create(model="m", prompt=prompt, max_tokens=32, temperature=0, stream=True)
+            return "".join(c.choices[0].text for c in chunks)
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert not errors and out == solo
+        assert run_threads([lambda p=p: one(p) for p in prompts]) == solo
         assert wait_idle(s)["max_sequences"] == 2
     finally:
         s.stop()

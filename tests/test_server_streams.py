@@ -20,6 +20,7 @@ pytest.importorskip("uvicorn")
 
 from ternlm.server import create_app  # noqa: E402
 
+from concurrency import run_threads  # noqa: E402
 from test_server import PROMPTS, Served, load, wait_idle  # noqa: E402
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
@@ -174,23 +175,13 @@ def test_many_concurrent_streams_over_http(model, monkeypatch):
     assert len(set(want)) == len(want)
     s = Served(create_app(model))
     try:
-        got, errors = [None] * len(requests), []
         barrier = threading.Barrier(len(requests))
 
-        def worker(i):
-            try:
-                barrier.wait(30)
-                got[i] = normalized(http_stream(s.port, *requests[i]))
-            except Exception as e:            # reported below, with the request
-                errors.append((requests[i], repr(e)))
+        def one(request):
+            barrier.wait(30)
+            return normalized(http_stream(s.port, *request))
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert not errors
-        assert got == want
+        assert run_threads([lambda r=r: one(r) for r in requests]) == want
         assert wait_idle(s)["active_sequences"] == 0
     finally:
         s.stop()

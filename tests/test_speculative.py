@@ -3,12 +3,12 @@ verify entries, Sampler::SampleDraft): greedy text identical to plain decoding (
 synthetic BitNet is ternary: integer sums, so a verify row's logits are a decode row's),
 under concurrency too, with max_new_tokens and stop strings ending inside an accepted
 draft; sampled tokens distributed as plain sampling's (statistical test); the index."""
-import threading
 
 import numpy as np
 import pytest
 
 import ternlm
+from concurrency import run_threads
 from ternlm.speculative import Lookup, LookupDrafter
 from ternlm.synthetic import write_synthetic_bitnet
 
@@ -72,22 +72,12 @@ def test_concurrent_speculative_and_plain(m):
     """Verifying sequences (1 + k rows) and plain ones (1 row) in the same steps, from
     several threads: each text is its solo text."""
     want = [m.generate(p, max_new_tokens=40, repetition_penalty=2.0) for p in PROMPTS]
-    out, errors = [None] * 8, []
 
     def run(i):
-        try:
-            p = PROMPTS[i % len(PROMPTS)]
-            out[i] = m.generate(p, max_new_tokens=40, repetition_penalty=2.0,
-                                speculative=SPECS[i % 3] if i % 2 == 0 else None)
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert out == [want[i % len(PROMPTS)] for i in range(8)]
+        return m.generate(PROMPTS[i % len(PROMPTS)], max_new_tokens=40, repetition_penalty=2.0,
+                          speculative=SPECS[i % 3] if i % 2 == 0 else None)
+
+    assert run_threads([lambda i=i: run(i) for i in range(8)]) == [want[i % len(PROMPTS)] for i in range(8)]
     assert m.generate(PROMPTS[:3], max_new_tokens=30, speculative="lookup") == \
         [m.generate(p, max_new_tokens=30) for p in PROMPTS[:3]]
 
